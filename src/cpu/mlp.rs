@@ -1,0 +1,287 @@
+//! Fused MLP forward, loss and backward on the CPU, one task at a time.
+//!
+//! Shapes: a batch of `points` inputs `X` is `[points × in]` row-major; layer `l` keeps its
+//! post-activation output `A_l` `[points × out_l]` in the [`Workspace`] for backward (the last
+//! layer's `A` is the network output, linear). θ and gradients use the flat layout of
+//! [`crate::spec`]. The calling sequence for one training step is
+//! [`forward`] → [`loss_grad`] → [`backward`] (or [`backward_sgd`], which applies
+//! `θ ← θ − lr·∇` layer by layer while it goes, without a gradient buffer).
+//!
+//! These are low-level kernels with documented preconditions (shapes agree with the spec);
+//! the checked entry points are [`crate::Model`] and [`crate::Trainer`].
+
+use super::gemm;
+use super::math;
+use crate::spec::{Activation, Loss, MlpSpec};
+
+/// Scratch memory for one task's forward/backward, sized once for a spec and a maximum
+/// number of points; the kernels never allocate.
+#[derive(Clone, Debug)]
+pub struct Workspace {
+    cap: usize,
+    /// Layer `l`'s activations at `act_off[l]·cap .. + points·out_l`.
+    acts: Vec<f32>,
+    act_off: Vec<usize>,
+    /// Ping-pong buffers for `dL/dZ`, `[cap × max_width]` each.
+    grad_cur: Vec<f32>,
+    grad_next: Vec<f32>,
+}
+
+impl Workspace {
+    /// A workspace for `spec` and batches of up to `max_points` points.
+    pub fn new(spec: &MlpSpec, max_points: usize) -> Self {
+        let mut act_off = Vec::with_capacity(spec.num_layers());
+        let mut off = 0;
+        for &w in &spec.widths()[1..] {
+            act_off.push(off);
+            off += w;
+        }
+        let cap = max_points.max(1);
+        Workspace {
+            cap,
+            acts: vec![0.0; cap * spec.act_floats_per_point()],
+            act_off,
+            grad_cur: vec![0.0; cap * spec.max_width()],
+            grad_next: vec![0.0; cap * spec.max_width()],
+        }
+    }
+
+    /// Largest batch this workspace holds.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// The network output of the last [`forward`], `[points × out]`.
+    pub fn output(&self, spec: &MlpSpec, points: usize) -> &[f32] {
+        let l = spec.num_layers() - 1;
+        let start = self.act_off[l] * self.cap;
+        &self.acts[start..start + points * spec.out_dim()]
+    }
+
+    fn check(&self, spec: &MlpSpec, points: usize) {
+        assert!(
+            points <= self.cap && self.act_off.len() == spec.num_layers(),
+            "workspace sized for {} points of another spec, asked for {points}",
+            self.cap
+        );
+    }
+}
+
+/// Targets of one batch: real values `[points × out]` for MSE, class indices `[points]` for
+/// cross-entropy.
+#[derive(Clone, Copy, Debug)]
+pub enum Tgt<'a> {
+    /// Regression targets, `[points × out]`.
+    Values(&'a [f32]),
+    /// Class labels in `0..out`, `[points]`.
+    Labels(&'a [u32]),
+}
+
+/// Forward pass: for each layer `A_l = act(A_{l−1}·W_lᵀ + b_l)` (no activation on the last),
+/// bias broadcast into the output rows before the product accumulates onto them, activation
+/// applied in place. Returns the output `[points × out]`.
+///
+/// Preconditions: `theta.len() == spec.num_params()`, `x.len() == points·in`,
+/// `points <= ws.capacity()` (panics otherwise).
+pub fn forward<'w>(
+    spec: &MlpSpec,
+    theta: &[f32],
+    x: &[f32],
+    points: usize,
+    ws: &'w mut Workspace,
+) -> &'w [f32] {
+    ws.check(spec, points);
+    assert_eq!(theta.len(), spec.num_params(), "θ length");
+    assert_eq!(x.len(), points * spec.in_dim(), "x length");
+    let cap = ws.cap;
+    let widths = spec.widths();
+    let nl = spec.num_layers();
+    for l in 0..nl {
+        let (inp, out) = (widths[l], widths[l + 1]);
+        let w = &theta[spec.weight_offset(l)..][..inp * out];
+        let b = &theta[spec.bias_offset(l)..][..out];
+        let (before, rest) = ws.acts.split_at_mut(ws.act_off[l] * cap);
+        let z = &mut rest[..points * out];
+        let a_prev: &[f32] =
+            if l == 0 { x } else { &before[ws.act_off[l - 1] * cap..][..points * inp] };
+        for row in z.chunks_exact_mut(out) {
+            row.copy_from_slice(b);
+        }
+        gemm::x_wt(points, inp, out, a_prev, w, 1.0, z);
+        if l + 1 < nl {
+            activate(spec.activation(), z);
+        }
+    }
+    ws.output(spec, points)
+}
+
+/// Applies the hidden activation in place.
+#[inline]
+fn activate(act: Activation, z: &mut [f32]) {
+    match act {
+        Activation::Tanh => z.iter_mut().for_each(|v| *v = math::tanh(*v)),
+        Activation::Relu => z.iter_mut().for_each(|v| *v = v.max(0.0)),
+    }
+}
+
+/// `g ← g ⊙ act'(z)` expressed through the stored activation `a = act(z)`:
+/// tanh' = 1 − a², relu' = [a > 0].
+#[inline]
+fn activate_backward(act: Activation, a: &[f32], g: &mut [f32]) {
+    match act {
+        Activation::Tanh => g.iter_mut().zip(a).for_each(|(g, &a)| *g *= 1.0 - a * a),
+        Activation::Relu => {
+            g.iter_mut().zip(a).for_each(|(g, &a)| *g = if a > 0.0 { *g } else { 0.0 })
+        }
+    }
+}
+
+/// Loss of the last [`forward`] output against `targets`, and its gradient `dL/dY` written
+/// into the workspace for [`backward`]. MSE: `mean((y − t)²)` over points and outputs;
+/// softmax cross-entropy: `mean(logsumexp(y) − y[label])` over points, computed stably, with
+/// gradient `(softmax(y) − onehot)/points`. The loss is accumulated in f64.
+///
+/// Preconditions: targets sized `[points × out]` (values) or `[points]` (labels `< out`).
+pub fn loss_grad(spec: &MlpSpec, targets: Tgt<'_>, points: usize, ws: &mut Workspace) -> f32 {
+    ws.check(spec, points);
+    let out = spec.out_dim();
+    let l = spec.num_layers() - 1;
+    let y = &ws.acts[ws.act_off[l] * ws.cap..][..points * out];
+    let dy = &mut ws.grad_cur[..points * out];
+    match (spec.loss(), targets) {
+        (Loss::Mse, Tgt::Values(t)) => {
+            assert_eq!(t.len(), points * out, "target length");
+            let scale = 2.0 / (points * out) as f32;
+            let mut sum = 0.0f64;
+            for ((g, &y), &t) in dy.iter_mut().zip(y).zip(t) {
+                let d = y - t;
+                sum += (d * d) as f64;
+                *g = scale * d;
+            }
+            (sum / (points * out) as f64) as f32
+        }
+        (Loss::SoftmaxCrossEntropy, Tgt::Labels(lab)) => {
+            assert_eq!(lab.len(), points, "label count");
+            let inv = 1.0 / points as f32;
+            let mut sum = 0.0f64;
+            for ((yrow, grow), &c) in y.chunks_exact(out).zip(dy.chunks_exact_mut(out)).zip(lab) {
+                let c = c as usize;
+                assert!(c < out, "label {c} out of range 0..{out}");
+                let m = yrow.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let mut s = 0.0f32;
+                for (g, &v) in grow.iter_mut().zip(yrow) {
+                    let e = (v - m).exp();
+                    *g = e;
+                    s += e;
+                }
+                sum += (m + s.ln() - yrow[c]) as f64;
+                let k = inv / s;
+                grow.iter_mut().for_each(|g| *g *= k);
+                grow[c] -= inv;
+            }
+            (sum / points as f64) as f32
+        }
+        (loss, _) => panic!("targets do not match the loss {loss:?}"),
+    }
+}
+
+/// Loss only (no gradient), for evaluation; same definitions as [`loss_grad`]. Also returns
+/// the number of correctly classified points for cross-entropy (argmax, first index on ties).
+pub fn loss_eval(spec: &MlpSpec, targets: Tgt<'_>, points: usize, ws: &mut Workspace) -> (f32, usize) {
+    let loss = loss_grad(spec, targets, points, ws);
+    let correct = match targets {
+        Tgt::Labels(lab) => {
+            let out = spec.out_dim();
+            ws.output(spec, points)
+                .chunks_exact(out)
+                .zip(lab)
+                .filter(|(row, c)| argmax(row) == **c as usize)
+                .count()
+        }
+        Tgt::Values(_) => 0,
+    };
+    (loss, correct)
+}
+
+/// Index of the largest value (first on ties; NaN never wins).
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Where backward's parameter gradient goes.
+enum Sink<'a> {
+    /// `grad ← ∇θ` (overwritten).
+    Grad { theta: &'a [f32], grad: &'a mut [f32] },
+    /// `θ ← θ − lr·∇θ`, applied per layer after that layer's input gradient is computed.
+    Sgd { theta: &'a mut [f32], lr: f32 },
+}
+
+/// Backward pass after [`forward`] and [`loss_grad`] on the same batch: writes `∇θ` of the
+/// loss into `grad` (flat layout). Per layer, from the last: `dW_l = dZ_lᵀ·A_{l−1}`,
+/// `db_l = Σ_points dZ_l`, then `dZ_{l−1} = (dZ_l·W_l) ⊙ act'(A_{l−1})`.
+pub fn backward(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mut Workspace, grad: &mut [f32]) {
+    assert_eq!(grad.len(), spec.num_params(), "gradient length");
+    backward_impl(spec, Sink::Grad { theta, grad }, x, points, ws);
+}
+
+/// Backward fused with SGD: `θ ← θ − lr·∇θ` without a gradient buffer. Each layer's input
+/// gradient is computed from `W_l` before `W_l` is updated in place by the weight-gradient
+/// product (`α = −lr`, `β = 1`).
+pub fn backward_sgd(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, lr: f32) {
+    backward_impl(spec, Sink::Sgd { theta, lr }, x, points, ws);
+}
+
+fn backward_impl(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], points: usize, ws: &mut Workspace) {
+    ws.check(spec, points);
+    assert_eq!(x.len(), points * spec.in_dim(), "x length");
+    let cap = ws.cap;
+    let widths = spec.widths();
+    for l in (0..spec.num_layers()).rev() {
+        let (inp, out) = (widths[l], widths[l + 1]);
+        let (wo, bo) = (spec.weight_offset(l), spec.bias_offset(l));
+        let a_prev: &[f32] = if l == 0 { x } else { &ws.acts[ws.act_off[l - 1] * cap..][..points * inp] };
+        let dz = &ws.grad_cur[..points * out];
+        // Input gradient first: it must read W_l before the fused update overwrites it.
+        if l > 0 {
+            let theta: &[f32] = match &sink {
+                Sink::Grad { theta, .. } => theta,
+                Sink::Sgd { theta, .. } => theta,
+            };
+            let dx = &mut ws.grad_next[..points * inp];
+            gemm::dz_w(points, out, inp, dz, &theta[wo..wo + inp * out], dx);
+            activate_backward(spec.activation(), a_prev, dx);
+        }
+        let (g, alpha, beta) = match &mut sink {
+            Sink::Grad { grad, .. } => (&mut grad[wo..bo + out], 1.0, 0.0),
+            Sink::Sgd { theta, lr } => (&mut theta[wo..bo + out], -*lr, 1.0),
+        };
+        let (gw, gb) = g.split_at_mut(inp * out);
+        gemm::dzt_x(out, inp, points, alpha, dz, a_prev, beta, gw);
+        bias_grad(dz, out, alpha, beta, gb);
+        std::mem::swap(&mut ws.grad_cur, &mut ws.grad_next);
+    }
+}
+
+/// `gb ← α·Σ_rows dz + β·gb` for `dz` `[points × out]`.
+#[inline]
+fn bias_grad(dz: &[f32], out: usize, alpha: f32, beta: f32, gb: &mut [f32]) {
+    if beta == 0.0 {
+        gb.fill(0.0);
+    }
+    let mut acc = [0.0f32; 64];
+    for (c, gbc) in gb.chunks_mut(64).enumerate() {
+        let acc = &mut acc[..gbc.len()];
+        acc.fill(0.0);
+        for row in dz.chunks_exact(out) {
+            let row = &row[c * 64..][..acc.len()];
+            acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+        }
+        gbc.iter_mut().zip(acc.iter()).for_each(|(g, &a)| *g = beta * *g + alpha * a);
+    }
+}

@@ -1,0 +1,13 @@
+//! The CPU back end: plain-Rust kernels, parallel across tasks with rayon.
+//!
+//! - [`gemm`]: the one internal interface for matrix products (`matrixmultiply` today; the
+//!   hand-written micro-kernels of the CPU-performance work slot in behind it).
+//! - [`mlp`]: fused forward (bias + activation), loss (MSE, softmax cross-entropy) fused with the
+//!   output gradient, backward into a gradient buffer or fused with the SGD update.
+//! - [`update`]: the elementwise parameter kernels: task deltas and Reptile interpolation.
+//! - [`math`]: a fast, vectorizable `tanh`.
+
+pub mod gemm;
+pub mod math;
+pub mod mlp;
+pub mod update;

@@ -1,0 +1,4 @@
+//! Files: safetensors checkpoints and PNG figures.
+
+pub mod checkpoint;
+pub mod plot;

@@ -1,0 +1,127 @@
+//! Hyperparameters of the inner loop and of the Reptile outer loop.
+
+use crate::error::{Error, Result, check_finite_scalar};
+use serde::{Deserialize, Serialize};
+
+/// An inner optimization: `steps` steps of SGD with step size `lr` on minibatches of
+/// `batch_size` points (`0` = the whole support set, i.e. full-batch gradient descent).
+///
+/// Minibatches: the support set's points are shuffled with the task's own random stream and
+/// consumed in order, `batch_size` at a time; when they run out the set is reshuffled and
+/// consumption continues, so a minibatch may straddle two shuffles (as in OpenAI's reference
+/// code). With `batch_size = m` every step sees the whole set.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InnerLoop {
+    /// SGD step size α.
+    pub lr: f32,
+    /// Number of SGD steps k.
+    pub steps: usize,
+    /// Minibatch size b; 0 means the whole support set.
+    pub batch_size: usize,
+}
+
+impl InnerLoop {
+    pub(crate) fn validate(&self, what: &str) -> Result<()> {
+        check_finite_scalar(self.lr, &format!("{what}.lr"))?;
+        if self.lr < 0.0 {
+            return Err(Error::InvalidArgument(format!("{what}.lr = {} must be ≥ 0", self.lr)));
+        }
+        if self.steps == 0 {
+            return Err(Error::InvalidArgument(format!("{what}.steps must be ≥ 1")));
+        }
+        Ok(())
+    }
+    /// The minibatch size for a support set of `m` points.
+    pub(crate) fn batch_for(&self, m: usize) -> usize {
+        if self.batch_size == 0 { m } else { self.batch_size }
+    }
+}
+
+/// The outer update direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OuterRule {
+    /// Reptile: `θ ← θ + ε·mean_i(θ'_i − θ)`.
+    Reptile,
+    /// First-order MAML (the paper's `--foml`): `θ ← θ + ε·mean_i(θ'_{i,k} − θ'_{i,k−1})`, i.e.
+    /// the (negated, α-scaled) gradient of the last inner minibatch. With `tail = Some(t)`,
+    /// the last minibatch is `t` support points held out from the first `k − 1` steps: the
+    /// support set is shuffled once, the last `t` points form the tail, and the earlier steps
+    /// draw minibatches from the other `m − t` points.
+    Fomaml {
+        /// Size of the held-out final minibatch.
+        tail: Option<usize>,
+    },
+}
+
+/// Everything the [`crate::Trainer`] needs besides the model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReptileConfig {
+    /// Inner loop during meta-training.
+    pub train: InnerLoop,
+    /// Inner loop at test time ([`crate::Trainer::adapt`], [`crate::Trainer::evaluate`]).
+    pub eval: InnerLoop,
+    /// Tasks per outer step n, for samplers and the CLI (a step accepts any batch size).
+    pub meta_batch: usize,
+    /// Outer step size ε at iteration 0.
+    pub eps_start: f32,
+    /// Outer step size ε at iteration `planned_iters` (linear in between, constant after).
+    pub eps_end: f32,
+    /// Iterations over which ε anneals.
+    pub planned_iters: u64,
+    /// Reptile or FOMAML.
+    pub outer: OuterRule,
+    /// Seed of the minibatch order streams.
+    pub seed: u64,
+    /// Worker threads (0 = one per available core). Results do not depend on it.
+    pub threads: usize,
+}
+
+impl ReptileConfig {
+    /// The sine-wave demo of the Reptile paper / OpenAI blog: inner SGD α = 0.02, minibatch 10
+    /// of the 50 grid points for 5 steps (one epoch), n = 1, ε 0.1 → 0 over 30,000 iterations;
+    /// evaluation with 32 full-batch steps at 0.02.
+    pub fn sine() -> Self {
+        ReptileConfig {
+            train: InnerLoop { lr: 0.02, steps: 5, batch_size: 10 },
+            eval: InnerLoop { lr: 0.02, steps: 32, batch_size: 0 },
+            meta_batch: 1,
+            eps_start: 0.1,
+            eps_end: 0.0,
+            planned_iters: 30_000,
+            outer: OuterRule::Reptile,
+            seed: 0,
+            threads: 0,
+        }
+    }
+
+    /// Checks ranges and finiteness.
+    pub fn validate(&self) -> Result<()> {
+        self.train.validate("train")?;
+        self.eval.validate("eval")?;
+        check_finite_scalar(self.eps_start, "eps_start")?;
+        check_finite_scalar(self.eps_end, "eps_end")?;
+        if self.meta_batch == 0 {
+            return Err(Error::InvalidArgument("meta_batch must be ≥ 1".into()));
+        }
+        if self.planned_iters == 0 {
+            return Err(Error::InvalidArgument("planned_iters must be ≥ 1".into()));
+        }
+        if let OuterRule::Fomaml { tail: Some(0) } = self.outer {
+            return Err(Error::InvalidArgument("FOMAML tail must hold at least one point".into()));
+        }
+        Ok(())
+    }
+
+    /// ε at outer iteration `t`: `ε₀ + (ε_final − ε₀)·min(t/T, 1)`.
+    pub fn epsilon(&self, t: u64) -> f32 {
+        let frac = (t as f64 / self.planned_iters as f64).min(1.0);
+        (self.eps_start as f64 + (self.eps_end as f64 - self.eps_start as f64) * frac) as f32
+    }
+}
+
+impl Default for ReptileConfig {
+    fn default() -> Self {
+        Self::sine()
+    }
+}

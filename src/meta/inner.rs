@@ -1,0 +1,209 @@
+//! The inner loop of one task: minibatch SGD from θ, in a reusable per-worker scratch space.
+
+use super::config::InnerLoop;
+use super::tasks::TaskBatch;
+use crate::cpu::mlp::{self, Tgt, Workspace};
+use crate::error::{Error, Result};
+use crate::params::Model;
+use crate::rng::{self, Rng};
+use crate::spec::MlpSpec;
+use rand::seq::SliceRandom;
+
+/// Scratch for running inner loops of tasks, one per parallel worker: θ', the previous θ'
+/// (FOMAML), gathered minibatches and the forward/backward workspace. Sized for a spec and a
+/// maximum minibatch; grows (allocates) only when a larger batch shape arrives.
+#[derive(Clone, Debug)]
+pub(crate) struct TaskWorker {
+    pub ws: Workspace,
+    pub theta_p: Vec<f32>,
+    pub prev: Vec<f32>,
+    xb: Vec<f32>,
+    yb: Vec<f32>,
+    lb: Vec<u32>,
+    perm: Vec<u32>,
+    pos: usize,
+    pool: usize,
+    idx: Vec<u32>,
+    idx0: Vec<u32>,
+}
+
+impl TaskWorker {
+    pub fn new(spec: &MlpSpec, cap: usize) -> Self {
+        let cap = cap.max(1);
+        TaskWorker {
+            ws: Workspace::new(spec, cap),
+            theta_p: vec![0.0; spec.num_params()],
+            prev: Vec::new(),
+            xb: vec![0.0; cap * spec.in_dim()],
+            yb: vec![0.0; cap * spec.out_dim()],
+            lb: vec![0; cap],
+            perm: Vec::new(),
+            pos: 0,
+            pool: 0,
+            idx: vec![0; cap],
+            idx0: Vec::with_capacity(cap),
+        }
+    }
+
+    /// Grows to hold minibatches of `cap` points.
+    pub fn ensure(&mut self, spec: &MlpSpec, cap: usize) {
+        if self.ws.capacity() < cap {
+            *self = TaskWorker::new(spec, cap);
+        }
+    }
+
+    /// Starts a task: θ' ← θ, fresh order over `m` support points (the first call to
+    /// [`Self::next_batch`] shuffles). With a tail, shuffles once and keeps the last `tail`
+    /// points of the permutation out of the minibatch pool.
+    pub fn begin(&mut self, theta: &[f32], m: usize, tail: Option<usize>, rng: &mut Rng) {
+        self.theta_p.copy_from_slice(theta);
+        self.perm.clear();
+        self.perm.extend(0..m as u32);
+        match tail {
+            Some(t) => {
+                self.perm.shuffle(rng);
+                self.pool = m - t;
+            }
+            None => self.pool = m,
+        }
+        self.pos = self.pool;
+    }
+
+    /// Next `b` point indices of the stream over the pool, reshuffling when exhausted.
+    fn next_batch(&mut self, b: usize, rng: &mut Rng) {
+        for j in 0..b {
+            if self.pos == self.pool {
+                self.perm[..self.pool].shuffle(rng);
+                self.pos = 0;
+            }
+            self.idx[j] = self.perm[self.pos];
+            self.pos += 1;
+        }
+    }
+
+    /// Uses the `t` tail points as the next minibatch.
+    fn tail_batch(&mut self, t: usize) {
+        let (pool, m) = (self.pool, self.perm.len());
+        debug_assert_eq!(m - pool, t);
+        self.idx[..t].copy_from_slice(&self.perm[pool..m]);
+    }
+
+    /// Gathers the points `idx[..b]` of the task into the minibatch buffers.
+    fn gather(&mut self, spec: &MlpSpec, x: &[f32], y: Tgt<'_>, b: usize) -> (usize, bool) {
+        let (di, dout) = (spec.in_dim(), spec.out_dim());
+        for (j, &p) in self.idx[..b].iter().enumerate() {
+            let p = p as usize;
+            self.xb[j * di..][..di].copy_from_slice(&x[p * di..][..di]);
+            match y {
+                Tgt::Values(v) => self.yb[j * dout..][..dout].copy_from_slice(&v[p * dout..][..dout]),
+                Tgt::Labels(l) => self.lb[j] = l[p],
+            }
+        }
+        (b, matches!(y, Tgt::Labels(_)))
+    }
+
+    /// One SGD step on θ' with the gathered minibatch of `b` points; returns the minibatch
+    /// loss before the update.
+    fn sgd_on_gathered(&mut self, spec: &MlpSpec, b: usize, labels: bool, lr: f32) -> f32 {
+        let xb = &self.xb[..b * spec.in_dim()];
+        mlp::forward(spec, &self.theta_p, xb, b, &mut self.ws);
+        let tgt = if labels { Tgt::Labels(&self.lb[..b]) } else { Tgt::Values(&self.yb[..b * spec.out_dim()]) };
+        let loss = mlp::loss_grad(spec, tgt, b, &mut self.ws);
+        mlp::backward_sgd(spec, &mut self.theta_p, xb, b, &mut self.ws, lr);
+        loss
+    }
+
+    /// Runs `inner.steps` steps on task `(x, y)` of `m` points, θ' ← θ first.
+    /// Returns (loss of the first minibatch at θ, loss of that same minibatch at θ').
+    /// With `keep_prev`, `prev` holds θ' before the last step (for FOMAML).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &mut self,
+        spec: &MlpSpec,
+        theta: &[f32],
+        x: &[f32],
+        y: Tgt<'_>,
+        m: usize,
+        inner: &InnerLoop,
+        tail: Option<usize>,
+        keep_prev: bool,
+        rng: &mut Rng,
+    ) -> (f32, f32) {
+        let b = inner.batch_for(m);
+        self.begin(theta, m, tail, rng);
+        let mut first = (0.0, 0usize, false);
+        for s in 0..inner.steps {
+            let last = s + 1 == inner.steps;
+            let bs = match tail {
+                Some(t) if last => {
+                    self.tail_batch(t);
+                    t
+                }
+                _ => {
+                    self.next_batch(b, rng);
+                    b
+                }
+            };
+            if last && keep_prev {
+                self.prev.resize(self.theta_p.len(), 0.0);
+                self.prev.copy_from_slice(&self.theta_p);
+            }
+            let (bs, labels) = self.gather(spec, x, y, bs);
+            let loss = self.sgd_on_gathered(spec, bs, labels, inner.lr);
+            if s == 0 {
+                first = (loss, bs, labels);
+                self.idx0.clear();
+                self.idx0.extend_from_slice(&self.idx[..bs]);
+            }
+        }
+        // Loss after adaptation on the first minibatch: one more forward at θ'.
+        let (before, b0, labels) = first;
+        self.idx[..b0].copy_from_slice(&self.idx0);
+        self.gather(spec, x, y, b0);
+        mlp::forward(spec, &self.theta_p, &self.xb[..b0 * spec.in_dim()], b0, &mut self.ws);
+        let tgt = if labels { Tgt::Labels(&self.lb[..b0]) } else { Tgt::Values(&self.yb[..b0 * spec.out_dim()]) };
+        let (after, _) = mlp::loss_eval(spec, tgt, b0, &mut self.ws);
+        (before, after)
+    }
+
+    /// Loss (and correct count) of θ' on a whole set of `m` points, e.g. a query set. The
+    /// worker's capacity must cover `m`.
+    pub fn score(&mut self, spec: &MlpSpec, x: &[f32], y: Tgt<'_>, m: usize) -> (f32, usize) {
+        mlp::forward(spec, &self.theta_p, x, m, &mut self.ws);
+        mlp::loss_eval(spec, y, m, &mut self.ws)
+    }
+
+    /// Continues the current task's inner loop for `steps` more SGD steps (no tail).
+    #[allow(clippy::too_many_arguments)]
+    pub fn more_steps(&mut self, spec: &MlpSpec, x: &[f32], y: Tgt<'_>, b: usize, steps: usize, lr: f32, rng: &mut Rng) {
+        for _ in 0..steps {
+            self.next_batch(b, rng);
+            let (bs, labels) = self.gather(spec, x, y, b);
+            self.sgd_on_gathered(spec, bs, labels, lr);
+        }
+    }
+}
+
+/// Adapts `model` to one task: `inner.steps` SGD steps on `support` (a one-task batch),
+/// minibatch order from the stream `(seed, EvalShuffle, 0)`. Returns θ' as a new model.
+pub fn adapt(model: &Model, support: &TaskBatch<'_>, inner: &InnerLoop, seed: u64) -> Result<Model> {
+    inner.validate("inner")?;
+    support.check_spec(model.spec())?;
+    if support.n_tasks() != 1 {
+        return Err(Error::InvalidArgument(format!(
+            "adapt takes one task, got a batch of {} (use TaskBatch::task(i))",
+            support.n_tasks()
+        )));
+    }
+    let spec = model.spec();
+    let m = support.n_points();
+    let mut w = TaskWorker::new(spec, inner.batch_for(m).max(m));
+    let mut rng = rng::stream(seed, rng::Purpose::EvalShuffle, 0);
+    let (x, y) = support.task_slices(0);
+    w.run(spec, model.params(), x, y, m, inner, None, false, &mut rng);
+    crate::error::check_finite(&w.theta_p, "adapted θ'").map_err(|e| Error::Diverged {
+        iteration: 0,
+        reason: format!("adaptation produced a non-finite parameter ({e})"),
+    })?;
+    Model::from_params(spec.clone(), w.theta_p)
+}

@@ -1,0 +1,14 @@
+//! Reptile meta-training on top of the kernels: task batches, configuration, the per-task
+//! inner loop, and the [`Trainer`] with its outer step, split step, adaptation and evaluation.
+
+mod config;
+mod eval;
+mod inner;
+mod tasks;
+mod trainer;
+
+pub use config::{InnerLoop, OuterRule, ReptileConfig};
+pub use eval::EvalReport;
+pub use inner::adapt;
+pub use tasks::{EvalTasks, TaskBatch, Targets};
+pub use trainer::{DeltaSum, StepStats, Trainer};

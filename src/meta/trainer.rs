@@ -1,0 +1,333 @@
+//! The Reptile trainer: θ, configuration, per-worker scratch, and the outer step.
+//!
+//! # Determinism
+//! A meta-batch of `n` tasks is cut into `min(n, 64)` fixed chunks of consecutive tasks,
+//! independent of the thread count. Each chunk sums its tasks' deltas in task order; the chunk
+//! sums are then added in chunk order. Each task's minibatch order comes from its own random
+//! stream keyed by (seed, iteration, task). So θ is bit-identical for any number of threads.
+
+use super::config::{OuterRule, ReptileConfig};
+use super::inner::TaskWorker;
+use super::tasks::TaskBatch;
+use crate::cpu::update;
+use crate::error::{Error, Result};
+use crate::params::Model;
+use crate::rng::{self, Purpose};
+use crate::spec::MlpSpec;
+use rayon::prelude::*;
+
+/// Most chunks a meta-batch is cut into (the unit of parallel work).
+pub(crate) const MAX_CHUNKS: usize = 64;
+
+/// Task range `[start, end)` of chunk `c` of `nc` over `n` tasks.
+pub(crate) fn chunk_range(n: usize, nc: usize, c: usize) -> (usize, usize) {
+    (c * n / nc, (c + 1) * n / nc)
+}
+
+/// The sum of task deltas of (part of) a meta-batch, for hosts that spread a meta-batch over
+/// processes: each runs [`Trainer::task_deltas`] on its share, the sums are added
+/// ([`DeltaSum::add`], or any all-reduce over `sum`, `tasks` and the loss sums), and every
+/// process applies the total with [`Trainer::apply_delta`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeltaSum {
+    /// `Σ_i (θ'_i − θ)` (Reptile) or `Σ_i (θ'_{i,k} − θ'_{i,k−1})` (FOMAML), flat layout.
+    pub sum: Vec<f32>,
+    /// Number of tasks summed.
+    pub tasks: u64,
+    /// Sum over tasks of the first-minibatch loss at θ.
+    pub loss_before_sum: f64,
+    /// Sum over tasks of the same minibatch's loss at θ'.
+    pub loss_after_sum: f64,
+}
+
+impl DeltaSum {
+    /// An empty sum for `num_params` parameters.
+    pub fn zeros(num_params: usize) -> Self {
+        DeltaSum { sum: vec![0.0; num_params], tasks: 0, loss_before_sum: 0.0, loss_after_sum: 0.0 }
+    }
+    /// Adds another partial sum (element by element, in the caller's order).
+    pub fn add(&mut self, other: &DeltaSum) -> Result<()> {
+        if other.sum.len() != self.sum.len() {
+            return Err(Error::ShapeMismatch(format!(
+                "delta sums of {} and {} parameters",
+                self.sum.len(),
+                other.sum.len()
+            )));
+        }
+        update::add_assign(&mut self.sum, &other.sum);
+        self.tasks += other.tasks;
+        self.loss_before_sum += other.loss_before_sum;
+        self.loss_after_sum += other.loss_after_sum;
+        Ok(())
+    }
+}
+
+/// What one outer step did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// The iteration this step was (0-based); the trainer's count is now one more.
+    pub iteration: u64,
+    /// ε used.
+    pub epsilon: f32,
+    /// Tasks in the meta-batch.
+    pub tasks: u64,
+    /// Mean over tasks of the first inner minibatch's loss at θ (before adaptation).
+    pub loss_before: f32,
+    /// Mean over tasks of the same minibatch's loss at θ'_i (after adaptation).
+    pub loss_after: f32,
+}
+
+/// Meta-trains a [`Model`] with Reptile (or FOMAML) on caller-given task batches.
+///
+/// ```
+/// use reptile::{Activation, Loss, MlpSpec, Model, ReptileConfig, Trainer};
+/// use reptile::workloads::sine::SineTasks;
+///
+/// let spec = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse)?;
+/// let mut trainer = Trainer::new(Model::new(spec.clone(), 0), ReptileConfig::sine())?;
+/// let mut tasks = SineTasks::new(0);
+/// for _ in 0..100 {
+///     let batch = tasks.train_batch(&spec, 1)?;
+///     let stats = trainer.step(&batch)?;
+///     assert!(stats.loss_before.is_finite());
+/// }
+/// let eval = tasks.eval_tasks(&spec, 10, 10)?;
+/// let report = trainer.evaluate(&eval)?;
+/// println!("post-adaptation MSE {:.3}", report.mean_loss(0));
+/// # Ok::<(), reptile::Error>(())
+/// ```
+pub struct Trainer {
+    model: Model,
+    config: ReptileConfig,
+    iteration: u64,
+    pool: Option<rayon::ThreadPool>,
+    threads: usize,
+    workers: Vec<TaskWorker>,
+    partials: Vec<Vec<f32>>,
+    sum: DeltaSum,
+    candidate: Vec<f32>,
+    last: Option<StepStats>,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("spec", self.model.spec())
+            .field("config", &self.config)
+            .field("iteration", &self.iteration)
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Trainer {
+    /// A trainer at iteration 0. Fails on an invalid config, non-finite θ, or when the thread
+    /// pool cannot be built.
+    pub fn new(model: Model, config: ReptileConfig) -> Result<Self> {
+        config.validate()?;
+        crate::error::check_finite(model.params(), "θ")?;
+        let threads = if config.threads == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            config.threads
+        };
+        let pool = if threads > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("reptile-{i}"))
+                    .build()
+                    .map_err(|e| Error::InvalidArgument(format!("cannot start {threads} threads: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let p = model.spec().num_params();
+        Ok(Trainer {
+            model,
+            config,
+            iteration: 0,
+            pool,
+            threads,
+            workers: Vec::new(),
+            partials: Vec::new(),
+            sum: DeltaSum::zeros(p),
+            candidate: vec![0.0; p],
+            last: None,
+        })
+    }
+
+    /// The model (spec and current θ).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+    /// The spec.
+    pub fn spec(&self) -> &MlpSpec {
+        self.model.spec()
+    }
+    /// Current θ.
+    pub fn params(&self) -> &[f32] {
+        self.model.params()
+    }
+    /// Replaces θ (same length, finite).
+    pub fn set_params(&mut self, theta: &[f32]) -> Result<()> {
+        let m = Model::from_params(self.model.spec().clone(), theta.to_vec())?;
+        self.model = m;
+        Ok(())
+    }
+    /// The configuration.
+    pub fn config(&self) -> &ReptileConfig {
+        &self.config
+    }
+    /// Completed outer iterations.
+    pub fn iteration(&self) -> u64 {
+        self.iteration
+    }
+    /// Sets the iteration count (to resume a run: ε continues its schedule from there).
+    pub fn set_iteration(&mut self, iteration: u64) {
+        self.iteration = iteration;
+    }
+    /// Worker threads in use.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+    /// Statistics of the last successful step.
+    pub fn last_stats(&self) -> Option<StepStats> {
+        self.last
+    }
+    /// Gives up the trainer, returning the model.
+    pub fn into_model(self) -> Model {
+        self.model
+    }
+
+    /// One outer iteration on `batch`: every task adapts from θ with the training inner loop,
+    /// then `θ ← θ + ε_t·(1/n)·Σ_i δ_i`. On NaN/Inf anywhere, returns [`Error::Diverged`] and
+    /// leaves θ and the iteration count unchanged.
+    pub fn step(&mut self, batch: &TaskBatch<'_>) -> Result<StepStats> {
+        let mut sum = std::mem::replace(&mut self.sum, DeltaSum::zeros(0));
+        let r = self.compute_deltas(batch, 0, &mut sum).and_then(|()| self.apply_delta(&sum));
+        self.sum = sum;
+        r
+    }
+
+    /// First half of a split step: runs the inner loops of `batch` and returns the sum of its
+    /// task deltas. `task_index_offset` is the global index of this batch's first task (so
+    /// tasks spread over processes get distinct random streams; use 0 in a single process).
+    pub fn task_deltas(&mut self, batch: &TaskBatch<'_>, task_index_offset: u64) -> Result<DeltaSum> {
+        let mut out = DeltaSum::zeros(self.model.spec().num_params());
+        self.compute_deltas(batch, task_index_offset, &mut out)?;
+        Ok(out)
+    }
+
+    /// Second half of a split step: `θ ← θ + ε_t·sum/tasks` with an externally reduced sum,
+    /// then the iteration count advances. `step` is exactly `task_deltas` + `apply_delta`.
+    pub fn apply_delta(&mut self, delta: &DeltaSum) -> Result<StepStats> {
+        let p = self.model.spec().num_params();
+        if delta.sum.len() != p {
+            return Err(Error::ShapeMismatch(format!("delta has {} values, θ has {p}", delta.sum.len())));
+        }
+        if delta.tasks == 0 {
+            return Err(Error::InvalidArgument("delta sums zero tasks".into()));
+        }
+        let it = self.iteration;
+        let diverged = |reason: String| Error::Diverged { iteration: it, reason };
+        let (lb, la) = (
+            (delta.loss_before_sum / delta.tasks as f64) as f32,
+            (delta.loss_after_sum / delta.tasks as f64) as f32,
+        );
+        if !lb.is_finite() || !la.is_finite() {
+            return Err(diverged(format!("inner-loop loss is {lb} before / {la} after adaptation")));
+        }
+        if let Some(i) = delta.sum.iter().position(|v| !v.is_finite()) {
+            return Err(diverged(format!("task delta [{i}] is {}", delta.sum[i])));
+        }
+        let eps = self.config.epsilon(it);
+        let scale = eps / delta.tasks as f32;
+        update::interpolate(&mut self.candidate, self.model.params(), &delta.sum, scale);
+        if let Some(i) = self.candidate.iter().position(|v| !v.is_finite()) {
+            return Err(diverged(format!("updated θ[{i}] is {}", self.candidate[i])));
+        }
+        std::mem::swap(&mut self.candidate, self.model.params_vec_mut());
+        self.iteration += 1;
+        let stats = StepStats { iteration: it, epsilon: eps, tasks: delta.tasks, loss_before: lb, loss_after: la };
+        self.last = Some(stats);
+        Ok(stats)
+    }
+
+    fn compute_deltas(&mut self, batch: &TaskBatch<'_>, offset: u64, out: &mut DeltaSum) -> Result<()> {
+        let spec = self.model.spec();
+        batch.check_spec(spec)?;
+        let m = batch.n_points();
+        let inner = self.config.train;
+        let (tail, fomaml) = match self.config.outer {
+            OuterRule::Reptile => (None, false),
+            OuterRule::Fomaml { tail } => (tail, true),
+        };
+        if let Some(t) = tail {
+            if t >= m {
+                return Err(Error::InvalidArgument(format!(
+                    "FOMAML tail of {t} points leaves none of the {m} support points for the other steps"
+                )));
+            }
+        }
+        let b = inner.batch_for(m);
+        let cap = b.max(tail.unwrap_or(0)).max(m.min(b));
+        let n = batch.n_tasks();
+        let nc = n.min(MAX_CHUNKS);
+        if self.workers.len() < nc {
+            self.workers.resize_with(nc, || TaskWorker::new(spec, cap));
+        }
+        self.workers[..nc].iter_mut().for_each(|w| w.ensure(spec, cap));
+        let p = spec.num_params();
+        out.sum.resize(p, 0.0);
+
+        let theta = self.model.params();
+        let (seed, it) = (self.config.seed, self.iteration);
+        let run_chunk = |c: usize, w: &mut TaskWorker, acc: &mut [f32]| -> (f64, f64) {
+            acc.fill(0.0);
+            let (mut lb, mut la) = (0.0f64, 0.0f64);
+            let (start, end) = chunk_range(n, nc, c);
+            for i in start..end {
+                let index = (it << 24).wrapping_add(offset).wrapping_add(i as u64);
+                let mut rng = rng::stream(seed, Purpose::InnerShuffle, index);
+                let (x, y) = batch.task_slices(i);
+                let (b0, a0) = w.run(spec, theta, x, y, m, &inner, tail, fomaml, &mut rng);
+                lb += b0 as f64;
+                la += a0 as f64;
+                let base: &[f32] = if fomaml { &w.prev } else { theta };
+                update::accumulate_delta(acc, &w.theta_p, base);
+            }
+            (lb, la)
+        };
+
+        let losses: Vec<(f64, f64)> = if nc == 1 {
+            vec![run_chunk(0, &mut self.workers[0], &mut out.sum)]
+        } else {
+            if self.partials.len() < nc {
+                self.partials.resize_with(nc, Vec::new);
+            }
+            self.partials[..nc].iter_mut().for_each(|v| v.resize(p, 0.0));
+            let work = self.workers[..nc].iter_mut().zip(self.partials[..nc].iter_mut()).enumerate();
+            let losses = match &self.pool {
+                Some(pool) => pool.install(|| {
+                    work.collect::<Vec<_>>().into_par_iter().map(|(c, (w, acc))| run_chunk(c, w, acc)).collect()
+                }),
+                None => work.map(|(c, (w, acc))| run_chunk(c, w, acc)).collect(),
+            };
+            out.sum.copy_from_slice(&self.partials[0]);
+            for part in &self.partials[1..nc] {
+                update::add_assign(&mut out.sum, part);
+            }
+            losses
+        };
+        out.tasks = n as u64;
+        out.loss_before_sum = losses.iter().map(|l| l.0).sum();
+        out.loss_after_sum = losses.iter().map(|l| l.1).sum();
+        Ok(())
+    }
+
+    /// The thread pool, if more than one thread.
+    pub(crate) fn pool(&self) -> Option<&rayon::ThreadPool> {
+        self.pool.as_ref()
+    }
+}

@@ -1,0 +1,3 @@
+//! Task samplers for the papers' workloads.
+
+pub mod sine;
