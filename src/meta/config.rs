@@ -32,7 +32,8 @@ impl InnerLoop {
         Ok(())
     }
     /// The minibatch size for a support set of `m` points.
-    pub(crate) fn batch_for(&self, m: usize) -> usize {
+    /// The minibatch size for a support set of `m` points (`batch_size`, or `m` when 0).
+    pub fn batch_for(&self, m: usize) -> usize {
         if self.batch_size == 0 { m } else { self.batch_size }
     }
 }
