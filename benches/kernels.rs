@@ -1,1 +1,139 @@
-fn main(){}
+//! Kernel and meta-step benchmarks for the sine shape (MLP 1-64-64-1 tanh, minibatch 10).
+//!
+//! `cargo bench --bench kernels` — criterion reports FLOP-based throughput as "elem/s"
+//! (1 elem = 1 FLOP, counted by `MlpSpec::step_flops`), and after each group a line with
+//! GFLOP/s and task-steps/s (tasks/s for the interpolation) from a separate timed loop.
+//! `REPTILE_ISA=avx2|baseline` caps the instruction set.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use reptile::cpu::mlp::{self, Tgt, Workspace};
+use reptile::cpu::update;
+use reptile::workloads::sine::SineTasks;
+use reptile::{Activation, Loss, MlpSpec, Model, ReptileConfig, Trainer};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const POINTS: usize = 10;
+
+fn sine_spec() -> MlpSpec {
+    MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap()
+}
+
+/// Times `f` for about `secs` seconds after a warm-up and returns seconds per call.
+fn time_per_call(secs: f64, mut f: impl FnMut()) -> f64 {
+    let t = Instant::now();
+    while t.elapsed().as_secs_f64() < 0.2 {
+        f();
+    }
+    let (mut n, t) = (0u64, Instant::now());
+    while t.elapsed().as_secs_f64() < secs {
+        f();
+        n += 1;
+    }
+    t.elapsed().as_secs_f64() / n as f64
+}
+
+fn line(name: &str, per_call: f64, flops: u64, units: f64, unit: &str) {
+    println!(
+        "  -> {name}: {:.3} µs/call, {:.2} GFLOP/s, {:.0} {unit}/s",
+        per_call * 1e6,
+        flops as f64 / per_call / 1e9,
+        units / per_call
+    );
+}
+
+fn batch_data() -> (Vec<f32>, Vec<f32>) {
+    let x: Vec<f32> = (0..POINTS).map(|i| -4.5 + i as f32).collect();
+    let y: Vec<f32> = x.iter().map(|v| 2.0 * (v + 0.3).sin()).collect();
+    (x, y)
+}
+
+fn bench_single_task(c: &mut Criterion) {
+    let spec = sine_spec();
+    let (x, y) = batch_data();
+    let model = Model::new(spec.clone(), 1);
+    let mut ws = Workspace::new(&spec, POINTS);
+    let mut grad = vec![0.0; spec.num_params()];
+    let fb_flops = spec.step_flops(POINTS) - 2 * spec.num_params() as u64;
+
+    let mut g = c.benchmark_group("sine_task");
+    g.throughput(Throughput::Elements(fb_flops));
+    let mut fwd_bwd = || {
+        mlp::forward(&spec, model.params(), &x, POINTS, &mut ws);
+        mlp::loss_grad(&spec, Tgt::Values(&y), POINTS, &mut ws);
+        mlp::backward(&spec, model.params(), &x, POINTS, &mut ws, &mut grad);
+        black_box(&grad);
+    };
+    g.bench_function("forward_backward", |b| b.iter(&mut fwd_bwd));
+    let t = time_per_call(1.0, &mut fwd_bwd);
+    line("forward+backward", t, fb_flops, 1.0, "tasks");
+
+    let step_flops = spec.step_flops(POINTS);
+    g.throughput(Throughput::Elements(step_flops));
+    let mut theta = model.params().to_vec();
+    let mut step = || {
+        mlp::forward(&spec, &theta, &x, POINTS, &mut ws);
+        mlp::loss_grad(&spec, Tgt::Values(&y), POINTS, &mut ws);
+        mlp::backward_sgd(&spec, &mut theta, &x, POINTS, &mut ws, 1e-6);
+        black_box(&theta);
+    };
+    g.bench_function("inner_sgd_step", |b| b.iter(&mut step));
+    let t = time_per_call(1.0, &mut step);
+    line("inner SGD step", t, step_flops, 1.0, "task-steps");
+    g.finish();
+}
+
+fn bench_meta_step(c: &mut Criterion) {
+    let spec = sine_spec();
+    let k = 5;
+    let mut g = c.benchmark_group("sine_meta_step_k5");
+    for n in [1usize, 32, 1024] {
+        let config = ReptileConfig { meta_batch: n, ..ReptileConfig::sine() };
+        let mut trainer = Trainer::new(Model::new(spec.clone(), 0), config).unwrap();
+        let batch = SineTasks::new(7).train_batch(&spec, n).unwrap();
+        // Per task: k steps plus the forward that measures the post-adaptation loss.
+        let flops = n as u64 * (k as u64 * spec.step_flops(POINTS) + spec.forward_flops(POINTS));
+        g.throughput(Throughput::Elements(flops));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| black_box(trainer.step(&batch).unwrap()))
+        });
+        let t = time_per_call(1.5, || {
+            black_box(trainer.step(&batch).unwrap());
+        });
+        line(&format!("meta-step n={n} k={k} ({} threads)", trainer.threads()), t, flops, (n * k) as f64, "task-steps");
+    }
+    g.finish();
+}
+
+fn bench_interpolation(c: &mut Criterion) {
+    let spec = sine_spec();
+    let p = spec.num_params();
+    let mut g = c.benchmark_group("interpolate");
+    for n in [32usize, 1024] {
+        let theta: Vec<f32> = (0..p).map(|i| (i as f32 * 0.37).sin()).collect();
+        let primes: Vec<Vec<f32>> = (0..n).map(|t| theta.iter().map(|v| v + 1e-3 * t as f32).collect()).collect();
+        let mut acc = vec![0.0f32; p];
+        let mut out = vec![0.0f32; p];
+        // Reads n·P θ' + n·P θ floats, read-modify-writes the sum, then one interpolation.
+        g.throughput(Throughput::Bytes((4 * p * (2 * n + 3)) as u64));
+        let mut f = || {
+            acc.fill(0.0);
+            for tp in &primes {
+                update::accumulate_delta(&mut acc, tp, &theta);
+            }
+            update::interpolate(&mut out, &theta, &acc, 0.1 / n as f32);
+            black_box(&out);
+        };
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| b.iter(&mut f));
+        let t = time_per_call(1.0, &mut f);
+        line(&format!("interpolation n={n}"), t, (2 * n * p + 2 * p) as u64, n as f64, "tasks");
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    targets = bench_single_task, bench_meta_step, bench_interpolation
+}
+criterion_main!(benches);

@@ -64,6 +64,9 @@ impl Error {
 
 /// Checks that every value of `xs` is finite; `what` names the buffer in the error.
 pub(crate) fn check_finite(xs: &[f32], what: &str) -> Result<()> {
+    if crate::cpu::simd::all_finite(xs) {
+        return Ok(());
+    }
     match xs.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
         Some(i) => Err(Error::NonFinite(format!("{what}[{i}] = {}", xs[i]))),

@@ -1,5 +1,7 @@
 //! Elementwise math that must vectorize: `tanh` without a libm call per element.
 
+use super::simd::{Policy, dispatch};
+
 /// `tanh(x)` in f32, branch-free so loops over it auto-vectorize.
 ///
 /// For `|x| < 0.625` the odd minimax polynomial of Cephes `tanhf`; above, `1 − 2/(e^{2|x|}+1)`
@@ -20,8 +22,8 @@ pub fn tanh(x: f32) -> f32 {
     // Large |x|: 1 − 2/(exp(2|x|) + 1).
     let e = exp_small(2.0 * ax.min(9.0));
     let large = (1.0 - 2.0 / (e + 1.0)).copysign(x);
-    let r = if ax < 0.625 { small } else { large };
-    if x.is_nan() { x } else { r }
+    // `!(ax >= 0.625)` also sends NaN down the polynomial path, which propagates it.
+    if !(ax >= 0.625) { small } else { large }
 }
 
 /// `e^y` for `y` in `[0, 18]` (what [`tanh`] needs), relative error below 2e-7.
@@ -43,6 +45,20 @@ fn exp_small(y: f32) -> f32 {
         + 1.0)
         * r
         + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n without a float→int conversion (Rust's saturating `as` does not vectorize): for an
+    // integer-valued 0 ≤ n < 2^22, the bits of n + 2^23 + 127 are 0x4B00_0000 + n + 127.
+    let scale = f32::from_bits(((n + (8_388_608.0 + 127.0)).to_bits() - 0x4B00_0000) << 23);
     p * scale
+}
+
+dispatch! {
+    /// `z ← tanh(z)` elementwise, as the forward pass computes it: on AVX-512 machines the
+    /// vector kernel `x86::tanh_avx512` (same formula, division by a refined reciprocal),
+    /// elsewhere [`tanh`] per element. Same error bound as [`tanh`].
+    pub fn tanh_slice(z: &mut [f32]) => tanh_slice_body
+}
+
+#[inline(always)]
+fn tanh_slice_body<P: Policy>(z: &mut [f32]) {
+    P::tanh_slice(z)
 }

@@ -11,7 +11,7 @@
 //! the checked entry points are [`crate::Model`] and [`crate::Trainer`].
 
 use super::gemm;
-use super::math;
+use super::simd::{Policy, dispatch};
 use crate::spec::{Activation, Loss, MlpSpec};
 
 /// Scratch memory for one task's forward/backward, sized once for a spec and a maximum
@@ -93,6 +93,14 @@ pub fn forward<'w>(
     ws.check(spec, points);
     assert_eq!(theta.len(), spec.num_params(), "θ length");
     assert_eq!(x.len(), points * spec.in_dim(), "x length");
+    forward_d(spec, theta, x, points, ws);
+    ws.output(spec, points)
+}
+
+dispatch! { fn forward_d(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mut Workspace) => forward_body }
+
+#[inline(always)]
+fn forward_body<P: Policy>(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mut Workspace) {
     let cap = ws.cap;
     let widths = spec.widths();
     let nl = spec.num_layers();
@@ -102,31 +110,26 @@ pub fn forward<'w>(
         let b = &theta[spec.bias_offset(l)..][..out];
         let (before, rest) = ws.acts.split_at_mut(ws.act_off[l] * cap);
         let z = &mut rest[..points * out];
-        let a_prev: &[f32] =
-            if l == 0 { x } else { &before[ws.act_off[l - 1] * cap..][..points * inp] };
-        for row in z.chunks_exact_mut(out) {
-            row.copy_from_slice(b);
-        }
-        gemm::x_wt(points, inp, out, a_prev, w, 1.0, z);
+        let a_prev: &[f32] = if l == 0 { x } else { &before[ws.act_off[l - 1] * cap..][..points * inp] };
+        gemm::xwt_p::<P>(points, inp, out, a_prev, w, b, z);
         if l + 1 < nl {
-            activate(spec.activation(), z);
+            activate::<P>(spec.activation(), z);
         }
     }
-    ws.output(spec, points)
 }
 
 /// Applies the hidden activation in place.
-#[inline]
-fn activate(act: Activation, z: &mut [f32]) {
+#[inline(always)]
+fn activate<P: Policy>(act: Activation, z: &mut [f32]) {
     match act {
-        Activation::Tanh => z.iter_mut().for_each(|v| *v = math::tanh(*v)),
+        Activation::Tanh => P::tanh_slice(z),
         Activation::Relu => z.iter_mut().for_each(|v| *v = v.max(0.0)),
     }
 }
 
 /// `g ← g ⊙ act'(z)` expressed through the stored activation `a = act(z)`:
 /// tanh' = 1 − a², relu' = [a > 0].
-#[inline]
+#[inline(always)]
 fn activate_backward(act: Activation, a: &[f32], g: &mut [f32]) {
     match act {
         Activation::Tanh => g.iter_mut().zip(a).for_each(|(g, &a)| *g *= 1.0 - a * a),
@@ -227,17 +230,33 @@ enum Sink<'a> {
 /// `db_l = Σ_points dZ_l`, then `dZ_{l−1} = (dZ_l·W_l) ⊙ act'(A_{l−1})`.
 pub fn backward(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mut Workspace, grad: &mut [f32]) {
     assert_eq!(grad.len(), spec.num_params(), "gradient length");
-    backward_impl(spec, Sink::Grad { theta, grad }, x, points, ws);
+    assert_eq!(theta.len(), spec.num_params(), "θ length");
+    backward_d(spec, theta, x, points, ws, grad);
+}
+
+dispatch! { fn backward_d(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mut Workspace, grad: &mut [f32]) => backward_grad_body }
+dispatch! { fn backward_sgd_d(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, lr: f32) => backward_sgd_body }
+
+#[inline(always)]
+fn backward_grad_body<P: Policy>(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mut Workspace, grad: &mut [f32]) {
+    backward_impl::<P>(spec, Sink::Grad { theta, grad }, x, points, ws);
+}
+
+#[inline(always)]
+fn backward_sgd_body<P: Policy>(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, lr: f32) {
+    backward_impl::<P>(spec, Sink::Sgd { theta, lr }, x, points, ws);
 }
 
 /// Backward fused with SGD: `θ ← θ − lr·∇θ` without a gradient buffer. Each layer's input
 /// gradient is computed from `W_l` before `W_l` is updated in place by the weight-gradient
 /// product (`α = −lr`, `β = 1`).
 pub fn backward_sgd(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, lr: f32) {
-    backward_impl(spec, Sink::Sgd { theta, lr }, x, points, ws);
+    assert_eq!(theta.len(), spec.num_params(), "θ length");
+    backward_sgd_d(spec, theta, x, points, ws, lr);
 }
 
-fn backward_impl(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], points: usize, ws: &mut Workspace) {
+#[inline(always)]
+fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], points: usize, ws: &mut Workspace) {
     ws.check(spec, points);
     assert_eq!(x.len(), points * spec.in_dim(), "x length");
     let cap = ws.cap;
@@ -254,7 +273,7 @@ fn backward_impl(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], points: usize, w
                 Sink::Sgd { theta, .. } => theta,
             };
             let dx = &mut ws.grad_next[..points * inp];
-            gemm::dz_w(points, out, inp, dz, &theta[wo..wo + inp * out], dx);
+            gemm::dzw_p::<P>(points, out, inp, dz, &theta[wo..wo + inp * out], dx);
             activate_backward(spec.activation(), a_prev, dx);
         }
         let (g, alpha, beta) = match &mut sink {
@@ -262,15 +281,15 @@ fn backward_impl(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], points: usize, w
             Sink::Sgd { theta, lr } => (&mut theta[wo..bo + out], -*lr, 1.0),
         };
         let (gw, gb) = g.split_at_mut(inp * out);
-        gemm::dzt_x(out, inp, points, alpha, dz, a_prev, beta, gw);
-        bias_grad(dz, out, alpha, beta, gb);
+        gemm::dztx_p::<P>(out, inp, points, alpha, dz, a_prev, beta, gw);
+        bias_grad::<P>(dz, out, alpha, beta, gb);
         std::mem::swap(&mut ws.grad_cur, &mut ws.grad_next);
     }
 }
 
 /// `gb ← α·Σ_rows dz + β·gb` for `dz` `[points × out]`.
-#[inline]
-fn bias_grad(dz: &[f32], out: usize, alpha: f32, beta: f32, gb: &mut [f32]) {
+#[inline(always)]
+fn bias_grad<P: Policy>(dz: &[f32], out: usize, alpha: f32, beta: f32, gb: &mut [f32]) {
     if beta == 0.0 {
         gb.fill(0.0);
     }
@@ -282,6 +301,6 @@ fn bias_grad(dz: &[f32], out: usize, alpha: f32, beta: f32, gb: &mut [f32]) {
             let row = &row[c * 64..][..acc.len()];
             acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
         }
-        gbc.iter_mut().zip(acc.iter()).for_each(|(g, &a)| *g = beta * *g + alpha * a);
+        gbc.iter_mut().zip(acc.iter()).for_each(|(g, &a)| *g = P::madd(beta, *g, alpha * a));
     }
 }

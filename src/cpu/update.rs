@@ -1,10 +1,18 @@
 //! Elementwise parameter kernels of the Reptile outer loop.
 
+use super::simd::{Policy, dispatch};
+
 /// `acc ← acc + (θ' − θ)`: adds one task's delta to a running sum (fixed order of tasks ⇒
 /// reproducible sums).
-#[inline]
 pub fn accumulate_delta(acc: &mut [f32], theta_prime: &[f32], theta: &[f32]) {
     assert!(acc.len() == theta.len() && theta_prime.len() == theta.len(), "delta lengths");
+    accumulate_d(acc, theta_prime, theta);
+}
+
+dispatch! { fn accumulate_d(acc: &mut [f32], theta_prime: &[f32], theta: &[f32]) => accumulate_body }
+
+#[inline(always)]
+fn accumulate_body<P: Policy>(acc: &mut [f32], theta_prime: &[f32], theta: &[f32]) {
     acc.iter_mut().zip(theta_prime).zip(theta).for_each(|((a, &tp), &t)| *a += tp - t);
 }
 
@@ -23,9 +31,28 @@ pub fn add_assign(acc: &mut [f32], x: &[f32]) {
 }
 
 /// The Reptile interpolation `out ← θ + scale·Σδ` with `scale = ε/n` (Σδ the summed task
-/// deltas). Written to a separate buffer so a non-finite result can be rejected.
-#[inline]
-pub fn interpolate(out: &mut [f32], theta: &[f32], delta_sum: &[f32], scale: f32) {
+/// deltas), written to a separate buffer so a non-finite result can be rejected. Returns
+/// whether every output is finite (checked in the same pass; a NaN/Inf in Σδ or an overflow
+/// both show up in `out`).
+pub fn interpolate(out: &mut [f32], theta: &[f32], delta_sum: &[f32], scale: f32) -> bool {
     assert!(out.len() == theta.len() && delta_sum.len() == theta.len(), "interpolate lengths");
-    out.iter_mut().zip(theta).zip(delta_sum).for_each(|((o, &t), &d)| *o = t + scale * d);
+    interpolate_d(out, theta, delta_sum, scale)
+}
+
+dispatch! { fn interpolate_d(out: &mut [f32], theta: &[f32], delta_sum: &[f32], scale: f32) -> bool => interpolate_body }
+
+#[inline(always)]
+fn interpolate_body<P: Policy>(out: &mut [f32], theta: &[f32], delta_sum: &[f32], scale: f32) -> bool {
+    const EXP: u32 = 0x7f80_0000;
+    let mut bad = 0u32;
+    for ((o, t), d) in out.chunks_mut(64).zip(theta.chunks(64)).zip(delta_sum.chunks(64)) {
+        let mut m = 0u32;
+        for ((o, &t), &d) in o.iter_mut().zip(t).zip(d) {
+            let v = P::madd(scale, d, t);
+            m |= ((v.to_bits() & EXP) == EXP) as u32;
+            *o = v;
+        }
+        bad |= m;
+    }
+    bad == 0
 }

@@ -238,14 +238,17 @@ impl Trainer {
         if !lb.is_finite() || !la.is_finite() {
             return Err(diverged(format!("inner-loop loss is {lb} before / {la} after adaptation")));
         }
-        if let Some(i) = delta.sum.iter().position(|v| !v.is_finite()) {
-            return Err(diverged(format!("task delta [{i}] is {}", delta.sum[i])));
-        }
         let eps = self.config.epsilon(it);
         let scale = eps / delta.tasks as f32;
-        update::interpolate(&mut self.candidate, self.model.params(), &delta.sum, scale);
-        if let Some(i) = self.candidate.iter().position(|v| !v.is_finite()) {
-            return Err(diverged(format!("updated θ[{i}] is {}", self.candidate[i])));
+        if !update::interpolate(&mut self.candidate, self.model.params(), &delta.sum, scale) {
+            let reason = match delta.sum.iter().position(|v| !v.is_finite()) {
+                Some(i) => format!("task delta [{i}] is {}", delta.sum[i]),
+                None => {
+                    let i = self.candidate.iter().position(|v| !v.is_finite()).unwrap_or(0);
+                    format!("updated θ[{i}] is {}", self.candidate[i])
+                }
+            };
+            return Err(diverged(reason));
         }
         std::mem::swap(&mut self.candidate, self.model.params_vec_mut());
         self.iteration += 1;

@@ -1,0 +1,165 @@
+//! Run-time choice of instruction set. The kernels' bodies are `#[inline(always)]` generic
+//! code, instantiated once per instruction set inside `#[target_feature]` wrappers, so the
+//! same source compiles to AVX-512, AVX2+FMA and baseline (SSE2) machine code; [`isa`] picks
+//! one at run time (`is_x86_feature_detected!`, cached). `REPTILE_ISA=baseline|avx2|avx512`
+//! caps the choice (for tests and benchmarks).
+//!
+//! Results may differ in the last bits between instruction sets (FMA contracts `a·b + c` into
+//! one rounding); on one machine they are reproducible and independent of the thread count.
+
+use std::sync::OnceLock;
+
+/// An instruction-set level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable code (SSE2 on x86-64), separate multiply and add.
+    Baseline,
+    /// AVX2 with fused multiply-add.
+    Avx2,
+    /// AVX-512 (F, VL) with fused multiply-add.
+    Avx512,
+}
+
+/// The instruction set the kernels use on this machine.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let best = detect();
+        let cap = match std::env::var("REPTILE_ISA").as_deref() {
+            Ok("baseline") => Isa::Baseline,
+            Ok("avx2") => Isa::Avx2,
+            _ => Isa::Avx512,
+        };
+        best.min(cap)
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> Isa {
+    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("fma") {
+        Isa::Avx512
+    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        Isa::Avx2
+    } else {
+        Isa::Baseline
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> Isa {
+    Isa::Baseline
+}
+
+/// An instruction-set policy: how to multiply-add, and the register-block sizes of the
+/// product kernels for that instruction set. The kernels are generic over it.
+pub trait Policy: Copy {
+    /// `a·b + c`: fused (one rounding) where the instruction set has FMA, plain otherwise (a
+    /// libm `fmaf` call per element would be far slower than two roundings).
+    fn madd(a: f32, b: f32, c: f32) -> f32;
+    /// `C[m×n] ← α·A·B + β·C`, `B` with contiguous rows (see [`super::gemm::axpy_kernel`]).
+    #[allow(clippy::too_many_arguments)]
+    fn axpy(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], rsa: usize, csa: usize, b: &[f32], ldb: usize, beta: f32, c: &mut [f32], ldc: usize);
+    /// `z ← tanh(z)` elementwise (see [`super::math::tanh`]).
+    fn tanh_slice(z: &mut [f32]) {
+        z.iter_mut().for_each(|v| *v = super::math::tanh(*v));
+    }
+    /// `Z ← bias + X·Wᵀ` (see [`super::gemm::xwt_kernel`]).
+    #[allow(clippy::too_many_arguments)]
+    fn xwt(points: usize, inp: usize, out: usize, x: &[f32], w: &[f32], bias: &[f32], z: &mut [f32]);
+}
+
+macro_rules! policy {
+    ($name:ident, $doc:literal, fused: $fused:literal, axpy: $axpy:path, xwt: |$p:ident, $i:ident, $o:ident, $x:ident, $w:ident, $b:ident, $z:ident| $xwt:expr $(, tanh: $tanh:path)?) => {
+        #[doc = $doc]
+        #[derive(Clone, Copy, Debug)]
+        pub struct $name;
+        impl Policy for $name {
+            #[inline(always)]
+            fn madd(a: f32, b: f32, c: f32) -> f32 {
+                if $fused { a.mul_add(b, c) } else { a * b + c }
+            }
+            #[inline(always)]
+            fn axpy(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], rsa: usize, csa: usize, b: &[f32], ldb: usize, beta: f32, c: &mut [f32], ldc: usize) {
+                #[allow(unused_unsafe)]
+                // SAFETY: the x86 kernels are only named by policies instantiated inside
+                // `dispatch!`'s `#[target_feature]` wrappers after run-time detection.
+                unsafe { $axpy(m, k, n, alpha, a, rsa, csa, b, ldb, beta, c, ldc) }
+            }
+            $(
+                #[inline(always)]
+                fn tanh_slice(z: &mut [f32]) {
+                    // SAFETY: the x86 kernels are only named by policies instantiated inside
+                    // `dispatch!`'s `#[target_feature]` wrappers after run-time detection.
+                    unsafe { $tanh(z) }
+                }
+            )?
+            #[inline(always)]
+            fn xwt($p: usize, $i: usize, $o: usize, $x: &[f32], $w: &[f32], $b: &[f32], $z: &mut [f32]) {
+                $xwt
+            }
+        }
+    };
+}
+
+// The x86 policies are only instantiated inside `dispatch!`'s `#[target_feature]` wrappers,
+// which run only after `isa()` detected the features at run time.
+#[cfg(target_arch = "x86_64")]
+policy!(Avx512, "AVX-512: 32 zmm registers, 16 lanes.", fused: true, axpy: super::x86::axpy_avx512,
+    // SAFETY: see above: only reached after AVX-512F/VL + FMA were detected.
+    xwt: |p, i, o, x, w, b, z| unsafe { super::x86::xwt_avx512(p, i, o, x, w, b, z) }, tanh: super::x86::tanh_avx512);
+#[cfg(target_arch = "x86_64")]
+policy!(Avx2, "AVX2 + FMA: 16 ymm registers, 8 lanes.", fused: true, axpy: super::x86::axpy_avx2,
+    // SAFETY: see above: only reached after AVX2 + FMA were detected.
+    xwt: |p, i, o, x, w, b, z| unsafe { super::x86::xwt_avx2(p, i, o, x, w, b, z) });
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn base_axpy(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], rsa: usize, csa: usize, b: &[f32], ldb: usize, beta: f32, c: &mut [f32], ldc: usize) {
+    super::gemm::axpy_kernel::<Base, 4, 8>(m, k, n, alpha, a, rsa, csa, b, ldb, beta, c, ldc)
+}
+policy!(Base, "Portable baseline (SSE2 on x86-64): 4 lanes, no FMA.", fused: false, axpy: base_axpy,
+    xwt: |p, i, o, x, w, b, z| super::gemm::xwt_kernel::<Self, 4, 2, 4>(p, i, o, x, w, b, z));
+
+/// True when every value is finite. Branch-free over the slice so it vectorizes.
+#[inline]
+pub fn all_finite(xs: &[f32]) -> bool {
+    const EXP: u32 = 0x7f80_0000;
+    let mut bad = 0u32;
+    for c in xs.chunks(64) {
+        let mut m = 0u32;
+        for v in c {
+            m |= ((v.to_bits() & EXP) == EXP) as u32;
+        }
+        bad |= m;
+    }
+    bad == 0
+}
+
+/// Defines `$name` dispatching on [`isa()`] to `$body::<Avx512/Avx2/Base>` compiled under the
+/// matching `#[target_feature]`. `$body` must be `#[inline(always)]`.
+macro_rules! dispatch {
+    ($(#[$m:meta])* $vis:vis fn $name:ident ( $($arg:ident : $ty:ty),* $(,)? ) $(-> $ret:ty)? => $body:ident) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { $body::<$crate::cpu::simd::Avx512>($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { $body::<$crate::cpu::simd::Avx2>($($arg),*) }
+                match $crate::cpu::simd::isa() {
+                    // SAFETY: isa() returns Avx512 only when avx512f, avx512vl, avx2 and fma
+                    // were all detected at run time.
+                    $crate::cpu::simd::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: isa() returns Avx2 only when avx2 and fma were detected.
+                    $crate::cpu::simd::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::cpu::simd::Isa::Baseline => {}
+                }
+            }
+            $body::<$crate::cpu::simd::Base>($($arg),*)
+        }
+    };
+}
+pub(crate) use dispatch;

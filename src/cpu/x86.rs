@@ -1,0 +1,472 @@
+//! x86-64 intrinsics for the forward product `Z ← bias + X·Wᵀ`, whose dot-product form the
+//! compiler does not vectorize on its own (the lane accumulators spill to the stack).
+//!
+//! Work mapping (both instruction sets): blocks of `RP = 2` points × `RO` outputs; each of
+//! the `2·RO` accumulators is one vector register running along `in` (a contiguous piece of an
+//! `X` row times the same piece of a `W` row per FMA; every loaded `W` piece feeds both
+//! points, every `X` piece all `RO` outputs). At the end each register is summed across its
+//! lanes and the bias added. AVX-512 covers the `in % 16` tail with masked loads (masked-off
+//! lanes are neither read nor faulted); AVX2 finishes it in scalar code.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Checks the slice lengths the raw-pointer loops below rely on.
+#[inline(always)]
+fn check(points: usize, inp: usize, out: usize, x: &[f32], w: &[f32], bias: &[f32], z: &[f32]) {
+    assert!(
+        x.len() >= points * inp && w.len() >= out * inp && bias.len() >= out && z.len() >= points * out,
+        "xwt: slices shorter than {points}×{inp}·{out}"
+    );
+}
+
+/// One `RP × RO` block of the AVX-512 forward product (see [`xwt_avx512`]).
+///
+/// # Safety
+/// AVX-512F/VL; `x`, `w`, `z` hold rows `p0..p0+RP`, `o0..o0+RO` of widths `inp`, `inp`, `out`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn xwt_block_avx512<const RP: usize, const RO: usize>(
+    xp: *const f32, wp: *const f32, zp: *mut f32, bias: &[f32],
+    inp: usize, out: usize, p0: usize, o0: usize, full: usize, mask: __mmask16,
+) {
+    // SAFETY: the caller guarantees the rows exist; loads stay below `full` or are masked.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); RO]; RP];
+        let mut i = 0;
+        while i < full {
+            let xv: [__m512; RP] = std::array::from_fn(|r| _mm512_loadu_ps(xp.add((p0 + r) * inp + i)));
+            for c in 0..RO {
+                let wv = _mm512_loadu_ps(wp.add((o0 + c) * inp + i));
+                for r in 0..RP {
+                    acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
+                }
+            }
+            i += 16;
+        }
+        if mask != 0 {
+            let xv: [__m512; RP] = std::array::from_fn(|r| _mm512_maskz_loadu_ps(mask, xp.add((p0 + r) * inp + full)));
+            for c in 0..RO {
+                let wv = _mm512_maskz_loadu_ps(mask, wp.add((o0 + c) * inp + full));
+                for r in 0..RP {
+                    acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
+                }
+            }
+        }
+        if RP == 2 && RO == 8 {
+            // Joint reduction of the 16 accumulators into one register of 16 sums.
+            let v: [__m512; 16] = std::array::from_fn(|q| acc[q / 8][q % 8]);
+            let sums = reduce16(v);
+            let mut out16 = [0.0f32; 16];
+            _mm512_storeu_ps(out16.as_mut_ptr(), sums);
+            for (q, &slot) in REDUCE16_SLOT.iter().enumerate() {
+                let (r, c) = (q / 8, q % 8);
+                *zp.add((p0 + r) * out + o0 + c) = bias[o0 + c] + out16[slot];
+            }
+        } else {
+            for r in 0..RP {
+                for c in 0..RO {
+                    *zp.add((p0 + r) * out + o0 + c) = bias[o0 + c] + _mm512_reduce_add_ps(acc[r][c]);
+                }
+            }
+        }
+    }
+}
+
+/// Where [`reduce16`] leaves the sum of input `q`: `REDUCE16_SLOT[q]`.
+const REDUCE16_SLOT: [usize; 16] = reduce16_slots();
+
+const fn reduce16_slots() -> [usize; 16] {
+    // Levels 1–2 leave input 4j + g in 128-bit block g of vector s_j; levels 3–4 put, in
+    // block g of the result, inputs [g, 4 + g, 8 + g, 12 + g]. So input q sits in lane
+    // 4·(q mod 4) + q / 4.
+    let mut slot = [0usize; 16];
+    let mut q = 0;
+    while q < 16 {
+        slot[q] = 4 * (q % 4) + q / 4;
+        q += 1;
+    }
+    slot
+}
+
+/// Sums each of 16 registers across its lanes with a transpose-add tree (15 combine steps
+/// instead of 16 separate reductions). Input `q`'s total lands in lane `REDUCE16_SLOT[q]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[inline]
+fn reduce16(v: [__m512; 16]) -> __m512 {
+    // Level 1 (16 → 8): u_j = [v_{2j}.b0+b2, v_{2j}.b1+b3, v_{2j+1}.b0+b2, v_{2j+1}.b1+b3].
+    let u: [__m512; 8] = std::array::from_fn(|j| {
+        let (a, b) = (v[2 * j], v[2 * j + 1]);
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
+    });
+    // Level 2 (8 → 4): s_j block g = full 4-lane partial of input 4j + g.
+    let s: [__m512; 4] = std::array::from_fn(|j| {
+        let (a, b) = (u[2 * j], u[2 * j + 1]);
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b))
+    });
+    // Level 3 (4 → 2): per block [x0+x2, y0+y2, x1+x3, y1+y3] with x from s_{2k}, y from s_{2k+1}.
+    let t: [__m512; 2] = std::array::from_fn(|k| {
+        let (a, b) = (s[2 * k], s[2 * k + 1]);
+        _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
+    });
+    // Level 4 (2 → 1): per block [x(t0), y(t0), x(t1), y(t1)].
+    let (a, b) = (_mm512_castps_pd(t[0]), _mm512_castps_pd(t[1]));
+    _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)))
+}
+
+/// AVX-512 forward product: blocks of 2 points × 8 outputs (16 accumulators + 3 operands of
+/// the 32 zmm registers), edges in blocks of 2×1, 1×8 and 1×1.
+///
+/// # Safety
+/// The CPU must support AVX-512F/VL and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+pub unsafe fn xwt_avx512(points: usize, inp: usize, out: usize, x: &[f32], w: &[f32], bias: &[f32], z: &mut [f32]) {
+    check(points, inp, out, x, w, bias, z);
+    let full = inp / 16 * 16;
+    let mask: __mmask16 = ((1u32 << (inp - full)) - 1) as u16;
+    let (xp, wp, zp) = (x.as_ptr(), w.as_ptr(), z.as_mut_ptr());
+    let (p2, o8) = (points / 2 * 2, out / 8 * 8);
+    // SAFETY: `check` proved x has points·inp, w out·inp, z points·out floats, and every
+    // block below covers rows p0 + RP ≤ points and o0 + RO ≤ out.
+    unsafe {
+        for p0 in (0..p2).step_by(2) {
+            for o0 in (0..o8).step_by(8) {
+                xwt_block_avx512::<2, 8>(xp, wp, zp, bias, inp, out, p0, o0, full, mask);
+            }
+            for o0 in o8..out {
+                xwt_block_avx512::<2, 1>(xp, wp, zp, bias, inp, out, p0, o0, full, mask);
+            }
+        }
+        if p2 < points {
+            for o0 in (0..o8).step_by(8) {
+                xwt_block_avx512::<1, 8>(xp, wp, zp, bias, inp, out, p2, o0, full, mask);
+            }
+            for o0 in o8..out {
+                xwt_block_avx512::<1, 1>(xp, wp, zp, bias, inp, out, p2, o0, full, mask);
+            }
+        }
+    }
+}
+
+/// Sum of the 8 lanes of an AVX register.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn hsum256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// AVX2 forward product. `RO = 4` outputs per block (8 accumulators + operands of the 16 ymm
+/// registers); the `in % 8` tail is finished in scalar FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn xwt_avx2(points: usize, inp: usize, out: usize, x: &[f32], w: &[f32], bias: &[f32], z: &mut [f32]) {
+    check(points, inp, out, x, w, bias, z);
+    const RP: usize = 2;
+    const RO: usize = 4;
+    let full = inp / 8 * 8;
+    // SAFETY (whole body): as in `xwt_avx512`, with 8-float loads below `full` and scalar
+    // reads below `inp` through checked slice indexing.
+    unsafe {
+        let (xp, wp) = (x.as_ptr(), w.as_ptr());
+        let mut dot_block = |p0: usize, rp: usize, o0: usize, ro: usize| {
+            let mut acc = [[_mm256_setzero_ps(); RO]; RP];
+            let mut i = 0;
+            while i < full {
+                let xv: [__m256; RP] = std::array::from_fn(|r| if r < rp { _mm256_loadu_ps(xp.add((p0 + r) * inp + i)) } else { _mm256_setzero_ps() });
+                for c in 0..ro {
+                    let wv = _mm256_loadu_ps(wp.add((o0 + c) * inp + i));
+                    for r in 0..rp {
+                        acc[r][c] = _mm256_fmadd_ps(xv[r], wv, acc[r][c]);
+                    }
+                }
+                i += 8;
+            }
+            for r in 0..rp {
+                for c in 0..ro {
+                    let mut s = hsum256(acc[r][c]);
+                    for i in full..inp {
+                        s = x[(p0 + r) * inp + i].mul_add(w[(o0 + c) * inp + i], s);
+                    }
+                    z[(p0 + r) * out + o0 + c] = bias[o0 + c] + s;
+                }
+            }
+        };
+        let mut p0 = 0;
+        while p0 < points {
+            let rp = (points - p0).min(RP);
+            let mut o0 = 0;
+            while o0 < out {
+                let ro = (out - o0).min(RO);
+                if rp == RP && ro == RO {
+                    dot_block(p0, RP, o0, RO);
+                } else {
+                    dot_block(p0, rp, o0, ro);
+                }
+                o0 += ro;
+            }
+            p0 += rp;
+        }
+    }
+}
+
+/// Checks the extents the raw-pointer axpy loops rely on.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn check_axpy(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, csa: usize, b: &[f32], ldb: usize, c: &[f32], ldc: usize) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k > 0 {
+        assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "axpy: A out of bounds");
+        assert!((k - 1) * ldb + n <= b.len(), "axpy: B out of bounds");
+    }
+    assert!((m - 1) * ldc + n <= c.len(), "axpy: C out of bounds");
+}
+
+/// One block of [`axpy_avx512`]: `RR` rows × `NV` vectors of 16 columns (masked by `m0`, `m1`).
+///
+/// # Safety
+/// AVX-512F/VL; the rows `r0..r0+RR` of `A` and `C`, rows `0..k` of `B` and the unmasked
+/// columns exist.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn axpy_block_avx512<const RR: usize, const NV: usize>(
+    k: usize, alpha: f32, ap: *const f32, rsa: usize, csa: usize, bp: *const f32, ldb: usize,
+    beta: f32, cp: *mut f32, ldc: usize, r0: usize, c0: usize, masks: [__mmask16; 2],
+) {
+    // SAFETY: guaranteed by the caller; masked-off lanes are neither read nor written.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); NV]; RR];
+        for kk in 0..k {
+            let brow = bp.add(kk * ldb + c0);
+            let bv: [__m512; NV] = std::array::from_fn(|h| _mm512_maskz_loadu_ps(masks[h], brow.add(16 * h)));
+            for r in 0..RR {
+                let av = _mm512_set1_ps(*ap.add((r0 + r) * rsa + kk * csa));
+                for h in 0..NV {
+                    acc[r][h] = _mm512_fmadd_ps(av, bv[h], acc[r][h]);
+                }
+            }
+        }
+        let (va, vb) = (_mm512_set1_ps(alpha), _mm512_set1_ps(beta));
+        for (r, acc) in acc.iter().enumerate() {
+            let crow = cp.add((r0 + r) * ldc + c0);
+            for h in 0..NV {
+                let s = _mm512_mul_ps(va, acc[h]);
+                let v = if beta == 0.0 { s } else { _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(masks[h], crow.add(16 * h)), s) };
+                _mm512_mask_storeu_ps(crow.add(16 * h), masks[h], v);
+            }
+        }
+    }
+}
+
+/// AVX-512 axpy product `C[m×n] ← α·A·B + β·C` (`B`, `C` with contiguous rows).
+///
+/// Work mapping: blocks of 4 rows × 32 columns of `C` in 8 zmm accumulators; per `kk`, two
+/// (masked at the right edge) loads of `B`'s row `kk` and 4 broadcasts of `A[r, kk]` feed 8
+/// FMAs. Edge blocks (fewer rows, one vector) are separate instantiations, so every block
+/// runs fully unrolled. `β = 0` never reads `C`.
+///
+/// # Safety
+/// The CPU must support AVX-512F/VL and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn axpy_avx512(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], rsa: usize, csa: usize, b: &[f32], ldb: usize, beta: f32, c: &mut [f32], ldc: usize) {
+    check_axpy(m, k, n, a, rsa, csa, b, ldb, c, ldc);
+    let lane_mask = |from: usize| -> __mmask16 {
+        let left = n.saturating_sub(from).min(16);
+        ((1u32 << left) - 1) as u16
+    };
+    let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    // SAFETY: `check_axpy` proved every A index (r·rsa + kk·csa, r < m, kk < k) and every
+    // B/C row piece [row·ld + c0, row·ld + n) is inside its slice; each block covers rows
+    // r0 + RR ≤ m, and columns past n are masked off.
+    unsafe {
+        macro_rules! run {
+            ($rr:literal, $nv:literal, $r0:expr, $c0:expr, $masks:expr) => {
+                axpy_block_avx512::<$rr, $nv>(k, alpha, ap, rsa, csa, bp, ldb, beta, cp, ldc, $r0, $c0, $masks)
+            };
+        }
+        let mut c0 = 0;
+        while c0 < n {
+            let masks = [lane_mask(c0), lane_mask(c0 + 16)];
+            let two = masks[1] != 0;
+            let m4 = m / 4 * 4;
+            for r0 in (0..m4).step_by(4) {
+                if two { run!(4, 2, r0, c0, masks) } else { run!(4, 1, r0, c0, masks) }
+            }
+            match (m - m4, two) {
+                (0, _) => {}
+                (1, true) => run!(1, 2, m4, c0, masks),
+                (1, false) => run!(1, 1, m4, c0, masks),
+                (2, true) => run!(2, 2, m4, c0, masks),
+                (2, false) => run!(2, 1, m4, c0, masks),
+                (_, true) => run!(3, 2, m4, c0, masks),
+                (_, false) => run!(3, 1, m4, c0, masks),
+            }
+            c0 += 32;
+        }
+    }
+}
+
+/// AVX2 axpy product, as [`axpy_avx512`] with 4 rows × 16 columns (8 ymm accumulators) and
+/// `vmaskmov` loads/stores at the right edge.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn axpy_avx2(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], rsa: usize, csa: usize, b: &[f32], ldb: usize, beta: f32, c: &mut [f32], ldc: usize) {
+    check_axpy(m, k, n, a, rsa, csa, b, ldb, c, ldc);
+    const R: usize = 4;
+    // SAFETY (whole body): as in `axpy_avx512`; masked lanes are neither read nor written.
+    unsafe {
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let lane_mask = |from: usize| -> (__m256i, bool) {
+            let left = n.saturating_sub(from).min(8);
+            (_mm256_cmpgt_epi32(_mm256_set1_epi32(left as i32), lanes), left > 0)
+        };
+        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        let (va, vb) = (_mm256_set1_ps(alpha), _mm256_set1_ps(beta));
+        let block = |r0: usize, rr: usize, c0: usize, m0: __m256i, m1: (__m256i, bool)| {
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            for kk in 0..k {
+                let brow = bp.add(kk * ldb + c0);
+                let b0 = _mm256_maskload_ps(brow, m0);
+                let b1 = if m1.1 { _mm256_maskload_ps(brow.add(8), m1.0) } else { _mm256_setzero_ps() };
+                for r in 0..rr {
+                    let av = _mm256_set1_ps(*ap.add((r0 + r) * rsa + kk * csa));
+                    acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+                    if m1.1 {
+                        acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate().take(rr) {
+                let crow = cp.add((r0 + r) * ldc + c0);
+                for (h, (mask, any)) in [(0, (m0, true)), (1, m1)] {
+                    if !any {
+                        continue;
+                    }
+                    let s = _mm256_mul_ps(va, acc[h]);
+                    let v = if beta == 0.0 { s } else { _mm256_fmadd_ps(vb, _mm256_maskload_ps(crow.add(8 * h), mask), s) };
+                    _mm256_maskstore_ps(crow.add(8 * h), mask, v);
+                }
+            }
+        };
+        let all = _mm256_set1_epi32(-1);
+        let mut c0 = 0;
+        while c0 < n {
+            let (m0, _) = lane_mask(c0);
+            let m1 = lane_mask(c0 + 8);
+            let full = n - c0 >= 16;
+            let mut r0 = 0;
+            while r0 < m {
+                let rr = (m - r0).min(R);
+                if rr == R && full {
+                    block(r0, R, c0, all, (all, true));
+                } else {
+                    block(r0, rr, c0, m0, m1);
+                }
+                r0 += rr;
+            }
+            c0 += 16;
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reduce16_puts_each_sum_in_its_slot() {
+        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl")) {
+            eprintln!("skipped: no AVX-512 on this CPU");
+            return;
+        }
+        // Input q has lanes (q + 1)·(lane + 1)·0.5, sum (q + 1)·68 (exact in f32).
+        let vals: Vec<[f32; 16]> = (0..16).map(|q| std::array::from_fn(|l| (q + 1) as f32 * (l + 1) as f32 * 0.5)).collect();
+        let mut out = [0.0f32; 16];
+        // SAFETY: AVX-512F/VL detected above; loads and stores cover exactly 16 floats.
+        unsafe {
+            let v: [__m512; 16] = std::array::from_fn(|q| _mm512_loadu_ps(vals[q].as_ptr()));
+            _mm512_storeu_ps(out.as_mut_ptr(), reduce16(v));
+        }
+        for q in 0..16 {
+            assert_eq!(out[REDUCE16_SLOT[q]], (q + 1) as f32 * 68.0, "input {q}");
+        }
+    }
+}
+
+/// `z ← tanh(z)` elementwise with AVX-512: the same formula as [`super::math::tanh`] (odd
+/// polynomial below 0.625, `1 − 2/(e^{2|x|} + 1)` above), 16 lanes at a time with a masked
+/// tail, and the division replaced by `rcp14` refined with one Newton step (relative error
+/// about 2^-28, below f32 rounding). NaN propagates through the polynomial branch.
+///
+/// # Safety
+/// The CPU must support AVX-512F/VL and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+pub unsafe fn tanh_avx512(z: &mut [f32]) {
+    let n = z.len();
+    let zp = z.as_mut_ptr();
+    let set = _mm512_set1_ps;
+    let mut i = 0;
+    while i < n {
+        let left = (n - i).min(16);
+        let mask: __mmask16 = ((1u32 << left) - 1) as u16;
+        // SAFETY: lanes i..i+left are inside `z`; the rest are masked off.
+        let x = unsafe { _mm512_maskz_loadu_ps(mask, zp.add(i)) };
+        let ax = _mm512_abs_ps(x);
+        // Small |x|: x + x·(z·P(z)), z = x².
+        let x2 = _mm512_mul_ps(x, x);
+        let mut p = set(-5.704_988_7e-3);
+        p = _mm512_fmadd_ps(p, x2, set(2.063_908_9e-2));
+        p = _mm512_fmadd_ps(p, x2, set(-5.373_971_6e-2));
+        p = _mm512_fmadd_ps(p, x2, set(1.333_144_2e-1));
+        p = _mm512_fmadd_ps(p, x2, set(-3.333_328_2e-1));
+        p = _mm512_mul_ps(p, x2);
+        let small = _mm512_fmadd_ps(x, p, x);
+        // Large |x|: e = exp(2·min(|x|, 9)) by n·ln2 + r reduction and a degree-6 polynomial.
+        let y = _mm512_mul_ps(set(2.0), _mm512_min_ps(ax, set(9.0)));
+        let nf = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(y, set(std::f32::consts::LOG2_E)));
+        let r = _mm512_fnmadd_ps(nf, set(-2.121_944_4e-4), _mm512_fnmadd_ps(nf, set(0.693_359_4), y));
+        let mut e = set(1.987_569_1e-4);
+        e = _mm512_fmadd_ps(e, r, set(1.398_199_9e-3));
+        e = _mm512_fmadd_ps(e, r, set(8.333_452e-3));
+        e = _mm512_fmadd_ps(e, r, set(4.166_579_6e-2));
+        e = _mm512_fmadd_ps(e, r, set(1.666_666_5e-1));
+        e = _mm512_fmadd_ps(e, r, set(0.5));
+        e = _mm512_fmadd_ps(e, r, set(1.0));
+        e = _mm512_fmadd_ps(e, r, set(1.0));
+        let e = _mm512_scalef_ps(e, nf);
+        // 1 − 2/(e + 1) with 1/d ≈ rcp14(d)·(2 − d·rcp14(d)).
+        let d = _mm512_add_ps(e, set(1.0));
+        let r0 = _mm512_rcp14_ps(d);
+        let inv = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, set(2.0)));
+        let large_abs = _mm512_fnmadd_ps(set(2.0), inv, set(1.0));
+        let sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN));
+        let large = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(large_abs), sign));
+        // !(|x| ≥ 0.625): NaN compares false, so it takes the polynomial path.
+        let use_large = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(ax, set(0.625));
+        let t = _mm512_mask_blend_ps(use_large, small, large);
+        // SAFETY: as the load.
+        unsafe { _mm512_mask_storeu_ps(zp.add(i), mask, t) };
+        i += 16;
+    }
+}

@@ -1,0 +1,329 @@
+//! Gradient checks, property-based over random MLPs (1–4 layers, widths 1–64, tanh/ReLU,
+//! MSE/softmax cross-entropy, 1–32 points):
+//!
+//! 1. the f64 reference's analytic gradient against central finite differences of the f64
+//!    loss (validates the reference itself);
+//! 2. the crate's f32 kernels (`forward`, `loss_grad`, `backward`, `backward_sgd`) against the
+//!    f64 reference;
+//! 3. `Model::predict` against the reference forward pass.
+//!
+//! # Tolerances for the f32 kernels
+//!
+//! f32 unit roundoff is `u = 2⁻²⁴ ≈ 6e-8`. Every product here is a sum of at most 64 terms
+//! (forward and input-gradient products) or 32 terms (sums over points), whose worst-case
+//! rounding error is `γ_n ≈ n·u ≤ 4e-6` relative to the sum of `|terms|`, but rounding errors
+//! add like `√n·u ≈ 5e-7`; the fast tanh adds at most 4e-7 (measured 1.4e-7). Values are
+//! compared *normwise* per block: `|got − ref| ≤ C·scale + C·|ref|` with `scale` the largest
+//! `|ref|` of the block (outputs: the whole output; gradients: layer `l`'s `W_l`/`b_l`), and
+//! `C = 1e-5`: over 3000 random problems of this generator the largest normwise errors were
+//! 2.6e-7 (outputs, loss) and 8.5e-7 (gradients), so `C` leaves a ~10× margin while still
+//! catching any precision loss beyond a few dozen ulps, let alone layout or indexing errors
+//! (O(1) relative differences).
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use rand::Rng;
+use reptile::cpu::mlp::{self, Workspace};
+use reptile::{Activation, Loss, MlpSpec, Model};
+
+/// Normwise relative tolerance of the f32 kernels (see the module docs).
+const C: f64 = 1e-5;
+/// Finite-difference step.
+const H: f64 = 1e-6;
+/// Minimum distance of every hidden ReLU pre-activation from the kink at 0.
+const KINK_MARGIN: f64 = 1e-4;
+
+/// One random problem: spec, θ (from `Model::new`), inputs in [-2, 2), targets.
+struct Problem {
+    spec: MlpSpec,
+    theta: Vec<f32>,
+    x: Vec<f32>,
+    t: OwnedTargets,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+fn problem(layers: usize, relu: bool, ce: bool, points: usize, seed: u64) -> Problem {
+    let mut rng = rng(seed);
+    let act = if relu {
+        Activation::Relu
+    } else {
+        Activation::Tanh
+    };
+    let loss = if ce {
+        Loss::SoftmaxCrossEntropy
+    } else {
+        Loss::Mse
+    };
+    let spec = random_spec(&mut rng, layers, 64, act, loss);
+    let theta = Model::new(spec.clone(), seed ^ 0x5eed).into_params();
+    let mut x = uniform_vec(&mut rng, points * spec.in_dim(), -2.0, 2.0);
+    avoid_relu_kinks(
+        &spec,
+        &to_f64(&theta),
+        &mut x,
+        points,
+        &mut rng,
+        KINK_MARGIN,
+    );
+    let t = OwnedTargets::random(&mut rng, &spec, points);
+    Problem {
+        spec,
+        theta,
+        x,
+        t,
+        rng,
+    }
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// `(layers, relu, ce, points, seed)`.
+fn params() -> impl Strategy<Value = (usize, bool, bool, usize, u64)> {
+    (
+        1usize..=4,
+        any::<bool>(),
+        any::<bool>(),
+        1usize..=32,
+        any::<u64>(),
+    )
+}
+
+/// Checks `got` against `want` layer block by layer block, with `|got − ref| ≤ tol_scale·s_l
+/// + eps·|ref|` where `s_l` is the largest `|ref|` of layer `l`'s parameters (+ `extra_tol`).
+fn check_per_layer(
+    spec: &MlpSpec,
+    got: &[f32],
+    want: &[f64],
+    tol_scale: f64,
+    extra_tol: f64,
+    eps: f64,
+    what: &str,
+) -> Result<(), String> {
+    let offs = layer_offsets(spec.widths());
+    for (l, &(wo, _)) in offs.iter().enumerate() {
+        let end = offs.get(l + 1).map_or(want.len(), |o| o.0);
+        let scale = max_abs(&want[wo..end]);
+        check_close(
+            &got[wo..end],
+            &want[wo..end],
+            tol_scale * scale + extra_tol,
+            eps,
+            &format!("{what} layer {l}"),
+        )?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The reference's analytic gradient equals central finite differences of its loss.
+    ///
+    /// FD error: truncation `h²/6·|L'''| ≈ 2e-13·|L'''|` plus cancellation `≈ 1e-16·L/h =
+    /// 1e-10·L`; the bound `1e-7·max(1, L) + 1e-6·|g|` is ≥ 1000× above both and ≥ 1000×
+    /// below the size of any real derivative error for gradients of order 1e-4 and up.
+    #[test]
+    fn reference_gradient_matches_finite_differences((layers, relu, ce, points, seed) in params()) {
+        let mut p = problem(layers, relu, ce, points, seed);
+        let spec = &p.spec;
+        let theta = to_f64(&p.theta);
+        let x = to_f64(&p.x);
+        let tv = p.t.values_f64();
+        let t = p.t.reference(&tv);
+        let (loss, grad) = ref_loss_grad(spec, &theta, &x, t, points);
+        prop_assert!(loss.is_finite() && loss > 0.0);
+        let n = theta.len();
+        let coords: Vec<usize> = if n <= 20 { (0..n).collect() } else { (0..20).map(|_| p.rng.random_range(0..n)).collect() };
+        let mut th = theta.clone();
+        for &j in &coords {
+            th[j] = theta[j] + H;
+            let lp = ref_loss(spec, &th, &x, t, points);
+            th[j] = theta[j] - H;
+            let lm = ref_loss(spec, &th, &x, t, points);
+            th[j] = theta[j];
+            let fd = (lp - lm) / (2.0 * H);
+            let bound = 1e-7 * loss.max(1.0) + 1e-6 * grad[j].abs();
+            prop_assert!(
+                (fd - grad[j]).abs() <= bound,
+                "θ[{}] of {:?} {:?} {:?}: analytic {:e}, finite difference {:e}, |diff| {:e} > {:e}",
+                j, spec.widths(), spec.activation(), spec.loss(), grad[j], fd, (fd - grad[j]).abs(), bound
+            );
+        }
+    }
+
+    /// The f32 kernels agree with the f64 reference: outputs, loss, gradient, and the fused
+    /// SGD update `θ − lr·∇θ`.
+    #[test]
+    fn kernels_match_reference((layers, relu, ce, points, seed) in params(), extra_cap in 0usize..4) {
+        let mut p = problem(layers, relu, ce, points, seed);
+        let spec = &p.spec;
+        let theta64 = to_f64(&p.theta);
+        let x64 = to_f64(&p.x);
+        let tv = p.t.values_f64();
+        let t = p.t.reference(&tv);
+        let f = ref_forward(spec, &theta64, &x64, points);
+        let (loss_ref, grad_ref) = ref_loss_grad(spec, &theta64, &x64, t, points);
+
+        // A workspace larger than the batch exercises the capacity strides.
+        let mut ws = Workspace::new(spec, points + extra_cap);
+        let y = mlp::forward(spec, &p.theta, &p.x, points, &mut ws).to_vec();
+        let y_ref = f.output();
+        let y_scale = max_abs(y_ref);
+        check_close(&y, y_ref, C * y_scale, C, "forward output").map_err(TestCaseError::fail)?;
+
+        // Loss: an output error δ moves MSE by ≤ 2·√L·δ and cross-entropy by ≤ 2·δ, plus
+        // f32 rounding of the per-point terms (relative C).
+        let loss = mlp::loss_grad(spec, p.t.tgt(), points, &mut ws);
+        let dy = C * y_scale;
+        let loss_tol = 2.0 * (loss_ref.sqrt() + 1.0) * dy;
+        check_close(&[loss], &[loss_ref], loss_tol, C, "loss").map_err(TestCaseError::fail)?;
+
+        // Gradient into a NaN-poisoned buffer: backward must overwrite every entry.
+        let mut grad = vec![f32::NAN; spec.num_params()];
+        mlp::backward(spec, &p.theta, &p.x, points, &mut ws, &mut grad);
+        check_per_layer(spec, &grad, &grad_ref, C, 0.0, C, "gradient").map_err(TestCaseError::fail)?;
+
+        // Fused SGD: θ_new = θ − lr·g; rounding adds ≤ 2u·|θ_new| on top of lr × the gradient
+        // tolerance.
+        let lr = p.rng.random_range(0.001f32..0.5);
+        let mut theta_new = p.theta.clone();
+        mlp::forward(spec, &p.theta, &p.x, points, &mut ws);
+        let loss2 = mlp::loss_grad(spec, p.t.tgt(), points, &mut ws);
+        prop_assert_eq!(loss2.to_bits(), loss.to_bits(), "loss_grad is not deterministic");
+        mlp::backward_sgd(spec, &mut theta_new, &p.x, points, &mut ws, lr);
+        let want: Vec<f64> = theta64.iter().zip(&grad_ref).map(|(t, g)| t - lr as f64 * g).collect();
+        let offs = layer_offsets(spec.widths());
+        for (l, &(wo, _)) in offs.iter().enumerate() {
+            let end = offs.get(l + 1).map_or(want.len(), |o| o.0);
+            let gscale = max_abs(&grad_ref[wo..end]);
+            let tol = lr as f64 * C * gscale;
+            check_close(&theta_new[wo..end], &want[wo..end], tol, 2.5e-7, &format!("backward_sgd layer {l}"))
+                .map_err(TestCaseError::fail)?;
+        }
+    }
+
+    /// `Model::predict` equals the reference forward pass.
+    #[test]
+    fn predict_matches_reference((layers, relu, ce, points, seed) in params()) {
+        let p = problem(layers, relu, ce, points, seed);
+        let model = Model::from_params(p.spec.clone(), p.theta.clone()).unwrap();
+        let y = model.predict(&p.x).unwrap();
+        prop_assert_eq!(y.len(), points * p.spec.out_dim());
+        let f = ref_forward(&p.spec, &to_f64(&p.theta), &to_f64(&p.x), points);
+        let s = max_abs(f.output());
+        check_close(&y, f.output(), C * s, C, "predict").map_err(TestCaseError::fail)?;
+    }
+}
+
+/// The analytic gradient also passes finite differences at a ReLU point *between* kinks for a
+/// deep, narrow net with many dead units, where errors in the mask would show.
+#[test]
+fn relu_mask_gradient_deep_narrow() {
+    for seed in 0..20u64 {
+        let mut rng = rng(1000 + seed);
+        let spec = MlpSpec::new(&[3, 2, 2, 2, 2], Activation::Relu, Loss::Mse).unwrap();
+        let theta = to_f64(&Model::new(spec.clone(), seed).into_params());
+        let points = 8;
+        let mut x = uniform_vec(&mut rng, points * 3, -2.0, 2.0);
+        avoid_relu_kinks(&spec, &theta, &mut x, points, &mut rng, KINK_MARGIN);
+        let x = to_f64(&x);
+        let t = uniform_vec(&mut rng, points * 2, -2.0, 2.0);
+        let tv = to_f64(&t);
+        let (loss, g) = ref_loss_grad(&spec, &theta, &x, RefTargets::Values(&tv), points);
+        let mut th = theta.clone();
+        for j in 0..theta.len() {
+            th[j] = theta[j] + H;
+            let lp = ref_loss(&spec, &th, &x, RefTargets::Values(&tv), points);
+            th[j] = theta[j] - H;
+            let lm = ref_loss(&spec, &th, &x, RefTargets::Values(&tv), points);
+            th[j] = theta[j];
+            let fd = (lp - lm) / (2.0 * H);
+            assert!(
+                (fd - g[j]).abs() <= 1e-7 * loss.max(1.0) + 1e-6 * g[j].abs(),
+                "seed {seed} θ[{j}]: analytic {:e} vs fd {fd:e}",
+                g[j]
+            );
+        }
+    }
+}
+
+/// Layers wider than 64 (the bias-gradient kernel works in blocks of 64) and batches of more
+/// than 32 points, same tolerances as the property tests.
+#[test]
+fn wide_layers_match_reference() {
+    let shapes: [(&[usize], Activation, Loss, usize); 4] = [
+        (&[5, 130, 70, 3], Activation::Tanh, Loss::Mse, 40),
+        (
+            &[5, 130, 70, 3],
+            Activation::Relu,
+            Loss::SoftmaxCrossEntropy,
+            40,
+        ),
+        (&[65, 64, 129], Activation::Relu, Loss::Mse, 7),
+        (
+            &[2, 200, 200],
+            Activation::Tanh,
+            Loss::SoftmaxCrossEntropy,
+            65,
+        ),
+    ];
+    for (k, (w, act, loss, points)) in shapes.into_iter().enumerate() {
+        let mut r = rng(500 + k as u64);
+        let spec = MlpSpec::new(w, act, loss).unwrap();
+        let theta = Model::new(spec.clone(), k as u64).into_params();
+        let mut x = uniform_vec(&mut r, points * spec.in_dim(), -2.0, 2.0);
+        avoid_relu_kinks(&spec, &to_f64(&theta), &mut x, points, &mut r, KINK_MARGIN);
+        let t = OwnedTargets::random(&mut r, &spec, points);
+        let tv = t.values_f64();
+        let f = ref_forward(&spec, &to_f64(&theta), &to_f64(&x), points);
+        let (_, g) = ref_loss_grad(
+            &spec,
+            &to_f64(&theta),
+            &to_f64(&x),
+            t.reference(&tv),
+            points,
+        );
+        let mut ws = Workspace::new(&spec, points);
+        let y = mlp::forward(&spec, &theta, &x, points, &mut ws).to_vec();
+        assert_close(
+            &y,
+            f.output(),
+            C * max_abs(f.output()),
+            C,
+            &format!("{w:?} output"),
+        );
+        mlp::loss_grad(&spec, t.tgt(), points, &mut ws);
+        let mut grad = vec![f32::NAN; spec.num_params()];
+        mlp::backward(&spec, &theta, &x, points, &mut ws, &mut grad);
+        check_per_layer(&spec, &grad, &g, C, 0.0, C, &format!("{w:?} gradient")).unwrap();
+    }
+}
+
+/// The spec's layout (offsets, parameter count) is the documented one.
+#[test]
+fn layout_matches_documentation() {
+    let mut r = rng(600);
+    for _ in 0..200 {
+        let layers = r.random_range(1..=6);
+        let spec = random_spec(&mut r, layers, 300, Activation::Tanh, Loss::Mse);
+        let w = spec.widths();
+        assert_eq!(spec.num_layers(), w.len() - 1);
+        assert_eq!(spec.num_params(), num_params(w));
+        for (l, &(wo, bo)) in layer_offsets(w).iter().enumerate() {
+            assert_eq!(spec.weight_offset(l), wo, "W_{l} of {w:?}");
+            assert_eq!(spec.bias_offset(l), bo, "b_{l} of {w:?}");
+        }
+        assert_eq!(
+            Model::new(spec.clone(), 0).params().len(),
+            spec.num_params()
+        );
+    }
+}
