@@ -48,6 +48,13 @@ pub mod spec;
 pub mod workloads;
 
 pub use error::{Error, Result};
-pub use meta::{DeltaSum, EvalReport, EvalTasks, InnerLoop, OuterRule, ReptileConfig, StepStats, TaskBatch, Targets, Trainer};
+pub use meta::{
+    DeltaSum, EvalReport, EvalTasks, InnerLoop, OuterRule, ReptileConfig, StepStats, Targets, TaskBatch, Trainer,
+};
 pub use params::Model;
 pub use spec::{Activation, Loss, MlpSpec};
+
+/// The README's examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -92,7 +92,7 @@ impl Model {
 /// Number of points in an `x` buffer, or a shape error.
 pub(crate) fn points_of(spec: &MlpSpec, x: &[f32]) -> Result<usize> {
     let d = spec.in_dim();
-    if x.is_empty() || x.len() % d != 0 {
+    if x.is_empty() || !x.len().is_multiple_of(d) {
         return Err(Error::ShapeMismatch(format!(
             "x has {} values, not a non-zero multiple of the input width {d}",
             x.len()

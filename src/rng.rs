@@ -3,8 +3,8 @@
 //! and with any number of threads: each use (initialization, a task's minibatch order, task
 //! sampling) gets its own stream keyed by `(seed, purpose, index)`.
 
-pub use rand_chacha::ChaCha8Rng as Rng;
 use rand::SeedableRng;
+pub use rand_chacha::ChaCha8Rng as Rng;
 
 /// What a stream is for; keeps streams of different uses apart under one seed.
 #[derive(Clone, Copy, Debug)]

@@ -53,9 +53,7 @@ impl MlpSpec {
     /// all non-zero; softmax cross-entropy needs at least two outputs.
     pub fn new(widths: &[usize], activation: Activation, loss: Loss) -> Result<Self> {
         if widths.len() < 2 {
-            return Err(Error::InvalidArgument(format!(
-                "an MLP needs at least [in, out] widths, got {widths:?}"
-            )));
+            return Err(Error::InvalidArgument(format!("an MLP needs at least [in, out] widths, got {widths:?}")));
         }
         if let Some(i) = widths.iter().position(|&w| w == 0 || w > MAX_WIDTH) {
             return Err(Error::InvalidArgument(format!(
@@ -64,9 +62,7 @@ impl MlpSpec {
             )));
         }
         if loss == Loss::SoftmaxCrossEntropy && *widths.last().unwrap() < 2 {
-            return Err(Error::InvalidArgument(
-                "softmax cross-entropy needs at least 2 outputs".into(),
-            ));
+            return Err(Error::InvalidArgument("softmax cross-entropy needs at least 2 outputs".into()));
         }
         let spec = MlpSpec { widths: widths.to_vec(), activation, loss };
         let n = (0..spec.num_layers())

@@ -7,8 +7,8 @@ use common::*;
 use reptile::io::checkpoint;
 use reptile::workloads::sine::SineTasks;
 use reptile::{
-    Activation, DeltaSum, Error, EvalTasks, InnerLoop, Loss, MlpSpec, Model, OuterRule,
-    ReptileConfig, Targets, TaskBatch, Trainer,
+    Activation, DeltaSum, Error, EvalTasks, InnerLoop, Loss, MlpSpec, Model, OuterRule, ReptileConfig, Targets,
+    TaskBatch, Trainer,
 };
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -62,33 +62,15 @@ fn spec_errors() {
             assert_err!(MlpSpec::new(&[], act, loss), Error::InvalidArgument(_));
             assert_err!(MlpSpec::new(&[3], act, loss), Error::InvalidArgument(_));
             assert_err!(MlpSpec::new(&[0, 4], act, loss), Error::InvalidArgument(_));
-            assert_err!(
-                MlpSpec::new(&[2, 0, 4], act, loss),
-                Error::InvalidArgument(_)
-            );
-            assert_err!(
-                MlpSpec::new(&[2, 4, 0], act, loss),
-                Error::InvalidArgument(_)
-            );
-            assert_err!(
-                MlpSpec::new(&[2, (1 << 20) + 1, 4], act, loss),
-                Error::InvalidArgument(_)
-            );
+            assert_err!(MlpSpec::new(&[2, 0, 4], act, loss), Error::InvalidArgument(_));
+            assert_err!(MlpSpec::new(&[2, 4, 0], act, loss), Error::InvalidArgument(_));
+            assert_err!(MlpSpec::new(&[2, (1 << 20) + 1, 4], act, loss), Error::InvalidArgument(_));
             // Too many parameters in total (> i32::MAX), each width valid.
-            assert_err!(
-                MlpSpec::new(&[1 << 20, 1 << 20, 2], act, loss),
-                Error::InvalidArgument(_)
-            );
+            assert_err!(MlpSpec::new(&[1 << 20, 1 << 20, 2], act, loss), Error::InvalidArgument(_));
         }
     }
-    assert_err!(
-        MlpSpec::new(&[3, 8, 1], Activation::Tanh, Loss::SoftmaxCrossEntropy),
-        Error::InvalidArgument(_)
-    );
-    assert_err!(
-        MlpSpec::new(&[3, 1], Activation::Relu, Loss::SoftmaxCrossEntropy),
-        Error::InvalidArgument(_)
-    );
+    assert_err!(MlpSpec::new(&[3, 8, 1], Activation::Tanh, Loss::SoftmaxCrossEntropy), Error::InvalidArgument(_));
+    assert_err!(MlpSpec::new(&[3, 1], Activation::Relu, Loss::SoftmaxCrossEntropy), Error::InvalidArgument(_));
     // The boundaries are accepted.
     assert!(MlpSpec::new(&[1, 1], Activation::Tanh, Loss::Mse).is_ok());
     assert!(MlpSpec::new(&[1, 2], Activation::Tanh, Loss::SoftmaxCrossEntropy).is_ok());
@@ -136,36 +118,15 @@ fn task_batch_errors() {
     let y = uniform_vec(&mut r, n * m * 3, -2.0, 2.0);
     assert!(TaskBatch::new(&spec, n, m, x.clone(), vals(y.clone())).is_ok());
     // Mismatched lengths.
-    assert_err!(
-        TaskBatch::new(&spec, n, m, x[1..].to_vec(), vals(y.clone())),
-        Error::ShapeMismatch(_)
-    );
-    assert_err!(
-        TaskBatch::new(&spec, n, m, x.clone(), vals(y[1..].to_vec())),
-        Error::ShapeMismatch(_)
-    );
-    assert_err!(
-        TaskBatch::new(&spec, n, m + 1, x.clone(), vals(y.clone())),
-        Error::ShapeMismatch(_)
-    );
-    assert_err!(
-        TaskBatch::new(&spec, n + 1, m, x.clone(), vals(y.clone())),
-        Error::ShapeMismatch(_)
-    );
+    assert_err!(TaskBatch::new(&spec, n, m, x[1..].to_vec(), vals(y.clone())), Error::ShapeMismatch(_));
+    assert_err!(TaskBatch::new(&spec, n, m, x.clone(), vals(y[1..].to_vec())), Error::ShapeMismatch(_));
+    assert_err!(TaskBatch::new(&spec, n, m + 1, x.clone(), vals(y.clone())), Error::ShapeMismatch(_));
+    assert_err!(TaskBatch::new(&spec, n + 1, m, x.clone(), vals(y.clone())), Error::ShapeMismatch(_));
     // Zero tasks or points.
-    assert_err!(
-        TaskBatch::new(&spec, 0, m, Vec::new(), vals(Vec::new())),
-        Error::InvalidArgument(_)
-    );
-    assert_err!(
-        TaskBatch::new(&spec, n, 0, Vec::new(), vals(Vec::new())),
-        Error::InvalidArgument(_)
-    );
+    assert_err!(TaskBatch::new(&spec, 0, m, Vec::new(), vals(Vec::new())), Error::InvalidArgument(_));
+    assert_err!(TaskBatch::new(&spec, n, 0, Vec::new(), vals(Vec::new())), Error::InvalidArgument(_));
     // Too many tasks / overflowing sizes.
-    assert_err!(
-        TaskBatch::new(&spec, (1 << 24) + 1, 1, Vec::new(), vals(Vec::new())),
-        Error::InvalidArgument(_)
-    );
+    assert_err!(TaskBatch::new(&spec, (1 << 24) + 1, 1, Vec::new(), vals(Vec::new())), Error::InvalidArgument(_));
     assert_err!(
         TaskBatch::new(&spec, 1 << 20, usize::MAX / 2, Vec::new(), vals(Vec::new())),
         Error::InvalidArgument(_)
@@ -174,71 +135,41 @@ fn task_batch_errors() {
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut xb = x.clone();
         xb[7] = bad;
-        assert_err!(
-            TaskBatch::new(&spec, n, m, xb, vals(y.clone())),
-            Error::NonFinite(_)
-        );
+        assert_err!(TaskBatch::new(&spec, n, m, xb, vals(y.clone())), Error::NonFinite(_));
         let mut yb = y.clone();
         yb[y.len() - 1] = bad;
-        assert_err!(
-            TaskBatch::new(&spec, n, m, x.clone(), vals(yb)),
-            Error::NonFinite(_)
-        );
+        assert_err!(TaskBatch::new(&spec, n, m, x.clone(), vals(yb)), Error::NonFinite(_));
     }
     // Target kind must match the loss.
-    assert_err!(
-        TaskBatch::new(&spec, n, m, x.clone(), labs(vec![0; n * m])),
-        Error::InvalidArgument(_)
-    );
+    assert_err!(TaskBatch::new(&spec, n, m, x.clone(), labs(vec![0; n * m])), Error::InvalidArgument(_));
     let cspec = ce(&[2, 4, 3]);
-    assert_err!(
-        TaskBatch::new(&cspec, n, m, x.clone(), vals(y.clone())),
-        Error::InvalidArgument(_)
-    );
+    assert_err!(TaskBatch::new(&cspec, n, m, x.clone(), vals(y.clone())), Error::InvalidArgument(_));
     // Labels: count and range.
     let mut l = labels(&mut r, n * m, 3);
     assert!(TaskBatch::new(&cspec, n, m, x.clone(), labs(l.clone())).is_ok());
-    assert_err!(
-        TaskBatch::new(&cspec, n, m, x.clone(), labs(l[1..].to_vec())),
-        Error::ShapeMismatch(_)
-    );
+    assert_err!(TaskBatch::new(&cspec, n, m, x.clone(), labs(l[1..].to_vec())), Error::ShapeMismatch(_));
     for bad in [3u32, 4, u32::MAX] {
         l[9] = bad;
-        assert_err!(
-            TaskBatch::new(&cspec, n, m, x.clone(), labs(l.clone())),
-            Error::InvalidArgument(_)
-        );
+        assert_err!(TaskBatch::new(&cspec, n, m, x.clone(), labs(l.clone())), Error::InvalidArgument(_));
     }
     // task(i) out of range is None.
     let b = TaskBatch::new(&spec, n, m, x.clone(), vals(y.clone())).unwrap();
     assert!(b.task(n).is_none());
     assert_eq!(b.task(n - 1).unwrap().x(), &x[(n - 1) * m * 2..]);
     // Support and query must agree.
-    let q = TaskBatch::new(
-        &spec,
-        n - 1,
-        m,
-        x[..(n - 1) * m * 2].to_vec(),
-        vals(y[..(n - 1) * m * 3].to_vec()),
-    )
-    .unwrap();
+    let q =
+        TaskBatch::new(&spec, n - 1, m, x[..(n - 1) * m * 2].to_vec(), vals(y[..(n - 1) * m * 3].to_vec())).unwrap();
     assert_err!(EvalTasks::new(b.clone(), q), Error::ShapeMismatch(_));
     let cb = TaskBatch::new(&ce(&[2, 4, 3]), n, m, x.clone(), labs(vec![1; n * m])).unwrap();
     assert_err!(EvalTasks::new(b, cb), Error::ShapeMismatch(_));
     // Sine sampler: shots out of range.
     for shots in [0usize, 51] {
-        assert_err!(
-            SineTasks::new(0).eval_tasks(&mse(&[1, 8, 1]), 2, shots),
-            Error::InvalidArgument(_)
-        );
+        assert_err!(SineTasks::new(0).eval_tasks(&mse(&[1, 8, 1]), 2, shots), Error::InvalidArgument(_));
     }
 }
 
 fn sine_cfg() -> ReptileConfig {
-    ReptileConfig {
-        threads: 1,
-        ..ReptileConfig::sine()
-    }
+    ReptileConfig { threads: 1, ..ReptileConfig::sine() }
 }
 
 #[test]
@@ -254,59 +185,23 @@ fn trainer_config_errors() {
         f(&mut b.eval);
         [a, b]
     };
-    for c in bad_inner(&|i| i.lr = f32::NAN)
-        .into_iter()
-        .chain(bad_inner(&|i| i.lr = f32::INFINITY))
-    {
+    for c in bad_inner(&|i| i.lr = f32::NAN).into_iter().chain(bad_inner(&|i| i.lr = f32::INFINITY)) {
         assert_err!(Trainer::new(model.clone(), c), Error::NonFinite(_));
     }
-    for c in bad_inner(&|i| i.lr = -0.01)
-        .into_iter()
-        .chain(bad_inner(&|i| i.steps = 0))
-    {
+    for c in bad_inner(&|i| i.lr = -0.01).into_iter().chain(bad_inner(&|i| i.steps = 0)) {
         assert_err!(Trainer::new(model.clone(), c), Error::InvalidArgument(_));
     }
-    for (s, e) in [
-        (f32::NAN, 0.0),
-        (0.1, f32::NAN),
-        (f32::INFINITY, 0.0),
-        (0.1, f32::NEG_INFINITY),
-    ] {
-        let c = ReptileConfig {
-            eps_start: s,
-            eps_end: e,
-            ..ok.clone()
-        };
+    for (s, e) in [(f32::NAN, 0.0), (0.1, f32::NAN), (f32::INFINITY, 0.0), (0.1, f32::NEG_INFINITY)] {
+        let c = ReptileConfig { eps_start: s, eps_end: e, ..ok.clone() };
         assert_err!(Trainer::new(model.clone(), c), Error::NonFinite(_));
     }
     assert_err!(
-        Trainer::new(
-            model.clone(),
-            ReptileConfig {
-                planned_iters: 0,
-                ..ok.clone()
-            }
-        ),
+        Trainer::new(model.clone(), ReptileConfig { planned_iters: 0, ..ok.clone() }),
         Error::InvalidArgument(_)
     );
+    assert_err!(Trainer::new(model.clone(), ReptileConfig { meta_batch: 0, ..ok.clone() }), Error::InvalidArgument(_));
     assert_err!(
-        Trainer::new(
-            model.clone(),
-            ReptileConfig {
-                meta_batch: 0,
-                ..ok.clone()
-            }
-        ),
-        Error::InvalidArgument(_)
-    );
-    assert_err!(
-        Trainer::new(
-            model.clone(),
-            ReptileConfig {
-                outer: OuterRule::Fomaml { tail: Some(0) },
-                ..ok.clone()
-            }
-        ),
+        Trainer::new(model.clone(), ReptileConfig { outer: OuterRule::Fomaml { tail: Some(0) }, ..ok.clone() }),
         Error::InvalidArgument(_)
     );
     // Non-finite θ slipped in through params_mut.
@@ -345,22 +240,13 @@ fn trainer_batch_errors() {
         vals(uniform_vec(&mut r, 8, -1.0, 1.0)),
     )
     .unwrap();
-    let other_loss = TaskBatch::new(
-        &ce(&[1, 8, 2]),
-        1,
-        4,
-        uniform_vec(&mut r, 4, -1.0, 1.0),
-        labs(vec![0, 1, 1, 0]),
-    )
-    .unwrap();
+    let other_loss =
+        TaskBatch::new(&ce(&[1, 8, 2]), 1, 4, uniform_vec(&mut r, 4, -1.0, 1.0), labs(vec![0, 1, 1, 0])).unwrap();
     for b in [&other_in, &other_out, &other_loss] {
         assert_err!(tr.step(b), Error::ShapeMismatch(_));
         assert_err!(tr.task_deltas(b, 0), Error::ShapeMismatch(_));
         assert_err!(tr.adapt(b, 3), Error::ShapeMismatch(_));
-        assert_err!(
-            EvalTasks::new(b.clone(), b.clone()).and_then(|e| tr.evaluate(&e)),
-            Error::ShapeMismatch(_)
-        );
+        assert_err!(EvalTasks::new(b.clone(), b.clone()).and_then(|e| tr.evaluate(&e)), Error::ShapeMismatch(_));
     }
     assert_eq!(tr.iteration(), 0);
     assert_eq!(tr.params(), model.params());
@@ -368,24 +254,15 @@ fn trainer_batch_errors() {
     let mut tasks = SineTasks::new(4);
     let two = tasks.train_batch(&spec, 2).unwrap();
     assert_err!(tr.adapt(&two, 3), Error::InvalidArgument(_));
-    assert_err!(
-        tr.adapt(&two.task(0).unwrap(), 0),
-        Error::InvalidArgument(_)
-    );
+    assert_err!(tr.adapt(&two.task(0).unwrap(), 0), Error::InvalidArgument(_));
     let eval = tasks.eval_tasks(&spec, 3, 5).unwrap();
     for steps in [&[][..], &[3, 3], &[5, 2]] {
         assert_err!(tr.evaluate_at(&eval, steps), Error::InvalidArgument(_));
     }
     // apply_delta: wrong length, zero tasks, non-finite sums.
     let p = spec.num_params();
-    assert_err!(
-        tr.apply_delta(&DeltaSum::zeros(p + 1)),
-        Error::ShapeMismatch(_)
-    );
-    assert_err!(
-        tr.apply_delta(&DeltaSum::zeros(p)),
-        Error::InvalidArgument(_)
-    );
+    assert_err!(tr.apply_delta(&DeltaSum::zeros(p + 1)), Error::ShapeMismatch(_));
+    assert_err!(tr.apply_delta(&DeltaSum::zeros(p)), Error::InvalidArgument(_));
     let mut d = tr.task_deltas(&two, 0).unwrap();
     assert_err!(d.add(&DeltaSum::zeros(p - 1)), Error::ShapeMismatch(_));
     d.sum[p / 2] = f32::NAN;
@@ -396,15 +273,8 @@ fn trainer_batch_errors() {
     assert_eq!(tr.iteration(), 0);
     assert_eq!(tr.params(), model.params());
     // A finite delta whose scaled update overflows is rejected too.
-    let mut tr_big = Trainer::new(
-        model.clone(),
-        ReptileConfig {
-            eps_start: 1e30,
-            eps_end: 1e30,
-            ..sine_cfg()
-        },
-    )
-    .unwrap();
+    let mut tr_big =
+        Trainer::new(model.clone(), ReptileConfig { eps_start: 1e30, eps_end: 1e30, ..sine_cfg() }).unwrap();
     let mut d = tr_big.task_deltas(&two, 0).unwrap();
     d.sum.iter_mut().for_each(|v| *v = 1e30);
     assert_err!(tr_big.apply_delta(&d), Error::Diverged { .. });
@@ -418,11 +288,7 @@ fn divergence_keeps_last_finite_theta() {
     let spec = mse(&[1, 32, 32, 1]);
     for (lr, eps) in [(1e30f32, 0.1f32), (1e6, 0.1), (50.0, 1.0)] {
         let cfg = ReptileConfig {
-            train: InnerLoop {
-                lr,
-                steps: 5,
-                batch_size: 10,
-            },
+            train: InnerLoop { lr, steps: 5, batch_size: 10 },
             eps_start: eps,
             eps_end: eps,
             ..sine_cfg()
@@ -438,10 +304,7 @@ fn divergence_keeps_last_finite_theta() {
                 Err(Error::Diverged { iteration, reason }) => {
                     assert_eq!(iteration, it, "lr {lr}: {reason}");
                     assert_eq!(tr.iteration(), it, "iteration count unchanged");
-                    assert!(
-                        tr.params().iter().all(|v| v.is_finite()),
-                        "θ finite after divergence"
-                    );
+                    assert!(tr.params().iter().all(|v| v.is_finite()), "θ finite after divergence");
                     assert_bits_eq(tr.params(), &before, &format!("lr {lr}: θ after Diverged"));
                     // Stays diverged, and stays put, on retry.
                     assert_err!(tr.step(&batch), Error::Diverged { .. });
@@ -456,36 +319,16 @@ fn divergence_keeps_last_finite_theta() {
     }
     // Adaptation with a huge step size reports Diverged too, and evaluation shows non-finite
     // losses instead of failing.
-    let cfg = ReptileConfig {
-        eval: InnerLoop {
-            lr: 1e30,
-            steps: 5,
-            batch_size: 0,
-        },
-        ..sine_cfg()
-    };
+    let cfg = ReptileConfig { eval: InnerLoop { lr: 1e30, steps: 5, batch_size: 0 }, ..sine_cfg() };
     let tr = Trainer::new(Model::new(spec.clone(), 2), cfg).unwrap();
     let eval = SineTasks::new(3).eval_tasks(&spec, 2, 10).unwrap();
-    assert_err!(
-        tr.adapt(&eval.support().task(0).unwrap(), 5),
-        Error::Diverged { .. }
-    );
+    assert_err!(tr.adapt(&eval.support().task(0).unwrap(), 5), Error::Diverged { .. });
     let rep = tr.evaluate(&eval).unwrap();
-    assert!(
-        rep.losses.iter().all(|l| !l.is_finite()),
-        "losses {:?}",
-        rep.losses
-    );
+    assert!(rep.losses.iter().all(|l| !l.is_finite()), "losses {:?}", rep.losses);
 }
 
 fn trained(spec: &MlpSpec, iters: u64) -> Trainer {
-    let cfg = ReptileConfig {
-        eps_start: 0.37,
-        eps_end: 0.013,
-        planned_iters: 777,
-        seed: 99,
-        ..sine_cfg()
-    };
+    let cfg = ReptileConfig { eps_start: 0.37, eps_end: 0.013, planned_iters: 777, seed: 99, ..sine_cfg() };
     let mut tr = Trainer::new(Model::new(spec.clone(), 5), cfg).unwrap();
     let mut tasks = SineTasks::new(5);
     for _ in 0..iters {
@@ -500,11 +343,7 @@ fn checkpoint_round_trip() {
     for spec in [mse(&[1, 16, 16, 1]), ce(&[3, 7, 4]), mse(&[2, 3])] {
         let (model, cfg, it) = if spec.in_dim() == 1 {
             let tr = trained(&spec, 13);
-            (
-                tr.model().clone(),
-                Some(tr.config().clone()),
-                tr.iteration(),
-            )
+            (tr.model().clone(), Some(tr.config().clone()), tr.iteration())
         } else {
             (Model::new(spec.clone(), 17), None, 123_456_789_012u64)
         };
@@ -522,11 +361,7 @@ fn checkpoint_round_trip() {
         assert_eq!(checkpoint::from_bytes(&bytes).unwrap(), c);
         // (The bytes themselves are not compared: the metadata map is a HashMap, so the key
         // order in the JSON header varies between calls.)
-        assert_eq!(
-            std::fs::read(&path).unwrap().len(),
-            bytes.len(),
-            "save writes to_bytes"
-        );
+        assert_eq!(std::fs::read(&path).unwrap().len(), bytes.len(), "save writes to_bytes");
         // No temporary file left behind.
         assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 1);
     }
@@ -560,27 +395,15 @@ fn checkpoint_errors() {
     let bytes = std::fs::read(&path).unwrap();
 
     // Missing file, a directory.
-    assert_err!(
-        checkpoint::load(&dir.path("missing.safetensors")),
-        Error::Io { .. }
-    );
+    assert_err!(checkpoint::load(&dir.path("missing.safetensors")), Error::Io { .. });
     assert_err!(checkpoint::load(&dir.0), Error::Io { .. });
-    assert_err!(
-        checkpoint::load_expecting(&dir.path("missing"), &spec),
-        Error::Io { .. }
-    );
+    assert_err!(checkpoint::load_expecting(&dir.path("missing"), &spec), Error::Io { .. });
     // Saving into a missing directory.
-    assert_err!(
-        checkpoint::save(&dir.path("no/such/dir/x.safetensors"), tr.model(), None, 0),
-        Error::Io { .. }
-    );
+    assert_err!(checkpoint::save(&dir.path("no/such/dir/x.safetensors"), tr.model(), None, 0), Error::Io { .. });
 
     // Every truncation of a valid file is a Format error (the path is reported).
     let cut = dir.path("cut.safetensors");
-    for len in (0..bytes.len())
-        .step_by(7)
-        .chain([bytes.len() - 1, bytes.len() - 4, 8, 9])
-    {
+    for len in (0..bytes.len()).step_by(7).chain([bytes.len() - 1, bytes.len() - 4, 8, 9]) {
         std::fs::write(&cut, &bytes[..len]).unwrap();
         match checkpoint::load(&cut) {
             Err(Error::Format { path, .. }) => assert_eq!(path.as_deref(), Some(cut.as_path())),
@@ -590,25 +413,18 @@ fn checkpoint_errors() {
     // Random bytes, also behind a plausible header length.
     let mut r = rng(6);
     for n in [0usize, 1, 7, 8, 64, 4096] {
-        let junk: Vec<u8> = (0..n)
-            .map(|_| uniform_vec(&mut r, 1, 0.0, 256.0)[0] as u8)
-            .collect();
+        let junk: Vec<u8> = (0..n).map(|_| uniform_vec(&mut r, 1, 0.0, 256.0)[0] as u8).collect();
         assert!(is_format(checkpoint::from_bytes(&junk)), "{n} random bytes");
         if n >= 16 {
             let mut j = junk.clone();
             j[..8].copy_from_slice(&((n - 8) as u64).to_le_bytes());
-            assert!(
-                is_format(checkpoint::from_bytes(&j)),
-                "{n} random bytes after a length"
-            );
+            assert!(is_format(checkpoint::from_bytes(&j)), "{n} random bytes after a length");
         }
     }
     // Another spec.
-    for other in [
-        mse(&[1, 16, 1]),
-        mse(&[1, 16, 16, 2]),
-        MlpSpec::new(&[1, 16, 16, 1], Activation::Relu, Loss::Mse).unwrap(),
-    ] {
+    for other in
+        [mse(&[1, 16, 1]), mse(&[1, 16, 16, 2]), MlpSpec::new(&[1, 16, 16, 1], Activation::Relu, Loss::Mse).unwrap()]
+    {
         match checkpoint::load_expecting(&path, &other) {
             Err(Error::Format { path: p, .. }) => assert_eq!(p.as_deref(), Some(path.as_path())),
             r => panic!("load_expecting {other:?}: {r:?}"),
@@ -650,12 +466,7 @@ fn checkpoint_foreign_content() {
     let spec_json = serde_json::to_string(&spec).unwrap();
     let meta = |format: Option<&str>, spec: Option<&str>, it: Option<&str>, cfg: Option<&str>| {
         let mut m = HashMap::new();
-        for (k, v) in [
-            ("format", format),
-            ("spec", spec),
-            ("iteration", it),
-            ("config", cfg),
-        ] {
+        for (k, v) in [("format", format), ("spec", spec), ("iteration", it), ("config", cfg)] {
             if let Some(v) = v {
                 m.insert(k.to_string(), v.to_string());
             }
@@ -663,34 +474,20 @@ fn checkpoint_foreign_content() {
         m
     };
     let build = |tensors: Vec<Tensor<'_>>, m: HashMap<String, String>| -> Vec<u8> {
-        let views: Vec<(String, TensorView<'_>)> = tensors
-            .into_iter()
-            .map(|(n, d, s, b)| (n.to_string(), TensorView::new(d, s, b).unwrap()))
-            .collect();
+        let views: Vec<(String, TensorView<'_>)> =
+            tensors.into_iter().map(|(n, d, s, b)| (n.to_string(), TensorView::new(d, s, b).unwrap())).collect();
         serialize(views, Some(m)).unwrap()
     };
     let (w, b) = (&bytes[..24], &bytes[24..]);
-    let good_tensors = || {
-        vec![
-            ("layers.0.weight", Dtype::F32, vec![3, 2], w),
-            ("layers.0.bias", Dtype::F32, vec![3], b),
-        ]
-    };
+    let good_tensors =
+        || vec![("layers.0.weight", Dtype::F32, vec![3, 2], w), ("layers.0.bias", Dtype::F32, vec![3], b)];
     let v1 = Some("reptile-checkpoint-v1");
 
     // The hand-built file with the right content loads (so the failures below are specific).
-    let ok = checkpoint::from_bytes(&build(
-        good_tensors(),
-        meta(v1, Some(&spec_json), Some("4"), None),
-    ))
-    .unwrap();
+    let ok = checkpoint::from_bytes(&build(good_tensors(), meta(v1, Some(&spec_json), Some("4"), None))).unwrap();
     assert_eq!(ok.model.params(), theta.as_slice());
     assert_eq!(ok.iteration, 4);
-    let no_it = checkpoint::from_bytes(&build(
-        good_tensors(),
-        meta(v1, Some(&spec_json), None, None),
-    ))
-    .unwrap();
+    let no_it = checkpoint::from_bytes(&build(good_tensors(), meta(v1, Some(&spec_json), None, None))).unwrap();
     assert_eq!(no_it.iteration, 0);
 
     let bad_metas = [
@@ -698,30 +495,10 @@ fn checkpoint_foreign_content() {
         meta(Some("reptile-checkpoint-v2"), Some(&spec_json), None, None),
         meta(v1, None, None, None),
         meta(v1, Some("{not json"), None, None),
-        meta(
-            v1,
-            Some(r#"{"widths":[2,0],"activation":"tanh","loss":"mse"}"#),
-            None,
-            None,
-        ),
-        meta(
-            v1,
-            Some(r#"{"widths":[2],"activation":"tanh","loss":"mse"}"#),
-            None,
-            None,
-        ),
-        meta(
-            v1,
-            Some(r#"{"widths":[2,3],"activation":"gelu","loss":"mse"}"#),
-            None,
-            None,
-        ),
-        meta(
-            v1,
-            Some(r#"{"widths":[2,1],"activation":"tanh","loss":"softmax_cross_entropy"}"#),
-            None,
-            None,
-        ),
+        meta(v1, Some(r#"{"widths":[2,0],"activation":"tanh","loss":"mse"}"#), None, None),
+        meta(v1, Some(r#"{"widths":[2],"activation":"tanh","loss":"mse"}"#), None, None),
+        meta(v1, Some(r#"{"widths":[2,3],"activation":"gelu","loss":"mse"}"#), None, None),
+        meta(v1, Some(r#"{"widths":[2,1],"activation":"tanh","loss":"softmax_cross_entropy"}"#), None, None),
         meta(v1, Some(&spec_json), Some("-1"), None),
         meta(v1, Some(&spec_json), Some("many"), None),
         meta(v1, Some(&spec_json), None, Some("{}")),
@@ -734,34 +511,13 @@ fn checkpoint_foreign_content() {
     let zeros = [0u8; 64];
     let bad_tensors: Vec<Vec<Tensor<'_>>> = vec![
         vec![("layers.0.weight", Dtype::F32, vec![3, 2], w)],
-        vec![
-            ("layers.0.weight", Dtype::F32, vec![2, 3], w),
-            ("layers.0.bias", Dtype::F32, vec![3], b),
-        ],
-        vec![
-            ("layers.0.weight", Dtype::F32, vec![3, 2], w),
-            ("layers.0.bias", Dtype::F32, vec![1, 3], b),
-        ],
-        vec![
-            ("layers.0.weight", Dtype::F32, vec![6], w),
-            ("layers.0.bias", Dtype::F32, vec![3], b),
-        ],
-        vec![
-            ("layers.0.weight", Dtype::F64, vec![3, 1], w),
-            ("layers.0.bias", Dtype::F32, vec![3], b),
-        ],
-        vec![
-            ("layers.0.weight", Dtype::I32, vec![3, 2], w),
-            ("layers.0.bias", Dtype::F32, vec![3], b),
-        ],
-        vec![
-            ("layers.0.weights", Dtype::F32, vec![3, 2], w),
-            ("layers.0.bias", Dtype::F32, vec![3], b),
-        ],
-        vec![
-            ("layers.1.weight", Dtype::F32, vec![3, 2], w),
-            ("layers.0.bias", Dtype::F32, vec![3], b),
-        ],
+        vec![("layers.0.weight", Dtype::F32, vec![2, 3], w), ("layers.0.bias", Dtype::F32, vec![3], b)],
+        vec![("layers.0.weight", Dtype::F32, vec![3, 2], w), ("layers.0.bias", Dtype::F32, vec![1, 3], b)],
+        vec![("layers.0.weight", Dtype::F32, vec![6], w), ("layers.0.bias", Dtype::F32, vec![3], b)],
+        vec![("layers.0.weight", Dtype::F64, vec![3, 1], w), ("layers.0.bias", Dtype::F32, vec![3], b)],
+        vec![("layers.0.weight", Dtype::I32, vec![3, 2], w), ("layers.0.bias", Dtype::F32, vec![3], b)],
+        vec![("layers.0.weights", Dtype::F32, vec![3, 2], w), ("layers.0.bias", Dtype::F32, vec![3], b)],
+        vec![("layers.1.weight", Dtype::F32, vec![3, 2], w), ("layers.0.bias", Dtype::F32, vec![3], b)],
         vec![
             ("layers.0.weight", Dtype::F32, vec![3, 2], w),
             ("layers.0.bias", Dtype::F32, vec![3], b),
@@ -769,17 +525,11 @@ fn checkpoint_foreign_content() {
         ],
     ];
     for (i, t) in bad_tensors.into_iter().enumerate() {
-        assert!(
-            is_format(checkpoint::from_bytes(&build(t, m()))),
-            "bad tensors #{i}"
-        );
+        assert!(is_format(checkpoint::from_bytes(&build(t, m()))), "bad tensors #{i}");
     }
     // Non-finite values in a hand-built file.
     let mut wnan = w.to_vec();
     wnan[..4].copy_from_slice(&f32::INFINITY.to_le_bytes());
-    let t = vec![
-        ("layers.0.weight", Dtype::F32, vec![3, 2], &wnan[..]),
-        ("layers.0.bias", Dtype::F32, vec![3], b),
-    ];
+    let t = vec![("layers.0.weight", Dtype::F32, vec![3, 2], &wnan[..]), ("layers.0.bias", Dtype::F32, vec![3], b)];
     assert!(is_format(checkpoint::from_bytes(&build(t, m()))));
 }

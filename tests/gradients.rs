@@ -46,54 +46,23 @@ struct Problem {
 
 fn problem(layers: usize, relu: bool, ce: bool, points: usize, seed: u64) -> Problem {
     let mut rng = rng(seed);
-    let act = if relu {
-        Activation::Relu
-    } else {
-        Activation::Tanh
-    };
-    let loss = if ce {
-        Loss::SoftmaxCrossEntropy
-    } else {
-        Loss::Mse
-    };
+    let act = if relu { Activation::Relu } else { Activation::Tanh };
+    let loss = if ce { Loss::SoftmaxCrossEntropy } else { Loss::Mse };
     let spec = random_spec(&mut rng, layers, 64, act, loss);
     let theta = Model::new(spec.clone(), seed ^ 0x5eed).into_params();
     let mut x = uniform_vec(&mut rng, points * spec.in_dim(), -2.0, 2.0);
-    avoid_relu_kinks(
-        &spec,
-        &to_f64(&theta),
-        &mut x,
-        points,
-        &mut rng,
-        KINK_MARGIN,
-    );
+    avoid_relu_kinks(&spec, &to_f64(&theta), &mut x, points, &mut rng, KINK_MARGIN);
     let t = OwnedTargets::random(&mut rng, &spec, points);
-    Problem {
-        spec,
-        theta,
-        x,
-        t,
-        rng,
-    }
+    Problem { spec, theta, x, t, rng }
 }
 
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 64,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() }
 }
 
 /// `(layers, relu, ce, points, seed)`.
 fn params() -> impl Strategy<Value = (usize, bool, bool, usize, u64)> {
-    (
-        1usize..=4,
-        any::<bool>(),
-        any::<bool>(),
-        1usize..=32,
-        any::<u64>(),
-    )
+    (1usize..=4, any::<bool>(), any::<bool>(), 1usize..=32, any::<u64>())
 }
 
 /// Checks `got` against `want` layer block by layer block, with `|got − ref| ≤ tol_scale·s_l
@@ -111,13 +80,7 @@ fn check_per_layer(
     for (l, &(wo, _)) in offs.iter().enumerate() {
         let end = offs.get(l + 1).map_or(want.len(), |o| o.0);
         let scale = max_abs(&want[wo..end]);
-        check_close(
-            &got[wo..end],
-            &want[wo..end],
-            tol_scale * scale + extra_tol,
-            eps,
-            &format!("{what} layer {l}"),
-        )?;
+        check_close(&got[wo..end], &want[wo..end], tol_scale * scale + extra_tol, eps, &format!("{what} layer {l}"))?;
     }
     Ok(())
 }
@@ -261,19 +224,9 @@ fn relu_mask_gradient_deep_narrow() {
 fn wide_layers_match_reference() {
     let shapes: [(&[usize], Activation, Loss, usize); 4] = [
         (&[5, 130, 70, 3], Activation::Tanh, Loss::Mse, 40),
-        (
-            &[5, 130, 70, 3],
-            Activation::Relu,
-            Loss::SoftmaxCrossEntropy,
-            40,
-        ),
+        (&[5, 130, 70, 3], Activation::Relu, Loss::SoftmaxCrossEntropy, 40),
         (&[65, 64, 129], Activation::Relu, Loss::Mse, 7),
-        (
-            &[2, 200, 200],
-            Activation::Tanh,
-            Loss::SoftmaxCrossEntropy,
-            65,
-        ),
+        (&[2, 200, 200], Activation::Tanh, Loss::SoftmaxCrossEntropy, 65),
     ];
     for (k, (w, act, loss, points)) in shapes.into_iter().enumerate() {
         let mut r = rng(500 + k as u64);
@@ -284,22 +237,10 @@ fn wide_layers_match_reference() {
         let t = OwnedTargets::random(&mut r, &spec, points);
         let tv = t.values_f64();
         let f = ref_forward(&spec, &to_f64(&theta), &to_f64(&x), points);
-        let (_, g) = ref_loss_grad(
-            &spec,
-            &to_f64(&theta),
-            &to_f64(&x),
-            t.reference(&tv),
-            points,
-        );
+        let (_, g) = ref_loss_grad(&spec, &to_f64(&theta), &to_f64(&x), t.reference(&tv), points);
         let mut ws = Workspace::new(&spec, points);
         let y = mlp::forward(&spec, &theta, &x, points, &mut ws).to_vec();
-        assert_close(
-            &y,
-            f.output(),
-            C * max_abs(f.output()),
-            C,
-            &format!("{w:?} output"),
-        );
+        assert_close(&y, f.output(), C * max_abs(f.output()), C, &format!("{w:?} output"));
         mlp::loss_grad(&spec, t.tgt(), points, &mut ws);
         let mut grad = vec![f32::NAN; spec.num_params()];
         mlp::backward(&spec, &theta, &x, points, &mut ws, &mut grad);
@@ -321,9 +262,6 @@ fn layout_matches_documentation() {
             assert_eq!(spec.weight_offset(l), wo, "W_{l} of {w:?}");
             assert_eq!(spec.bias_offset(l), bo, "b_{l} of {w:?}");
         }
-        assert_eq!(
-            Model::new(spec.clone(), 0).params().len(),
-            spec.num_params()
-        );
+        assert_eq!(Model::new(spec.clone(), 0).params().len(), spec.num_params());
     }
 }

@@ -15,8 +15,7 @@ mod common;
 use common::*;
 use reptile::workloads::sine::SineTasks;
 use reptile::{
-    Activation, DeltaSum, Error, InnerLoop, Loss, MlpSpec, Model, OuterRule, ReptileConfig,
-    Targets, TaskBatch, Trainer,
+    Activation, DeltaSum, Error, InnerLoop, Loss, MlpSpec, Model, OuterRule, ReptileConfig, Targets, TaskBatch, Trainer,
 };
 use std::borrow::Cow;
 
@@ -31,11 +30,7 @@ fn sine_spec(h: usize) -> MlpSpec {
 fn config(train: InnerLoop, eps: f32, seed: u64, threads: usize) -> ReptileConfig {
     ReptileConfig {
         train,
-        eval: InnerLoop {
-            lr: 0.02,
-            steps: 8,
-            batch_size: 0,
-        },
+        eval: InnerLoop { lr: 0.02, steps: 8, batch_size: 0 },
         meta_batch: 1,
         eps_start: eps,
         eps_end: eps,
@@ -46,16 +41,8 @@ fn config(train: InnerLoop, eps: f32, seed: u64, threads: usize) -> ReptileConfi
     }
 }
 
-const FULL: InnerLoop = InnerLoop {
-    lr: 0.02,
-    steps: 5,
-    batch_size: 0,
-};
-const MINI: InnerLoop = InnerLoop {
-    lr: 0.02,
-    steps: 5,
-    batch_size: 10,
-};
+const FULL: InnerLoop = InnerLoop { lr: 0.02, steps: 5, batch_size: 0 };
+const MINI: InnerLoop = InnerLoop { lr: 0.02, steps: 5, batch_size: 10 };
 
 /// Task `i` of a batch as f64 inputs and owned targets.
 fn task_data(b: &TaskBatch<'_>, i: usize, spec: &MlpSpec) -> (Vec<f64>, OwnedTargets) {
@@ -70,24 +57,10 @@ fn task_data(b: &TaskBatch<'_>, i: usize, spec: &MlpSpec) -> (Vec<f64>, OwnedTar
 }
 
 /// θ'_i − θ of the f64 reference: `k` full-batch GD steps on task `i`.
-fn ref_delta(
-    spec: &MlpSpec,
-    theta: &[f64],
-    b: &TaskBatch<'_>,
-    i: usize,
-    inner: &InnerLoop,
-) -> Vec<f64> {
+fn ref_delta(spec: &MlpSpec, theta: &[f64], b: &TaskBatch<'_>, i: usize, inner: &InnerLoop) -> Vec<f64> {
     let (x, y) = task_data(b, i, spec);
     let yv = y.values_f64();
-    let tp = ref_gd(
-        spec,
-        theta,
-        &x,
-        y.reference(&yv),
-        b.n_points(),
-        inner.lr as f64,
-        inner.steps,
-    );
+    let tp = ref_gd(spec, theta, &x, y.reference(&yv), b.n_points(), inner.lr as f64, inner.steps);
     tp.iter().zip(theta).map(|(a, b)| a - b).collect()
 }
 
@@ -133,23 +106,11 @@ fn epsilon_zero_leaves_theta_unchanged() {
 #[test]
 fn one_task_epsilon_one_gives_adapted_params() {
     let cases: Vec<(MlpSpec, TaskBatch<'static>, InnerLoop)> = vec![
-        (
-            sine_spec(32),
-            SineTasks::new(11).train_batch(&sine_spec(32), 1).unwrap(),
-            FULL,
-        ),
+        (sine_spec(32), SineTasks::new(11).train_batch(&sine_spec(32), 1).unwrap(), FULL),
         {
             let s = MlpSpec::new(&[2, 24, 3], Activation::Tanh, Loss::SoftmaxCrossEntropy).unwrap();
             let b = blob_batch(&s, 1, 20, 12);
-            (
-                s,
-                b,
-                InnerLoop {
-                    lr: 0.1,
-                    steps: 8,
-                    batch_size: 0,
-                },
-            )
+            (s, b, InnerLoop { lr: 0.1, steps: 8, batch_size: 0 })
         },
         {
             // Several inputs and outputs (row gathering of x and y), ReLU.
@@ -158,30 +119,14 @@ fn one_task_epsilon_one_gives_adapted_params() {
             let x = uniform_vec(&mut r, 25 * 3, -2.0, 2.0);
             let y = uniform_vec(&mut r, 25 * 2, -2.0, 2.0);
             let b = TaskBatch::new(&s, 1, 25, x, Targets::Values(y.into())).unwrap();
-            (
-                s,
-                b,
-                InnerLoop {
-                    lr: 0.05,
-                    steps: 3,
-                    batch_size: 0,
-                },
-            )
+            (s, b, InnerLoop { lr: 0.05, steps: 3, batch_size: 0 })
         },
         {
             // A minibatch larger than the task wraps around the shuffled set: every step still
             // sees the whole set (b = m) when batch_size = m.
             let s = sine_spec(16);
             let b = SineTasks::new(13).train_batch(&s, 1).unwrap();
-            (
-                s,
-                b,
-                InnerLoop {
-                    lr: 0.01,
-                    steps: 3,
-                    batch_size: 50,
-                },
-            )
+            (s, b, InnerLoop { lr: 0.01, steps: 3, batch_size: 50 })
         },
     ];
     for (seed, (spec, batch, inner)) in cases.into_iter().enumerate() {
@@ -194,13 +139,7 @@ fn one_task_epsilon_one_gives_adapted_params() {
         let delta = ref_delta(&spec, &theta, &batch, 0, &inner);
         let want: Vec<f64> = theta.iter().zip(&delta).map(|(t, d)| t + d).collect();
         let eps = 2.0 * (inner.steps as f64 + 3.0) * U;
-        assert_close(
-            tr.params(),
-            &want,
-            C * max_abs(&delta),
-            eps,
-            &format!("case {seed}: θ' (n = 1, ε = 1)"),
-        );
+        assert_close(tr.params(), &want, C * max_abs(&delta), eps, &format!("case {seed}: θ' (n = 1, ε = 1)"));
         // And θ really moved by more than the tolerance.
         assert!(max_abs(&delta) > 100.0 * C * max_abs(&delta) + eps * max_abs(&theta));
         // loss_before is the loss at θ of the first (full) minibatch, loss_after the same at θ'.
@@ -209,17 +148,8 @@ fn one_task_epsilon_one_gives_adapted_params() {
         let t = y.reference(&yv);
         let lb = ref_loss(&spec, &theta, &x, t, batch.n_points());
         let la = ref_loss(&spec, &want, &x, t, batch.n_points());
-        assert_close(
-            &[s.loss_before, s.loss_after],
-            &[lb, la],
-            1e-5 * lb,
-            1e-4,
-            "step losses",
-        );
-        assert!(
-            s.loss_after < s.loss_before,
-            "GD with a small step lowers the loss"
-        );
+        assert_close(&[s.loss_before, s.loss_after], &[lb, la], 1e-5 * lb, 1e-4, "step losses");
+        assert!(s.loss_after < s.loss_before, "GD with a small step lowers the loss");
     }
 }
 
@@ -234,32 +164,14 @@ fn batched_update_is_mean_of_task_deltas() {
         let mut tr = Trainer::new(model, config(FULL, eps, seed, 2)).unwrap();
         let s = tr.step(&batch).unwrap();
         assert_eq!(s.tasks, 5);
-        let deltas: Vec<Vec<f64>> = (0..5)
-            .map(|i| ref_delta(&spec, &theta, &batch, i, &FULL))
-            .collect();
-        let mean: Vec<f64> = (0..theta.len())
-            .map(|j| deltas.iter().map(|d| d[j]).sum::<f64>() / 5.0)
-            .collect();
-        let want: Vec<f64> = theta
-            .iter()
-            .zip(&mean)
-            .map(|(t, m)| t + eps as f64 * m)
-            .collect();
+        let deltas: Vec<Vec<f64>> = (0..5).map(|i| ref_delta(&spec, &theta, &batch, i, &FULL)).collect();
+        let mean: Vec<f64> = (0..theta.len()).map(|j| deltas.iter().map(|d| d[j]).sum::<f64>() / 5.0).collect();
+        let want: Vec<f64> = theta.iter().zip(&mean).map(|(t, m)| t + eps as f64 * m).collect();
         let dmax = deltas.iter().map(|d| max_abs(d)).fold(0.0, f64::max);
         let tol = eps as f64 * (C + 8.0 * U) * dmax;
-        assert_close(
-            tr.params(),
-            &want,
-            tol,
-            2.0 * (FULL.steps as f64 + 3.0) * U,
-            &format!("ε = {eps}"),
-        );
+        assert_close(tr.params(), &want, tol, 2.0 * (FULL.steps as f64 + 3.0) * U, &format!("ε = {eps}"));
         // The mean differs from any single task's delta by far more than the tolerance.
-        let single: Vec<f64> = theta
-            .iter()
-            .zip(&deltas[0])
-            .map(|(t, d)| t + eps as f64 * d)
-            .collect();
+        let single: Vec<f64> = theta.iter().zip(&deltas[0]).map(|(t, d)| t + eps as f64 * d).collect();
         assert!(check_close(tr.params(), &single, tol, 0.0, "").is_err());
     }
 }
@@ -276,51 +188,24 @@ fn batched_update_matches_single_task_deltas_with_offsets() {
     let theta = model.params().to_vec();
     let batch = SineTasks::new(31).train_batch(&spec, n).unwrap();
     let mut b = Trainer::new(model.clone(), config(MINI, eps, 31, 1)).unwrap();
-    let singles: Vec<DeltaSum> = (0..n)
-        .map(|i| b.task_deltas(&batch.task(i).unwrap(), i as u64).unwrap())
-        .collect();
-    assert_eq!(
-        b.iteration(),
-        0,
-        "task_deltas does not advance the iteration"
-    );
+    let singles: Vec<DeltaSum> = (0..n).map(|i| b.task_deltas(&batch.task(i).unwrap(), i as u64).unwrap()).collect();
+    assert_eq!(b.iteration(), 0, "task_deltas does not advance the iteration");
     assert_bits_eq(b.params(), &theta, "task_deltas does not touch θ");
     let mut a = Trainer::new(model, config(MINI, eps, 31, 2)).unwrap();
     let s = a.step(&batch).unwrap();
     let p = theta.len();
-    let sum: Vec<f64> = (0..p)
-        .map(|j| singles.iter().map(|d| d.sum[j] as f64).sum())
-        .collect();
-    let abs_sum: Vec<f64> = (0..p)
-        .map(|j| singles.iter().map(|d| (d.sum[j] as f64).abs()).sum())
-        .collect();
-    let want: Vec<f64> = (0..p)
-        .map(|j| theta[j] as f64 + eps as f64 * sum[j] / n as f64)
-        .collect();
+    let sum: Vec<f64> = (0..p).map(|j| singles.iter().map(|d| d.sum[j] as f64).sum()).collect();
+    let abs_sum: Vec<f64> = (0..p).map(|j| singles.iter().map(|d| (d.sum[j] as f64).abs()).sum()).collect();
+    let want: Vec<f64> = (0..p).map(|j| theta[j] as f64 + eps as f64 * sum[j] / n as f64).collect();
     // Summation rounding ≤ n·u·Σ|d|, then ε/n scaling and the final add.
     let tol = (n as f64 + 2.0) * U * eps as f64 * max_abs(&abs_sum) / n as f64;
-    assert_close(
-        a.params(),
-        &want,
-        tol,
-        2.0 * U,
-        "batched step vs single-task deltas",
-    );
+    assert_close(a.params(), &want, tol, 2.0 * U, "batched step vs single-task deltas");
     let lb: f64 = singles.iter().map(|d| d.loss_before_sum).sum::<f64>() / n as f64;
     let la: f64 = singles.iter().map(|d| d.loss_after_sum).sum::<f64>() / n as f64;
-    assert_close(
-        &[s.loss_before, s.loss_after],
-        &[lb, la],
-        0.0,
-        2.0 * U,
-        "step losses vs single tasks",
-    );
+    assert_close(&[s.loss_before, s.loss_after], &[lb, la], 0.0, 2.0 * U, "step losses vs single tasks");
     // Wrong offsets give other minibatch orders, hence other deltas.
     let d_wrong = b.task_deltas(&batch.task(3).unwrap(), 0).unwrap();
-    assert_ne!(
-        d_wrong.sum, singles[3].sum,
-        "offset must select the task's random stream"
-    );
+    assert_ne!(d_wrong.sum, singles[3].sum, "offset must select the task's random stream");
 }
 
 #[test]
@@ -328,13 +213,10 @@ fn thread_count_does_not_change_theta() {
     let spec = sine_spec(64);
     for n in [1usize, 7, 100] {
         let run = |threads: usize| {
-            let mut tr =
-                Trainer::new(Model::new(spec.clone(), 5), config(MINI, 0.5, 9, threads)).unwrap();
+            let mut tr = Trainer::new(Model::new(spec.clone(), 5), config(MINI, 0.5, 9, threads)).unwrap();
             assert_eq!(tr.threads(), threads);
             let mut tasks = SineTasks::new(n as u64);
-            let stats: Vec<_> = (0..3)
-                .map(|_| tr.step(&tasks.train_batch(&spec, n).unwrap()).unwrap())
-                .collect();
+            let stats: Vec<_> = (0..3).map(|_| tr.step(&tasks.train_batch(&spec, n).unwrap()).unwrap()).collect();
             let eval = tasks.eval_tasks(&spec, 9, 10).unwrap();
             let rep = tr.evaluate_at(&eval, &[0, 3, 8]).unwrap();
             (tr.params().to_vec(), stats, rep)
@@ -343,16 +225,8 @@ fn thread_count_does_not_change_theta() {
         let (t2, s2, r2) = run(2);
         assert_bits_eq(&t1, &t2, &format!("θ with 1 vs 2 threads, n = {n}"));
         assert_eq!(s1, s2, "step stats, n = {n}");
-        assert_bits_eq(
-            &r1.losses,
-            &r2.losses,
-            &format!("evaluation losses, n = {n}"),
-        );
-        assert_ne!(
-            t1,
-            Model::new(spec.clone(), 5).into_params(),
-            "training moved θ"
-        );
+        assert_bits_eq(&r1.losses, &r2.losses, &format!("evaluation losses, n = {n}"));
+        assert_ne!(t1, Model::new(spec.clone(), 5).into_params(), "training moved θ");
     }
 }
 
@@ -360,11 +234,7 @@ fn thread_count_does_not_change_theta() {
 fn seeds_determine_theta() {
     let spec = sine_spec(32);
     let run = |model_seed: u64, cfg_seed: u64| {
-        let mut tr = Trainer::new(
-            Model::new(spec.clone(), model_seed),
-            config(MINI, 0.5, cfg_seed, 1),
-        )
-        .unwrap();
+        let mut tr = Trainer::new(Model::new(spec.clone(), model_seed), config(MINI, 0.5, cfg_seed, 1)).unwrap();
         let mut tasks = SineTasks::new(77);
         for _ in 0..5 {
             tr.step(&tasks.train_batch(&spec, 2).unwrap()).unwrap();
@@ -374,30 +244,17 @@ fn seeds_determine_theta() {
     let base = run(1, 1);
     assert_bits_eq(&run(1, 1), &base, "same seeds");
     assert_ne!(run(2, 1), base, "another init seed must give another θ");
-    assert_ne!(
-        run(1, 2),
-        base,
-        "another minibatch-order seed must give another θ"
-    );
+    assert_ne!(run(1, 2), base, "another minibatch-order seed must give another θ");
     // Init: same seed, same θ; another seed, another θ; values in U(−1/√in, 1/√in).
     assert_eq!(Model::new(spec.clone(), 8), Model::new(spec.clone(), 8));
-    assert_ne!(
-        Model::new(spec.clone(), 8).params(),
-        Model::new(spec.clone(), 9).params()
-    );
+    assert_ne!(Model::new(spec.clone(), 8).params(), Model::new(spec.clone(), 9).params());
     let m = Model::new(spec.clone(), 8);
     for l in 0..spec.num_layers() {
         let bound = 1.0 / (spec.widths()[l] as f32).sqrt();
         let block = &m.params()[spec.weight_offset(l)..spec.bias_offset(l) + spec.widths()[l + 1]];
-        assert!(
-            block.iter().all(|v| v.abs() <= bound),
-            "layer {l} init outside ±{bound}"
-        );
+        assert!(block.iter().all(|v| v.abs() <= bound), "layer {l} init outside ±{bound}");
         let spread = block.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-        assert!(
-            spread > 0.5 * bound,
-            "layer {l} init does not use its range"
-        );
+        assert!(spread > 0.5 * bound, "layer {l} init does not use its range");
     }
 }
 
@@ -433,9 +290,7 @@ fn split_step_halves_with_offsets() {
         let mut b = Trainer::new(model, config(MINI, 0.6, 51, 1)).unwrap();
         let sa = a.step(&batch).unwrap();
         let mut total = b.task_deltas(&batch.task(0).unwrap(), 0).unwrap();
-        total
-            .add(&b.task_deltas(&batch.task(1).unwrap(), 1).unwrap())
-            .unwrap();
+        total.add(&b.task_deltas(&batch.task(1).unwrap(), 1).unwrap()).unwrap();
         let sb = b.apply_delta(&total).unwrap();
         assert_eq!(sa, sb);
         assert_bits_eq(a.params(), b.params(), "two one-task halves vs step");
@@ -469,89 +324,49 @@ fn split_step_halves_with_offsets() {
         a.step(&batch).unwrap();
         let mut total = DeltaSum::zeros(spec.num_params());
         total.add(&b.task_deltas(&h0, 0).unwrap()).unwrap();
-        total
-            .add(&b.task_deltas(&h1, second_offset).unwrap())
-            .unwrap();
+        total.add(&b.task_deltas(&h1, second_offset).unwrap()).unwrap();
         assert_eq!(total.tasks, 10);
         let a64 = to_f64(a.params());
         let (tol, eps) = if inner.batch_size == 0 {
             // Both are within C·dmax of the f64 reference, dmax = largest per-task displacement.
-            let dmax = (0..n)
-                .map(|i| max_abs(&ref_delta(&spec, &theta, &batch, i, &FULL)))
-                .fold(0.0, f64::max);
+            let dmax = (0..n).map(|i| max_abs(&ref_delta(&spec, &theta, &batch, i, &FULL))).fold(0.0, f64::max);
             (2.0 * C * dmax, 4.0 * (inner.steps as f64 + 3.0) * U)
         } else {
             // Identical per-task deltas d_i (task_deltas of task i with offset i); only the
             // order of the n-term sum differs: ≤ 2n·u·Σ_i|d_i| (ε/n = 1/n scaling).
-            let singles: Vec<DeltaSum> = (0..n)
-                .map(|i| b.task_deltas(&batch.task(i).unwrap(), i as u64).unwrap())
-                .collect();
+            let singles: Vec<DeltaSum> =
+                (0..n).map(|i| b.task_deltas(&batch.task(i).unwrap(), i as u64).unwrap()).collect();
             let abs_sum = (0..spec.num_params())
                 .map(|j| singles.iter().map(|d| (d.sum[j] as f64).abs()).sum::<f64>())
                 .fold(0.0, f64::max);
             (2.0 * U * abs_sum, 4.0 * U)
         };
         b.apply_delta(&total).unwrap();
-        assert_close(
-            b.params(),
-            &a64,
-            tol,
-            eps,
-            &format!("halves vs step, {inner:?}"),
-        );
-        assert_ne!(
-            a.params(),
-            theta
-                .iter()
-                .map(|&v| v as f32)
-                .collect::<Vec<_>>()
-                .as_slice()
-        );
+        assert_close(b.params(), &a64, tol, eps, &format!("halves vs step, {inner:?}"));
+        assert_ne!(a.params(), theta.iter().map(|&v| v as f32).collect::<Vec<_>>().as_slice());
     }
 }
 
 #[test]
 fn fomaml_k1_equals_reptile_k1() {
     let spec = sine_spec(32);
-    for inner in [
-        InnerLoop { steps: 1, ..MINI },
-        InnerLoop { steps: 1, ..FULL },
-    ] {
+    for inner in [InnerLoop { steps: 1, ..MINI }, InnerLoop { steps: 1, ..FULL }] {
         let model = Model::new(spec.clone(), 61);
         let theta = to_f64(model.params());
         let mut rep = Trainer::new(model.clone(), config(inner, 1.0, 61, 1)).unwrap();
-        let mut fo = Trainer::new(
-            model,
-            ReptileConfig {
-                outer: OuterRule::Fomaml { tail: None },
-                ..config(inner, 1.0, 61, 1)
-            },
-        )
-        .unwrap();
+        let mut fo =
+            Trainer::new(model, ReptileConfig { outer: OuterRule::Fomaml { tail: None }, ..config(inner, 1.0, 61, 1) })
+                .unwrap();
         let mut tasks = SineTasks::new(61);
         let batch = tasks.train_batch(&spec, 3).unwrap();
         assert_eq!(rep.step(&batch).unwrap(), fo.step(&batch).unwrap());
-        assert_bits_eq(
-            rep.params(),
-            fo.params(),
-            &format!("FOMAML vs Reptile, k = 1, {inner:?}"),
-        );
+        assert_bits_eq(rep.params(), fo.params(), &format!("FOMAML vs Reptile, k = 1, {inner:?}"));
         if inner.batch_size == 0 {
             // Both are θ − α·mean_i g_i.
-            let d: Vec<Vec<f64>> = (0..3)
-                .map(|i| ref_delta(&spec, &theta, &batch, i, &inner))
-                .collect();
-            let want: Vec<f64> = (0..theta.len())
-                .map(|j| theta[j] + (d[0][j] + d[1][j] + d[2][j]) / 3.0)
-                .collect();
+            let d: Vec<Vec<f64>> = (0..3).map(|i| ref_delta(&spec, &theta, &batch, i, &inner)).collect();
+            let want: Vec<f64> = (0..theta.len()).map(|j| theta[j] + (d[0][j] + d[1][j] + d[2][j]) / 3.0).collect();
             let dmax = d.iter().map(|v| max_abs(v)).fold(0.0, f64::max);
-            assert_close(
-                fo.params(),
-                &want,
-                (C + 8.0 * U) * dmax,
-                8.0 * U,
-                "FOMAML k = 1 vs θ − α·g",
-            );
+            assert_close(fo.params(), &want, (C + 8.0 * U) * dmax, 8.0 * U, "FOMAML k = 1 vs θ − α·g");
         }
     }
 }
@@ -560,18 +375,11 @@ fn fomaml_k1_equals_reptile_k1() {
 #[test]
 fn fomaml_uses_last_step() {
     let spec = sine_spec(16);
-    let inner = InnerLoop {
-        lr: 0.05,
-        steps: 4,
-        batch_size: 0,
-    };
+    let inner = InnerLoop { lr: 0.05, steps: 4, batch_size: 0 };
     let model = Model::new(spec.clone(), 62);
     let theta = to_f64(model.params());
     let batch = SineTasks::new(62).train_batch(&spec, 1).unwrap();
-    let cfg = ReptileConfig {
-        outer: OuterRule::Fomaml { tail: None },
-        ..config(inner, 1.0, 62, 1)
-    };
+    let cfg = ReptileConfig { outer: OuterRule::Fomaml { tail: None }, ..config(inner, 1.0, 62, 1) };
     let mut fo = Trainer::new(model, cfg).unwrap();
     fo.step(&batch).unwrap();
     let (x, y) = task_data(&batch, 0, &spec);
@@ -586,18 +394,8 @@ fn fomaml_uses_last_step() {
     let tol = C * max_abs(&total) + 2.0 * (inner.steps as f64 + 3.0) * U * max_abs(&theta);
     assert_close(fo.params(), &want, tol, 2.0 * U, "FOMAML k = 4");
     assert!(
-        check_close(
-            fo.params(),
-            &theta
-                .iter()
-                .zip(&total)
-                .map(|(a, b)| a + b)
-                .collect::<Vec<_>>(),
-            tol,
-            2.0 * U,
-            ""
-        )
-        .is_err()
+        check_close(fo.params(), &theta.iter().zip(&total).map(|(a, b)| a + b).collect::<Vec<_>>(), tol, 2.0 * U, "")
+            .is_err()
     );
 }
 
@@ -606,36 +404,18 @@ fn fomaml_tail_must_leave_support_points() {
     let spec = sine_spec(16);
     let batch = SineTasks::new(1).train_batch(&spec, 2).unwrap();
     for t in [50usize, 51, 1000] {
-        let cfg = ReptileConfig {
-            outer: OuterRule::Fomaml { tail: Some(t) },
-            ..config(MINI, 1.0, 0, 1)
-        };
+        let cfg = ReptileConfig { outer: OuterRule::Fomaml { tail: Some(t) }, ..config(MINI, 1.0, 0, 1) };
         let model = Model::new(spec.clone(), 1);
         let mut tr = Trainer::new(model.clone(), cfg).unwrap();
-        assert!(
-            matches!(tr.step(&batch), Err(Error::InvalidArgument(_))),
-            "tail {t} of 50 points"
-        );
-        assert!(matches!(
-            tr.task_deltas(&batch, 0),
-            Err(Error::InvalidArgument(_))
-        ));
+        assert!(matches!(tr.step(&batch), Err(Error::InvalidArgument(_))), "tail {t} of 50 points");
+        assert!(matches!(tr.task_deltas(&batch, 0), Err(Error::InvalidArgument(_))));
         assert_eq!(tr.iteration(), 0);
         assert_bits_eq(tr.params(), model.params(), "θ after a rejected step");
     }
-    let cfg = ReptileConfig {
-        outer: OuterRule::Fomaml { tail: Some(0) },
-        ..config(MINI, 1.0, 0, 1)
-    };
-    assert!(matches!(
-        Trainer::new(Model::new(spec.clone(), 1), cfg),
-        Err(Error::InvalidArgument(_))
-    ));
+    let cfg = ReptileConfig { outer: OuterRule::Fomaml { tail: Some(0) }, ..config(MINI, 1.0, 0, 1) };
+    assert!(matches!(Trainer::new(Model::new(spec.clone(), 1), cfg), Err(Error::InvalidArgument(_))));
     // A valid tail trains.
-    let cfg = ReptileConfig {
-        outer: OuterRule::Fomaml { tail: Some(10) },
-        ..config(MINI, 1.0, 0, 1)
-    };
+    let cfg = ReptileConfig { outer: OuterRule::Fomaml { tail: Some(10) }, ..config(MINI, 1.0, 0, 1) };
     let mut tr = Trainer::new(Model::new(spec.clone(), 1), cfg).unwrap();
     let s = tr.step(&batch).unwrap();
     assert!(s.loss_before.is_finite());
@@ -648,12 +428,7 @@ fn epsilon_anneals_linearly() {
     for _ in 0..20 {
         let (s, e) = (r_f32(&mut r, 0.0, 1.0), r_f32(&mut r, 0.0, 1.0));
         let t_max = 1 + (r_f32(&mut r, 0.0, 1000.0) as u64);
-        let cfg = ReptileConfig {
-            eps_start: s,
-            eps_end: e,
-            planned_iters: t_max,
-            ..ReptileConfig::sine()
-        };
+        let cfg = ReptileConfig { eps_start: s, eps_end: e, planned_iters: t_max, ..ReptileConfig::sine() };
         assert_eq!(cfg.epsilon(0), s);
         assert_eq!(cfg.epsilon(t_max), e);
         assert_eq!(cfg.epsilon(t_max + 1), e, "constant after planned_iters");
@@ -661,24 +436,13 @@ fn epsilon_anneals_linearly() {
         let ulp = 2.0 * U * s.abs().max(e.abs()) as f64;
         for t in [t_max / 2, t_max / 3, t_max - 1] {
             let want = s as f64 + (e as f64 - s as f64) * t as f64 / t_max as f64;
-            assert_close(
-                &[cfg.epsilon(t)],
-                &[want],
-                ulp,
-                0.0,
-                &format!("ε({t}) of {t_max}"),
-            );
+            assert_close(&[cfg.epsilon(t)], &[want], ulp, 0.0, &format!("ε({t}) of {t_max}"));
         }
     }
     // StepStats.epsilon follows the schedule, also across set_iteration (resume), and the
     // update uses it: θ_new = θ + ε_t·d/n with d from task_deltas at the same iteration.
     let spec = sine_spec(16);
-    let cfg = ReptileConfig {
-        eps_start: 0.9,
-        eps_end: 0.1,
-        planned_iters: 4,
-        ..config(MINI, 0.0, 7, 1)
-    };
+    let cfg = ReptileConfig { eps_start: 0.9, eps_end: 0.1, planned_iters: 4, ..config(MINI, 0.0, 7, 1) };
     let mut tr = Trainer::new(Model::new(spec.clone(), 7), cfg.clone()).unwrap();
     let mut tasks = SineTasks::new(7);
     for it in 0..7u64 {
@@ -692,20 +456,9 @@ fn epsilon_anneals_linearly() {
         let st = tr.step(&batch).unwrap();
         assert_eq!(st.iteration, expect_it);
         assert_eq!(st.epsilon, cfg.epsilon(expect_it));
-        let want: Vec<f64> = theta
-            .iter()
-            .zip(&d.sum)
-            .map(|(t, &s)| t + st.epsilon as f64 * s as f64 / 2.0)
-            .collect();
-        let tol =
-            2.0 * U * st.epsilon as f64 * d.sum.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
-        assert_close(
-            tr.params(),
-            &want,
-            tol,
-            2.0 * U,
-            &format!("update at iteration {expect_it}"),
-        );
+        let want: Vec<f64> = theta.iter().zip(&d.sum).map(|(t, &s)| t + st.epsilon as f64 * s as f64 / 2.0).collect();
+        let tol = 2.0 * U * st.epsilon as f64 * d.sum.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+        assert_close(tr.params(), &want, tol, 2.0 * U, &format!("update at iteration {expect_it}"));
     }
     assert_eq!(tr.iteration(), 4);
 }
@@ -717,19 +470,8 @@ fn r_f32(r: &mut rand_chacha::ChaCha8Rng, lo: f32, hi: f32) -> f32 {
 #[test]
 fn classification_trains_and_reports_accuracy() {
     let spec = MlpSpec::new(&[2, 16, 3], Activation::Tanh, Loss::SoftmaxCrossEntropy).unwrap();
-    let inner = InnerLoop {
-        lr: 0.1,
-        steps: 5,
-        batch_size: 0,
-    };
-    let cfg = ReptileConfig {
-        eval: InnerLoop {
-            lr: 0.1,
-            steps: 10,
-            batch_size: 0,
-        },
-        ..config(inner, 0.5, 81, 2)
-    };
+    let inner = InnerLoop { lr: 0.1, steps: 5, batch_size: 0 };
+    let cfg = ReptileConfig { eval: InnerLoop { lr: 0.1, steps: 10, batch_size: 0 }, ..config(inner, 0.5, 81, 2) };
     let mut tr = Trainer::new(Model::new(spec.clone(), 81), cfg).unwrap();
     let (mut sb, mut sa) = (0.0f64, 0.0f64);
     for i in 0..20 {
@@ -738,10 +480,7 @@ fn classification_trains_and_reports_accuracy() {
         sb += s.loss_before as f64;
         sa += s.loss_after as f64;
     }
-    assert!(
-        sa < sb,
-        "inner loops lower the loss on average: before {sb}, after {sa}"
-    );
+    assert!(sa < sb, "inner loops lower the loss on average: before {sb}, after {sa}");
 
     // Evaluation on 30 fresh tasks: support and query from the same blobs.
     let n = 30;
@@ -764,25 +503,15 @@ fn classification_trains_and_reports_accuracy() {
     let eval = reptile::EvalTasks::new(sup, qry.clone()).unwrap();
     let rep = tr.evaluate(&eval).unwrap();
     assert_eq!(rep.steps, vec![10]);
-    let acc = rep
-        .accuracies
-        .as_ref()
-        .expect("classification reports accuracies");
+    let acc = rep.accuracies.as_ref().expect("classification reports accuracies");
     assert_eq!(acc.len(), n);
-    assert!(
-        acc.iter().all(|a| (0.0..=1.0).contains(a)),
-        "accuracies {acc:?}"
-    );
+    assert!(acc.iter().all(|a| (0.0..=1.0).contains(a)), "accuracies {acc:?}");
     assert!(rep.losses.iter().all(|l| l.is_finite() && *l > 0.0));
 
     // At 0 steps the report scores θ itself: compare with the reference loss and with
     // argmax accuracy of predict.
     let rep0 = tr.evaluate_at(&eval, &[0, 10]).unwrap();
-    assert_bits_eq(
-        &rep0.losses_at(1),
-        &rep.losses,
-        "evaluate = evaluate_at(eval.steps)",
-    );
+    assert_bits_eq(&rep0.losses_at(1), &rep.losses, "evaluate = evaluate_at(eval.steps)");
     let theta = to_f64(tr.params());
     for t in 0..n {
         let q = qry.task(t).unwrap();
@@ -791,32 +520,13 @@ fn classification_trains_and_reports_accuracy() {
             Targets::Values(_) => unreachable!(),
         };
         let want = ref_loss(&spec, &theta, &to_f64(q.x()), RefTargets::Labels(&ql), 20);
-        assert_close(
-            &[rep0.losses_at(0)[t]],
-            &[want],
-            C * want,
-            C,
-            &format!("query loss of task {t} at 0 steps"),
-        );
+        assert_close(&[rep0.losses_at(0)[t]], &[want], C * want, C, &format!("query loss of task {t} at 0 steps"));
         let y = tr.model().predict(q.x()).unwrap();
-        let correct = y
-            .chunks(3)
-            .zip(&ql)
-            .filter(|(row, c)| argmax(row) == **c as usize)
-            .count();
-        assert_eq!(
-            rep0.accuracies.as_ref().unwrap()[2 * t],
-            correct as f32 / 20.0,
-            "accuracy of task {t} at 0 steps"
-        );
+        let correct = y.chunks(3).zip(&ql).filter(|(row, c)| argmax(row) == **c as usize).count();
+        assert_eq!(rep0.accuracies.as_ref().unwrap()[2 * t], correct as f32 / 20.0, "accuracy of task {t} at 0 steps");
     }
     // Adapting on the support set helps on the query set, on average.
-    assert!(
-        rep0.mean_loss(1) < rep0.mean_loss(0),
-        "losses {} → {}",
-        rep0.mean_loss(0),
-        rep0.mean_loss(1)
-    );
+    assert!(rep0.mean_loss(1) < rep0.mean_loss(0), "losses {} → {}", rep0.mean_loss(0), rep0.mean_loss(1));
     assert!(rep0.mean_accuracy(1).unwrap() >= rep0.mean_accuracy(0).unwrap());
 }
 
@@ -830,22 +540,9 @@ fn argmax(row: &[f32]) -> usize {
 #[test]
 fn adapt_matches_evaluation_and_reference() {
     let spec = sine_spec(32);
-    for eval_inner in [
-        InnerLoop {
-            lr: 0.02,
-            steps: 8,
-            batch_size: 0,
-        },
-        InnerLoop {
-            lr: 0.02,
-            steps: 8,
-            batch_size: 4,
-        },
-    ] {
-        let cfg = ReptileConfig {
-            eval: eval_inner,
-            ..config(MINI, 0.5, 91, 2)
-        };
+    for eval_inner in [InnerLoop { lr: 0.02, steps: 8, batch_size: 0 }, InnerLoop { lr: 0.02, steps: 8, batch_size: 4 }]
+    {
+        let cfg = ReptileConfig { eval: eval_inner, ..config(MINI, 0.5, 91, 2) };
         let tr = Trainer::new(Model::new(spec.clone(), 91), cfg).unwrap();
         let eval = SineTasks::new(91).eval_tasks(&spec, 3, 10).unwrap();
         let rep = tr.evaluate_at(&eval, &[0, 3, 8]).unwrap();
@@ -860,46 +557,18 @@ fn adapt_matches_evaluation_and_reference() {
                 continue; // adapt needs ≥ 1 step
             }
             let m = tr.adapt(&sup, s).unwrap();
-            let m2 = reptile::meta::adapt(
-                tr.model(),
-                &sup,
-                &InnerLoop {
-                    steps: s,
-                    ..eval_inner
-                },
-                91,
-            )
-            .unwrap();
+            let m2 = reptile::meta::adapt(tr.model(), &sup, &InnerLoop { steps: s, ..eval_inner }, 91).unwrap();
             assert_eq!(m, m2, "Trainer::adapt = meta::adapt with the eval loop");
             let y = m.predict(&qx).unwrap();
-            let mse = y
-                .iter()
-                .zip(&qy)
-                .map(|(a, b)| (*a as f64 - b).powi(2))
-                .sum::<f64>()
-                / 50.0;
-            assert_close(
-                &[rep.losses_at(j)[0]],
-                &[mse],
-                0.0,
-                1e-5,
-                &format!("task 0 query loss after {s} steps"),
-            );
+            let mse = y.iter().zip(&qy).map(|(a, b)| (*a as f64 - b).powi(2)).sum::<f64>() / 50.0;
+            assert_close(&[rep.losses_at(j)[0]], &[mse], 0.0, 1e-5, &format!("task 0 query loss after {s} steps"));
             if eval_inner.batch_size == 0 {
                 let theta = to_f64(tr.params());
                 let sy = match sup.y() {
                     Targets::Values(v) => to_f64(v),
                     Targets::Labels(_) => unreachable!(),
                 };
-                let want = ref_gd(
-                    &spec,
-                    &theta,
-                    &to_f64(sup.x()),
-                    RefTargets::Values(&sy),
-                    10,
-                    0.02,
-                    s,
-                );
+                let want = ref_gd(&spec, &theta, &to_f64(sup.x()), RefTargets::Values(&sy), 10, 0.02, s);
                 let disp: Vec<f64> = want.iter().zip(&theta).map(|(a, b)| a - b).collect();
                 assert_close(
                     m.params(),
@@ -918,25 +587,11 @@ fn adapt_matches_evaluation_and_reference() {
 #[test]
 fn step_does_not_depend_on_history() {
     let spec = MlpSpec::new(&[2, 24, 24, 3], Activation::Tanh, Loss::Mse).unwrap();
-    let inner = InnerLoop {
-        lr: 0.03,
-        steps: 4,
-        batch_size: 6,
-    };
+    let inner = InnerLoop { lr: 0.03, steps: 4, batch_size: 6 };
     let cfg = config(inner, 0.5, 17, 2);
     let mut long = Trainer::new(Model::new(spec.clone(), 17), cfg.clone()).unwrap();
     let mut r = rng(17);
-    for (it, (n, m)) in [
-        (3usize, 50usize),
-        (1, 4),
-        (70, 9),
-        (2, 120),
-        (5, 3),
-        (64, 6),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (it, (n, m)) in [(3usize, 50usize), (1, 4), (70, 9), (2, 120), (5, 3), (64, 6)].into_iter().enumerate() {
         let x = uniform_vec(&mut r, n * m * 2, -2.0, 2.0);
         let y = uniform_vec(&mut r, n * m * 3, -2.0, 2.0);
         let batch = TaskBatch::new(&spec, n, m, x, Targets::Values(y.into())).unwrap();
@@ -945,10 +600,6 @@ fn step_does_not_depend_on_history() {
         let a = long.step(&batch).unwrap();
         let b = fresh.step(&batch).unwrap();
         assert_eq!(a, b, "step {it} ({n} tasks × {m} points)");
-        assert_bits_eq(
-            long.params(),
-            fresh.params(),
-            &format!("θ after step {it} ({n} tasks × {m} points)"),
-        );
+        assert_bits_eq(long.params(), fresh.params(), &format!("θ after step {it} ({n} tasks × {m} points)"));
     }
 }

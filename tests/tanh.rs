@@ -88,21 +88,9 @@ impl Stats {
             self.max_rel_at.to_bits()
         );
         assert!(self.checked > 0, "{what}: nothing checked");
-        assert!(
-            self.nan_mishandled.is_empty(),
-            "{what}: NaN inputs gave non-NaN: {:x?}",
-            self.nan_mishandled
-        );
-        assert!(
-            self.out_of_range.is_empty(),
-            "{what}: |tanh(x)| > 1 at {:?}",
-            self.out_of_range
-        );
-        assert!(
-            self.asymmetric.is_empty(),
-            "{what}: tanh(−x) ≠ −tanh(x) at {:?}",
-            self.asymmetric
-        );
+        assert!(self.nan_mishandled.is_empty(), "{what}: NaN inputs gave non-NaN: {:x?}", self.nan_mishandled);
+        assert!(self.out_of_range.is_empty(), "{what}: |tanh(x)| > 1 at {:?}", self.out_of_range);
+        assert!(self.asymmetric.is_empty(), "{what}: tanh(−x) ≠ −tanh(x) at {:?}", self.asymmetric);
         assert!(
             self.max_abs <= BOUND,
             "{what}: max abs error {:e} at x = {:e} exceeds the documented {BOUND:e}",
@@ -196,11 +184,7 @@ fn special_values() {
     ] {
         let want = (x as f64).tanh();
         let err = (tanh(x) as f64 - want).abs();
-        assert!(
-            err <= BOUND * want.abs().max(f64::MIN_POSITIVE),
-            "tanh({x:e}) = {:e}, want {want:e}",
-            tanh(x)
-        );
+        assert!(err <= BOUND * want.abs().max(f64::MIN_POSITIVE), "tanh({x:e}) = {:e}, want {want:e}", tanh(x));
         if x.abs() < 1e-6 {
             // tanh(x) = x − x³/3 + …: the f32 result must be x itself.
             assert_eq!(tanh(x), x, "tanh({x:e}) for tiny x");
@@ -210,11 +194,7 @@ fn special_values() {
     let mut s = Stats::default();
     for bits in 0..=0x0080_0000u32 {
         s.visit(f32::from_bits(bits));
-        assert_eq!(
-            tanh(f32::from_bits(bits)),
-            f32::from_bits(bits),
-            "subnormal {bits:#x}"
-        );
+        assert_eq!(tanh(f32::from_bits(bits)), f32::from_bits(bits), "subnormal {bits:#x}");
     }
     s.assert_ok("subnormals");
 }
@@ -229,17 +209,7 @@ fn special_values() {
 #[test]
 fn saturates_to_exactly_one() {
     let mut wrong = Vec::new();
-    for x in [
-        f32::INFINITY,
-        f32::MAX,
-        1e30,
-        1e10,
-        100.0,
-        20.0,
-        10.0,
-        9.5,
-        9.02,
-    ] {
+    for x in [f32::INFINITY, f32::MAX, 1e30, 1e10, 100.0, 20.0, 10.0, 9.5, 9.02] {
         for x in [x, -x] {
             let want = (x as f64).tanh() as f32; // correctly rounded: ±1
             assert_eq!(want.abs(), 1.0, "reference tanh({x:e})");
@@ -248,10 +218,7 @@ fn saturates_to_exactly_one() {
             }
         }
     }
-    assert!(
-        wrong.is_empty(),
-        "tanh(x) should be exactly ±1 but is: {wrong:?}"
-    );
+    assert!(wrong.is_empty(), "tanh(x) should be exactly ±1 but is: {wrong:?}");
 }
 
 /// `tanh` is odd, so `tanh(−0) = −0` (IEEE 754 / C `tanhf`, and `f32::tanh` return −0).
@@ -262,10 +229,5 @@ fn saturates_to_exactly_one() {
 #[ignore = "known deviation: math::tanh(-0.0) returns +0.0 (src/cpu/math.rs, `let small = x + x * p`)"]
 fn negative_zero_keeps_its_sign() {
     assert_eq!((-0.0f64).tanh().to_bits(), (-0.0f64).to_bits());
-    assert_eq!(
-        tanh(-0.0).to_bits(),
-        (-0.0f32).to_bits(),
-        "tanh(-0.0) = {:e}",
-        tanh(-0.0)
-    );
+    assert_eq!(tanh(-0.0).to_bits(), (-0.0f32).to_bits(), "tanh(-0.0) = {:e}", tanh(-0.0));
 }

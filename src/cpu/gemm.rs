@@ -239,7 +239,15 @@ pub fn axpy_kernel<P: Policy, const R: usize, const NB: usize>(
 
 /// Forward product with bias, generic over the instruction set (called from dispatched code).
 #[inline(always)]
-pub(crate) fn xwt_p<P: Policy>(points: usize, inp: usize, out: usize, x: &[f32], w: &[f32], bias: &[f32], z: &mut [f32]) {
+pub(crate) fn xwt_p<P: Policy>(
+    points: usize,
+    inp: usize,
+    out: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    z: &mut [f32],
+) {
     if inp == 1 {
         // One input: W[:, 0] is contiguous, so each output row is bias + x_p·w (axpy form).
         let (w, bias) = (&w[..out], &bias[..out]);
@@ -272,7 +280,16 @@ pub(crate) fn dzw_p<P: Policy>(points: usize, out: usize, inp: usize, dz: &[f32]
 /// Weight gradient, generic over the instruction set.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn dztx_p<P: Policy>(out: usize, inp: usize, points: usize, alpha: f32, dz: &[f32], x: &[f32], beta: f32, g: &mut [f32]) {
+pub(crate) fn dztx_p<P: Policy>(
+    out: usize,
+    inp: usize,
+    points: usize,
+    alpha: f32,
+    dz: &[f32],
+    x: &[f32],
+    beta: f32,
+    g: &mut [f32],
+) {
     if points <= SMALL_POINTS {
         P::axpy(out, points, inp, alpha, dz, 1, out, x, inp, beta, g, inp);
     } else {

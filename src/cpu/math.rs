@@ -2,6 +2,16 @@
 
 use super::simd::{Policy, dispatch};
 
+/// Odd polynomial of Cephes `tanhf` for `|x| < 0.625`: `tanh x ≈ x + x·z·P(z)`, `z = x²`,
+/// `P` highest degree first.
+pub(crate) const TANH_P: [f32; 5] = [-5.704_988_7e-3, 2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1];
+/// `e^r ≈ 1 + r + r²·Q(r)` on `|r| ≤ ln2/2` (Cephes `expf`), `Q` highest degree first.
+pub(crate) const EXP_Q: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+/// ln 2 split so `n·LN2_HI` is exact for the `n` that occur.
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+/// The remainder `ln 2 − LN2_HI`.
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+
 /// `tanh(x)` in f32, branch-free so loops over it auto-vectorize.
 ///
 /// For `|x| < 0.625` the odd minimax polynomial of Cephes `tanhf`; above, `1 − 2/(e^{2|x|}+1)`
@@ -13,38 +23,24 @@ pub fn tanh(x: f32) -> f32 {
     let ax = x.abs();
     // Small |x|: x + x³·P(x²).
     let z = x * x;
-    let p = ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z
-        + 1.333_144_2e-1)
-        * z
-        - 3.333_328e-1)
-        * z;
+    let p = TANH_P.iter().fold(0.0f32, |acc, &c| acc * z + c) * z;
     let small = x + x * p;
     // Large |x|: 1 − 2/(exp(2|x|) + 1).
     let e = exp_small(2.0 * ax.min(9.0));
     let large = (1.0 - 2.0 / (e + 1.0)).copysign(x);
-    // `!(ax >= 0.625)` also sends NaN down the polynomial path, which propagates it.
-    if !(ax >= 0.625) { small } else { large }
+    // NaN compares false, so it takes the polynomial path, which propagates it.
+    if ax >= 0.625 { large } else { small }
 }
 
 /// `e^y` for `y` in `[0, 18]` (what [`tanh`] needs), relative error below 2e-7.
 #[inline(always)]
 fn exp_small(y: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting rounds to an integer.
     let n = (y * LOG2E + ROUND) - ROUND;
     let r = y - n * LN2_HI - n * LN2_LO;
-    let p = ((((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r
-        + 4.166_579_6e-2)
-        * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5)
-        * r
-        + 1.0)
-        * r
-        + 1.0;
+    let q = EXP_Q.iter().fold(0.0f32, |acc, &c| acc * r + c);
+    let p = (q * r + 1.0) * r + 1.0;
     // 2^n without a float→int conversion (Rust's saturating `as` does not vectorize): for an
     // integer-valued 0 ≤ n < 2^22, the bits of n + 2^23 + 127 are 0x4B00_0000 + n + 127.
     let scale = f32::from_bits(((n + (8_388_608.0 + 127.0)).to_bits() - 0x4B00_0000) << 23);

@@ -83,13 +83,7 @@ pub enum Tgt<'a> {
 ///
 /// Preconditions: `theta.len() == spec.num_params()`, `x.len() == points·in`,
 /// `points <= ws.capacity()` (panics otherwise).
-pub fn forward<'w>(
-    spec: &MlpSpec,
-    theta: &[f32],
-    x: &[f32],
-    points: usize,
-    ws: &'w mut Workspace,
-) -> &'w [f32] {
+pub fn forward<'w>(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &'w mut Workspace) -> &'w [f32] {
     ws.check(spec, points);
     assert_eq!(theta.len(), spec.num_params(), "θ length");
     assert_eq!(x.len(), points * spec.in_dim(), "x length");
@@ -133,9 +127,7 @@ fn activate<P: Policy>(act: Activation, z: &mut [f32]) {
 fn activate_backward(act: Activation, a: &[f32], g: &mut [f32]) {
     match act {
         Activation::Tanh => g.iter_mut().zip(a).for_each(|(g, &a)| *g *= 1.0 - a * a),
-        Activation::Relu => {
-            g.iter_mut().zip(a).for_each(|(g, &a)| *g = if a > 0.0 { *g } else { 0.0 })
-        }
+        Activation::Relu => g.iter_mut().zip(a).for_each(|(g, &a)| *g = if a > 0.0 { *g } else { 0.0 }),
     }
 }
 
@@ -195,11 +187,7 @@ pub fn loss_eval(spec: &MlpSpec, targets: Tgt<'_>, points: usize, ws: &mut Works
     let correct = match targets {
         Tgt::Labels(lab) => {
             let out = spec.out_dim();
-            ws.output(spec, points)
-                .chunks_exact(out)
-                .zip(lab)
-                .filter(|(row, c)| argmax(row) == **c as usize)
-                .count()
+            ws.output(spec, points).chunks_exact(out).zip(lab).filter(|(row, c)| argmax(row) == **c as usize).count()
         }
         Tgt::Values(_) => 0,
     };
@@ -238,12 +226,26 @@ dispatch! { fn backward_d(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usiz
 dispatch! { fn backward_sgd_d(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, lr: f32) => backward_sgd_body }
 
 #[inline(always)]
-fn backward_grad_body<P: Policy>(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mut Workspace, grad: &mut [f32]) {
+fn backward_grad_body<P: Policy>(
+    spec: &MlpSpec,
+    theta: &[f32],
+    x: &[f32],
+    points: usize,
+    ws: &mut Workspace,
+    grad: &mut [f32],
+) {
     backward_impl::<P>(spec, Sink::Grad { theta, grad }, x, points, ws);
 }
 
 #[inline(always)]
-fn backward_sgd_body<P: Policy>(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, lr: f32) {
+fn backward_sgd_body<P: Policy>(
+    spec: &MlpSpec,
+    theta: &mut [f32],
+    x: &[f32],
+    points: usize,
+    ws: &mut Workspace,
+    lr: f32,
+) {
     backward_impl::<P>(spec, Sink::Sgd { theta, lr }, x, points, ws);
 }
 

@@ -8,8 +8,8 @@
 //! - [`math`]: a fast, vectorizable `tanh`.
 
 pub mod gemm;
-pub mod simd;
 pub mod math;
 pub mod mlp;
+pub mod simd;
 pub mod update;
 pub mod x86;

@@ -36,7 +36,11 @@ pub fn isa() -> Isa {
 
 #[cfg(target_arch = "x86_64")]
 fn detect() -> Isa {
-    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("fma") {
+    if is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("fma")
+    {
         Isa::Avx512
     } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         Isa::Avx2
@@ -58,7 +62,20 @@ pub trait Policy: Copy {
     fn madd(a: f32, b: f32, c: f32) -> f32;
     /// `C[m×n] ← α·A·B + β·C`, `B` with contiguous rows (see [`super::gemm::axpy_kernel`]).
     #[allow(clippy::too_many_arguments)]
-    fn axpy(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], rsa: usize, csa: usize, b: &[f32], ldb: usize, beta: f32, c: &mut [f32], ldc: usize);
+    fn axpy(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: &[f32],
+        rsa: usize,
+        csa: usize,
+        b: &[f32],
+        ldb: usize,
+        beta: f32,
+        c: &mut [f32],
+        ldc: usize,
+    );
     /// `z ← tanh(z)` elementwise (see [`super::math::tanh`]).
     fn tanh_slice(z: &mut [f32]) {
         z.iter_mut().for_each(|v| *v = super::math::tanh(*v));
@@ -113,7 +130,20 @@ policy!(Avx2, "AVX2 + FMA: 16 ymm registers, 8 lanes.", fused: true, axpy: super
     xwt: |p, i, o, x, w, b, z| unsafe { super::x86::xwt_avx2(p, i, o, x, w, b, z) });
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn base_axpy(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], rsa: usize, csa: usize, b: &[f32], ldb: usize, beta: f32, c: &mut [f32], ldc: usize) {
+fn base_axpy(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    ldb: usize,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
     super::gemm::axpy_kernel::<Base, 4, 8>(m, k, n, alpha, a, rsa, csa, b, ldb, beta, c, ldc)
 }
 policy!(Base, "Portable baseline (SSE2 on x86-64): 4 lanes, no FMA.", fused: false, axpy: base_axpy,

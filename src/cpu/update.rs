@@ -11,6 +11,8 @@ pub fn accumulate_delta(acc: &mut [f32], theta_prime: &[f32], theta: &[f32]) {
 
 dispatch! { fn accumulate_d(acc: &mut [f32], theta_prime: &[f32], theta: &[f32]) => accumulate_body }
 
+// `P` only selects the instruction set the wrapper compiles this loop for.
+#[allow(clippy::extra_unused_type_parameters)]
 #[inline(always)]
 fn accumulate_body<P: Policy>(acc: &mut [f32], theta_prime: &[f32], theta: &[f32]) {
     acc.iter_mut().zip(theta_prime).zip(theta).for_each(|((a, &tp), &t)| *a += tp - t);

@@ -8,6 +8,11 @@
 //! lanes and the bias added. AVX-512 covers the `in % 16` tail with masked loads (masked-off
 //! lanes are neither read nor faulted); AVX2 finishes it in scalar code.
 
+// Index loops over small register arrays read clearest as written.
+#![allow(clippy::needless_range_loop)]
+
+#[cfg(target_arch = "x86_64")]
+use super::math::{EXP_Q, LN2_HI, LN2_LO, TANH_P};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -29,8 +34,16 @@ fn check(points: usize, inp: usize, out: usize, x: &[f32], w: &[f32], bias: &[f3
 #[inline]
 #[allow(clippy::too_many_arguments)]
 unsafe fn xwt_block_avx512<const RP: usize, const RO: usize>(
-    xp: *const f32, wp: *const f32, zp: *mut f32, bias: &[f32],
-    inp: usize, out: usize, p0: usize, o0: usize, full: usize, mask: __mmask16,
+    xp: *const f32,
+    wp: *const f32,
+    zp: *mut f32,
+    bias: &[f32],
+    inp: usize,
+    out: usize,
+    p0: usize,
+    o0: usize,
+    full: usize,
+    mask: __mmask16,
 ) {
     // SAFETY: the caller guarantees the rows exist; loads stay below `full` or are masked.
     unsafe {
@@ -183,7 +196,9 @@ pub unsafe fn xwt_avx2(points: usize, inp: usize, out: usize, x: &[f32], w: &[f3
             let mut acc = [[_mm256_setzero_ps(); RO]; RP];
             let mut i = 0;
             while i < full {
-                let xv: [__m256; RP] = std::array::from_fn(|r| if r < rp { _mm256_loadu_ps(xp.add((p0 + r) * inp + i)) } else { _mm256_setzero_ps() });
+                let xv: [__m256; RP] = std::array::from_fn(|r| {
+                    if r < rp { _mm256_loadu_ps(xp.add((p0 + r) * inp + i)) } else { _mm256_setzero_ps() }
+                });
                 for c in 0..ro {
                     let wv = _mm256_loadu_ps(wp.add((o0 + c) * inp + i));
                     for r in 0..rp {
@@ -223,7 +238,18 @@ pub unsafe fn xwt_avx2(points: usize, inp: usize, out: usize, x: &[f32], w: &[f3
 /// Checks the extents the raw-pointer axpy loops rely on.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn check_axpy(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, csa: usize, b: &[f32], ldb: usize, c: &[f32], ldc: usize) {
+fn check_axpy(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &[f32],
+    ldc: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -244,8 +270,19 @@ fn check_axpy(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, csa: usize, b
 #[inline]
 #[allow(clippy::too_many_arguments)]
 unsafe fn axpy_block_avx512<const RR: usize, const NV: usize>(
-    k: usize, alpha: f32, ap: *const f32, rsa: usize, csa: usize, bp: *const f32, ldb: usize,
-    beta: f32, cp: *mut f32, ldc: usize, r0: usize, c0: usize, masks: [__mmask16; 2],
+    k: usize,
+    alpha: f32,
+    ap: *const f32,
+    rsa: usize,
+    csa: usize,
+    bp: *const f32,
+    ldb: usize,
+    beta: f32,
+    cp: *mut f32,
+    ldc: usize,
+    r0: usize,
+    c0: usize,
+    masks: [__mmask16; 2],
 ) {
     // SAFETY: guaranteed by the caller; masked-off lanes are neither read nor written.
     unsafe {
@@ -265,7 +302,11 @@ unsafe fn axpy_block_avx512<const RR: usize, const NV: usize>(
             let crow = cp.add((r0 + r) * ldc + c0);
             for h in 0..NV {
                 let s = _mm512_mul_ps(va, acc[h]);
-                let v = if beta == 0.0 { s } else { _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(masks[h], crow.add(16 * h)), s) };
+                let v = if beta == 0.0 {
+                    s
+                } else {
+                    _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(masks[h], crow.add(16 * h)), s)
+                };
                 _mm512_mask_storeu_ps(crow.add(16 * h), masks[h], v);
             }
         }
@@ -284,7 +325,20 @@ unsafe fn axpy_block_avx512<const RR: usize, const NV: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn axpy_avx512(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], rsa: usize, csa: usize, b: &[f32], ldb: usize, beta: f32, c: &mut [f32], ldc: usize) {
+pub unsafe fn axpy_avx512(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    ldb: usize,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
     check_axpy(m, k, n, a, rsa, csa, b, ldb, c, ldc);
     let lane_mask = |from: usize| -> __mmask16 {
         let left = n.saturating_sub(from).min(16);
@@ -330,7 +384,20 @@ pub unsafe fn axpy_avx512(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], r
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn axpy_avx2(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], rsa: usize, csa: usize, b: &[f32], ldb: usize, beta: f32, c: &mut [f32], ldc: usize) {
+pub unsafe fn axpy_avx2(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    ldb: usize,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
     check_axpy(m, k, n, a, rsa, csa, b, ldb, c, ldc);
     const R: usize = 4;
     // SAFETY (whole body): as in `axpy_avx512`; masked lanes are neither read nor written.
@@ -363,7 +430,8 @@ pub unsafe fn axpy_avx2(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], rsa
                         continue;
                     }
                     let s = _mm256_mul_ps(va, acc[h]);
-                    let v = if beta == 0.0 { s } else { _mm256_fmadd_ps(vb, _mm256_maskload_ps(crow.add(8 * h), mask), s) };
+                    let v =
+                        if beta == 0.0 { s } else { _mm256_fmadd_ps(vb, _mm256_maskload_ps(crow.add(8 * h), mask), s) };
                     _mm256_maskstore_ps(crow.add(8 * h), mask, v);
                 }
             }
@@ -400,7 +468,8 @@ mod tests {
             return;
         }
         // Input q has lanes (q + 1)·(lane + 1)·0.5, sum (q + 1)·68 (exact in f32).
-        let vals: Vec<[f32; 16]> = (0..16).map(|q| std::array::from_fn(|l| (q + 1) as f32 * (l + 1) as f32 * 0.5)).collect();
+        let vals: Vec<[f32; 16]> =
+            (0..16).map(|q| std::array::from_fn(|l| (q + 1) as f32 * (l + 1) as f32 * 0.5)).collect();
         let mut out = [0.0f32; 16];
         // SAFETY: AVX-512F/VL detected above; loads and stores cover exactly 16 floats.
         unsafe {
@@ -435,23 +504,23 @@ pub unsafe fn tanh_avx512(z: &mut [f32]) {
         let ax = _mm512_abs_ps(x);
         // Small |x|: x + x·(z·P(z)), z = x².
         let x2 = _mm512_mul_ps(x, x);
-        let mut p = set(-5.704_988_7e-3);
-        p = _mm512_fmadd_ps(p, x2, set(2.063_908_9e-2));
-        p = _mm512_fmadd_ps(p, x2, set(-5.373_971_6e-2));
-        p = _mm512_fmadd_ps(p, x2, set(1.333_144_2e-1));
-        p = _mm512_fmadd_ps(p, x2, set(-3.333_328_2e-1));
+        let mut p = set(TANH_P[0]);
+        for &c in &TANH_P[1..] {
+            p = _mm512_fmadd_ps(p, x2, set(c));
+        }
         p = _mm512_mul_ps(p, x2);
         let small = _mm512_fmadd_ps(x, p, x);
         // Large |x|: e = exp(2·min(|x|, 9)) by n·ln2 + r reduction and a degree-6 polynomial.
         let y = _mm512_mul_ps(set(2.0), _mm512_min_ps(ax, set(9.0)));
-        let nf = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(y, set(std::f32::consts::LOG2_E)));
-        let r = _mm512_fnmadd_ps(nf, set(-2.121_944_4e-4), _mm512_fnmadd_ps(nf, set(0.693_359_4), y));
-        let mut e = set(1.987_569_1e-4);
-        e = _mm512_fmadd_ps(e, r, set(1.398_199_9e-3));
-        e = _mm512_fmadd_ps(e, r, set(8.333_452e-3));
-        e = _mm512_fmadd_ps(e, r, set(4.166_579_6e-2));
-        e = _mm512_fmadd_ps(e, r, set(1.666_666_5e-1));
-        e = _mm512_fmadd_ps(e, r, set(0.5));
+        let nf = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            y,
+            set(std::f32::consts::LOG2_E),
+        ));
+        let r = _mm512_fnmadd_ps(nf, set(LN2_LO), _mm512_fnmadd_ps(nf, set(LN2_HI), y));
+        let mut e = set(EXP_Q[0]);
+        for &c in &EXP_Q[1..] {
+            e = _mm512_fmadd_ps(e, r, set(c));
+        }
         e = _mm512_fmadd_ps(e, r, set(1.0));
         e = _mm512_fmadd_ps(e, r, set(1.0));
         let e = _mm512_scalef_ps(e, nf);

@@ -36,9 +36,13 @@ pub fn sine_adaptation(
     let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let all = truth.points.iter().chain(predictions.iter().flat_map(|s| s.points.iter())).map(|p| p.1);
-    let (lo, hi) = all.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
-        if v.is_finite() { (lo.min(v), hi.max(v)) } else { (lo, hi) }
-    });
+    let (lo, hi) =
+        all.fold(
+            (f32::INFINITY, f32::NEG_INFINITY),
+            |(lo, hi), v| {
+                if v.is_finite() { (lo.min(v), hi.max(v)) } else { (lo, hi) }
+            },
+        );
     let (lo, hi) = if lo.is_finite() { (lo - 0.5, hi + 0.5) } else { (-6.0, 6.0) };
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))

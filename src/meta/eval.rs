@@ -91,7 +91,9 @@ impl Trainer {
         let spec = self.spec();
         tasks.support().check_spec(spec)?;
         if steps.is_empty() || steps.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(Error::InvalidArgument(format!("evaluation steps must be ascending and non-empty, got {steps:?}")));
+            return Err(Error::InvalidArgument(format!(
+                "evaluation steps must be ascending and non-empty, got {steps:?}"
+            )));
         }
         let inner = self.config().eval;
         let (sup, qry) = (tasks.support(), tasks.query());

@@ -175,7 +175,16 @@ impl TaskWorker {
 
     /// Continues the current task's inner loop for `steps` more SGD steps (no tail).
     #[allow(clippy::too_many_arguments)]
-    pub fn more_steps(&mut self, spec: &MlpSpec, x: &[f32], y: Tgt<'_>, b: usize, steps: usize, lr: f32, rng: &mut Rng) {
+    pub fn more_steps(
+        &mut self,
+        spec: &MlpSpec,
+        x: &[f32],
+        y: Tgt<'_>,
+        b: usize,
+        steps: usize,
+        lr: f32,
+        rng: &mut Rng,
+    ) {
         for _ in 0..steps {
             self.next_batch(b, rng);
             let (bs, labels) = self.gather(spec, x, y, b);

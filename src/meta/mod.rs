@@ -10,5 +10,5 @@ mod trainer;
 pub use config::{InnerLoop, OuterRule, ReptileConfig};
 pub use eval::EvalReport;
 pub use inner::adapt;
-pub use tasks::{EvalTasks, TaskBatch, Targets};
+pub use tasks::{EvalTasks, Targets, TaskBatch};
 pub use trainer::{DeltaSum, StepStats, Trainer};

@@ -76,10 +76,7 @@ impl<'a> TaskBatch<'a> {
                     )));
                 }
                 if let Some(i) = l.iter().position(|&c| c as usize >= d_out) {
-                    return Err(Error::InvalidArgument(format!(
-                        "label[{i}] = {} is not a class in 0..{d_out}",
-                        l[i]
-                    )));
+                    return Err(Error::InvalidArgument(format!("label[{i}] = {} is not a class in 0..{d_out}", l[i])));
                 }
             }
             (Targets::Values(_), loss) | (Targets::Labels(_), loss) => {
@@ -116,7 +113,14 @@ impl<'a> TaskBatch<'a> {
                 Tgt::Values(v) => Targets::Values(Cow::Borrowed(v)),
                 Tgt::Labels(l) => Targets::Labels(Cow::Borrowed(l)),
             };
-            TaskBatch { n_tasks: 1, points: self.points, in_dim: self.in_dim, out_dim: self.out_dim, x: Cow::Borrowed(x), y }
+            TaskBatch {
+                n_tasks: 1,
+                points: self.points,
+                in_dim: self.in_dim,
+                out_dim: self.out_dim,
+                x: Cow::Borrowed(x),
+                y,
+            }
         })
     }
     /// A batch owning its data.

@@ -231,10 +231,8 @@ impl Trainer {
         }
         let it = self.iteration;
         let diverged = |reason: String| Error::Diverged { iteration: it, reason };
-        let (lb, la) = (
-            (delta.loss_before_sum / delta.tasks as f64) as f32,
-            (delta.loss_after_sum / delta.tasks as f64) as f32,
-        );
+        let (lb, la) =
+            ((delta.loss_before_sum / delta.tasks as f64) as f32, (delta.loss_after_sum / delta.tasks as f64) as f32);
         if !lb.is_finite() || !la.is_finite() {
             return Err(diverged(format!("inner-loop loss is {lb} before / {la} after adaptation")));
         }
@@ -266,12 +264,12 @@ impl Trainer {
             OuterRule::Reptile => (None, false),
             OuterRule::Fomaml { tail } => (tail, true),
         };
-        if let Some(t) = tail {
-            if t >= m {
-                return Err(Error::InvalidArgument(format!(
-                    "FOMAML tail of {t} points leaves none of the {m} support points for the other steps"
-                )));
-            }
+        if let Some(t) = tail
+            && t >= m
+        {
+            return Err(Error::InvalidArgument(format!(
+                "FOMAML tail of {t} points leaves none of the {m} support points for the other steps"
+            )));
         }
         let b = inner.batch_for(m);
         let cap = b.max(tail.unwrap_or(0)).max(m.min(b));

@@ -5,7 +5,7 @@
 //! without replacement and are scored by MSE on the whole grid.
 
 use crate::error::Result;
-use crate::meta::{EvalTasks, TaskBatch, Targets};
+use crate::meta::{EvalTasks, Targets, TaskBatch};
 use crate::rng::{self, Purpose, Rng};
 use crate::spec::MlpSpec;
 use rand::Rng as _;

@@ -111,11 +111,7 @@ pub fn ref_forward(spec: &MlpSpec, theta: &[f64], x: &[f64], points: usize) -> R
                 z[p * out + o] = s;
             }
         }
-        let a = if l + 1 < nl {
-            z.iter().map(|&v| act(spec.activation(), v)).collect()
-        } else {
-            z.clone()
-        };
+        let a = if l + 1 < nl { z.iter().map(|&v| act(spec.activation(), v)).collect() } else { z.clone() };
         zs.push(z);
         as_.push(a);
     }
@@ -178,14 +174,7 @@ pub fn ref_loss(spec: &MlpSpec, theta: &[f64], x: &[f64], t: RefTargets<'_>, poi
 }
 
 /// Analytic backward: `∇θ L` in the flat layout, given the forward pass and `dL/dY`.
-pub fn ref_backward(
-    spec: &MlpSpec,
-    theta: &[f64],
-    x: &[f64],
-    points: usize,
-    f: &RefForward,
-    dy: &[f64],
-) -> Vec<f64> {
+pub fn ref_backward(spec: &MlpSpec, theta: &[f64], x: &[f64], points: usize, f: &RefForward, dy: &[f64]) -> Vec<f64> {
     let w = spec.widths();
     let offs = layer_offsets(w);
     let nl = w.len() - 1;
@@ -223,13 +212,7 @@ pub fn ref_backward(
 }
 
 /// Loss and gradient of θ on `(x, t)`.
-pub fn ref_loss_grad(
-    spec: &MlpSpec,
-    theta: &[f64],
-    x: &[f64],
-    t: RefTargets<'_>,
-    points: usize,
-) -> (f64, Vec<f64>) {
+pub fn ref_loss_grad(spec: &MlpSpec, theta: &[f64], x: &[f64], t: RefTargets<'_>, points: usize) -> (f64, Vec<f64>) {
     let f = ref_forward(spec, theta, x, points);
     let loss = ref_loss_of_output(spec, f.output(), t, points);
     let dy = ref_output_grad(spec, f.output(), t, points);
@@ -284,9 +267,7 @@ pub fn avoid_relu_kinks(
     let d = spec.in_dim();
     for _ in 0..1000 {
         let f = ref_forward(spec, theta, &to_f64(x), points);
-        let bad: Vec<usize> = (0..points)
-            .filter(|&p| min_hidden_preact(spec, &f, p) < margin)
-            .collect();
+        let bad: Vec<usize> = (0..points).filter(|&p| min_hidden_preact(spec, &f, p) < margin).collect();
         if bad.is_empty() {
             return;
         }
@@ -315,20 +296,12 @@ pub fn uniform_vec(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32>
 
 /// `n` labels uniform in `0..classes`.
 pub fn labels(rng: &mut ChaCha8Rng, n: usize, classes: usize) -> Vec<u32> {
-    (0..n)
-        .map(|_| rng.random_range(0..classes as u32))
-        .collect()
+    (0..n).map(|_| rng.random_range(0..classes as u32)).collect()
 }
 
 /// A random spec: `layers` linear layers (1..=4), widths in 1..=`max_w` (output ≥ 2 for
 /// cross-entropy), given activation and loss.
-pub fn random_spec(
-    rng: &mut ChaCha8Rng,
-    layers: usize,
-    max_w: usize,
-    act: Activation,
-    loss: Loss,
-) -> MlpSpec {
+pub fn random_spec(rng: &mut ChaCha8Rng, layers: usize, max_w: usize, act: Activation, loss: Loss) -> MlpSpec {
     let mut w: Vec<usize> = (0..=layers).map(|_| rng.random_range(1..=max_w)).collect();
     if loss == Loss::SoftmaxCrossEntropy {
         let last = w.last_mut().unwrap();
@@ -404,30 +377,16 @@ pub fn max_abs(v: &[f64]) -> f64 {
 
 /// `Err` naming the worst element unless every `|got[i] − want[i]| ≤ tol + |want[i]|·eps`
 /// (and every `got` is finite).
-pub fn check_close(
-    got: &[f32],
-    want: &[f64],
-    tol: f64,
-    eps: f64,
-    what: &str,
-) -> Result<(), String> {
+pub fn check_close(got: &[f32], want: &[f64], tol: f64, eps: f64, what: &str) -> Result<(), String> {
     if got.len() != want.len() {
-        return Err(format!(
-            "{what}: length {} vs reference {}",
-            got.len(),
-            want.len()
-        ));
+        return Err(format!("{what}: length {} vs reference {}", got.len(), want.len()));
     }
     // Worst = largest excess of error over its bound.
     let mut worst: Option<(usize, f64)> = None;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g as f64 - w).abs();
         let bound = tol + w.abs() * eps;
-        let excess = if err.is_nan() {
-            f64::INFINITY
-        } else {
-            err / bound
-        };
+        let excess = if err.is_nan() { f64::INFINITY } else { err / bound };
         if worst.is_none_or(|(_, e)| excess > e) {
             worst = Some((i, excess));
         }
@@ -440,10 +399,7 @@ pub fn check_close(
             want[i],
             (got[i] as f64 - want[i]).abs(),
             tol + want[i].abs() * eps,
-            got.iter()
-                .zip(want)
-                .filter(|(g, w)| ((**g as f64) - **w).abs() > tol + w.abs() * eps)
-                .count(),
+            got.iter().zip(want).filter(|(g, w)| ((**g as f64) - **w).abs() > tol + w.abs() * eps).count(),
             got.len()
         )),
         _ => Ok(()),
@@ -460,23 +416,14 @@ pub fn assert_close(got: &[f32], want: &[f64], tol: f64, eps: f64, what: &str) {
 
 /// Largest `|got − want| / scale` (for printing measured errors).
 pub fn max_err_over(got: &[f32], want: &[f64], scale: f64) -> f64 {
-    got.iter()
-        .zip(want)
-        .fold(0.0, |m, (&g, &w)| m.max((g as f64 - w).abs() / scale))
+    got.iter().zip(want).fold(0.0, |m, (&g, &w)| m.max((g as f64 - w).abs() / scale))
 }
 
 /// Bitwise equality of two f32 slices, reporting the first difference.
 #[track_caller]
 pub fn assert_bits_eq(a: &[f32], b: &[f32], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths differ");
-    if let Some(i) = a
-        .iter()
-        .zip(b)
-        .position(|(x, y)| x.to_bits() != y.to_bits())
-    {
-        panic!(
-            "{what}: first difference at [{i}]: {:e} vs {:e}",
-            a[i], b[i]
-        );
+    if let Some(i) = a.iter().zip(b).position(|(x, y)| x.to_bits() != y.to_bits()) {
+        panic!("{what}: first difference at [{i}]: {:e} vs {:e}", a[i], b[i]);
     }
 }
