@@ -244,6 +244,9 @@ fn run_sine(a: SineArgs) -> reptile::Result<()> {
     let done = trainer.iteration();
     let ckpt = a.out.join("sine.safetensors");
     checkpoint::save(&ckpt, trainer.model(), Some(&config), done)?;
+    if result.is_err() {
+        eprintln!("saved the last finite parameters (iteration {done}) to {}", ckpt.display());
+    }
     result?;
     let task_steps = done as f64 * a.meta_batch as f64 * a.inner_steps as f64;
     let flops = task_steps * spec.step_flops(config.train.batch_for(sine::GRID_POINTS)) as f64;

@@ -12,7 +12,7 @@ pub use rand_chacha::ChaCha8Rng as Rng;
 pub enum Purpose {
     /// Parameter initialization.
     Init = 1,
-    /// Minibatch order of a training task; index = `iteration · 2^20 + task`.
+    /// Minibatch order of a training task; index = `iteration · 2^24 + offset + task`.
     InnerShuffle = 2,
     /// Minibatch order during adaptation/evaluation; index = task.
     EvalShuffle = 3,

@@ -1,4 +1,5 @@
-//! `reptile::cpu::math::tanh` against `f64::tanh` over the whole f32 range.
+//! `reptile::cpu::math::tanh` (scalar) and `math::tanh_slice` (what the forward pass uses: the
+//! AVX-512 kernel where available) against `f64::tanh` over the whole f32 range.
 //!
 //! The doc of `math::tanh` claims a maximum error below 4e-7, absolute and relative. The sweep
 //! visits every 97th f32 bit pattern (≈ 44 M values, both signs, all binades, subnormals, NaN
@@ -7,7 +8,7 @@
 //! |x| ≥ 1e-30; absolute error everywhere. The measured maxima are printed
 //! (`cargo test --release --test tanh -- --nocapture`).
 
-use reptile::cpu::math::tanh;
+use reptile::cpu::math::{tanh, tanh_slice};
 
 /// The documented bound, absolute and relative.
 const BOUND: f64 = 4e-7;
@@ -29,8 +30,12 @@ struct Stats {
 }
 
 impl Stats {
+    /// Scalar `tanh(x)`, with the oddness check.
     fn visit(&mut self, x: f32) {
-        let y = tanh(x);
+        self.visit_result(x, tanh(x), true);
+    }
+
+    fn visit_result(&mut self, x: f32, y: f32, check_odd: bool) {
         if x.is_nan() {
             if !y.is_nan() && self.nan_mishandled.len() < 8 {
                 self.nan_mishandled.push(x.to_bits());
@@ -56,7 +61,7 @@ impl Stats {
             self.out_of_range.push(x);
         }
         // tanh is odd; for x ≠ 0 the implementation is exactly symmetric.
-        if x != 0.0 && tanh(-x).to_bits() != (-y).to_bits() && self.asymmetric.len() < 8 {
+        if check_odd && x != 0.0 && tanh(-x).to_bits() != (-y).to_bits() && self.asymmetric.len() < 8 {
             self.asymmetric.push(x);
         }
     }
@@ -106,15 +111,41 @@ impl Stats {
     }
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Impl {
+    Scalar,
+    /// `tanh_slice` on consecutive runs of 1 to 37 values (exercises the vector tails).
+    Slice,
+}
+
 /// Visits the bit patterns `start, start+step, ...` up to `end` (inclusive), split over two
 /// threads.
-fn sweep(start: u32, end: u32, step: u32) -> Stats {
+fn sweep(start: u32, end: u32, step: u32, imp: Impl) -> Stats {
     let n = (end - start) / step + 1;
     let half = n / 2;
     let run = |lo: u32, hi: u32| {
         let mut s = Stats::default();
-        for k in lo..hi {
-            s.visit(f32::from_bits(start + k * step));
+        match imp {
+            Impl::Scalar => {
+                for k in lo..hi {
+                    s.visit(f32::from_bits(start + k * step));
+                }
+            }
+            Impl::Slice => {
+                let (mut k, mut run_len, mut xs, mut ys) = (lo, 1u32, Vec::new(), Vec::new());
+                while k < hi {
+                    let len = run_len.min(hi - k);
+                    xs.clear();
+                    xs.extend((k..k + len).map(|j| f32::from_bits(start + j * step)));
+                    ys.clone_from(&xs);
+                    tanh_slice(&mut ys);
+                    for (&x, &y) in xs.iter().zip(&ys) {
+                        s.visit_result(x, y, false);
+                    }
+                    k += len;
+                    run_len = run_len % 37 + 1;
+                }
+            }
         }
         s
     };
@@ -130,10 +161,10 @@ fn sweep(start: u32, end: u32, step: u32) -> Stats {
 
 #[test]
 fn every_97th_bit_pattern() {
-    let s = sweep(0, u32::MAX, 97);
+    let s = sweep(0, u32::MAX, 97, Impl::Scalar);
     // ≈ 2³²/97 patterns, minus the NaN ones.
     assert!(s.checked > 43_000_000, "only {} values checked", s.checked);
-    s.assert_ok("every 97th f32");
+    s.assert_ok("tanh, every 97th f32");
 }
 
 #[test]
@@ -141,9 +172,38 @@ fn every_value_near_branch_points() {
     // [0.5, 1) holds the switch at 0.625; [8, 16) the clamp at 9. Both signs.
     for (lo, hi) in [(0.5f32, 1.0f32), (8.0, 16.0)] {
         for sign in [0u32, 0x8000_0000] {
-            let s = sweep(lo.to_bits() | sign, (hi.to_bits() - 1) | sign, 1);
+            let s = sweep(lo.to_bits() | sign, (hi.to_bits() - 1) | sign, 1, Impl::Scalar);
             assert_eq!(s.checked, (hi.to_bits() - lo.to_bits()) as u64);
-            s.assert_ok(&format!("every f32 in ±[{lo}, {hi})"));
+            s.assert_ok(&format!("tanh, every f32 in {}[{lo}, {hi})", if sign == 0 { '+' } else { '-' }));
+        }
+    }
+}
+
+/// The slice version (the forward pass's activation) over every 101st bit pattern (a different
+/// sample from the scalar sweep) and every f32 of ±[0.5, 1).
+#[test]
+fn tanh_slice_sweep() {
+    let s = sweep(0, u32::MAX, 101, Impl::Slice);
+    assert!(s.checked > 41_000_000, "only {} values checked", s.checked);
+    s.assert_ok("tanh_slice, every 101st f32");
+    for sign in [0u32, 0x8000_0000] {
+        let s = sweep(0.5f32.to_bits() | sign, (1.0f32.to_bits() - 1) | sign, 1, Impl::Slice);
+        s.assert_ok(&format!("tanh_slice, every f32 in {}[0.5, 1)", if sign == 0 { '+' } else { '-' }));
+    }
+    // Specials, in one slice with a vector-width-straddling length.
+    let xs = [f32::NAN, 0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::from_bits(1), 1e-30, -2.5, 0.3];
+    let mut ys: Vec<f32> = xs.iter().cycle().take(45).copied().collect();
+    let inp = ys.clone();
+    tanh_slice(&mut ys);
+    for (&x, &y) in inp.iter().zip(&ys) {
+        if x.is_nan() {
+            assert!(y.is_nan(), "tanh_slice(NaN) = {y}");
+        } else {
+            let want = (x as f64).tanh();
+            assert!(
+                (y as f64 - want).abs() <= BOUND * want.abs().max(1e-300),
+                "tanh_slice({x:e}) = {y:e}, want {want:e}"
+            );
         }
     }
 }
@@ -214,20 +274,27 @@ fn saturates_to_exactly_one() {
             let want = (x as f64).tanh() as f32; // correctly rounded: ±1
             assert_eq!(want.abs(), 1.0, "reference tanh({x:e})");
             if tanh(x) != want {
-                wrong.push((x, tanh(x)));
+                wrong.push(("tanh", x, tanh(x)));
+            }
+            let mut v = [x; 19];
+            tanh_slice(&mut v);
+            if v[18] != want {
+                wrong.push(("tanh_slice", x, v[18]));
             }
         }
     }
-    assert!(wrong.is_empty(), "tanh(x) should be exactly ±1 but is: {wrong:?}");
+    assert!(wrong.is_empty(), "should be exactly ±1 but are: {wrong:?}");
 }
 
-/// `tanh` is odd, so `tanh(−0) = −0` (IEEE 754 / C `tanhf`, and `f32::tanh` return −0).
-/// `math::tanh(−0.0)` returns +0.0: `x + x·p` with `x = −0`, `p = −0` is `−0 + (+0) = +0`.
-/// Harmless for the MLP (the derivative `1 − a²` is the same), so it is not a failing test of
-/// the suite; run with `--ignored` to see it.
+/// `tanh` is odd, so `tanh(−0) = −0` (IEEE 754 / C `tanhf`, and `f32::tanh` return −0), in
+/// the scalar function and in the vector kernel the forward pass uses.
 #[test]
-#[ignore = "known deviation: math::tanh(-0.0) returns +0.0 (src/cpu/math.rs, `let small = x + x * p`)"]
 fn negative_zero_keeps_its_sign() {
     assert_eq!((-0.0f64).tanh().to_bits(), (-0.0f64).to_bits());
     assert_eq!(tanh(-0.0).to_bits(), (-0.0f32).to_bits(), "tanh(-0.0) = {:e}", tanh(-0.0));
+    assert_eq!(tanh(0.0).to_bits(), 0.0f32.to_bits());
+    let mut v = [-0.0f32, 0.0, -0.0, 0.0, -0.0, -0.0, 0.0, -0.0, -0.0, -0.0, 0.0, 0.0, -0.0, -0.0, 0.0, -0.0, -0.0];
+    let want: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
+    tanh_slice(&mut v);
+    assert_eq!(v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want, "tanh_slice(±0)");
 }

@@ -12,7 +12,7 @@
 #![allow(clippy::needless_range_loop)]
 
 #[cfg(target_arch = "x86_64")]
-use super::math::{EXP_Q, LN2_HI, LN2_LO, TANH_P};
+use super::math::{EXP_Q, LN2_HI, LN2_LO, TANH_CLAMP, TANH_P};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -485,7 +485,8 @@ mod tests {
 /// `z ← tanh(z)` elementwise with AVX-512: the same formula as [`super::math::tanh`] (odd
 /// polynomial below 0.625, `1 − 2/(e^{2|x|} + 1)` above), 16 lanes at a time with a masked
 /// tail, and the division replaced by `rcp14` refined with one Newton step (relative error
-/// about 2^-28, below f32 rounding). NaN propagates through the polynomial branch.
+/// about 2^-28, below f32 rounding). NaN propagates through the polynomial branch; ±0 keep
+/// their sign.
 ///
 /// # Safety
 /// The CPU must support AVX-512F/VL and FMA.
@@ -511,7 +512,7 @@ pub unsafe fn tanh_avx512(z: &mut [f32]) {
         p = _mm512_mul_ps(p, x2);
         let small = _mm512_fmadd_ps(x, p, x);
         // Large |x|: e = exp(2·min(|x|, 9)) by n·ln2 + r reduction and a degree-6 polynomial.
-        let y = _mm512_mul_ps(set(2.0), _mm512_min_ps(ax, set(9.0)));
+        let y = _mm512_mul_ps(set(2.0), _mm512_min_ps(ax, set(TANH_CLAMP)));
         let nf = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
             y,
             set(std::f32::consts::LOG2_E),
@@ -528,12 +529,13 @@ pub unsafe fn tanh_avx512(z: &mut [f32]) {
         let d = _mm512_add_ps(e, set(1.0));
         let r0 = _mm512_rcp14_ps(d);
         let inv = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, set(2.0)));
-        let large_abs = _mm512_fnmadd_ps(set(2.0), inv, set(1.0));
-        let sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN));
-        let large = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(large_abs), sign));
-        // !(|x| ≥ 0.625): NaN compares false, so it takes the polynomial path.
+        let large = _mm512_fnmadd_ps(set(2.0), inv, set(1.0));
+        // NaN compares false, so it takes the polynomial path. tanh is odd: |t| gets the sign
+        // of x last (this also keeps tanh(−0) = −0).
         let use_large = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(ax, set(0.625));
-        let t = _mm512_mask_blend_ps(use_large, small, large);
+        let t = _mm512_abs_ps(_mm512_mask_blend_ps(use_large, small, large));
+        let sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN));
+        let t = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), sign));
         // SAFETY: as the load.
         unsafe { _mm512_mask_storeu_ps(zp.add(i), mask, t) };
         i += 16;
