@@ -19,8 +19,12 @@ fn sine_spec() -> MlpSpec {
     MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap()
 }
 
-/// Times `f` for about `secs` seconds after a warm-up and returns seconds per call.
+/// Times `f` for about `secs` seconds after a warm-up and returns seconds per call; 0 (and no
+/// line printed) when `REPTILE_BENCH_SUMMARY=0`, e.g. while profiling one benchmark.
 fn time_per_call(secs: f64, mut f: impl FnMut()) -> f64 {
+    if std::env::var("REPTILE_BENCH_SUMMARY").as_deref() == Ok("0") {
+        return 0.0;
+    }
     let t = Instant::now();
     while t.elapsed().as_secs_f64() < 0.2 {
         f();
@@ -34,6 +38,9 @@ fn time_per_call(secs: f64, mut f: impl FnMut()) -> f64 {
 }
 
 fn line(name: &str, per_call: f64, flops: u64, units: f64, unit: &str) {
+    if per_call == 0.0 {
+        return;
+    }
     println!(
         "  -> {name}: {:.3} µs/call, {:.2} GFLOP/s, {:.0} {unit}/s",
         per_call * 1e6,
@@ -81,6 +88,33 @@ fn bench_single_task(c: &mut Criterion) {
     let t = time_per_call(1.0, &mut step);
     line("inner SGD step", t, step_flops, 1.0, "task-steps");
     g.finish();
+}
+
+/// The three products and the activation at the sine hidden layer (10 points, 64 × 64).
+fn bench_products(c: &mut Criterion) {
+    use reptile::cpu::{gemm, math};
+    let (p, i, o) = (POINTS, 64usize, 64usize);
+    let x: Vec<f32> = (0..p * i).map(|k| ((k * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let w: Vec<f32> = (0..o * i).map(|k| ((k * 104_729) % 1000) as f32 / 8000.0 - 0.06).collect();
+    let b: Vec<f32> = (0..o).map(|k| k as f32 / 640.0).collect();
+    let dz: Vec<f32> = (0..p * o).map(|k| ((k * 31) % 97) as f32 / 97.0 - 0.5).collect();
+    let mut z = vec![0.0f32; p * o];
+    let mut dx = vec![0.0f32; p * i];
+    let mut g = w.clone();
+    let flops = (2 * p * i * o) as u64;
+    let mut grp = c.benchmark_group("products_10x64x64");
+    grp.throughput(Throughput::Elements(flops));
+    grp.bench_function("x_wt_bias", |bn| bn.iter(|| gemm::x_wt(p, i, o, &x, &w, &b, black_box(&mut z))));
+    grp.bench_function("dz_w", |bn| bn.iter(|| gemm::dz_w(p, o, i, &dz, &w, black_box(&mut dx))));
+    grp.bench_function("dzt_x_sgd", |bn| bn.iter(|| gemm::dzt_x(o, i, p, -1e-9, &dz, &x, 1.0, black_box(&mut g))));
+    grp.throughput(Throughput::Elements((p * o) as u64));
+    grp.bench_function("tanh_640", |bn| {
+        bn.iter(|| {
+            z.copy_from_slice(&dz);
+            math::tanh_slice(black_box(&mut z))
+        })
+    });
+    grp.finish();
 }
 
 fn bench_meta_step(c: &mut Criterion) {
@@ -134,6 +168,6 @@ fn bench_interpolation(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    targets = bench_single_task, bench_meta_step, bench_interpolation
+    targets = bench_products, bench_single_task, bench_meta_step, bench_interpolation
 }
 criterion_main!(benches);

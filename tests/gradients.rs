@@ -265,3 +265,10 @@ fn layout_matches_documentation() {
         assert_eq!(Model::new(spec.clone(), 0).params().len(), spec.num_params());
     }
 }
+
+/// Every test of this file again on the lower instruction-set paths (AVX2, portable), each in
+/// its own process (see `common::rerun_under_lower_isas`).
+#[test]
+fn lower_isa_paths() {
+    common::rerun_under_lower_isas("lower_isa_paths");
+}

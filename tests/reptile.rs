@@ -603,3 +603,10 @@ fn step_does_not_depend_on_history() {
         assert_bits_eq(long.params(), fresh.params(), &format!("θ after step {it} ({n} tasks × {m} points)"));
     }
 }
+
+/// Every test of this file again on the lower instruction-set paths (AVX2, portable), each in
+/// its own process (see `common::rerun_under_lower_isas`).
+#[test]
+fn lower_isa_paths() {
+    common::rerun_under_lower_isas("lower_isa_paths");
+}

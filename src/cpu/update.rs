@@ -26,9 +26,17 @@ pub fn delta(out: &mut [f32], theta_prime: &[f32], theta: &[f32]) {
 }
 
 /// `acc ← acc + x`.
-#[inline]
 pub fn add_assign(acc: &mut [f32], x: &[f32]) {
     assert_eq!(acc.len(), x.len(), "add lengths");
+    add_assign_d(acc, x);
+}
+
+dispatch! { fn add_assign_d(acc: &mut [f32], x: &[f32]) => add_assign_body }
+
+// `P` only selects the instruction set the wrapper compiles this loop for.
+#[allow(clippy::extra_unused_type_parameters)]
+#[inline(always)]
+fn add_assign_body<P: Policy>(acc: &mut [f32], x: &[f32]) {
     acc.iter_mut().zip(x).for_each(|(a, &v)| *a += v);
 }
 

@@ -15,6 +15,7 @@ use crate::params::Model;
 use crate::rng::{self, Purpose};
 use crate::spec::MlpSpec;
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// Most chunks a meta-batch is cut into (the unit of parallel work).
 pub(crate) const MAX_CHUNKS: usize = 64;
@@ -102,7 +103,9 @@ pub struct Trainer {
     iteration: u64,
     pool: Option<rayon::ThreadPool>,
     threads: usize,
-    workers: Vec<TaskWorker>,
+    /// One scratch space per pool thread (index `rayon::current_thread_index()`), so a
+    /// thread's scratch stays in its cache from task to task.
+    workers: Vec<Mutex<TaskWorker>>,
     partials: Vec<Vec<f32>>,
     sum: DeltaSum,
     candidate: Vec<f32>,
@@ -275,16 +278,23 @@ impl Trainer {
         let cap = b.max(tail.unwrap_or(0)).max(m.min(b));
         let n = batch.n_tasks();
         let nc = n.min(MAX_CHUNKS);
-        if self.workers.len() < nc {
-            self.workers.resize_with(nc, || TaskWorker::new(spec, cap));
+        let nw = self.threads.max(1);
+        if self.workers.len() < nw {
+            self.workers.resize_with(nw, || Mutex::new(TaskWorker::new(spec, cap)));
         }
-        self.workers[..nc].iter_mut().for_each(|w| w.ensure(spec, cap));
+        for w in &mut self.workers {
+            w.get_mut().unwrap_or_else(|e| e.into_inner()).ensure(spec, cap);
+        }
         let p = spec.num_params();
         out.sum.resize(p, 0.0);
 
         let theta = self.model.params();
         let (seed, it) = (self.config.seed, self.iteration);
-        let run_chunk = |c: usize, w: &mut TaskWorker, acc: &mut [f32]| -> (f64, f64) {
+        let workers = &self.workers;
+        let run_chunk = |c: usize, acc: &mut [f32]| -> (f64, f64) {
+            // Each pool thread has its own worker; the lock is never contended.
+            let slot = rayon::current_thread_index().unwrap_or(0) % workers.len();
+            let mut w = workers[slot].lock().unwrap_or_else(|e| e.into_inner());
             acc.fill(0.0);
             let (mut lb, mut la) = (0.0f64, 0.0f64);
             let (start, end) = chunk_range(n, nc, c);
@@ -302,24 +312,36 @@ impl Trainer {
         };
 
         let losses: Vec<(f64, f64)> = if nc == 1 {
-            vec![run_chunk(0, &mut self.workers[0], &mut out.sum)]
+            vec![run_chunk(0, &mut out.sum)]
         } else {
             if self.partials.len() < nc {
                 self.partials.resize_with(nc, Vec::new);
             }
             self.partials[..nc].iter_mut().for_each(|v| v.resize(p, 0.0));
-            let work = self.workers[..nc].iter_mut().zip(self.partials[..nc].iter_mut()).enumerate();
-            let losses = match &self.pool {
-                Some(pool) => pool.install(|| {
-                    work.collect::<Vec<_>>().into_par_iter().map(|(c, (w, acc))| run_chunk(c, w, acc)).collect()
-                }),
-                None => work.map(|(c, (w, acc))| run_chunk(c, w, acc)).collect(),
+            let parts = &mut self.partials[..nc];
+            // Sum the chunk partials in chunk order, element by element; parameter ranges are
+            // independent, so they can be summed in parallel without changing any result.
+            const SPAN: usize = 2048;
+            let reduce = |k: usize, dst: &mut [f32], parts: &[Vec<f32>]| {
+                let lo = k * SPAN;
+                dst.copy_from_slice(&parts[0][lo..lo + dst.len()]);
+                for part in &parts[1..] {
+                    update::add_assign(dst, &part[lo..lo + dst.len()]);
+                }
             };
-            out.sum.copy_from_slice(&self.partials[0]);
-            for part in &self.partials[1..nc] {
-                update::add_assign(&mut out.sum, part);
+            match &self.pool {
+                Some(pool) => pool.install(|| {
+                    let losses = parts.par_iter_mut().enumerate().map(|(c, acc)| run_chunk(c, acc)).collect();
+                    let parts: &[Vec<f32>] = parts;
+                    out.sum.par_chunks_mut(SPAN).enumerate().for_each(|(k, dst)| reduce(k, dst, parts));
+                    losses
+                }),
+                None => {
+                    let losses = parts.iter_mut().enumerate().map(|(c, acc)| run_chunk(c, acc)).collect();
+                    out.sum.chunks_mut(SPAN).enumerate().for_each(|(k, dst)| reduce(k, dst, parts));
+                    losses
+                }
             }
-            losses
         };
         out.tasks = n as u64;
         out.loss_before_sum = losses.iter().map(|l| l.0).sum();

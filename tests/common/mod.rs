@@ -427,3 +427,43 @@ pub fn assert_bits_eq(a: &[f32], b: &[f32], what: &str) {
         panic!("{what}: first difference at [{i}]: {:e} vs {:e}", a[i], b[i]);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Instruction-set coverage
+// ---------------------------------------------------------------------------------------------
+
+/// Re-runs the calling test binary (all its tests) once per instruction set below the
+/// machine's best, with `REPTILE_ISA` capping the kernels' choice, and fails if any run fails.
+/// The kernels pick their instruction set once per process, so each level needs its own
+/// process. Inside such a child, the test calling this (`self_name`) checks that the cap took
+/// effect.
+pub fn rerun_under_lower_isas(self_name: &str) {
+    use reptile::cpu::simd::{Isa, isa};
+    if let Ok(want) = std::env::var("REPTILE_ISA") {
+        let cap = match want.as_str() {
+            "baseline" => Isa::Baseline,
+            "avx2" => Isa::Avx2,
+            _ => Isa::Avx512,
+        };
+        assert!(isa() <= cap, "REPTILE_ISA={want} but the kernels use {:?}", isa());
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let levels: Vec<(&str, Isa)> =
+        [("baseline", Isa::Baseline), ("avx2", Isa::Avx2)].into_iter().filter(|&(_, l)| l < isa()).collect();
+    if levels.is_empty() {
+        eprintln!("{self_name}: the best instruction set here is {:?}; nothing lower to run", isa());
+    }
+    for (name, _) in levels {
+        let out = std::process::Command::new(&exe)
+            .env("REPTILE_ISA", name)
+            .args(["--test-threads", "2"])
+            .output()
+            .expect("re-run the test binary");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let summary = text.lines().rev().find(|l| l.starts_with("test result")).unwrap_or("no summary");
+        eprintln!("{self_name}: REPTILE_ISA={name}: {summary}");
+        assert!(out.status.success(), "tests failed with REPTILE_ISA={name}:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!summary.contains(" 0 passed"), "no test ran with REPTILE_ISA={name}");
+    }
+}
