@@ -42,8 +42,11 @@ fn exp_small(y: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting rounds to an integer.
     let n = (y * LOG2E + ROUND) - ROUND;
     let r = y - n * LN2_HI - n * LN2_LO;
-    let q = EXP_Q.iter().fold(0.0f32, |acc, &c| acc * r + c);
-    let p = (q * r + 1.0) * r + 1.0;
+    // 1 + r + r²·Q(r) with Q by Estrin's scheme (as the vector kernel does).
+    let r2 = r * r;
+    let (a, b, c) = (EXP_Q[0] * r + EXP_Q[1], EXP_Q[2] * r + EXP_Q[3], EXP_Q[4] * r + EXP_Q[5]);
+    let q = (a * r2 + b) * r2 + c;
+    let p = q * r2 + (r + 1.0);
     // 2^n without a float→int conversion (Rust's saturating `as` does not vectorize): for an
     // integer-valued 0 ≤ n < 2^22, the bits of n + 2^23 + 127 are 0x4B00_0000 + n + 127.
     let scale = f32::from_bits(((n + (8_388_608.0 + 127.0)).to_bits() - 0x4B00_0000) << 23);

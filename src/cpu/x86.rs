@@ -69,15 +69,18 @@ unsafe fn xwt_block_avx512<const RP: usize, const RO: usize>(
             }
         }
         if RP == 2 && RO == 8 {
-            // Joint reduction of the 16 accumulators into one register of 16 sums.
-            let v: [__m512; 16] = std::array::from_fn(|q| acc[q / 8][q % 8]);
+            // Joint reduction of the 16 accumulators, fed in the order that leaves the total of
+            // acc[r][c] in lane 8r + c: then the block is one bias add and two 8-float stores.
+            let v: [__m512; 16] = std::array::from_fn(|q| {
+                let lane = REDUCE16_SLOT[q];
+                acc[lane / 8][lane % 8]
+            });
             let sums = reduce16(v);
-            let mut out16 = [0.0f32; 16];
-            _mm512_storeu_ps(out16.as_mut_ptr(), sums);
-            for (q, &slot) in REDUCE16_SLOT.iter().enumerate() {
-                let (r, c) = (q / 8, q % 8);
-                *zp.add((p0 + r) * out + o0 + c) = bias[o0 + c] + out16[slot];
-            }
+            let b8 = _mm256_loadu_ps(bias.as_ptr().add(o0));
+            let b16 = _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(_mm512_castps256_ps512(b8)), _mm256_castps_pd(b8)));
+            let res = _mm512_add_ps(sums, b16);
+            _mm256_storeu_ps(zp.add(p0 * out + o0), _mm512_castps512_ps256(res));
+            _mm256_storeu_ps(zp.add((p0 + 1) * out + o0), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(res))));
         } else {
             for r in 0..RP {
                 for c in 0..RO {
@@ -176,8 +179,55 @@ unsafe fn hsum256(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// AVX2 forward product. `RO = 4` outputs per block (8 accumulators + operands of the 16 ymm
-/// registers); the `in % 8` tail is finished in scalar FMA.
+/// One `RP × RO` block of the AVX2 forward product (see [`xwt_avx2`]).
+///
+/// # Safety
+/// AVX2 + FMA; `x`, `w` hold rows `p0..p0+RP`, `o0..o0+RO` of width `inp`, and `z` rows
+/// `p0..p0+RP` of width `out`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn xwt_block_avx2<const RP: usize, const RO: usize>(
+    x: &[f32],
+    w: &[f32],
+    z: &mut [f32],
+    bias: &[f32],
+    inp: usize,
+    out: usize,
+    p0: usize,
+    o0: usize,
+    full: usize,
+) {
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    // SAFETY: the caller guarantees the rows exist; vector loads stay below `full` ≤ `inp`.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); RO]; RP];
+        let mut i = 0;
+        while i < full {
+            let xv: [__m256; RP] = std::array::from_fn(|r| _mm256_loadu_ps(xp.add((p0 + r) * inp + i)));
+            for c in 0..RO {
+                let wv = _mm256_loadu_ps(wp.add((o0 + c) * inp + i));
+                for r in 0..RP {
+                    acc[r][c] = _mm256_fmadd_ps(xv[r], wv, acc[r][c]);
+                }
+            }
+            i += 8;
+        }
+        for r in 0..RP {
+            for c in 0..RO {
+                let mut s = hsum256(acc[r][c]);
+                for i in full..inp {
+                    s = x[(p0 + r) * inp + i].mul_add(w[(o0 + c) * inp + i], s);
+                }
+                z[(p0 + r) * out + o0 + c] = bias[o0 + c] + s;
+            }
+        }
+    }
+}
+
+/// AVX2 forward product: blocks of 2 points × 4 outputs (8 accumulators + operands of the 16
+/// ymm registers), edges in blocks of 2×1, 1×4 and 1×1; the `in % 8` tail in scalar FMA.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
@@ -185,52 +235,26 @@ unsafe fn hsum256(v: __m256) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn xwt_avx2(points: usize, inp: usize, out: usize, x: &[f32], w: &[f32], bias: &[f32], z: &mut [f32]) {
     check(points, inp, out, x, w, bias, z);
-    const RP: usize = 2;
-    const RO: usize = 4;
     let full = inp / 8 * 8;
-    // SAFETY (whole body): as in `xwt_avx512`, with 8-float loads below `full` and scalar
-    // reads below `inp` through checked slice indexing.
+    let (p2, o4) = (points / 2 * 2, out / 4 * 4);
+    // SAFETY: `check` proved the extents; every block covers rows p0 + RP ≤ points and
+    // o0 + RO ≤ out.
     unsafe {
-        let (xp, wp) = (x.as_ptr(), w.as_ptr());
-        let mut dot_block = |p0: usize, rp: usize, o0: usize, ro: usize| {
-            let mut acc = [[_mm256_setzero_ps(); RO]; RP];
-            let mut i = 0;
-            while i < full {
-                let xv: [__m256; RP] = std::array::from_fn(|r| {
-                    if r < rp { _mm256_loadu_ps(xp.add((p0 + r) * inp + i)) } else { _mm256_setzero_ps() }
-                });
-                for c in 0..ro {
-                    let wv = _mm256_loadu_ps(wp.add((o0 + c) * inp + i));
-                    for r in 0..rp {
-                        acc[r][c] = _mm256_fmadd_ps(xv[r], wv, acc[r][c]);
-                    }
-                }
-                i += 8;
+        for p0 in (0..p2).step_by(2) {
+            for o0 in (0..o4).step_by(4) {
+                xwt_block_avx2::<2, 4>(x, w, z, bias, inp, out, p0, o0, full);
             }
-            for r in 0..rp {
-                for c in 0..ro {
-                    let mut s = hsum256(acc[r][c]);
-                    for i in full..inp {
-                        s = x[(p0 + r) * inp + i].mul_add(w[(o0 + c) * inp + i], s);
-                    }
-                    z[(p0 + r) * out + o0 + c] = bias[o0 + c] + s;
-                }
+            for o0 in o4..out {
+                xwt_block_avx2::<2, 1>(x, w, z, bias, inp, out, p0, o0, full);
             }
-        };
-        let mut p0 = 0;
-        while p0 < points {
-            let rp = (points - p0).min(RP);
-            let mut o0 = 0;
-            while o0 < out {
-                let ro = (out - o0).min(RO);
-                if rp == RP && ro == RO {
-                    dot_block(p0, RP, o0, RO);
-                } else {
-                    dot_block(p0, rp, o0, ro);
-                }
-                o0 += ro;
+        }
+        if p2 < points {
+            for o0 in (0..o4).step_by(4) {
+                xwt_block_avx2::<1, 4>(x, w, z, bias, inp, out, p2, o0, full);
             }
-            p0 += rp;
+            for o0 in o4..out {
+                xwt_block_avx2::<1, 1>(x, w, z, bias, inp, out, p2, o0, full);
+            }
         }
     }
 }
@@ -518,12 +542,13 @@ pub unsafe fn tanh_avx512(z: &mut [f32]) {
             set(std::f32::consts::LOG2_E),
         ));
         let r = _mm512_fnmadd_ps(nf, set(LN2_LO), _mm512_fnmadd_ps(nf, set(LN2_HI), y));
-        let mut e = set(EXP_Q[0]);
-        for &c in &EXP_Q[1..] {
-            e = _mm512_fmadd_ps(e, r, set(c));
-        }
-        e = _mm512_fmadd_ps(e, r, set(1.0));
-        e = _mm512_fmadd_ps(e, r, set(1.0));
+        // e^r = 1 + r + r²·Q(r), Q of degree 5 by Estrin's scheme (short dependency chain).
+        let r2 = _mm512_mul_ps(r, r);
+        let a = _mm512_fmadd_ps(set(EXP_Q[0]), r, set(EXP_Q[1]));
+        let b = _mm512_fmadd_ps(set(EXP_Q[2]), r, set(EXP_Q[3]));
+        let c = _mm512_fmadd_ps(set(EXP_Q[4]), r, set(EXP_Q[5]));
+        let q = _mm512_fmadd_ps(_mm512_fmadd_ps(a, r2, b), r2, c);
+        let e = _mm512_fmadd_ps(q, r2, _mm512_add_ps(r, set(1.0)));
         let e = _mm512_scalef_ps(e, nf);
         // 1 − 2/(e + 1) with 1/d ≈ rcp14(d)·(2 − d·rcp14(d)).
         let d = _mm512_add_ps(e, set(1.0));
