@@ -8,6 +8,7 @@
 //! - [`math`]: a fast, vectorizable `tanh`.
 
 pub mod gemm;
+pub mod lanes;
 pub mod math;
 pub mod mlp;
 pub mod simd;

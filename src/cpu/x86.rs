@@ -77,10 +77,16 @@ unsafe fn xwt_block_avx512<const RP: usize, const RO: usize>(
             });
             let sums = reduce16(v);
             let b8 = _mm256_loadu_ps(bias.as_ptr().add(o0));
-            let b16 = _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(_mm512_castps256_ps512(b8)), _mm256_castps_pd(b8)));
+            let b16 = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                _mm512_castps_pd(_mm512_castps256_ps512(b8)),
+                _mm256_castps_pd(b8),
+            ));
             let res = _mm512_add_ps(sums, b16);
             _mm256_storeu_ps(zp.add(p0 * out + o0), _mm512_castps512_ps256(res));
-            _mm256_storeu_ps(zp.add((p0 + 1) * out + o0), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(res))));
+            _mm256_storeu_ps(
+                zp.add((p0 + 1) * out + o0),
+                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(res))),
+            );
         } else {
             for r in 0..RP {
                 for c in 0..RO {
@@ -481,6 +487,83 @@ pub unsafe fn axpy_avx2(
     }
 }
 
+/// `tanh` of 16 lanes: the formula of [`super::math::tanh`] with the division replaced by
+/// `rcp14` refined with one Newton step (relative error about 2^-28, below f32 rounding).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[inline]
+fn tanh16(x: __m512) -> __m512 {
+    let set = _mm512_set1_ps;
+    let ax = _mm512_abs_ps(x);
+    // Small |x|: x + x·(z·P(z)), z = x².
+    let x2 = _mm512_mul_ps(x, x);
+    let mut p = set(TANH_P[0]);
+    for &c in &TANH_P[1..] {
+        p = _mm512_fmadd_ps(p, x2, set(c));
+    }
+    p = _mm512_mul_ps(p, x2);
+    let small = _mm512_fmadd_ps(x, p, x);
+    // Large |x|: e = exp(2·min(|x|, clamp)) by n·ln2 + r reduction and a degree-6 polynomial.
+    let y = _mm512_mul_ps(set(2.0), _mm512_min_ps(ax, set(TANH_CLAMP)));
+    let nf = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+        y,
+        set(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm512_fnmadd_ps(nf, set(LN2_LO), _mm512_fnmadd_ps(nf, set(LN2_HI), y));
+    // e^r = 1 + r + r²·Q(r), Q of degree 5 by Estrin's scheme (short dependency chain).
+    let r2 = _mm512_mul_ps(r, r);
+    let a = _mm512_fmadd_ps(set(EXP_Q[0]), r, set(EXP_Q[1]));
+    let b = _mm512_fmadd_ps(set(EXP_Q[2]), r, set(EXP_Q[3]));
+    let c = _mm512_fmadd_ps(set(EXP_Q[4]), r, set(EXP_Q[5]));
+    let q = _mm512_fmadd_ps(_mm512_fmadd_ps(a, r2, b), r2, c);
+    let e = _mm512_fmadd_ps(q, r2, _mm512_add_ps(r, set(1.0)));
+    let e = _mm512_scalef_ps(e, nf);
+    // 1 − 2/(e + 1) with 1/d ≈ rcp14(d)·(2 − d·rcp14(d)).
+    let d = _mm512_add_ps(e, set(1.0));
+    let r0 = _mm512_rcp14_ps(d);
+    let inv = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, set(2.0)));
+    let large = _mm512_fnmadd_ps(set(2.0), inv, set(1.0));
+    // NaN compares false, so it takes the polynomial path. tanh is odd: |t| gets the sign of
+    // x last (this also keeps tanh(−0) = −0).
+    let use_large = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(ax, set(0.625));
+    let t = _mm512_abs_ps(_mm512_mask_blend_ps(use_large, small, large));
+    let sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN));
+    _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), sign))
+}
+
+/// `z ← tanh(z)` elementwise with AVX-512 ([`tanh16`]). The kernel is latency-bound (one
+/// vector is a ~90-cycle dependency chain), so the main loop runs four independent vectors
+/// at a time; a masked loop finishes the last < 64 values. NaN propagates through the
+/// polynomial branch; ±0 keep their sign.
+///
+/// # Safety
+/// The CPU must support AVX-512F/VL and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+pub unsafe fn tanh_avx512(z: &mut [f32]) {
+    let n = z.len();
+    let zp = z.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: full-width accesses stay below i + 64 ≤ n; the tail's masked lanes below n.
+    unsafe {
+        while i + 64 <= n {
+            let v: [__m512; 4] = std::array::from_fn(|j| _mm512_loadu_ps(zp.add(i + 16 * j)));
+            let t = v.map(|x| tanh16(x));
+            for (j, t) in t.into_iter().enumerate() {
+                _mm512_storeu_ps(zp.add(i + 16 * j), t);
+            }
+            i += 64;
+        }
+        while i < n {
+            let left = (n - i).min(16);
+            let mask: __mmask16 = ((1u32 << left) - 1) as u16;
+            let x = _mm512_maskz_loadu_ps(mask, zp.add(i));
+            _mm512_mask_storeu_ps(zp.add(i), mask, tanh16(x));
+            i += 16;
+        }
+    }
+}
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
@@ -503,66 +586,5 @@ mod tests {
         for q in 0..16 {
             assert_eq!(out[REDUCE16_SLOT[q]], (q + 1) as f32 * 68.0, "input {q}");
         }
-    }
-}
-
-/// `z ← tanh(z)` elementwise with AVX-512: the same formula as [`super::math::tanh`] (odd
-/// polynomial below 0.625, `1 − 2/(e^{2|x|} + 1)` above), 16 lanes at a time with a masked
-/// tail, and the division replaced by `rcp14` refined with one Newton step (relative error
-/// about 2^-28, below f32 rounding). NaN propagates through the polynomial branch; ±0 keep
-/// their sign.
-///
-/// # Safety
-/// The CPU must support AVX-512F/VL and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-pub unsafe fn tanh_avx512(z: &mut [f32]) {
-    let n = z.len();
-    let zp = z.as_mut_ptr();
-    let set = _mm512_set1_ps;
-    let mut i = 0;
-    while i < n {
-        let left = (n - i).min(16);
-        let mask: __mmask16 = ((1u32 << left) - 1) as u16;
-        // SAFETY: lanes i..i+left are inside `z`; the rest are masked off.
-        let x = unsafe { _mm512_maskz_loadu_ps(mask, zp.add(i)) };
-        let ax = _mm512_abs_ps(x);
-        // Small |x|: x + x·(z·P(z)), z = x².
-        let x2 = _mm512_mul_ps(x, x);
-        let mut p = set(TANH_P[0]);
-        for &c in &TANH_P[1..] {
-            p = _mm512_fmadd_ps(p, x2, set(c));
-        }
-        p = _mm512_mul_ps(p, x2);
-        let small = _mm512_fmadd_ps(x, p, x);
-        // Large |x|: e = exp(2·min(|x|, 9)) by n·ln2 + r reduction and a degree-6 polynomial.
-        let y = _mm512_mul_ps(set(2.0), _mm512_min_ps(ax, set(TANH_CLAMP)));
-        let nf = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
-            y,
-            set(std::f32::consts::LOG2_E),
-        ));
-        let r = _mm512_fnmadd_ps(nf, set(LN2_LO), _mm512_fnmadd_ps(nf, set(LN2_HI), y));
-        // e^r = 1 + r + r²·Q(r), Q of degree 5 by Estrin's scheme (short dependency chain).
-        let r2 = _mm512_mul_ps(r, r);
-        let a = _mm512_fmadd_ps(set(EXP_Q[0]), r, set(EXP_Q[1]));
-        let b = _mm512_fmadd_ps(set(EXP_Q[2]), r, set(EXP_Q[3]));
-        let c = _mm512_fmadd_ps(set(EXP_Q[4]), r, set(EXP_Q[5]));
-        let q = _mm512_fmadd_ps(_mm512_fmadd_ps(a, r2, b), r2, c);
-        let e = _mm512_fmadd_ps(q, r2, _mm512_add_ps(r, set(1.0)));
-        let e = _mm512_scalef_ps(e, nf);
-        // 1 − 2/(e + 1) with 1/d ≈ rcp14(d)·(2 − d·rcp14(d)).
-        let d = _mm512_add_ps(e, set(1.0));
-        let r0 = _mm512_rcp14_ps(d);
-        let inv = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, set(2.0)));
-        let large = _mm512_fnmadd_ps(set(2.0), inv, set(1.0));
-        // NaN compares false, so it takes the polynomial path. tanh is odd: |t| gets the sign
-        // of x last (this also keeps tanh(−0) = −0).
-        let use_large = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(ax, set(0.625));
-        let t = _mm512_abs_ps(_mm512_mask_blend_ps(use_large, small, large));
-        let sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN));
-        let t = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), sign));
-        // SAFETY: as the load.
-        unsafe { _mm512_mask_storeu_ps(zp.add(i), mask, t) };
-        i += 16;
     }
 }

@@ -20,43 +20,25 @@ pub(crate) struct TaskWorker {
     xb: Vec<f32>,
     yb: Vec<f32>,
     lb: Vec<u32>,
-    perm: Vec<u32>,
-    pos: usize,
-    pool: usize,
+    batcher: Batcher,
     idx: Vec<u32>,
     idx0: Vec<u32>,
 }
 
-impl TaskWorker {
-    pub fn new(spec: &MlpSpec, cap: usize) -> Self {
-        let cap = cap.max(1);
-        TaskWorker {
-            ws: Workspace::new(spec, cap),
-            theta_p: vec![0.0; spec.num_params()],
-            prev: Vec::new(),
-            xb: vec![0.0; cap * spec.in_dim()],
-            yb: vec![0.0; cap * spec.out_dim()],
-            lb: vec![0; cap],
-            perm: Vec::new(),
-            pos: 0,
-            pool: 0,
-            idx: vec![0; cap],
-            idx0: Vec::with_capacity(cap),
-        }
-    }
+/// The minibatch stream over one task's support set (see [`InnerLoop`]): a permutation of the
+/// pool of points, consumed in order and reshuffled with the task's random stream when
+/// exhausted; with a tail, the support set is shuffled once and its last `tail` points are kept
+/// out of the pool for the final step.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Batcher {
+    perm: Vec<u32>,
+    pos: usize,
+    pool: usize,
+}
 
-    /// Grows to hold minibatches of `cap` points.
-    pub fn ensure(&mut self, spec: &MlpSpec, cap: usize) {
-        if self.ws.capacity() < cap {
-            *self = TaskWorker::new(spec, cap);
-        }
-    }
-
-    /// Starts a task: θ' ← θ, fresh order over `m` support points (the first call to
-    /// [`Self::next_batch`] shuffles). With a tail, shuffles once and keeps the last `tail`
-    /// points of the permutation out of the minibatch pool.
-    pub fn begin(&mut self, theta: &[f32], m: usize, tail: Option<usize>, rng: &mut Rng) {
-        self.theta_p.copy_from_slice(theta);
+impl Batcher {
+    /// Starts a task of `m` support points (the first [`Self::next`] shuffles).
+    pub fn begin(&mut self, m: usize, tail: Option<usize>, rng: &mut Rng) {
         self.perm.clear();
         self.perm.extend(0..m as u32);
         match tail {
@@ -69,23 +51,61 @@ impl TaskWorker {
         self.pos = self.pool;
     }
 
-    /// Next `b` point indices of the stream over the pool, reshuffling when exhausted.
-    fn next_batch(&mut self, b: usize, rng: &mut Rng) {
-        for j in 0..b {
+    /// Writes the next `out.len()` point indices of the stream.
+    pub fn next(&mut self, rng: &mut Rng, out: &mut [u32]) {
+        for o in out {
             if self.pos == self.pool {
                 self.perm[..self.pool].shuffle(rng);
                 self.pos = 0;
             }
-            self.idx[j] = self.perm[self.pos];
+            *o = self.perm[self.pos];
             self.pos += 1;
         }
     }
 
+    /// Writes the tail points (all `perm.len() − pool` of them).
+    pub fn tail(&self, out: &mut [u32]) {
+        out.copy_from_slice(&self.perm[self.pool..]);
+    }
+}
+
+impl TaskWorker {
+    pub fn new(spec: &MlpSpec, cap: usize) -> Self {
+        let cap = cap.max(1);
+        TaskWorker {
+            ws: Workspace::new(spec, cap),
+            theta_p: vec![0.0; spec.num_params()],
+            prev: Vec::new(),
+            xb: vec![0.0; cap * spec.in_dim()],
+            yb: vec![0.0; cap * spec.out_dim()],
+            lb: vec![0; cap],
+            batcher: Batcher::default(),
+            idx: vec![0; cap],
+            idx0: Vec::with_capacity(cap),
+        }
+    }
+
+    /// Grows to hold minibatches of `cap` points.
+    pub fn ensure(&mut self, spec: &MlpSpec, cap: usize) {
+        if self.ws.capacity() < cap {
+            *self = TaskWorker::new(spec, cap);
+        }
+    }
+
+    /// Starts a task: θ' ← θ, fresh minibatch stream over `m` support points.
+    pub fn begin(&mut self, theta: &[f32], m: usize, tail: Option<usize>, rng: &mut Rng) {
+        self.theta_p.copy_from_slice(theta);
+        self.batcher.begin(m, tail, rng);
+    }
+
+    /// Next `b` point indices of the stream into `idx`.
+    fn next_batch(&mut self, b: usize, rng: &mut Rng) {
+        self.batcher.next(rng, &mut self.idx[..b]);
+    }
+
     /// Uses the `t` tail points as the next minibatch.
     fn tail_batch(&mut self, t: usize) {
-        let (pool, m) = (self.pool, self.perm.len());
-        debug_assert_eq!(m - pool, t);
-        self.idx[..t].copy_from_slice(&self.perm[pool..m]);
+        self.batcher.tail(&mut self.idx[..t]);
     }
 
     /// Gathers the points `idx[..b]` of the task into the minibatch buffers.

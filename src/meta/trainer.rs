@@ -8,11 +8,14 @@
 
 use super::config::{OuterRule, ReptileConfig};
 use super::inner::TaskWorker;
+use super::lanes::LaneWorker;
 use super::tasks::TaskBatch;
+use crate::cpu::lanes::{self, LANES};
 use crate::cpu::update;
 use crate::error::{Error, Result};
 use crate::params::Model;
 use crate::rng::{self, Purpose};
+use crate::spec::Loss;
 use crate::spec::MlpSpec;
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -106,6 +109,9 @@ pub struct Trainer {
     /// One scratch space per pool thread (index `rayon::current_thread_index()`), so a
     /// thread's scratch stays in its cache from task to task.
     workers: Vec<Mutex<TaskWorker>>,
+    /// Same, for 16-task lane groups.
+    lane_workers: Vec<Mutex<LaneWorker>>,
+    lane_batching: bool,
     partials: Vec<Vec<f32>>,
     sum: DeltaSum,
     candidate: Vec<f32>,
@@ -153,6 +159,8 @@ impl Trainer {
             pool,
             threads,
             workers: Vec::new(),
+            lane_workers: Vec::new(),
+            lane_batching: false,
             partials: Vec::new(),
             sum: DeltaSum::zeros(p),
             candidate: vec![0.0; p],
@@ -198,6 +206,20 @@ impl Trainer {
     pub fn last_stats(&self) -> Option<StepStats> {
         self.last
     }
+    /// Opt-in (default off): run meta-batches of 16 or more regression tasks 16 at a time in
+    /// the AVX-512 lane kernels ([`crate::cpu::lanes`]) instead of one task at a time. Both
+    /// compute the same update up to f32 rounding, and either way the result does not depend
+    /// on the thread count. On the development machine the lane path is not faster yet for the
+    /// sine shape (16 tasks' parameters overflow L1; see BENCHMARKS.md), hence off by default.
+    pub fn set_lane_batching(&mut self, on: bool) {
+        self.lane_batching = on;
+    }
+
+    /// Whether a batch of `n` tasks would run in the lane kernels.
+    pub fn uses_lanes(&self, n_tasks: usize) -> bool {
+        self.lane_batching && lanes::available() && self.spec().loss() == Loss::Mse && n_tasks >= LANES
+    }
+
     /// Gives up the trainer, returning the model.
     pub fn into_model(self) -> Model {
         self.model
@@ -277,36 +299,67 @@ impl Trainer {
         let b = inner.batch_for(m);
         let cap = b.max(tail.unwrap_or(0)).max(m.min(b));
         let n = batch.n_tasks();
-        let nc = n.min(MAX_CHUNKS);
+        let use_lanes = self.uses_lanes(n);
+        // Work units: single tasks, or groups of 16 consecutive tasks on the lane path; a
+        // chunk is a fixed run of consecutive units, set by n alone.
+        let units = if use_lanes { n.div_ceil(LANES) } else { n };
+        let nc = units.min(MAX_CHUNKS);
         let nw = self.threads.max(1);
-        if self.workers.len() < nw {
-            self.workers.resize_with(nw, || Mutex::new(TaskWorker::new(spec, cap)));
-        }
-        for w in &mut self.workers {
-            w.get_mut().unwrap_or_else(|e| e.into_inner()).ensure(spec, cap);
+        if use_lanes {
+            if self.lane_workers.len() < nw {
+                self.lane_workers.resize_with(nw, || Mutex::new(LaneWorker::new(spec, cap)));
+            }
+            for w in &mut self.lane_workers {
+                w.get_mut().unwrap_or_else(|e| e.into_inner()).ensure(spec, cap);
+            }
+        } else {
+            if self.workers.len() < nw {
+                self.workers.resize_with(nw, || Mutex::new(TaskWorker::new(spec, cap)));
+            }
+            for w in &mut self.workers {
+                w.get_mut().unwrap_or_else(|e| e.into_inner()).ensure(spec, cap);
+            }
         }
         let p = spec.num_params();
         out.sum.resize(p, 0.0);
 
         let theta = self.model.params();
         let (seed, it) = (self.config.seed, self.iteration);
-        let workers = &self.workers;
+        let stream = |i: usize| {
+            let index = (it << 24).wrapping_add(offset).wrapping_add(i as u64);
+            rng::stream(seed, Purpose::InnerShuffle, index)
+        };
+        let (workers, lane_workers) = (&self.workers, &self.lane_workers);
         let run_chunk = |c: usize, acc: &mut [f32]| -> (f64, f64) {
             // Each pool thread has its own worker; the lock is never contended.
-            let slot = rayon::current_thread_index().unwrap_or(0) % workers.len();
-            let mut w = workers[slot].lock().unwrap_or_else(|e| e.into_inner());
+            let slot = rayon::current_thread_index().unwrap_or(0) % nw;
             acc.fill(0.0);
             let (mut lb, mut la) = (0.0f64, 0.0f64);
-            let (start, end) = chunk_range(n, nc, c);
-            for i in start..end {
-                let index = (it << 24).wrapping_add(offset).wrapping_add(i as u64);
-                let mut rng = rng::stream(seed, Purpose::InnerShuffle, index);
-                let (x, y) = batch.task_slices(i);
-                let (b0, a0) = w.run(spec, theta, x, y, m, &inner, tail, fomaml, &mut rng);
-                lb += b0 as f64;
-                la += a0 as f64;
-                let base: &[f32] = if fomaml { &w.prev } else { theta };
-                update::accumulate_delta(acc, &w.theta_p, base);
+            let (start, end) = chunk_range(units, nc, c);
+            if use_lanes {
+                let mut w = lane_workers[slot].lock().unwrap_or_else(|e| e.into_inner());
+                for g in start..end {
+                    let tasks: Vec<usize> = (g * LANES..((g + 1) * LANES).min(n)).collect();
+                    let mut rngs: Vec<_> = (0..LANES).map(|l| stream(tasks[l.min(tasks.len() - 1)])).collect();
+                    let (b0, a0) = w.run(spec, theta, batch, &tasks, &inner, tail, fomaml, &mut rngs);
+                    for l in 0..tasks.len() {
+                        lb += b0[l] as f64;
+                        la += a0[l] as f64;
+                    }
+                    let base = if fomaml { Some(&w.prev[..]) } else { None };
+                    lanes::accumulate_lane_deltas(acc, &w.theta_p, theta, base, tasks.len());
+                }
+            } else {
+                let mut w = workers[slot].lock().unwrap_or_else(|e| e.into_inner());
+                for i in start..end {
+                    let mut rng = stream(i);
+                    let (x, y) = batch.task_slices(i);
+                    let (b0, a0) = w.run(spec, theta, x, y, m, &inner, tail, fomaml, &mut rng);
+                    lb += b0 as f64;
+                    la += a0 as f64;
+                    let base: &[f32] = if fomaml { &w.prev } else { theta };
+                    update::accumulate_delta(acc, &w.theta_p, base);
+                }
             }
             (lb, la)
         };
