@@ -233,7 +233,8 @@ fn run_sine(a: SineArgs) -> reptile::Result<()> {
         }
         if (i + 1) % 64 == 0 || i + 1 == a.iterations {
             pb.set_position(i + 1);
-            pb.set_message(format!("{running:.4}"));
+            let rate = (i + 1) as f64 / t0.elapsed().as_secs_f64();
+            pb.set_message(format!("{rate:.0} it/s, post-adaptation loss {running:.4}"));
         }
         if pb.is_hidden() && !a.quiet && ((i + 1) % report_every == 0) {
             println!("  iteration {:>7}/{}: running post-adaptation loss {running:.4}", i + 1, a.iterations);
@@ -280,7 +281,7 @@ fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
     }
     let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr_with_hz(10));
     pb.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40.cyan/blue}] {pos}/{len} {per_sec} loss {msg}")
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40.cyan/blue}] {human_pos}/{human_len} (eta {eta}) {msg}")
             .expect("valid template")
             .progress_chars("=> "),
     );
