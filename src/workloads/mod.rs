@@ -1,3 +1,4 @@
 //! Task samplers for the papers' workloads.
 
+pub mod omniglot;
 pub mod sine;

@@ -1,0 +1,451 @@
+//! Omniglot few-shot classification (Lake et al. 2015), read as users download it.
+//!
+//! **Data.** The official `images_background.zip` (30 alphabets, 964 characters) and
+//! `images_evaluation.zip` (20 alphabets, 659 characters), layout
+//! `images_*/<Alphabet>/characterNN/<id>_<drawer>.png`, 20 drawings per character, 105×105
+//! 1-bit PNGs (white paper 1, black ink 0). [`Omniglot::load`] reads both zips directly.
+//!
+//! **Preprocessing.** Invert to ink = 1, then shrink 105×105 → 28×28 with an area (box)
+//! filter: each output pixel averages the 3.75×3.75 source pixels it covers, weighting
+//! partially covered pixels by their covered area. Because 3.75 = 15/4, every output value is
+//! exactly `k/225` for an integer `k ≤ 225`, so the preprocessed set is stored losslessly as
+//! one byte per pixel (25 MB). The result is cached in a binary file keyed by the SHA-256 of
+//! both zips; later runs read the cache in a fraction of a second.
+//!
+//! **Order and splits.** Characters are numbered in a fixed order: background first, then
+//! evaluation, each by alphabet name, then character folder name (`character01`, …) — i.e.
+//! the zips' path order. [`Split::Standard`] (Vinyals et al. 2016, used by MAML and Reptile):
+//! the first 1200 characters of that order meta-train, the remaining 423 meta-test.
+//! [`Split::Alphabets`] (stricter): background alphabets train, evaluation alphabets test.
+//! Every character becomes 4 classes by rotation by 0°, 90°, 180°, 270° (counter-clockwise).
+
+use crate::error::{Error, Result};
+use crate::meta::{EvalTasks, TaskBatch, Targets};
+use crate::rng::{self, Purpose, Rng};
+use crate::spec::MlpSpec;
+use rand::seq::{SliceRandom, index};
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Side of the preprocessed images.
+pub const SIDE: usize = 28;
+/// Pixels per preprocessed image (the MLP's input width).
+pub const PIXELS: usize = SIDE * SIDE;
+/// Drawings per character.
+pub const DRAWINGS: usize = 20;
+/// Side of the original images.
+pub const SOURCE_SIDE: usize = 105;
+/// Characters in the standard meta-training split.
+pub const STANDARD_TRAIN_CHARS: usize = 1200;
+/// The environment variable naming the folder that holds the two zips.
+pub const DATA_ENV: &str = "REPTILE_OMNIGLOT_DIR";
+
+const BACKGROUND_ZIP: &str = "images_background.zip";
+const EVALUATION_ZIP: &str = "images_evaluation.zip";
+const CACHE_MAGIC: &[u8; 8] = b"REPTOMN1";
+
+/// Which zip a character comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Set {
+    /// `images_background.zip`.
+    Background,
+    /// `images_evaluation.zip`.
+    Evaluation,
+}
+
+/// One character (20 drawings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Character {
+    /// The zip it came from.
+    pub set: Set,
+    /// Alphabet folder name, e.g. `Japanese_(katakana)`.
+    pub alphabet: String,
+    /// Character folder name, e.g. `character07`.
+    pub name: String,
+    /// The global character number of its file names (1..=1623).
+    pub id: u32,
+}
+
+/// How characters are divided between meta-training and meta-testing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// First 1200 characters (in the crate's fixed order) train, the other 423 test.
+    Standard,
+    /// Background alphabets train, evaluation alphabets test.
+    Alphabets,
+}
+
+/// The preprocessed data set: every character's 20 drawings at 28×28, values `k/225`.
+#[derive(Clone, Debug)]
+pub struct Omniglot {
+    chars: Vec<Character>,
+    /// `[char][drawing][PIXELS]`, each byte `k` meaning ink coverage `k/225`.
+    pixels: Vec<u8>,
+}
+
+impl Omniglot {
+    /// The folder holding the zips: `$REPTILE_OMNIGLOT_DIR` if set, else `../shared/data/omniglot`
+    /// next to the crate. `None` when neither holds both zips.
+    pub fn find_data_dir() -> Option<PathBuf> {
+        let candidates = [
+            std::env::var_os(DATA_ENV).map(PathBuf::from),
+            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/omniglot")),
+        ];
+        candidates.into_iter().flatten().find(|d| d.join(BACKGROUND_ZIP).is_file() && d.join(EVALUATION_ZIP).is_file())
+    }
+
+    /// Loads both zips from `dir`, through the cache file `cache` when given: a cache whose
+    /// key matches the zips' SHA-256 is read instead of the zips; otherwise the zips are decoded
+    /// and the cache (re)written. A missing, truncated or foreign zip is an error naming it.
+    pub fn load(dir: &Path, cache: Option<&Path>) -> Result<Self> {
+        let (bg, ev) = (dir.join(BACKGROUND_ZIP), dir.join(EVALUATION_ZIP));
+        let bg_bytes = std::fs::read(&bg).map_err(|e| Error::io(&bg, e))?;
+        let ev_bytes = std::fs::read(&ev).map_err(|e| Error::io(&ev, e))?;
+        let key: Vec<u8> = [Sha256::digest(&bg_bytes), Sha256::digest(&ev_bytes)].concat();
+        if let Some(c) = cache
+            && let Ok(bytes) = std::fs::read(c)
+            && let Ok(data) = Self::from_cache(&bytes, &key)
+        {
+            return Ok(data);
+        }
+        let mut data = Omniglot { chars: Vec::new(), pixels: Vec::new() };
+        data.read_zip(&bg_bytes, &bg, Set::Background)?;
+        data.read_zip(&ev_bytes, &ev, Set::Evaluation)?;
+        if let Some(c) = cache {
+            data.write_cache(c, &key)?;
+        }
+        Ok(data)
+    }
+
+    /// All characters in the crate's fixed order.
+    pub fn characters(&self) -> &[Character] {
+        &self.chars
+    }
+
+    /// Number of characters.
+    pub fn num_characters(&self) -> usize {
+        self.chars.len()
+    }
+
+    /// Raw bytes (`k` for value `k/225`) of one drawing, `[28 × 28]` row-major.
+    pub fn image_bytes(&self, character: usize, drawing: usize) -> &[u8] {
+        &self.pixels[(character * DRAWINGS + drawing) * PIXELS..][..PIXELS]
+    }
+
+    /// One drawing rotated counter-clockwise by `quarter_turns`·90°, as values in [0, 1].
+    pub fn image(&self, character: usize, drawing: usize, quarter_turns: u8, out: &mut [f32]) {
+        let src = self.image_bytes(character, drawing);
+        for (i, o) in out[..PIXELS].iter_mut().enumerate() {
+            let (y, x) = rotated_source(i / SIDE, i % SIDE, quarter_turns);
+            *o = src[y * SIDE + x] as f32 / 225.0;
+        }
+    }
+
+    /// Character indices of the meta-training and meta-testing halves of `split`.
+    pub fn split(&self, split: Split) -> (Vec<usize>, Vec<usize>) {
+        let all = 0..self.chars.len();
+        match split {
+            Split::Standard => {
+                let cut = STANDARD_TRAIN_CHARS.min(self.chars.len());
+                ((0..cut).collect(), (cut..self.chars.len()).collect())
+            }
+            Split::Alphabets => all.partition(|&c| self.chars[c].set == Set::Background),
+        }
+    }
+
+    fn read_zip(&mut self, bytes: &[u8], path: &Path, set: Set) -> Result<()> {
+        let bad = |r: String| Error::format(Some(path), r);
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| bad(format!("not a zip archive: {e}")))?;
+        // (alphabet, character folder, drawer) → entry index, sorted into the fixed order.
+        let mut entries = Vec::new();
+        for i in 0..zip.len() {
+            let name = match zip.name_for_index(i) {
+                Some(Ok(n)) => n.to_string(),
+                Some(Err(e)) => return Err(bad(format!("entry {i}: {e}"))),
+                None => continue,
+            };
+            if !name.ends_with(".png") {
+                continue;
+            }
+            let parts: Vec<&str> = name.split('/').collect();
+            let [_, alphabet, character, file] = parts[..] else {
+                return Err(bad(format!("unexpected entry {name:?} (want images_*/<Alphabet>/characterNN/<id>_<drawer>.png)")));
+            };
+            let stem = file.trim_end_matches(".png");
+            let (id, drawer) = stem
+                .split_once('_')
+                .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+                .ok_or_else(|| bad(format!("file name {file:?} is not <id>_<drawer>.png")))?;
+            entries.push((alphabet.to_string(), character.to_string(), drawer, id, i));
+        }
+        entries.sort();
+        if entries.is_empty() || entries.len() % DRAWINGS != 0 {
+            return Err(bad(format!("{} drawings, not a positive multiple of {DRAWINGS}", entries.len())));
+        }
+        let mut png_bytes = Vec::new();
+        for group in entries.chunks(DRAWINGS) {
+            let (alphabet, name, _, id, _) = &group[0];
+            if group.iter().any(|e| &e.0 != alphabet || &e.1 != name || e.3 != *id) {
+                return Err(bad(format!("{alphabet}/{name} does not hold exactly {DRAWINGS} drawings")));
+            }
+            for (alphabet, name, _, _, index) in group {
+                let mut f = zip.by_index(*index).map_err(|e| bad(format!("entry {index}: {e}")))?;
+                png_bytes.clear();
+                f.read_to_end(&mut png_bytes).map_err(|e| bad(format!("{alphabet}/{name}: {e}")))?;
+                let ink = decode_ink(&png_bytes).map_err(|r| bad(format!("{alphabet}/{name}: {r}")))?;
+                self.pixels.extend_from_slice(&downsample(&ink));
+            }
+            self.chars.push(Character { set, alphabet: alphabet.clone(), name: name.clone(), id: *id });
+        }
+        Ok(())
+    }
+
+    fn write_cache(&self, path: &Path, key: &[u8]) -> Result<()> {
+        let mut b = Vec::with_capacity(self.pixels.len() + 64 * self.chars.len() + 128);
+        b.extend_from_slice(CACHE_MAGIC);
+        b.extend_from_slice(key);
+        b.extend_from_slice(&(self.chars.len() as u32).to_le_bytes());
+        for c in &self.chars {
+            b.push(matches!(c.set, Set::Evaluation) as u8);
+            b.extend_from_slice(&c.id.to_le_bytes());
+            for s in [&c.alphabet, &c.name] {
+                b.extend_from_slice(&(s.len() as u16).to_le_bytes());
+                b.extend_from_slice(s.as_bytes());
+            }
+        }
+        b.extend_from_slice(&self.pixels);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &b).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    }
+
+    fn from_cache(b: &[u8], key: &[u8]) -> std::result::Result<Self, String> {
+        let mut r = b;
+        let mut take = |n: usize| -> std::result::Result<&[u8], String> {
+            if r.len() < n {
+                return Err("truncated".into());
+            }
+            let (h, t) = r.split_at(n);
+            r = t;
+            Ok(h)
+        };
+        if take(8)? != CACHE_MAGIC || take(key.len())? != key {
+            return Err("foreign or stale cache".into());
+        }
+        let n = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
+        let mut chars = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            let set = if take(1)?[0] == 0 { Set::Background } else { Set::Evaluation };
+            let id = u32::from_le_bytes(take(4)?.try_into().unwrap());
+            let mut s = [String::new(), String::new()];
+            for v in &mut s {
+                let len = u16::from_le_bytes(take(2)?.try_into().unwrap()) as usize;
+                *v = String::from_utf8(take(len)?.to_vec()).map_err(|e| e.to_string())?;
+            }
+            let [alphabet, name] = s;
+            chars.push(Character { set, alphabet, name, id });
+        }
+        let pixels = take(n * DRAWINGS * PIXELS)?.to_vec();
+        if !r.is_empty() || pixels.iter().any(|&p| p > 225) {
+            return Err("bad cache payload".into());
+        }
+        Ok(Omniglot { chars, pixels })
+    }
+}
+
+/// Decodes a 105×105 PNG into ink coverage (1 where the pixel is black).
+fn decode_ink(png_bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let mut dec = png::Decoder::new(std::io::Cursor::new(png_bytes));
+    dec.set_transformations(png::Transformations::EXPAND);
+    let mut reader = dec.read_info().map_err(|e| format!("bad PNG: {e}"))?;
+    let mut buf = vec![0u8; reader.output_buffer_size().ok_or("PNG too large")?];
+    let info = reader.next_frame(&mut buf).map_err(|e| format!("bad PNG data: {e}"))?;
+    if info.width as usize != SOURCE_SIDE || info.height as usize != SOURCE_SIDE {
+        return Err(format!("image is {}×{}, expected {SOURCE_SIDE}×{SOURCE_SIDE}", info.width, info.height));
+    }
+    let channels = info.color_type.samples();
+    let line = info.line_size;
+    let mut ink = vec![0u8; SOURCE_SIDE * SOURCE_SIDE];
+    for y in 0..SOURCE_SIDE {
+        for x in 0..SOURCE_SIDE {
+            // First sample of the pixel (gray, or red); after EXPAND, 8- or 16-bit.
+            let v = match info.bit_depth {
+                png::BitDepth::Sixteen => buf[y * line + 2 * channels * x],
+                _ => buf[y * line + channels * x],
+            };
+            ink[y * SOURCE_SIDE + x] = (v < 128) as u8;
+        }
+    }
+    Ok(ink)
+}
+
+/// Area (box) filter 105×105 → 28×28 in exact integers: returns `k` with value `k/225`.
+///
+/// In quarter-pixel units the output pixel `t` covers `[15t, 15t + 15)` and the source pixel
+/// `j` covers `[4j, 4j + 4)`; their overlaps (0..=4 quarters per axis) multiply to the covered
+/// area in sixteenths, and a full output pixel is 15·15 = 225 sixteenths.
+pub fn downsample(ink: &[u8]) -> [u8; PIXELS] {
+    assert_eq!(ink.len(), SOURCE_SIDE * SOURCE_SIDE, "source image size");
+    let overlap = |t: usize, j: usize| -> u32 {
+        let (a, b) = (15 * t, 15 * t + 15);
+        let (c, d) = (4 * j, 4 * j + 4);
+        b.min(d).saturating_sub(a.max(c)) as u32
+    };
+    let mut out = [0u8; PIXELS];
+    for ty in 0..SIDE {
+        let ys = (15 * ty) / 4..((15 * ty + 15).div_ceil(4)).min(SOURCE_SIDE);
+        for tx in 0..SIDE {
+            let xs = (15 * tx) / 4..((15 * tx + 15).div_ceil(4)).min(SOURCE_SIDE);
+            let mut k = 0u32;
+            for y in ys.clone() {
+                let wy = overlap(ty, y);
+                for x in xs.clone() {
+                    k += wy * overlap(tx, x) * ink[y * SOURCE_SIDE + x] as u32;
+                }
+            }
+            out[ty * SIDE + tx] = k as u8;
+        }
+    }
+    out
+}
+
+/// The source pixel `(y, x)` shown at output `(r, c)` after `q` counter-clockwise quarter turns.
+fn rotated_source(r: usize, c: usize, q: u8) -> (usize, usize) {
+    let n = SIDE - 1;
+    match q % 4 {
+        0 => (r, c),
+        1 => (c, n - r),
+        2 => (n - r, n - c),
+        _ => (n - c, r),
+    }
+}
+
+/// Rotates a 28×28 image counter-clockwise by `q`·90°.
+pub fn rotate(src: &[f32], q: u8, out: &mut [f32]) {
+    for (i, o) in out[..PIXELS].iter_mut().enumerate() {
+        let (y, x) = rotated_source(i / SIDE, i % SIDE, q);
+        *o = src[y * SIDE + x];
+    }
+}
+
+/// N-way K-shot task sampler over a set of characters, each in 4 rotations (classes).
+#[derive(Clone, Debug)]
+pub struct FewShot<'d> {
+    data: &'d Omniglot,
+    /// (character, quarter turns).
+    classes: Vec<(usize, u8)>,
+    rng: Rng,
+}
+
+/// Sampled tasks: per task, the classes drawn (character index, quarter turns) in label order.
+pub type TaskClasses = Vec<Vec<(usize, u8)>>;
+
+impl<'d> FewShot<'d> {
+    /// A sampler over `characters` (indices into `data`), all four rotations of each, seeded.
+    pub fn new(data: &'d Omniglot, characters: &[usize], seed: u64) -> Result<Self> {
+        if let Some(&c) = characters.iter().find(|&&c| c >= data.num_characters()) {
+            return Err(Error::InvalidArgument(format!("character {c} out of range 0..{}", data.num_characters())));
+        }
+        let classes = characters.iter().flat_map(|&c| (0..4u8).map(move |q| (c, q))).collect();
+        Ok(FewShot { data, classes, rng: rng::stream(seed, Purpose::Tasks, 1) })
+    }
+
+    /// Number of classes (4 per character).
+    pub fn num_classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// `n_tasks` tasks of `ways` distinct classes with labels `0..ways` in random order;
+    /// per class `shots` support and `query` query drawings, disjoint, drawn without
+    /// replacement from its 20. Support is `[n_tasks × ways·shots × 784]`, query
+    /// `[n_tasks × ways·query × 784]` (`query = 0` gives an empty query: use
+    /// [`Self::train_batch`]). Also returns each task's classes in label order.
+    pub fn sample(
+        &mut self,
+        spec: &MlpSpec,
+        n_tasks: usize,
+        ways: usize,
+        shots: usize,
+        query: usize,
+    ) -> Result<(TaskBatch<'static>, Option<TaskBatch<'static>>, TaskClasses)> {
+        if ways < 2 || ways > self.classes.len() || ways > spec.out_dim() {
+            return Err(Error::InvalidArgument(format!(
+                "{ways}-way tasks need 2 ≤ ways ≤ min(classes {}, outputs {})",
+                self.classes.len(),
+                spec.out_dim()
+            )));
+        }
+        if shots == 0 || shots + query > DRAWINGS {
+            return Err(Error::InvalidArgument(format!(
+                "shots ({shots}) ≥ 1 and shots + query ({}) ≤ {DRAWINGS} drawings",
+                shots + query
+            )));
+        }
+        let (ms, mq) = (ways * shots, ways * query);
+        let (mut xs, mut ys) = (vec![0.0f32; n_tasks * ms * PIXELS], Vec::with_capacity(n_tasks * ms));
+        let (mut xq, mut yq) = (vec![0.0f32; n_tasks * mq * PIXELS], Vec::with_capacity(n_tasks * mq));
+        let mut all = Vec::with_capacity(n_tasks);
+        for t in 0..n_tasks {
+            let mut picked: Vec<(usize, u8)> =
+                index::sample(&mut self.rng, self.classes.len(), ways).into_iter().map(|i| self.classes[i]).collect();
+            picked.shuffle(&mut self.rng);
+            for (label, &(c, q)) in picked.iter().enumerate() {
+                let draws = index::sample(&mut self.rng, DRAWINGS, shots + query).into_vec();
+                for (j, &d) in draws.iter().enumerate() {
+                    let (buf, lab, row) = if j < shots {
+                        (&mut xs, &mut ys, t * ms + label * shots + j)
+                    } else {
+                        (&mut xq, &mut yq, t * mq + label * query + (j - shots))
+                    };
+                    self.data.image(c, d, q, &mut buf[row * PIXELS..][..PIXELS]);
+                    lab.push((row, label as u32));
+                }
+            }
+            all.push(picked);
+        }
+        let ys: Vec<u32> = order_labels(ys, n_tasks * ms);
+        let yq: Vec<u32> = order_labels(yq, n_tasks * mq);
+        let support = TaskBatch::new(spec, n_tasks, ms, xs, Targets::Labels(Cow::Owned(ys)))?;
+        let query = if query > 0 {
+            Some(TaskBatch::new(spec, n_tasks, mq, xq, Targets::Labels(Cow::Owned(yq)))?)
+        } else {
+            None
+        };
+        Ok((support, query, all))
+    }
+
+    /// `n_tasks` training tasks of `ways × shots` labelled drawings each.
+    pub fn train_batch(&mut self, spec: &MlpSpec, n_tasks: usize, ways: usize, shots: usize) -> Result<TaskBatch<'static>> {
+        Ok(self.sample(spec, n_tasks, ways, shots, 0)?.0)
+    }
+
+    /// `n_tasks` evaluation tasks: support `ways × shots`, query `ways × query`.
+    pub fn eval_tasks(
+        &mut self,
+        spec: &MlpSpec,
+        n_tasks: usize,
+        ways: usize,
+        shots: usize,
+        query: usize,
+    ) -> Result<EvalTasks<'static>> {
+        if query == 0 {
+            return Err(Error::InvalidArgument("evaluation tasks need at least one query drawing per class".into()));
+        }
+        let (s, q, _) = self.sample(spec, n_tasks, ways, shots, query)?;
+        EvalTasks::new(s, q.expect("query > 0"))
+    }
+}
+
+/// Places `(row, label)` pairs into a label vector indexed by row.
+fn order_labels(pairs: Vec<(usize, u32)>, rows: usize) -> Vec<u32> {
+    let mut out = vec![0u32; rows];
+    for (row, label) in pairs {
+        out[row] = label;
+    }
+    out
+}

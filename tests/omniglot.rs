@@ -1,0 +1,219 @@
+//! Omniglot: the loader on the official zips (skipped with a message where they are absent),
+//! the box filter against an exact reference, rotations, the cache, and the task sampler.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use reptile::workloads::omniglot::{
+    self, DRAWINGS, FewShot, Omniglot, PIXELS, SIDE, SOURCE_SIDE, STANDARD_TRAIN_CHARS, Set, Split,
+};
+use reptile::{Activation, Loss, MlpSpec, Targets};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The data set, loaded once per test binary through a cache under target/.
+fn data() -> Option<&'static Omniglot> {
+    static DATA: OnceLock<Option<Omniglot>> = OnceLock::new();
+    DATA.get_or_init(|| {
+        let Some(dir) = Omniglot::find_data_dir() else {
+            eprintln!("skipped: Omniglot zips not found (set {} or provide ../shared/data/omniglot)", omniglot::DATA_ENV);
+            return None;
+        };
+        let cache = cache_dir().join("omniglot28.bin");
+        Some(Omniglot::load(&dir, Some(&cache)).expect("load Omniglot"))
+    })
+    .as_ref()
+}
+
+fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("omniglot-test")
+}
+
+fn spec(ways: usize) -> MlpSpec {
+    MlpSpec::new(&[PIXELS, 32, ways], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap()
+}
+
+#[test]
+fn counts_match_the_official_release() {
+    let Some(d) = data() else { return };
+    let bg = d.characters().iter().filter(|c| c.set == Set::Background).count();
+    let ev = d.characters().iter().filter(|c| c.set == Set::Evaluation).count();
+    assert_eq!((bg, ev), (964, 659));
+    let alphabets = |s: Set| {
+        let mut a: Vec<&str> = d.characters().iter().filter(|c| c.set == s).map(|c| c.alphabet.as_str()).collect();
+        a.dedup();
+        a.len()
+    };
+    assert_eq!((alphabets(Set::Background), alphabets(Set::Evaluation)), (30, 20));
+    // Global ids are 1..=1623, each once.
+    let mut ids: Vec<u32> = d.characters().iter().map(|c| c.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=1623).collect::<Vec<_>>());
+    // Splits.
+    let (tr, te) = d.split(Split::Standard);
+    assert_eq!((tr.len(), te.len()), (STANDARD_TRAIN_CHARS, 423));
+    let (tr, te) = d.split(Split::Alphabets);
+    assert_eq!((tr.len(), te.len()), (964, 659));
+}
+
+/// The first drawing of the first character, checked against values computed independently
+/// (a pure-Python PNG decoder and an exact rational box filter): 905 ink pixels at 105×105,
+/// Σk = 16·905 = 14,480 at 28×28, and row 14 exactly.
+#[test]
+fn a_known_image_matches_an_independent_reference() {
+    let Some(d) = data() else { return };
+    let c = &d.characters()[0];
+    assert_eq!((c.alphabet.as_str(), c.name.as_str(), c.id), ("Alphabet_of_the_Magi", "character01", 709));
+    let img = d.image_bytes(0, 0);
+    assert_eq!(img.iter().map(|&k| k as u32).sum::<u32>(), 14_480);
+    let row14: [u8; 28] =
+        [0, 0, 0, 0, 0, 0, 13, 219, 225, 135, 0, 0, 0, 0, 0, 0, 0, 0, 0, 180, 120, 0, 81, 99, 0, 0, 0, 0];
+    assert_eq!(&img[14 * SIDE..15 * SIDE], &row14);
+    let mut f = vec![0.0f32; PIXELS];
+    d.image(0, 0, 0, &mut f);
+    assert!(f.iter().all(|&v| (0.0..=1.0).contains(&v)));
+    assert!((f.iter().map(|&v| v as f64).sum::<f64>() - 14_480.0 / 225.0).abs() < 1e-3);
+}
+
+/// The integer box filter against an f64 area-overlap reference on random binary images.
+#[test]
+fn downsample_matches_area_filter_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for trial in 0..20 {
+        let density = rng.random_range(0.02..0.9);
+        let ink: Vec<u8> = (0..SOURCE_SIDE * SOURCE_SIDE).map(|_| rng.random_bool(density) as u8).collect();
+        let got = omniglot::downsample(&ink);
+        let s = SOURCE_SIDE as f64 / SIDE as f64;
+        for ty in 0..SIDE {
+            for tx in 0..SIDE {
+                let mut acc = 0.0f64;
+                for y in 0..SOURCE_SIDE {
+                    let oy = ((y + 1) as f64).min((ty + 1) as f64 * s) - (y as f64).max(ty as f64 * s);
+                    if oy <= 0.0 {
+                        continue;
+                    }
+                    for x in 0..SOURCE_SIDE {
+                        let ox = ((x + 1) as f64).min((tx + 1) as f64 * s) - (x as f64).max(tx as f64 * s);
+                        if ox > 0.0 {
+                            acc += oy * ox * ink[y * SOURCE_SIDE + x] as f64;
+                        }
+                    }
+                }
+                let want = acc / (s * s);
+                let have = got[ty * SIDE + tx] as f64 / 225.0;
+                assert!((have - want).abs() <= 1e-12 + 1e-12 * want, "trial {trial} ({ty},{tx}): {have} vs {want}");
+            }
+        }
+        let total: u32 = got.iter().map(|&k| k as u32).sum();
+        assert_eq!(total, 16 * ink.iter().map(|&v| v as u32).sum::<u32>(), "area is conserved");
+    }
+}
+
+#[test]
+fn rotations_turn_counter_clockwise_and_compose() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let img: Vec<f32> = (0..PIXELS).map(|_| rng.random_range(0.1f32..1.0)).collect();
+    let mut marked = vec![0.0f32; PIXELS];
+    marked[27] = 1.0; // top-right corner
+    let mut out = vec![0.0f32; PIXELS];
+    omniglot::rotate(&marked, 1, &mut out);
+    assert_eq!(out[0], 1.0, "a quarter turn counter-clockwise brings the top-right corner to the top-left");
+    omniglot::rotate(&marked, 2, &mut out);
+    assert_eq!(out[27 * SIDE], 1.0, "a half turn brings top-right to bottom-left");
+    let (mut a, mut b) = (img.clone(), vec![0.0f32; PIXELS]);
+    for _ in 0..4 {
+        omniglot::rotate(&a, 1, &mut b);
+        std::mem::swap(&mut a, &mut b);
+    }
+    assert_eq!(a, img, "four quarter turns are the identity");
+    omniglot::rotate(&img, 1, &mut a);
+    omniglot::rotate(&a, 2, &mut b);
+    omniglot::rotate(&img, 3, &mut a);
+    assert_eq!(a, b, "1 + 2 quarter turns = 3");
+}
+
+#[test]
+fn sampler_draws_distinct_classes_and_disjoint_support_and_query() {
+    let Some(d) = data() else { return };
+    let (train, _) = d.split(Split::Standard);
+    let (ways, shots, query, n) = (5, 3, 4, 50);
+    let spec = spec(ways);
+    let mut s = FewShot::new(d, &train, 7).unwrap();
+    assert_eq!(s.num_classes(), 4 * STANDARD_TRAIN_CHARS);
+    let (sup, qry, classes) = s.sample(&spec, n, ways, shots, query).unwrap();
+    let qry = qry.unwrap();
+    let (Targets::Labels(ls), Targets::Labels(lq)) = (sup.y(), qry.y()) else { panic!("labels expected") };
+    for t in 0..n {
+        let mut cl = classes[t].clone();
+        cl.sort_unstable();
+        cl.dedup();
+        assert_eq!(cl.len(), ways, "task {t} repeats a class");
+        assert!(classes[t].iter().all(|&(c, _)| c < STANDARD_TRAIN_CHARS), "only training characters");
+        for label in 0..ways as u32 {
+            assert_eq!(ls[t * ways * shots..][..ways * shots].iter().filter(|&&l| l == label).count(), shots);
+            assert_eq!(lq[t * ways * query..][..ways * query].iter().filter(|&&l| l == label).count(), query);
+        }
+        // Support and query images of one class never coincide (distinct drawings).
+        let xs = &sup.x()[t * ways * shots * PIXELS..][..ways * shots * PIXELS];
+        let xq = &qry.x()[t * ways * query * PIXELS..][..ways * query * PIXELS];
+        for a in xs.chunks(PIXELS) {
+            for b in xq.chunks(PIXELS) {
+                assert_ne!(a, b, "task {t}: a query image equals a support image");
+            }
+        }
+    }
+    // Labels are permuted: over many tasks, label 0 is not always the lowest class.
+    let firsts = classes.iter().filter(|c| c[0] == *c.iter().min().unwrap()).count();
+    assert!(firsts < n, "label order looks sorted, not permuted");
+    // Same seed, same tasks; another seed, other tasks.
+    let again = FewShot::new(d, &train, 7).unwrap().sample(&spec, n, ways, shots, query).unwrap();
+    assert_eq!(again.0, sup);
+    let other = FewShot::new(d, &train, 8).unwrap().sample(&spec, n, ways, shots, query).unwrap();
+    assert_ne!(other.0, sup);
+}
+
+#[test]
+fn sampler_rejects_impossible_tasks() {
+    let Some(d) = data() else { return };
+    let spec = spec(5);
+    let mut s = FewShot::new(d, &[0, 1], 1).unwrap();
+    assert!(s.sample(&spec, 1, 1, 1, 1).is_err(), "1-way");
+    assert!(s.sample(&spec, 1, 6, 1, 1).is_err(), "more ways than outputs");
+    assert!(s.sample(&spec, 1, 5, 1, 1).is_ok(), "5-way from 2 characters = 8 classes");
+    assert!(s.sample(&spec, 1, 5, 0, 1).is_err(), "0 shots");
+    assert!(s.sample(&spec, 1, 5, 15, 6).is_err(), "21 drawings");
+    assert!(FewShot::new(d, &[5000], 1).is_err(), "character out of range");
+}
+
+#[test]
+fn cache_is_used_and_bad_files_are_clear_errors() {
+    let Some(dir) = Omniglot::find_data_dir() else {
+        eprintln!("skipped: Omniglot zips not found");
+        return;
+    };
+    let Some(d) = data() else { return };
+    let cache = cache_dir().join("omniglot28.bin");
+    // Cached load: same content, much faster than decoding.
+    let t = std::time::Instant::now();
+    let again = Omniglot::load(&dir, Some(&cache)).unwrap();
+    let cached_s = t.elapsed().as_secs_f64();
+    assert_eq!(again.characters(), d.characters());
+    assert_eq!(again.image_bytes(1622, 19), d.image_bytes(1622, 19));
+    eprintln!("cached load: {cached_s:.3} s");
+    // A damaged cache is rebuilt, not trusted.
+    let bad_cache = cache_dir().join("damaged.bin");
+    std::fs::write(&bad_cache, b"REPTOMN1 not really").unwrap();
+    let rebuilt = Omniglot::load(&dir, Some(&bad_cache)).unwrap();
+    assert_eq!(rebuilt.image_bytes(100, 3), d.image_bytes(100, 3));
+    assert!(std::fs::metadata(&bad_cache).unwrap().len() > (1623 * DRAWINGS * PIXELS) as u64);
+    // A truncated zip is a clear error naming the file; a missing one too.
+    let tmp = cache_dir().join("broken");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let bg = std::fs::read(dir.join("images_background.zip")).unwrap();
+    std::fs::write(tmp.join("images_background.zip"), &bg[..bg.len() / 3]).unwrap();
+    let e = Omniglot::load(&tmp, None).unwrap_err().to_string();
+    assert!(e.contains("images_evaluation.zip"), "missing file not named: {e}");
+    std::fs::copy(dir.join("images_evaluation.zip"), tmp.join("images_evaluation.zip")).unwrap();
+    let e = Omniglot::load(&tmp, None).unwrap_err();
+    assert!(matches!(e, reptile::Error::Format { .. }), "{e}");
+    assert!(e.to_string().contains("images_background.zip"), "truncated file not named: {e}");
+}
