@@ -4,6 +4,10 @@
 //!   default), with a progress bar, evaluation before and after, a safetensors checkpoint, a
 //!   PNG of the model adapting to a new task, and `summary.json`.
 //! - `reptile eval --checkpoint F`: re-evaluates a saved sine model.
+//! - `reptile omniglot`: Omniglot N-way K-shot classification ([`omniglot_cmd`]).
+
+#[path = "cli/omniglot.rs"]
+mod omniglot_cmd;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -32,6 +36,8 @@ enum Command {
     Sine(SineArgs),
     /// Re-evaluate a saved sine checkpoint with the paper's protocol.
     Eval(EvalArgs),
+    /// Meta-train on Omniglot N-way K-shot classification (MLP, softmax cross-entropy).
+    Omniglot(omniglot_cmd::OmniglotArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -130,6 +136,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Sine(a) => run_sine(a),
         Command::Eval(a) => run_eval(a),
+        Command::Omniglot(a) => omniglot_cmd::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -275,15 +282,17 @@ fn run_sine(a: SineArgs) -> reptile::Result<()> {
     Ok(())
 }
 
-fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
+pub(crate) fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
     if quiet || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr_with_hz(10));
     pb.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40.cyan/blue}] {human_pos}/{human_len} (eta {eta}) {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40.cyan/blue}] {human_pos}/{human_len} (eta {eta}) {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb
 }

@@ -19,9 +19,17 @@ fn accumulate_body<P: Policy>(acc: &mut [f32], theta_prime: &[f32], theta: &[f32
 }
 
 /// `out ← θ' − θ`.
-#[inline]
 pub fn delta(out: &mut [f32], theta_prime: &[f32], theta: &[f32]) {
     assert!(out.len() == theta.len() && theta_prime.len() == theta.len(), "delta lengths");
+    delta_d(out, theta_prime, theta);
+}
+
+dispatch! { fn delta_d(out: &mut [f32], theta_prime: &[f32], theta: &[f32]) => delta_body }
+
+// `P` only selects the instruction set the wrapper compiles this loop for.
+#[allow(clippy::extra_unused_type_parameters)]
+#[inline(always)]
+fn delta_body<P: Policy>(out: &mut [f32], theta_prime: &[f32], theta: &[f32]) {
     out.iter_mut().zip(theta_prime).zip(theta).for_each(|((o, &tp), &t)| *o = tp - t);
 }
 

@@ -333,7 +333,6 @@ impl Trainer {
         let run_chunk = |c: usize, acc: &mut [f32]| -> (f64, f64) {
             // Each pool thread has its own worker; the lock is never contended.
             let slot = rayon::current_thread_index().unwrap_or(0) % nw;
-            acc.fill(0.0);
             let (mut lb, mut la) = (0.0f64, 0.0f64);
             let (start, end) = chunk_range(units, nc, c);
             if use_lanes {
@@ -345,6 +344,9 @@ impl Trainer {
                     for l in 0..tasks.len() {
                         lb += b0[l] as f64;
                         la += a0[l] as f64;
+                    }
+                    if g == start {
+                        acc.fill(0.0);
                     }
                     let base = if fomaml { Some(&w.prev[..]) } else { None };
                     lanes::accumulate_lane_deltas(acc, &w.theta_p, theta, base, tasks.len());
@@ -358,7 +360,12 @@ impl Trainer {
                     lb += b0 as f64;
                     la += a0 as f64;
                     let base: &[f32] = if fomaml { &w.prev } else { theta };
-                    update::accumulate_delta(acc, &w.theta_p, base);
+                    // The chunk's first task writes its delta; the others add theirs.
+                    if i == start {
+                        update::delta(acc, &w.theta_p, base);
+                    } else {
+                        update::accumulate_delta(acc, &w.theta_p, base);
+                    }
                 }
             }
             (lb, la)

@@ -20,7 +20,7 @@
 //! Every character becomes 4 classes by rotation by 0°, 90°, 180°, 270° (counter-clockwise).
 
 use crate::error::{Error, Result};
-use crate::meta::{EvalTasks, TaskBatch, Targets};
+use crate::meta::{EvalTasks, Targets, TaskBatch};
 use crate::rng::{self, Purpose, Rng};
 use crate::spec::MlpSpec;
 use rand::seq::{SliceRandom, index};
@@ -137,9 +137,9 @@ impl Omniglot {
     /// One drawing rotated counter-clockwise by `quarter_turns`·90°, as values in [0, 1].
     pub fn image(&self, character: usize, drawing: usize, quarter_turns: u8, out: &mut [f32]) {
         let src = self.image_bytes(character, drawing);
-        for (i, o) in out[..PIXELS].iter_mut().enumerate() {
-            let (y, x) = rotated_source(i / SIDE, i % SIDE, quarter_turns);
-            *o = src[y * SIDE + x] as f32 / 225.0;
+        let table = &rotation_tables()[(quarter_turns % 4) as usize];
+        for (o, &j) in out[..PIXELS].iter_mut().zip(table.iter()) {
+            *o = src[j as usize] as f32 * (1.0 / 225.0);
         }
     }
 
@@ -157,7 +157,8 @@ impl Omniglot {
 
     fn read_zip(&mut self, bytes: &[u8], path: &Path, set: Set) -> Result<()> {
         let bad = |r: String| Error::format(Some(path), r);
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| bad(format!("not a zip archive: {e}")))?;
+        let mut zip =
+            zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| bad(format!("not a zip archive: {e}")))?;
         // (alphabet, character folder, drawer) → entry index, sorted into the fixed order.
         let mut entries = Vec::new();
         for i in 0..zip.len() {
@@ -171,7 +172,9 @@ impl Omniglot {
             }
             let parts: Vec<&str> = name.split('/').collect();
             let [_, alphabet, character, file] = parts[..] else {
-                return Err(bad(format!("unexpected entry {name:?} (want images_*/<Alphabet>/characterNN/<id>_<drawer>.png)")));
+                return Err(bad(format!(
+                    "unexpected entry {name:?} (want images_*/<Alphabet>/characterNN/<id>_<drawer>.png)"
+                )));
             };
             let stem = file.trim_end_matches(".png");
             let (id, drawer) = stem
@@ -325,6 +328,19 @@ fn rotated_source(r: usize, c: usize, q: u8) -> (usize, usize) {
     }
 }
 
+/// For each quarter-turn count, the source index shown at every output pixel.
+fn rotation_tables() -> &'static [[u16; PIXELS]; 4] {
+    static T: std::sync::OnceLock<[[u16; PIXELS]; 4]> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        std::array::from_fn(|q| {
+            std::array::from_fn(|i| {
+                let (y, x) = rotated_source(i / SIDE, i % SIDE, q as u8);
+                (y * SIDE + x) as u16
+            })
+        })
+    })
+}
+
 /// Rotates a 28×28 image counter-clockwise by `q`·90°.
 pub fn rotate(src: &[f32], q: u8, out: &mut [f32]) {
     for (i, o) in out[..PIXELS].iter_mut().enumerate() {
@@ -420,7 +436,13 @@ impl<'d> FewShot<'d> {
     }
 
     /// `n_tasks` training tasks of `ways × shots` labelled drawings each.
-    pub fn train_batch(&mut self, spec: &MlpSpec, n_tasks: usize, ways: usize, shots: usize) -> Result<TaskBatch<'static>> {
+    pub fn train_batch(
+        &mut self,
+        spec: &MlpSpec,
+        n_tasks: usize,
+        ways: usize,
+        shots: usize,
+    ) -> Result<TaskBatch<'static>> {
         Ok(self.sample(spec, n_tasks, ways, shots, 0)?.0)
     }
 
