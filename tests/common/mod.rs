@@ -463,7 +463,11 @@ pub fn rerun_under_lower_isas(self_name: &str) {
         let text = String::from_utf8_lossy(&out.stdout);
         let summary = text.lines().rev().find(|l| l.starts_with("test result")).unwrap_or("no summary");
         eprintln!("{self_name}: REPTILE_ISA={name}: {summary}");
-        assert!(out.status.success(), "tests failed with REPTILE_ISA={name}:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tests failed with REPTILE_ISA={name}:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!summary.contains(" 0 passed"), "no test ran with REPTILE_ISA={name}");
     }
 }
