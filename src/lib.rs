@@ -39,7 +39,11 @@
 #![warn(missing_docs)]
 
 pub mod cpu;
+/// The CUDA back end (opt-in; CUDA is loaded at run time, the CPU stays the default).
+pub mod cuda;
 pub mod error;
+/// The C ABI (`include/reptile.h`): opaque handles, status codes, panic boundaries.
+pub mod ffi;
 pub mod io;
 pub mod meta;
 pub mod params;
@@ -49,7 +53,8 @@ pub mod workloads;
 
 pub use error::{Error, Result};
 pub use meta::{
-    DeltaSum, EvalReport, EvalTasks, InnerLoop, OuterRule, ReptileConfig, StepStats, Targets, TaskBatch, Trainer,
+    AdamMoments, DeltaSum, EvalReport, EvalTasks, InnerLoop, InnerOptimizer, OuterRule, ReptileConfig, StepStats,
+    Targets, TaskBatch, Trainer,
 };
 pub use params::Model;
 pub use spec::{Activation, Loss, MlpSpec};

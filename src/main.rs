@@ -197,6 +197,7 @@ fn run_sine(a: SineArgs) -> reptile::Result<()> {
         outer: if a.foml { OuterRule::Fomaml { tail: a.foml_tail } } else { OuterRule::Reptile },
         seed: a.seed,
         threads: a.threads,
+        ..ReptileConfig::sine()
     };
     if a.foml_tail.is_some() && !a.foml {
         return Err(reptile::Error::InvalidArgument("--foml-tail needs --foml".into()));

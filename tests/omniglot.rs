@@ -210,6 +210,7 @@ fn cache_is_used_and_bad_files_are_clear_errors() {
     assert!(std::fs::metadata(&bad_cache).unwrap().len() > (1623 * DRAWINGS * PIXELS) as u64);
     // A truncated zip is a clear error naming the file; a missing one too.
     let tmp = cache_dir().join("broken");
+    let _ = std::fs::remove_dir_all(&tmp); // left over from an earlier run
     std::fs::create_dir_all(&tmp).unwrap();
     let bg = std::fs::read(dir.join("images_background.zip")).unwrap();
     std::fs::write(tmp.join("images_background.zip"), &bg[..bg.len() / 3]).unwrap();
@@ -221,11 +222,12 @@ fn cache_is_used_and_bad_files_are_clear_errors() {
     assert!(e.to_string().contains("images_background.zip"), "truncated file not named: {e}");
 }
 
-/// A short meta-training run on the shared data must beat chance (20% for 5-way) by a wide
-/// margin on meta-test characters. Measured with this exact configuration (300 iterations,
-/// 300 test tasks, 5 query drawings per class) on 2026-11-29: seeds 1, 2, 3 went from 21.9%,
-/// 24.5%, 20.7% to 31.3%, 34.0%, 29.5% (95% CI ±1.0–1.2). The bounds (> 27%, and a gain of
-/// more than 5 points) sit about two CIs below the worst seed.
+/// A short meta-training run on the shared data (the paper's inner Adam, lr 0.001) must beat
+/// chance (20% for 5-way) by a wide margin on meta-test characters, and beat the same
+/// adaptation from the random init. Measured with this exact configuration (300 iterations,
+/// 300 test tasks, 5 query drawings per class) on 2026-11-29: seeds 1, 2, 3 went from 50.5%,
+/// 50.0%, 50.3% (random init, 50 Adam steps) to 55.1%, 54.9%, 55.8% (95% CI ±1.5). The bounds
+/// (> 45%, and a gain of more than 2.5 points on the same tasks) leave about two CIs of room.
 #[test]
 fn short_meta_training_beats_chance() {
     let Some(d) = data() else { return };
@@ -233,8 +235,9 @@ fn short_meta_training_beats_chance() {
     let spec = MlpSpec::new(&[PIXELS, 256, 128, 64, 64, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
     let seed = std::env::var("REPTILE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1u64);
     let config = reptile::ReptileConfig {
-        train: reptile::InnerLoop { lr: 0.05, steps: 5, batch_size: 10 },
-        eval: reptile::InnerLoop { lr: 0.05, steps: 50, batch_size: 5 },
+        train: reptile::InnerLoop { lr: 0.001, steps: 5, batch_size: 10 },
+        eval: reptile::InnerLoop { lr: 0.001, steps: 50, batch_size: 5 },
+        inner_optimizer: reptile::InnerOptimizer::ADAM,
         meta_batch: 5,
         eps_start: 1.0,
         eps_end: 0.0,
@@ -258,6 +261,6 @@ fn short_meta_training_beats_chance() {
         100.0 * a,
         100.0 * ci
     );
-    assert!(a > 0.27, "meta-trained accuracy {a} is not clearly above chance (0.20)");
-    assert!(a > b + 0.05, "meta-training did not improve accuracy: {b} → {a}");
+    assert!(a > 0.45, "meta-trained accuracy {a} is not clearly above chance (0.20)");
+    assert!(a > b + 0.025, "meta-training did not improve on the random init: {b} → {a}");
 }

@@ -38,6 +38,7 @@ fn config(train: InnerLoop, eps: f32, seed: u64, threads: usize) -> ReptileConfi
         outer: OuterRule::Reptile,
         seed,
         threads,
+        ..ReptileConfig::sine()
     }
 }
 

@@ -5,7 +5,9 @@
 use clap::{Args, ValueEnum};
 use reptile::io::{checkpoint, plot};
 use reptile::workloads::omniglot::{FewShot, Omniglot, PIXELS, Split};
-use reptile::{Activation, EvalReport, InnerLoop, Loss, MlpSpec, Model, ReptileConfig, Trainer};
+use reptile::{
+    Activation, AdamMoments, EvalReport, InnerLoop, InnerOptimizer, Loss, MlpSpec, Model, ReptileConfig, Trainer,
+};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -15,6 +17,22 @@ pub enum SplitArg {
     Standard,
     /// Background alphabets train, evaluation alphabets test.
     Alphabets,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OptArg {
+    /// Plain SGD.
+    Sgd,
+    /// Adam with β1 = 0, β2 = 0.999 (the paper's choice for Omniglot).
+    Adam,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum MomentsArg {
+    /// Adam's moments carry over from task to task during meta-training (the paper's code).
+    Carry,
+    /// Every training task starts Adam from zero.
+    Reset,
 }
 
 #[derive(Args)]
@@ -50,8 +68,14 @@ pub struct OmniglotArgs {
     /// Tasks per outer step.
     #[arg(long, default_value_t = 5)]
     meta_batch: usize,
-    /// Inner SGD step size.
-    #[arg(long, default_value_t = 0.05)]
+    /// Inner-loop optimizer.
+    #[arg(long, value_enum, default_value = "adam")]
+    inner_optimizer: OptArg,
+    /// With Adam: moments during meta-training (evaluation always starts from zero).
+    #[arg(long, value_enum, default_value = "carry")]
+    train_moments: MomentsArg,
+    /// Inner step size (the paper: 0.001 with Adam).
+    #[arg(long, default_value_t = 0.001)]
     inner_lr: f32,
     /// Inner steps per task.
     #[arg(long, default_value_t = 5)]
@@ -138,11 +162,20 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         planned_iters: a.iterations.max(1),
         seed: a.seed,
         threads: a.threads,
+        inner_optimizer: match a.inner_optimizer {
+            OptArg::Sgd => InnerOptimizer::Sgd,
+            OptArg::Adam => InnerOptimizer::ADAM,
+        },
+        train_moments: match a.train_moments {
+            MomentsArg::Carry => AdamMoments::Carry,
+            MomentsArg::Reset => AdamMoments::Reset,
+        },
+        eval_moments: AdamMoments::Reset,
         ..ReptileConfig::sine()
     };
     let mut trainer = Trainer::new(Model::new(spec.clone(), a.seed), config.clone())?;
     println!(
-        "reptile omniglot: {}-way {}-shot, MLP {:?} ReLU ({} parameters), {} iterations of {} tasks × {} shots, k = {}, α = {}, ε {} → {}, {} threads",
+        "reptile omniglot: {}-way {}-shot, MLP {:?} ReLU ({} parameters), {} iterations of {} tasks × {} shots, k = {}, {:?} α = {}, ε {} → {}, {} threads",
         a.ways,
         a.shots,
         widths,
@@ -151,6 +184,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         a.meta_batch,
         a.train_shots,
         a.inner_steps,
+        config.inner_optimizer,
         a.inner_lr,
         a.eps_start,
         a.eps_end,

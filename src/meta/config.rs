@@ -55,6 +55,49 @@ pub enum OuterRule {
     },
 }
 
+/// The optimizer of the inner loop.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InnerOptimizer {
+    /// Plain SGD: `θ ← θ − α·g`.
+    #[default]
+    Sgd,
+    /// Adam with β1 = 0, as the Reptile paper uses for classification, in TensorFlow's form:
+    /// `v ← β2·v + (1 − β2)·g²`, `θ ← θ − α·√(1 − β2^t)·g / (√v + ε)`, `t` counting Adam steps.
+    Adam {
+        /// Decay of the second-moment estimate (0.999 in the paper's code).
+        beta2: f32,
+        /// Added to √v (1e-8, TensorFlow's default).
+        eps: f32,
+    },
+}
+
+impl InnerOptimizer {
+    /// Adam with β1 = 0 and the paper's β2 = 0.999, ε = 1e-8.
+    pub const ADAM: InnerOptimizer = InnerOptimizer::Adam { beta2: 0.999, eps: 1e-8 };
+}
+
+/// What Adam's second moments `v` (and step count `t`) start from for each task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdamMoments {
+    /// From the trainer's running moments, which carry over from task to task. The paper's code
+    /// runs a meta-batch's tasks one after another, each continuing the previous task's moments;
+    /// here the tasks of a meta-batch run in parallel, so each starts from the moments left by
+    /// the previous outer step, and afterwards the running moments become the mean (in task
+    /// order) of the tasks' final moments, with `t` advanced by the inner steps.
+    Carry,
+    /// From zero for every task.
+    Reset,
+}
+
+fn carry() -> AdamMoments {
+    AdamMoments::Carry
+}
+fn reset() -> AdamMoments {
+    AdamMoments::Reset
+}
+
 /// Everything the [`crate::Trainer`] needs besides the model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReptileConfig {
@@ -76,6 +119,16 @@ pub struct ReptileConfig {
     pub seed: u64,
     /// Worker threads (0 = one per available core). Results do not depend on it.
     pub threads: usize,
+    /// Inner-loop optimizer for meta-training and adaptation (SGD by default).
+    #[serde(default)]
+    pub inner_optimizer: InnerOptimizer,
+    /// With Adam: moments during meta-training (default: carried over, as in the paper's code).
+    #[serde(default = "carry")]
+    pub train_moments: AdamMoments,
+    /// With Adam: moments at adaptation and evaluation (default: reset for every task, as in the
+    /// paper's code).
+    #[serde(default = "reset")]
+    pub eval_moments: AdamMoments,
 }
 
 impl ReptileConfig {
@@ -93,6 +146,9 @@ impl ReptileConfig {
             outer: OuterRule::Reptile,
             seed: 0,
             threads: 0,
+            inner_optimizer: InnerOptimizer::Sgd,
+            train_moments: AdamMoments::Carry,
+            eval_moments: AdamMoments::Reset,
         }
     }
 
@@ -107,6 +163,13 @@ impl ReptileConfig {
         }
         if self.planned_iters == 0 {
             return Err(Error::InvalidArgument("planned_iters must be ≥ 1".into()));
+        }
+        if let InnerOptimizer::Adam { beta2, eps } = self.inner_optimizer
+            && !((0.0..1.0).contains(&beta2) && eps.is_finite() && eps > 0.0)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "Adam needs 0 ≤ β2 < 1 and ε > 0, got β2 = {beta2}, ε = {eps}"
+            )));
         }
         if let OuterRule::Fomaml { tail: Some(0) } = self.outer {
             return Err(Error::InvalidArgument("FOMAML tail must hold at least one point".into()));

@@ -73,7 +73,13 @@ impl Trainer {
     /// evaluation inner loop (its `lr` and `batch_size`). Predict with the returned model.
     pub fn adapt(&self, support: &TaskBatch<'_>, steps: usize) -> Result<Model> {
         let inner = InnerLoop { steps, ..self.config().eval };
-        super::inner::adapt(self.model(), support, &inner, self.config().seed)
+        let c = self.config();
+        super::inner::adapt_with(self.model(), support, &inner, c.inner_optimizer, self.eval_moments(), c.seed)
+    }
+
+    /// Where evaluation-time Adam moments start: the running moments, or `None` for zero.
+    fn eval_moments(&self) -> Option<(&[f32], u64)> {
+        (self.config().eval_moments == super::AdamMoments::Carry).then(|| self.adam_moments())
     }
 
     /// Mean post-adaptation query loss (and accuracy) with the evaluation inner loop:
@@ -105,6 +111,7 @@ impl Trainer {
         let theta = self.params();
         let seed = self.config().seed;
         let classify = matches!(sup.y(), super::Targets::Labels(_));
+        let (opt, moments) = (self.config().inner_optimizer, self.eval_moments());
         let run_chunk = |c: usize| -> Vec<(f32, f32)> {
             let mut w = TaskWorker::new(spec, cap);
             let mut out = Vec::new();
@@ -113,6 +120,7 @@ impl Trainer {
                 let mut rng = rng::stream(seed, Purpose::EvalShuffle, t as u64);
                 let (xs, ys) = sup.task_slices(t);
                 let (xq, yq) = qry.task_slices(t);
+                w.set_optimizer(opt, moments);
                 w.begin(theta, ms, None, &mut rng);
                 let mut done = 0;
                 for &s in steps {

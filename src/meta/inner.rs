@@ -1,8 +1,9 @@
 //! The inner loop of one task: minibatch SGD from θ, in a reusable per-worker scratch space.
 
-use super::config::InnerLoop;
+use super::config::{InnerLoop, InnerOptimizer};
 use super::tasks::TaskBatch;
 use crate::cpu::mlp::{self, Tgt, Workspace};
+use crate::cpu::update;
 use crate::error::{Error, Result};
 use crate::params::Model;
 use crate::rng::{self, Rng};
@@ -23,6 +24,11 @@ pub(crate) struct TaskWorker {
     batcher: Batcher,
     idx: Vec<u32>,
     idx0: Vec<u32>,
+    opt: InnerOptimizer,
+    grad: Vec<f32>,
+    /// Adam's second moments and step count for the task in progress.
+    pub adam_v: Vec<f32>,
+    pub adam_t: u64,
 }
 
 /// The minibatch stream over one task's support set (see [`InnerLoop`]): a permutation of the
@@ -82,6 +88,32 @@ impl TaskWorker {
             batcher: Batcher::default(),
             idx: vec![0; cap],
             idx0: Vec::with_capacity(cap),
+            opt: InnerOptimizer::Sgd,
+            grad: Vec::new(),
+            adam_v: Vec::new(),
+            adam_t: 0,
+        }
+    }
+
+    /// Sets the optimizer for the next task; with Adam, its moments start from `moments`
+    /// (`v`, `t`) or from zero.
+    pub fn set_optimizer(&mut self, opt: InnerOptimizer, moments: Option<(&[f32], u64)>) {
+        self.opt = opt;
+        if let InnerOptimizer::Adam { .. } = opt {
+            let p = self.theta_p.len();
+            self.grad.resize(p, 0.0);
+            match moments {
+                Some((v, t)) => {
+                    self.adam_v.clear();
+                    self.adam_v.extend_from_slice(v);
+                    self.adam_t = t;
+                }
+                None => {
+                    self.adam_v.clear();
+                    self.adam_v.resize(p, 0.0);
+                    self.adam_t = 0;
+                }
+            }
         }
     }
 
@@ -122,14 +154,23 @@ impl TaskWorker {
         (b, matches!(y, Tgt::Labels(_)))
     }
 
-    /// One SGD step on θ' with the gathered minibatch of `b` points; returns the minibatch
-    /// loss before the update.
+    /// One optimizer step on θ' with the gathered minibatch of `b` points (SGD fused into
+    /// the backward pass, or Adam after a backward pass into the gradient buffer); returns the
+    /// minibatch loss before the update.
     fn sgd_on_gathered(&mut self, spec: &MlpSpec, b: usize, labels: bool, lr: f32) -> f32 {
         let xb = &self.xb[..b * spec.in_dim()];
         mlp::forward(spec, &self.theta_p, xb, b, &mut self.ws);
         let tgt = if labels { Tgt::Labels(&self.lb[..b]) } else { Tgt::Values(&self.yb[..b * spec.out_dim()]) };
         let loss = mlp::loss_grad(spec, tgt, b, &mut self.ws);
-        mlp::backward_sgd(spec, &mut self.theta_p, xb, b, &mut self.ws, lr);
+        match self.opt {
+            InnerOptimizer::Sgd => mlp::backward_sgd(spec, &mut self.theta_p, xb, b, &mut self.ws, lr),
+            InnerOptimizer::Adam { beta2, eps } => {
+                mlp::backward(spec, &self.theta_p, xb, b, &mut self.ws, &mut self.grad);
+                self.adam_t += 1;
+                let lr_t = (lr as f64 * (1.0 - (beta2 as f64).powf(self.adam_t as f64)).sqrt()) as f32;
+                update::adam_b1zero(&mut self.theta_p, &self.grad, &mut self.adam_v, lr_t, beta2, eps);
+            }
+        }
         loss
     }
 
@@ -216,6 +257,18 @@ impl TaskWorker {
 /// Adapts `model` to one task: `inner.steps` SGD steps on `support` (a one-task batch),
 /// minibatch order from the stream `(seed, EvalShuffle, 0)`. Returns θ' as a new model.
 pub fn adapt(model: &Model, support: &TaskBatch<'_>, inner: &InnerLoop, seed: u64) -> Result<Model> {
+    adapt_with(model, support, inner, InnerOptimizer::Sgd, None, seed)
+}
+
+/// [`adapt`] with another optimizer; Adam's moments start from `moments` (`v`, `t`) or zero.
+pub fn adapt_with(
+    model: &Model,
+    support: &TaskBatch<'_>,
+    inner: &InnerLoop,
+    opt: InnerOptimizer,
+    moments: Option<(&[f32], u64)>,
+    seed: u64,
+) -> Result<Model> {
     inner.validate("inner")?;
     support.check_spec(model.spec())?;
     if support.n_tasks() != 1 {
@@ -229,6 +282,12 @@ pub fn adapt(model: &Model, support: &TaskBatch<'_>, inner: &InnerLoop, seed: u6
     let mut w = TaskWorker::new(spec, inner.batch_for(m).max(m));
     let mut rng = rng::stream(seed, rng::Purpose::EvalShuffle, 0);
     let (x, y) = support.task_slices(0);
+    if let Some((v, _)) = moments
+        && v.len() != spec.num_params()
+    {
+        return Err(Error::ShapeMismatch(format!("Adam moments have {} values, θ has {}", v.len(), spec.num_params())));
+    }
+    w.set_optimizer(opt, moments);
     w.run(spec, model.params(), x, y, m, inner, None, false, &mut rng);
     crate::error::check_finite(&w.theta_p, "adapted θ'").map_err(|e| Error::Diverged {
         iteration: 0,

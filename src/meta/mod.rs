@@ -8,8 +8,8 @@ mod lanes;
 mod tasks;
 mod trainer;
 
-pub use config::{InnerLoop, OuterRule, ReptileConfig};
+pub use config::{AdamMoments, InnerLoop, InnerOptimizer, OuterRule, ReptileConfig};
 pub use eval::EvalReport;
-pub use inner::adapt;
+pub use inner::{adapt, adapt_with};
 pub use tasks::{EvalTasks, Targets, TaskBatch};
 pub use trainer::{DeltaSum, StepStats, Trainer};

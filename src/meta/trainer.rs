@@ -6,7 +6,7 @@
 //! sums are then added in chunk order. Each task's minibatch order comes from its own random
 //! stream keyed by (seed, iteration, task). So θ is bit-identical for any number of threads.
 
-use super::config::{OuterRule, ReptileConfig};
+use super::config::{AdamMoments, InnerOptimizer, OuterRule, ReptileConfig};
 use super::inner::TaskWorker;
 use super::lanes::LaneWorker;
 use super::tasks::TaskBatch;
@@ -42,12 +42,21 @@ pub struct DeltaSum {
     pub loss_before_sum: f64,
     /// Sum over tasks of the same minibatch's loss at θ'.
     pub loss_after_sum: f64,
+    /// With Adam and carried moments: the sum over tasks of their final second moments `v`
+    /// (empty otherwise). [`Trainer::apply_delta`] sets the running moments to its mean.
+    pub moments_sum: Vec<f32>,
 }
 
 impl DeltaSum {
     /// An empty sum for `num_params` parameters.
     pub fn zeros(num_params: usize) -> Self {
-        DeltaSum { sum: vec![0.0; num_params], tasks: 0, loss_before_sum: 0.0, loss_after_sum: 0.0 }
+        DeltaSum {
+            sum: vec![0.0; num_params],
+            tasks: 0,
+            loss_before_sum: 0.0,
+            loss_after_sum: 0.0,
+            moments_sum: Vec::new(),
+        }
     }
     /// Adds another partial sum (element by element, in the caller's order).
     pub fn add(&mut self, other: &DeltaSum) -> Result<()> {
@@ -59,6 +68,14 @@ impl DeltaSum {
             )));
         }
         update::add_assign(&mut self.sum, &other.sum);
+        match (self.moments_sum.is_empty(), other.moments_sum.is_empty()) {
+            (_, true) => {}
+            (true, false) if self.tasks == 0 => self.moments_sum = other.moments_sum.clone(),
+            (false, false) if self.moments_sum.len() == other.moments_sum.len() => {
+                update::add_assign(&mut self.moments_sum, &other.moments_sum)
+            }
+            _ => return Err(Error::ShapeMismatch("delta sums disagree on Adam moments".into())),
+        }
         self.tasks += other.tasks;
         self.loss_before_sum += other.loss_before_sum;
         self.loss_after_sum += other.loss_after_sum;
@@ -112,6 +129,11 @@ pub struct Trainer {
     /// Same, for 16-task lane groups.
     lane_workers: Vec<Mutex<LaneWorker>>,
     lane_batching: bool,
+    /// Adam's running second moments and step count (with carried moments).
+    adam_v: Vec<f32>,
+    adam_t: u64,
+    /// [deltas | moments] of a step with carried Adam moments.
+    combined: Vec<f32>,
     partials: Vec<Vec<f32>>,
     sum: DeltaSum,
     candidate: Vec<f32>,
@@ -161,6 +183,9 @@ impl Trainer {
             workers: Vec::new(),
             lane_workers: Vec::new(),
             lane_batching: false,
+            adam_v: vec![0.0; p],
+            adam_t: 0,
+            combined: Vec::new(),
             partials: Vec::new(),
             sum: DeltaSum::zeros(p),
             candidate: vec![0.0; p],
@@ -217,7 +242,23 @@ impl Trainer {
 
     /// Whether a batch of `n` tasks would run in the lane kernels.
     pub fn uses_lanes(&self, n_tasks: usize) -> bool {
-        self.lane_batching && lanes::available() && self.spec().loss() == Loss::Mse && n_tasks >= LANES
+        self.lane_batching
+            && lanes::available()
+            && self.spec().loss() == Loss::Mse
+            && self.config.inner_optimizer == InnerOptimizer::Sgd
+            && n_tasks >= LANES
+    }
+
+    /// Adam's running second moments `v` and step count `t` (zero until Adam steps with
+    /// carried moments have run).
+    pub fn adam_moments(&self) -> (&[f32], u64) {
+        (&self.adam_v, self.adam_t)
+    }
+
+    /// Whether meta-training tasks start from (and update) the running Adam moments.
+    fn carries_moments(&self) -> bool {
+        matches!(self.config.inner_optimizer, InnerOptimizer::Adam { .. })
+            && self.config.train_moments == AdamMoments::Carry
     }
 
     /// Gives up the trainer, returning the model.
@@ -273,6 +314,17 @@ impl Trainer {
             };
             return Err(diverged(reason));
         }
+        if self.carries_moments() {
+            if delta.moments_sum.len() != p {
+                return Err(Error::ShapeMismatch(format!(
+                    "Adam moments carried over, but the delta sum holds {} moment values for {p} parameters",
+                    delta.moments_sum.len()
+                )));
+            }
+            let inv = 1.0 / delta.tasks as f32;
+            self.adam_v.iter_mut().zip(&delta.moments_sum).for_each(|(v, &s)| *v = s * inv);
+            self.adam_t += self.config.train.steps as u64;
+        }
         std::mem::swap(&mut self.candidate, self.model.params_vec_mut());
         self.iteration += 1;
         let stats = StepStats { iteration: it, epsilon: eps, tasks: delta.tasks, loss_before: lb, loss_after: la };
@@ -322,6 +374,14 @@ impl Trainer {
         }
         let p = spec.num_params();
         out.sum.resize(p, 0.0);
+        // With carried Adam moments, each chunk also sums its tasks' final moments: chunk
+        // buffers are [deltas | moments], 2P wide, and reduce like the deltas.
+        let carry = self.carries_moments();
+        let width = if carry { 2 * p } else { p };
+        let opt = self.config.inner_optimizer;
+        let (adam_v, adam_t) = (&self.adam_v, self.adam_t);
+        let mut combined = std::mem::take(&mut self.combined);
+        combined.resize(width, 0.0);
 
         let theta = self.model.params();
         let (seed, it) = (self.config.seed, self.iteration);
@@ -356,28 +416,37 @@ impl Trainer {
                 for i in start..end {
                     let mut rng = stream(i);
                     let (x, y) = batch.task_slices(i);
+                    w.set_optimizer(opt, carry.then_some((&adam_v[..], adam_t)));
                     let (b0, a0) = w.run(spec, theta, x, y, m, &inner, tail, fomaml, &mut rng);
                     lb += b0 as f64;
                     la += a0 as f64;
                     let base: &[f32] = if fomaml { &w.prev } else { theta };
-                    // The chunk's first task writes its delta; the others add theirs.
+                    // The chunk's first task writes its delta (and moments); the others add theirs.
+                    let (acc_d, acc_v) = acc.split_at_mut(p);
                     if i == start {
-                        update::delta(acc, &w.theta_p, base);
+                        update::delta(acc_d, &w.theta_p, base);
+                        if carry {
+                            acc_v.copy_from_slice(&w.adam_v);
+                        }
                     } else {
-                        update::accumulate_delta(acc, &w.theta_p, base);
+                        update::accumulate_delta(acc_d, &w.theta_p, base);
+                        if carry {
+                            update::add_assign(acc_v, &w.adam_v);
+                        }
                     }
                 }
             }
             (lb, la)
         };
 
+        let target: &mut [f32] = if carry { &mut combined } else { &mut out.sum };
         let losses: Vec<(f64, f64)> = if nc == 1 {
-            vec![run_chunk(0, &mut out.sum)]
+            vec![run_chunk(0, target)]
         } else {
             if self.partials.len() < nc {
                 self.partials.resize_with(nc, Vec::new);
             }
-            self.partials[..nc].iter_mut().for_each(|v| v.resize(p, 0.0));
+            self.partials[..nc].iter_mut().for_each(|v| v.resize(width, 0.0));
             let parts = &mut self.partials[..nc];
             // Sum the chunk partials in chunk order, element by element; parameter ranges are
             // independent, so they can be summed in parallel without changing any result.
@@ -393,16 +462,22 @@ impl Trainer {
                 Some(pool) => pool.install(|| {
                     let losses = parts.par_iter_mut().enumerate().map(|(c, acc)| run_chunk(c, acc)).collect();
                     let parts: &[Vec<f32>] = parts;
-                    out.sum.par_chunks_mut(SPAN).enumerate().for_each(|(k, dst)| reduce(k, dst, parts));
+                    target.par_chunks_mut(SPAN).enumerate().for_each(|(k, dst)| reduce(k, dst, parts));
                     losses
                 }),
                 None => {
                     let losses = parts.iter_mut().enumerate().map(|(c, acc)| run_chunk(c, acc)).collect();
-                    out.sum.chunks_mut(SPAN).enumerate().for_each(|(k, dst)| reduce(k, dst, parts));
+                    target.chunks_mut(SPAN).enumerate().for_each(|(k, dst)| reduce(k, dst, parts));
                     losses
                 }
             }
         };
+        out.moments_sum.clear();
+        if carry {
+            out.sum.copy_from_slice(&combined[..p]);
+            out.moments_sum.extend_from_slice(&combined[p..]);
+        }
+        self.combined = combined;
         out.tasks = n as u64;
         out.loss_before_sum = losses.iter().map(|l| l.0).sum();
         out.loss_after_sum = losses.iter().map(|l| l.1).sum();
