@@ -1,0 +1,87 @@
+// Shared device helpers of the reptile CUDA kernels.
+//
+// This header is compiled three ways: by NVRTC (the crate inlines it in place of the
+// `#include "common.cuh"` line of each kernel file), by nvcc/ptxas checks in CI, and as plain
+// C++ on the CPU with kernels/emu/cuda_emu.h force-included (the emulation test). So the
+// kernels use only what the emulation models: blockIdx/threadIdx/blockDim/gridDim,
+// __syncthreads, __shfl_xor_sync over full warps, atomicOr, dynamic shared memory declared
+// with REPTILE_SMEM, and the float math functions tanhf/expf/logf/fmaf/fmaxf.
+#pragma once
+
+#ifndef REPTILE_EMU
+#define REPTILE_SMEM(type, name) extern __shared__ type name[]
+#define REPTILE_UNROLL _Pragma("unroll")
+#endif
+
+// Largest number of linear layers the kernels accept (widths has one more entry).
+#define REPTILE_MAX_LAYERS 8
+
+// Points per thread in the register-blocked products of the fused kernel: a thread owns one
+// output (or input) column for up to REPTILE_PT consecutive minibatch points, so each weight
+// read from shared memory feeds REPTILE_PT multiply-adds.
+#define REPTILE_PT 4
+
+// Activation and loss codes (match src/cuda/plan.rs).
+#define REPTILE_ACT_TANH 0
+#define REPTILE_ACT_RELU 1
+#define REPTILE_LOSS_MSE 0
+#define REPTILE_LOSS_CE 1
+
+// Arguments of the fused inner-loop kernel, passed by value. Every field is 4 bytes, so the
+// layout is the same in C and in the #[repr(C)] mirror `reptile::cuda::plan::FusedParams`.
+struct FusedParams {
+    int n_layers;                        // L
+    int widths[REPTILE_MAX_LAYERS + 1];  // [in, h1, ..., out]; entries past L are 0
+    int act;                             // REPTILE_ACT_*
+    int loss;                            // REPTILE_LOSS_*
+    int n_tasks;                         // tasks in the batch (one block each)
+    int m;                               // points per task (support set size)
+    int steps;                           // inner SGD steps k
+    int b;                               // minibatch size of steps 0..k-2
+    int b_last;                          // minibatch size of step k-1 (FOMAML tail), else b
+    int idx_stride;                      // max(b, b_last): stride of one step's index list
+    int fomaml;                          // 1: delta = θ'_k − θ'_{k−1}; 0: θ'_k − θ
+    float lr;                            // inner SGD step size α
+    int num_params;                      // P = Σ_l (in_l + 1)·out_l
+};
+
+// Row stride of W_l (out × in) in shared memory: odd, so 32 threads reading one column of 32
+// consecutive rows hit 32 different banks (in = 1 keeps stride 1: W is one contiguous column).
+__device__ __forceinline__ int reptile_ldw(int in) { return in | 1; }
+
+// Bits of a float (for the finiteness test; isfinite is not portable to every compile path).
+__device__ __forceinline__ bool reptile_is_finite(float v) {
+    return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u;
+}
+
+__device__ __forceinline__ float reptile_act(int act, float z) {
+    return act == REPTILE_ACT_TANH ? tanhf(z) : fmaxf(z, 0.0f);
+}
+
+// act'(z) expressed through a = act(z): tanh' = 1 − a², relu' = [a > 0].
+__device__ __forceinline__ float reptile_act_grad(int act, float a) {
+    return act == REPTILE_ACT_TANH ? 1.0f - a * a : (a > 0.0f ? 1.0f : 0.0f);
+}
+
+// Sum of v over the 32 lanes of a full warp (every lane gets the total). The block size must
+// be a multiple of 32.
+__device__ __forceinline__ float reptile_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Block-wide sum of each thread's v: warps reduce by shuffles, then thread 0 adds the warp
+// sums in warp order (fixed order ⇒ reproducible). `scratch` is ≥ blockDim.x/32 floats of
+// shared memory. Returns the total in thread 0 only; all threads must call it.
+__device__ __forceinline__ double reptile_block_sum(float v, float* scratch) {
+    v = reptile_warp_sum(v);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    double total = 0.0;
+    if (threadIdx.x == 0) {
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) total += (double)scratch[w];
+    }
+    __syncthreads();
+    return total;
+}

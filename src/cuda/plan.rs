@@ -1,0 +1,316 @@
+//! Host-side preparation of CUDA launches; pure Rust, needs no GPU (and is what the CPU
+//! emulation test drives the kernels with).
+//!
+//! - [`FusedParams`]: the by-value argument struct of `reptile_fused_inner`
+//!   (`kernels/common.cuh`), field for field.
+//! - [`FusedLayout`]: the dynamic shared memory that kernel needs for a spec and minibatch size,
+//!   which decides whether the fused path applies.
+//! - [`MinibatchPlan`]: every task's minibatch index lists for one meta-step, drawn from the same
+//!   random streams and with the same stream semantics as the CPU inner loop
+//!   (`src/meta/inner.rs`): a shuffled pass over the support set consumed in order, reshuffled
+//!   when exhausted, so a minibatch may straddle two shuffles; an optional FOMAML tail held out
+//!   by one initial shuffle.
+
+use super::{CudaError, CudaResult};
+use crate::meta::{InnerLoop, OuterRule};
+use crate::rng::{self, Purpose};
+use crate::spec::{Activation, Loss, MlpSpec};
+use rand::seq::SliceRandom;
+
+/// Most linear layers the CUDA kernels take (`REPTILE_MAX_LAYERS`).
+pub const MAX_LAYERS: usize = 8;
+
+/// Points per thread in the fused kernel's register-blocked products (`REPTILE_PT`).
+pub const POINTS_PER_THREAD: usize = 4;
+
+/// Arguments of the fused inner-loop kernel, passed by value; the `#[repr(C)]` mirror of
+/// `struct FusedParams` in `kernels/common.cuh` (every field 4 bytes, no padding).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FusedParams {
+    /// Number of linear layers L.
+    pub n_layers: i32,
+    /// `[in, h1, ..., out]`, zero past entry L.
+    pub widths: [i32; MAX_LAYERS + 1],
+    /// 0 = tanh, 1 = relu.
+    pub act: i32,
+    /// 0 = MSE, 1 = softmax cross-entropy.
+    pub loss: i32,
+    /// Tasks in the batch (one thread block each).
+    pub n_tasks: i32,
+    /// Points per task.
+    pub m: i32,
+    /// Inner steps k.
+    pub steps: i32,
+    /// Minibatch size of steps `0..k−1`.
+    pub b: i32,
+    /// Minibatch size of the last step (the FOMAML tail, else `b`).
+    pub b_last: i32,
+    /// `max(b, b_last)`: stride of one step's index list.
+    pub idx_stride: i32,
+    /// 1: delta = θ'_k − θ'_{k−1} (FOMAML); 0: θ'_k − θ (Reptile).
+    pub fomaml: i32,
+    /// Inner SGD step size α.
+    pub lr: f32,
+    /// Number of parameters P.
+    pub num_params: i32,
+}
+
+// SAFETY: `FusedParams` is `#[repr(C)]`, `Copy`, made of i32/f32 only (no padding, no
+// pointers), and matches the kernel's struct field for field, so its bytes are a valid
+// by-value kernel argument.
+unsafe impl cudarc::driver::DeviceRepr for FusedParams {}
+
+/// Packs a spec into the kernel's description, checking the limits the kernels have.
+pub fn spec_fields(spec: &MlpSpec) -> CudaResult<(i32, [i32; MAX_LAYERS + 1], i32, i32)> {
+    let nl = spec.num_layers();
+    if nl > MAX_LAYERS {
+        return Err(CudaError::Unsupported(format!("{nl} layers (the CUDA kernels take at most {MAX_LAYERS})")));
+    }
+    let mut widths = [0i32; MAX_LAYERS + 1];
+    for (w, &v) in widths.iter_mut().zip(spec.widths()) {
+        *w = i32::try_from(v).map_err(|_| CudaError::Unsupported(format!("width {v}")))?;
+    }
+    let act = match spec.activation() {
+        Activation::Tanh => 0,
+        Activation::Relu => 1,
+    };
+    let loss = match spec.loss() {
+        Loss::Mse => 0,
+        Loss::SoftmaxCrossEntropy => 1,
+    };
+    Ok((nl as i32, widths, act, loss))
+}
+
+/// Ints of per-layer sizes and offsets at the start of the fused kernel's shared memory
+/// (`REPTILE_FUSED_HDR`).
+pub const FUSED_HEADER: usize = 36;
+
+/// Dynamic shared memory of the fused kernel for one task (the kernel's `fused_carve`): a
+/// header of [`FUSED_HEADER`] ints (widths and per-layer offsets), θ' with every `W_l` row padded to the odd stride `in_l | 1`, the activations of all layers
+/// for `bmax` points, two gradient buffers of `bmax × max(out_l)`, the gathered inputs and
+/// targets (`bmax × in`, `bmax × out`), and 32 floats of reduction scratch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FusedLayout {
+    /// Floats of the padded θ'.
+    pub theta_floats: usize,
+    /// Total floats.
+    pub floats: usize,
+}
+
+impl FusedLayout {
+    /// The layout for `spec` and minibatches of up to `bmax` points.
+    pub fn new(spec: &MlpSpec, bmax: usize) -> Self {
+        let w = spec.widths();
+        let theta_floats: usize = (0..spec.num_layers()).map(|l| w[l + 1] * ((w[l] | 1) + 1)).sum();
+        let acts: usize = w[1..].iter().sum();
+        let gmax = w[1..].iter().copied().max().unwrap_or(1).max(1);
+        let floats = FUSED_HEADER + theta_floats + bmax * (acts + 2 * gmax + spec.in_dim() + spec.out_dim()) + 32;
+        FusedLayout { theta_floats, floats }
+    }
+    /// Bytes of dynamic shared memory per block.
+    pub fn bytes(&self) -> usize {
+        4 * self.floats
+    }
+}
+
+/// Every task's minibatch index lists for one meta-step: `idx[t][s][0..b_s]` at
+/// `(t·steps + s)·stride`, padded with zeros past `b_s`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MinibatchPlan {
+    /// The lists, `[n_tasks × steps × stride]`.
+    pub idx: Vec<u32>,
+    /// Tasks.
+    pub n_tasks: usize,
+    /// Inner steps k.
+    pub steps: usize,
+    /// Minibatch size of steps `0..k−1`.
+    pub b: usize,
+    /// Minibatch size of the last step.
+    pub b_last: usize,
+    /// `max(b, b_last)`.
+    pub stride: usize,
+}
+
+impl MinibatchPlan {
+    /// The lists the CPU trainer would use for `n_tasks` tasks of `m` points at outer
+    /// iteration `iteration`, with `task_index_offset` as in `Trainer::task_deltas` (task `i`
+    /// uses the stream `(seed, InnerShuffle, iteration·2^24 + offset + i)`).
+    pub fn training(
+        n_tasks: usize,
+        m: usize,
+        inner: &InnerLoop,
+        outer: OuterRule,
+        seed: u64,
+        iteration: u64,
+        task_index_offset: u64,
+    ) -> CudaResult<Self> {
+        let tail = match outer {
+            OuterRule::Reptile => None,
+            OuterRule::Fomaml { tail } => tail,
+        };
+        Self::build(n_tasks, m, inner, tail, |i| {
+            let index = (iteration << 24).wrapping_add(task_index_offset).wrapping_add(i as u64);
+            rng::stream(seed, Purpose::InnerShuffle, index)
+        })
+    }
+
+    /// Lists drawn from caller-given streams (`stream(i)` for task `i`), e.g. for tests.
+    pub fn build(
+        n_tasks: usize,
+        m: usize,
+        inner: &InnerLoop,
+        tail: Option<usize>,
+        mut stream: impl FnMut(usize) -> rng::Rng,
+    ) -> CudaResult<Self> {
+        let k = inner.steps;
+        if k == 0 || m == 0 || n_tasks == 0 {
+            return Err(CudaError::InvalidArgument(format!("{n_tasks} tasks, {m} points, {k} steps")));
+        }
+        if let Some(t) = tail
+            && (t == 0 || t >= m)
+        {
+            return Err(CudaError::InvalidArgument(format!("FOMAML tail of {t} points with {m} support points")));
+        }
+        let b = inner.batch_for(m);
+        let b_last = tail.unwrap_or(b);
+        let stride = b.max(b_last);
+        let mut idx = vec![0u32; n_tasks * k * stride];
+        let mut perm: Vec<u32> = Vec::with_capacity(m);
+        for (t, lists) in idx.chunks_exact_mut(k * stride).enumerate() {
+            let mut rng = stream(t);
+            perm.clear();
+            perm.extend(0..m as u32);
+            let pool = match tail {
+                Some(tl) => {
+                    perm.shuffle(&mut rng);
+                    m - tl
+                }
+                None => m,
+            };
+            let mut pos = pool;
+            for (s, list) in lists.chunks_exact_mut(stride).enumerate() {
+                if tail.is_some() && s + 1 == k {
+                    list[..b_last].copy_from_slice(&perm[pool..]);
+                    continue;
+                }
+                for o in &mut list[..b] {
+                    if pos == pool {
+                        perm[..pool].shuffle(&mut rng);
+                        pos = 0;
+                    }
+                    *o = perm[pos];
+                    pos += 1;
+                }
+            }
+        }
+        Ok(MinibatchPlan { idx, n_tasks, steps: k, b, b_last, stride })
+    }
+
+    /// Indices of task `t`'s step `s`.
+    pub fn list(&self, t: usize, s: usize) -> &[u32] {
+        let bs = if s + 1 == self.steps { self.b_last } else { self.b };
+        &self.idx[(t * self.steps + s) * self.stride..][..bs]
+    }
+
+    /// The kernel arguments for this plan on `spec` with `m` points per task.
+    pub fn fused_params(&self, spec: &MlpSpec, m: usize, lr: f32, fomaml: bool) -> CudaResult<FusedParams> {
+        let (n_layers, widths, act, loss) = spec_fields(spec)?;
+        let int = |v: usize, what: &str| {
+            i32::try_from(v).map_err(|_| CudaError::Unsupported(format!("{what} = {v} exceeds i32")))
+        };
+        Ok(FusedParams {
+            n_layers,
+            widths,
+            act,
+            loss,
+            n_tasks: int(self.n_tasks, "tasks")?,
+            m: int(m, "points")?,
+            steps: int(self.steps, "steps")?,
+            b: int(self.b, "minibatch")?,
+            b_last: int(self.b_last, "tail")?,
+            idx_stride: int(self.stride, "minibatch")?,
+            fomaml: fomaml as i32,
+            lr,
+            num_params: int(spec.num_params(), "parameters")?,
+        })
+    }
+}
+
+/// Fixed chunks of the deterministic task reduction: `min(n, 64)`, as the CPU trainer.
+pub fn reduction_chunks(n_tasks: usize) -> usize {
+    n_tasks.clamp(1, 64)
+}
+
+/// What the fused kernel computes, on the CPU with [`crate::cpu::mlp`]: for each task `t` of
+/// `x` `[n × m × in]` / `y` (values `[n × m × out]` or labels `[n × m]`), `plan.steps` SGD steps
+/// from θ on the plan's minibatches, then the loss of the first minibatch at θ'. Returns the
+/// deltas `[n × P]` (θ'_k − θ, or θ'_k − θ'_{k−1} with `fomaml`) and losses `[n × 2]` (before,
+/// after). The reference the CUDA kernels are tested against, and a fallback for hosts that
+/// want the CUDA path's exact minibatch semantics without a GPU.
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_deltas(
+    spec: &MlpSpec,
+    theta: &[f32],
+    x: &[f32],
+    y: crate::cpu::mlp::Tgt<'_>,
+    m: usize,
+    plan: &MinibatchPlan,
+    lr: f32,
+    fomaml: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    use crate::cpu::mlp::{self, Tgt, Workspace};
+    let (p, di, dout) = (spec.num_params(), spec.in_dim(), spec.out_dim());
+    let mut ws = Workspace::new(spec, plan.stride);
+    let (mut deltas, mut losses) = (vec![0.0f32; plan.n_tasks * p], vec![0.0f32; plan.n_tasks * 2]);
+    let (mut xb, mut yb, mut lb) = (vec![], vec![], vec![]);
+    let mut tp = vec![0.0f32; p];
+    let mut prev = vec![0.0f32; p];
+    for t in 0..plan.n_tasks {
+        let gather = |list: &[u32], xb: &mut Vec<f32>, yb: &mut Vec<f32>, lb: &mut Vec<u32>| {
+            xb.clear();
+            yb.clear();
+            lb.clear();
+            for &i in list {
+                let r = t * m + i as usize;
+                xb.extend_from_slice(&x[r * di..][..di]);
+                match y {
+                    Tgt::Values(v) => yb.extend_from_slice(&v[r * dout..][..dout]),
+                    Tgt::Labels(l) => lb.push(l[r]),
+                }
+            }
+        };
+        tp.copy_from_slice(theta);
+        for s in 0..plan.steps {
+            let list = plan.list(t, s);
+            if fomaml && s + 1 == plan.steps {
+                prev.copy_from_slice(&tp);
+            }
+            gather(list, &mut xb, &mut yb, &mut lb);
+            mlp::forward(spec, &tp, &xb, list.len(), &mut ws);
+            let l = mlp::loss_grad(spec, tgt_like(y, &yb, &lb), list.len(), &mut ws);
+            if s == 0 {
+                losses[2 * t] = l;
+            }
+            mlp::backward_sgd(spec, &mut tp, &xb, list.len(), &mut ws, lr);
+        }
+        let list = plan.list(t, 0);
+        gather(list, &mut xb, &mut yb, &mut lb);
+        mlp::forward(spec, &tp, &xb, list.len(), &mut ws);
+        losses[2 * t + 1] = mlp::loss_eval(spec, tgt_like(y, &yb, &lb), list.len(), &mut ws).0;
+        let base = if fomaml { &prev } else { theta };
+        for ((d, &a), &b) in deltas[t * p..][..p].iter_mut().zip(&tp).zip(base) {
+            *d = a - b;
+        }
+    }
+    (deltas, losses)
+}
+
+/// Targets of a gathered minibatch, of the same kind as `like`.
+fn tgt_like<'a>(like: crate::cpu::mlp::Tgt<'_>, yb: &'a [f32], lb: &'a [u32]) -> crate::cpu::mlp::Tgt<'a> {
+    use crate::cpu::mlp::Tgt;
+    match like {
+        Tgt::Values(_) => Tgt::Values(yb),
+        Tgt::Labels(_) => Tgt::Labels(lb),
+    }
+}
