@@ -12,6 +12,7 @@ use reptile::{
 use std::borrow::Cow;
 
 /// `steps` full-batch Adam (β1 = 0) steps in f64, TensorFlow's form.
+#[allow(clippy::too_many_arguments)]
 fn ref_adam(
     spec: &MlpSpec,
     theta: &[f64],

@@ -22,6 +22,7 @@ struct Case {
     config: ReptileConfig,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn case(seed: u64, depth: usize, relu: bool, n: usize, m: usize, b: usize, k: usize, outer: OuterRule) -> Case {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut widths = vec![rng.random_range(1..5usize)];
@@ -47,8 +48,11 @@ fn case(seed: u64, depth: usize, relu: bool, n: usize, m: usize, b: usize, k: us
     Case { spec, batch, config }
 }
 
-/// Runs `steps` outer steps with and without lanes; returns (θ_lane, θ_task, θ_start, stats).
-fn both(c: &Case, steps: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<(f32, f32, f32, f32)>) {
+/// Per step: (loss before, lanes), (loss before, per task), (loss after, lanes), (after, per task).
+type LossPairs = Vec<(f32, f32, f32, f32)>;
+
+/// Runs `steps` outer steps with and without lanes; returns (θ_lane, θ_task, θ_start, losses).
+fn both(c: &Case, steps: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>, LossPairs) {
     let model = Model::new(c.spec.clone(), 9);
     let start = model.params().to_vec();
     let mut a = Trainer::new(model.clone(), c.config.clone()).unwrap();

@@ -438,6 +438,8 @@ fn mse_body<P: Policy>(y: &[f32], t: &[f32], g: &mut [f32], inv: f32) -> [f32; L
     acc.map(|s| s * inv)
 }
 
+// `P` only selects the instruction set the wrapper compiles this loop for.
+#[allow(clippy::extra_unused_type_parameters)]
 #[inline(always)]
 fn act_backward_body<P: Policy>(tanh: bool, a: &[f32], g: &mut [f32]) {
     if tanh {
