@@ -48,6 +48,11 @@ pub enum Error {
     /// Rendering a figure failed.
     #[error("plotting failed: {0}")]
     Plot(String),
+
+    /// The CUDA back end failed or is unavailable (no driver, library or device; an NVRTC
+    /// compile error with its log; a driver call's error).
+    #[error(transparent)]
+    Cuda(#[from] crate::cuda::CudaError),
 }
 
 /// Result alias used throughout the crate.

@@ -53,7 +53,7 @@ pub mod workloads;
 
 pub use error::{Error, Result};
 pub use meta::{
-    AdamMoments, DeltaSum, EvalReport, EvalTasks, InnerLoop, InnerOptimizer, OuterRule, ReptileConfig, StepStats,
+    AdamMoments, DeltaSum, Device, EvalReport, EvalTasks, InnerLoop, InnerOptimizer, OuterRule, ReptileConfig, StepStats,
     Targets, TaskBatch, Trainer,
 };
 pub use params::Model;

@@ -89,6 +89,9 @@ struct SineArgs {
     /// Worker threads (0 = all cores); results do not depend on it.
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Where meta-training's inner loops run: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: reptile::Device,
     /// Output folder for the checkpoint, the figure and summary.json.
     #[arg(long, default_value = "runs/sine")]
     out: PathBuf,
@@ -204,8 +207,10 @@ fn run_sine(a: SineArgs) -> reptile::Result<()> {
     }
     std::fs::create_dir_all(&a.out).map_err(|e| reptile::Error::Io { path: a.out.clone(), source: e })?;
     let mut trainer = Trainer::new(Model::new(spec.clone(), a.seed), config.clone())?;
+    trainer.set_device(a.device)?;
     println!(
-        "reptile sine: MLP {:?} {:?}, {} parameters; {} iterations, n = {}, k = {}, α = {}, ε {} → {}, {} threads",
+        "reptile sine ({}): MLP {:?} {:?}, {} parameters; {} iterations, n = {}, k = {}, α = {}, ε {} → {}, {} threads",
+        trainer.device(),
         widths,
         act,
         spec.num_params(),

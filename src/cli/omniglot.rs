@@ -113,6 +113,9 @@ pub struct OmniglotArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Where meta-training's inner loops run: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: reptile::Device,
     /// Output folder.
     #[arg(long, default_value = "runs/omniglot")]
     out: PathBuf,
@@ -174,6 +177,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         ..ReptileConfig::sine()
     };
     let mut trainer = Trainer::new(Model::new(spec.clone(), a.seed), config.clone())?;
+    trainer.set_device(a.device)?;
     println!(
         "reptile omniglot: {}-way {}-shot, MLP {:?} ReLU ({} parameters), {} iterations of {} tasks × {} shots, k = {}, {:?} α = {}, ε {} → {}, {} threads",
         a.ways,

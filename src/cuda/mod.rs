@@ -323,9 +323,7 @@ pub fn parse_device(s: &str) -> CudaResult<Option<usize>> {
     }
 }
 
-/// Converts a [`CudaError`] into the crate's error for APIs that return [`crate::Result`].
-/// Until `reptile::Error` has a CUDA variant, the error travels as its message in
-/// [`crate::Error::InvalidArgument`].
+/// Converts a [`CudaError`] into the crate's error ([`crate::Error::Cuda`]).
 pub fn into_crate_error(e: CudaError) -> crate::Error {
-    crate::Error::InvalidArgument(format!("CUDA back end: {e}"))
+    crate::Error::Cuda(e)
 }

@@ -12,4 +12,4 @@ pub use config::{AdamMoments, InnerLoop, InnerOptimizer, OuterRule, ReptileConfi
 pub use eval::EvalReport;
 pub use inner::{adapt, adapt_with};
 pub use tasks::{EvalTasks, Targets, TaskBatch};
-pub use trainer::{DeltaSum, StepStats, Trainer};
+pub use trainer::{DeltaSum, Device, StepStats, Trainer};

@@ -83,6 +83,37 @@ impl DeltaSum {
     }
 }
 
+/// Where meta-training's inner loops run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Device {
+    /// The CPU kernels (the default).
+    #[default]
+    Cpu,
+    /// The CUDA back end on device `n` ([`crate::cuda`]): the inner loops and the reduction
+    /// of every step run on the GPU; adaptation and evaluation stay on the CPU.
+    Cuda(usize),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+    /// `cpu`, `cuda` (device 0) or `cuda:N`.
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match crate::cuda::parse_device(s)? {
+            None => Device::Cpu,
+            Some(n) => Device::Cuda(n),
+        })
+    }
+}
+
 /// What one outer step did.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepStats {
@@ -134,6 +165,8 @@ pub struct Trainer {
     adam_t: u64,
     /// [deltas | moments] of a step with carried Adam moments.
     combined: Vec<f32>,
+    /// The CUDA back end, when selected ([`Trainer::set_device`]).
+    cuda: Option<(usize, Box<crate::cuda::backend::CudaBackend>)>,
     partials: Vec<Vec<f32>>,
     sum: DeltaSum,
     candidate: Vec<f32>,
@@ -186,6 +219,7 @@ impl Trainer {
             adam_v: vec![0.0; p],
             adam_t: 0,
             combined: Vec::new(),
+            cuda: None,
             partials: Vec::new(),
             sum: DeltaSum::zeros(p),
             candidate: vec![0.0; p],
@@ -261,6 +295,25 @@ impl Trainer {
             && self.config.train_moments == AdamMoments::Carry
     }
 
+    /// Runs the inner loops of meta-training on `device`. Selecting CUDA opens the device and
+    /// compiles the kernels now; where CUDA cannot be used this returns [`Error::Cuda`] with the
+    /// reason (never a panic) and the trainer stays on its current device.
+    pub fn set_device(&mut self, device: Device) -> Result<()> {
+        match device {
+            Device::Cpu => self.cuda = None,
+            Device::Cuda(n) => {
+                let backend = crate::cuda::backend::CudaBackend::new(n)?;
+                self.cuda = Some((n, Box::new(backend)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the inner loops of meta-training run.
+    pub fn device(&self) -> Device {
+        self.cuda.as_ref().map_or(Device::Cpu, |(n, _)| Device::Cuda(*n))
+    }
+
     /// Gives up the trainer, returning the model.
     pub fn into_model(self) -> Model {
         self.model
@@ -270,6 +323,10 @@ impl Trainer {
     /// then `θ ← θ + ε_t·(1/n)·Σ_i δ_i`. On NaN/Inf anywhere, returns [`Error::Diverged`] and
     /// leaves θ and the iteration count unchanged.
     pub fn step(&mut self, batch: &TaskBatch<'_>) -> Result<StepStats> {
+        if self.cuda.is_some() {
+            let sum = self.task_deltas(batch, 0)?;
+            return self.apply_delta(&sum);
+        }
         let mut sum = std::mem::replace(&mut self.sum, DeltaSum::zeros(0));
         let r = self.compute_deltas(batch, 0, &mut sum).and_then(|()| self.apply_delta(&sum));
         self.sum = sum;
@@ -280,6 +337,11 @@ impl Trainer {
     /// task deltas. `task_index_offset` is the global index of this batch's first task (so
     /// tasks spread over processes get distinct random streams; use 0 in a single process).
     pub fn task_deltas(&mut self, batch: &TaskBatch<'_>, task_index_offset: u64) -> Result<DeltaSum> {
+        if let Some((n, mut backend)) = self.cuda.take() {
+            let r = backend.task_deltas(self, batch, task_index_offset);
+            self.cuda = Some((n, backend));
+            return Ok(r?);
+        }
         let mut out = DeltaSum::zeros(self.model.spec().num_params());
         self.compute_deltas(batch, task_index_offset, &mut out)?;
         Ok(out)
