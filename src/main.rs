@@ -5,7 +5,10 @@
 //!   PNG of the model adapting to a new task, and `summary.json`.
 //! - `reptile eval --checkpoint F`: re-evaluates a saved sine model.
 //! - `reptile omniglot`: Omniglot N-way K-shot classification ([`omniglot_cmd`]).
+//! - `reptile bench`: times the sine meta-step ([`bench_cmd`]).
 
+#[path = "cli/bench.rs"]
+mod bench_cmd;
 #[path = "cli/omniglot.rs"]
 mod omniglot_cmd;
 
@@ -38,6 +41,8 @@ enum Command {
     Eval(EvalArgs),
     /// Meta-train on Omniglot N-way K-shot classification (MLP, softmax cross-entropy).
     Omniglot(omniglot_cmd::OmniglotArgs),
+    /// Time the sine meta-step; the last line is `task_steps_per_s=<n> gflops=<n>`.
+    Bench(bench_cmd::BenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -140,6 +145,7 @@ fn main() -> ExitCode {
         Command::Sine(a) => run_sine(a),
         Command::Eval(a) => run_eval(a),
         Command::Omniglot(a) => omniglot_cmd::run(a),
+        Command::Bench(a) => bench_cmd::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
