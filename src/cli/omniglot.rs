@@ -207,12 +207,18 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         let ((atr, _), (ate, cte)) = (acc_line(&tr), acc_line(&te));
         curve_train.push((it as f32, atr));
         curve_test.push((it as f32, ate));
-        pb.println(format!(
+        let line = format!(
             "  iteration {it:>7}: train-task accuracy {:.2}%, test-task accuracy {:.2}% ± {:.2}",
             100.0 * atr,
             100.0 * ate,
             100.0 * cte
-        ));
+        );
+        // A hidden bar (--quiet, or no terminal) drops its println; logs still want the line.
+        if pb.is_hidden() {
+            println!("{line}")
+        } else {
+            pb.println(line)
+        }
         reptile::Result::Ok(())
     };
     monitor(&trainer, 0, &mut curve_train, &mut curve_test)?;
