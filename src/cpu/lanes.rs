@@ -409,11 +409,6 @@ pub fn accumulate_lane_deltas(
     accumulate_d(acc, theta_p, theta, base_lanes, count);
 }
 
-/// Gives lane `l` of `v` (`[n][16]`) as a plain vector.
-pub fn lane_of(v: &[f32], l: usize) -> Vec<f32> {
-    v.chunks_exact(LANES).map(|c| c[l]).collect()
-}
-
 dispatch! { fn mse_d(y: &[f32], t: &[f32], g: &mut [f32], inv: f32) -> [f32; LANES] => mse_body }
 dispatch! { fn act_backward_d(tanh: bool, a: &[f32], g: &mut [f32]) => act_backward_body }
 dispatch! { fn bias_sgd_d(dz: &[f32], out: usize, stride: usize, lr: f32, b: &mut [f32]) => bias_sgd_body }

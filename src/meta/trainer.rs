@@ -460,9 +460,12 @@ impl Trainer {
             if use_lanes {
                 let mut w = lane_workers[slot].lock().unwrap_or_else(|e| e.into_inner());
                 for g in start..end {
-                    let tasks: Vec<usize> = (g * LANES..((g + 1) * LANES).min(n)).collect();
-                    let mut rngs: Vec<_> = (0..LANES).map(|l| stream(tasks[l.min(tasks.len() - 1)])).collect();
-                    let (b0, a0) = w.run(spec, theta, batch, &tasks, &inner, tail, fomaml, &mut rngs);
+                    // Fixed-size, on the stack: no allocation per group.
+                    let count = ((g + 1) * LANES).min(n) - g * LANES;
+                    let all: [usize; LANES] = std::array::from_fn(|l| g * LANES + l.min(count - 1));
+                    let tasks = &all[..count];
+                    let mut rngs: [_; LANES] = std::array::from_fn(|l| stream(all[l]));
+                    let (b0, a0) = w.run(spec, theta, batch, tasks, &inner, tail, fomaml, &mut rngs);
                     for l in 0..tasks.len() {
                         lb += b0[l] as f64;
                         la += a0[l] as f64;
