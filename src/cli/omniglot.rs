@@ -116,6 +116,12 @@ pub struct OmniglotArgs {
     /// Where meta-training's inner loops run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: reptile::Device,
+    /// Start from this checkpoint's parameters instead of a fresh init (its spec must match
+    /// `--ways` and `--hidden`). Adam's carried moments start from zero. With
+    /// `--iterations 0` the command only runs the final evaluation, e.g. to evaluate a model
+    /// trained with 1-shot monitoring on 5-shot tasks.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Output folder.
     #[arg(long, default_value = "runs/omniglot")]
     out: PathBuf,
@@ -176,7 +182,15 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         eval_moments: AdamMoments::Reset,
         ..ReptileConfig::sine()
     };
-    let mut trainer = Trainer::new(Model::new(spec.clone(), a.seed), config.clone())?;
+    let model = match &a.init {
+        Some(path) => {
+            let c = checkpoint::load_expecting(path, &spec)?;
+            println!("starting from {} (trained {} iterations)", path.display(), c.iteration);
+            c.model
+        }
+        None => Model::new(spec.clone(), a.seed),
+    };
+    let mut trainer = Trainer::new(model, config.clone())?;
     trainer.set_device(a.device)?;
     println!(
         "reptile omniglot: {}-way {}-shot, MLP {:?} ReLU ({} parameters), {} iterations of {} tasks × {} shots, k = {}, {:?} α = {}, ε {} → {}, {} threads",
@@ -221,7 +235,10 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         }
         reptile::Result::Ok(())
     };
-    monitor(&trainer, 0, &mut curve_train, &mut curve_test)?;
+    let eval_only = a.iterations == 0;
+    if !eval_only {
+        monitor(&trainer, 0, &mut curve_train, &mut curve_test)?;
+    }
     let t0 = Instant::now();
     let mut monitor_s = 0.0;
     let mut running = f32::NAN;
@@ -245,21 +262,26 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     // Training time excludes the periodic evaluations.
     let train_total = t0.elapsed().as_secs_f64() - monitor_s;
     pb.finish_and_clear();
-    monitor(&trainer, a.iterations, &mut curve_train, &mut curve_test)?;
-    let ckpt = a.out.join("omniglot.safetensors");
-    checkpoint::save(&ckpt, trainer.model(), Some(&config), trainer.iteration())?;
-    let png = a.out.join("accuracy.png");
-    plot::lines(
-        &png,
-        &format!("Reptile Omniglot {}-way {}-shot ({} query/class)", a.ways, a.shots, a.query),
-        "outer iteration",
-        "accuracy",
-        (0.0, 1.0),
-        &[
-            plot::Series { label: "meta-train characters".into(), points: curve_train },
-            plot::Series { label: "meta-test characters".into(), points: curve_test },
-        ],
-    )?;
+    let mut written = Vec::new();
+    if !eval_only {
+        monitor(&trainer, a.iterations, &mut curve_train, &mut curve_test)?;
+        let ckpt = a.out.join("omniglot.safetensors");
+        checkpoint::save(&ckpt, trainer.model(), Some(&config), trainer.iteration())?;
+        let png = a.out.join("accuracy.png");
+        plot::lines(
+            &png,
+            &format!("Reptile Omniglot {}-way {}-shot ({} query/class)", a.ways, a.shots, a.query),
+            "outer iteration",
+            "accuracy",
+            (0.0, 1.0),
+            &[
+                plot::Series { label: "meta-train characters".into(), points: curve_train },
+                plot::Series { label: "meta-test characters".into(), points: curve_test },
+            ],
+        )?;
+        written.push(ckpt);
+        written.push(png);
+    }
     let t_eval = Instant::now();
     let final_tasks = FewShot::new(&data, &test_chars, a.seed ^ 0xF1A1)?.eval_tasks(
         &spec,
@@ -270,23 +292,40 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     )?;
     let r = trainer.evaluate(&final_tasks)?;
     let (acc, ci) = acc_line(&r);
+    let eval_s = t_eval.elapsed().as_secs_f64();
+    if !eval_only {
+        println!(
+            "trained {} iterations in {train_total:.1} s ({:.1} it/s, {:.1} GFLOP/s)",
+            a.iterations,
+            a.iterations as f64 / train_total,
+            a.iterations as f64 * iteration_flops(&spec, &config, a.ways * a.train_shots) / train_total / 1e9
+        );
+    }
     println!(
-        "trained {} iterations in {train_total:.1} s ({:.1} it/s); final evaluation on {} meta-test tasks ({:.1} s): accuracy {:.2}% ± {:.2}% (95% CI)",
-        trainer.iteration(),
-        trainer.iteration() as f64 / train_total,
+        "final evaluation: {}-way {}-shot, {} meta-test tasks ({eval_s:.1} s): accuracy {:.2}% ± {:.2}% (95% CI)",
+        a.ways,
+        a.shots,
         a.final_tasks.max(1),
-        t_eval.elapsed().as_secs_f64(),
         100.0 * acc,
         100.0 * ci
     );
     let summary = serde_json::json!({
         "ways": a.ways, "shots": a.shots, "train_shots": a.train_shots, "query": a.query,
-        "iterations": trainer.iteration(), "train_seconds": train_total, "spec": spec, "config": config,
-        "final_tasks": a.final_tasks.max(1), "accuracy": acc, "ci95": ci,
+        "iterations": a.iterations, "train_seconds": train_total, "spec": spec, "config": config,
+        "init": a.init, "final_tasks": a.final_tasks.max(1), "accuracy": acc, "ci95": ci, "eval_seconds": eval_s,
     });
     let sp = a.out.join("summary.json");
     std::fs::write(&sp, serde_json::to_string_pretty(&summary).unwrap())
         .map_err(|e| reptile::Error::Io { path: sp.clone(), source: e })?;
-    println!("wrote {}, {} and {}", ckpt.display(), png.display(), sp.display());
+    written.push(sp);
+    let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    println!("wrote {}", names.join(", "));
     Ok(())
+}
+
+/// FLOPs of one outer iteration: per task, `k` inner steps on minibatches of
+/// `min(batch, support)` points plus the forward pass that scores the adapted θ'.
+fn iteration_flops(spec: &MlpSpec, config: &ReptileConfig, support: usize) -> f64 {
+    let b = config.train.batch_for(support);
+    config.meta_batch as f64 * (config.train.steps as f64 * spec.step_flops(b) as f64 + spec.forward_flops(b) as f64)
 }

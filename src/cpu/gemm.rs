@@ -290,10 +290,29 @@ pub(crate) fn dztx_p<P: Policy>(
     beta: f32,
     g: &mut [f32],
 ) {
+    dztx_rows_p::<P>(out, out, inp, points, alpha, dz, x, beta, g);
+}
+
+/// Weight gradient of a block of `rows` consecutive outputs: `G[rows×in] ← α·dZᵀ·X + β·G`
+/// where `dz` starts at the block's first output column and has row stride `ldz` (the
+/// layer's full output width), so `dz[p·ldz + r]` is point `p`, output `r` of the block.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dztx_rows_p<P: Policy>(
+    rows: usize,
+    ldz: usize,
+    inp: usize,
+    points: usize,
+    alpha: f32,
+    dz: &[f32],
+    x: &[f32],
+    beta: f32,
+    g: &mut [f32],
+) {
     if points <= SMALL_POINTS {
-        P::axpy(out, points, inp, alpha, dz, 1, out, x, inp, beta, g, inp);
+        P::axpy(rows, points, inp, alpha, dz, 1, ldz, x, inp, beta, g, inp);
     } else {
-        gemm(out, points, inp, alpha, dz, (1, out), x, (inp, 1), beta, g, (inp, 1));
+        gemm(rows, points, inp, alpha, dz, (1, ldz), x, (inp, 1), beta, g, (inp, 1));
     }
 }
 

@@ -12,6 +12,7 @@
 
 use super::gemm;
 use super::simd::{Policy, dispatch};
+use super::update;
 use crate::spec::{Activation, Loss, MlpSpec};
 
 /// Scratch memory for one task's forward/backward, sized once for a spec and a maximum
@@ -25,7 +26,14 @@ pub struct Workspace {
     /// Ping-pong buffers for `dL/dZ`, `[cap × max_width]` each.
     grad_cur: Vec<f32>,
     grad_next: Vec<f32>,
+    /// Gradient tile of the fused Adam backward: a few whole rows of one layer's `dW`
+    /// (at most [`ADAM_TILE`] floats, at least one row), kept in L1 between the product and
+    /// the update.
+    tile: Vec<f32>,
 }
+
+/// Floats in the fused Adam backward's gradient tile (16 KB, a third of L1).
+const ADAM_TILE: usize = 4096;
 
 impl Workspace {
     /// A workspace for `spec` and batches of up to `max_points` points.
@@ -43,6 +51,7 @@ impl Workspace {
             act_off,
             grad_cur: vec![0.0; cap * spec.max_width()],
             grad_next: vec![0.0; cap * spec.max_width()],
+            tile: vec![0.0; ADAM_TILE.max(spec.max_width())],
         }
     }
 
@@ -211,6 +220,9 @@ enum Sink<'a> {
     Grad { theta: &'a [f32], grad: &'a mut [f32] },
     /// `θ ← θ − lr·∇θ`, applied per layer after that layer's input gradient is computed.
     Sgd { theta: &'a mut [f32], lr: f32 },
+    /// One Adam step with β1 = 0 (see [`crate::cpu::update::adam_b1zero`]), applied per tile
+    /// of gradient rows straight from the product, without a gradient buffer.
+    Adam { theta: &'a mut [f32], v: &'a mut [f32], lr_t: f32, beta2: f32, eps: f32 },
 }
 
 /// Backward pass after [`forward`] and [`loss_grad`] on the same batch: writes `∇θ` of the
@@ -224,6 +236,51 @@ pub fn backward(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mu
 
 dispatch! { fn backward_d(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mut Workspace, grad: &mut [f32]) => backward_grad_body }
 dispatch! { fn backward_sgd_d(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, lr: f32) => backward_sgd_body }
+dispatch! { fn backward_adam_d(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, v: &mut [f32], hyper: AdamStep) => backward_adam_body }
+
+/// The scalars of one Adam step with β1 = 0: `lr_t = α·√(1 − β2^t)` (bias correction folded
+/// in), `β2`, `ε`.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep {
+    /// Step size with the bias correction folded in.
+    pub lr_t: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// Denominator guard.
+    pub eps: f32,
+}
+
+#[inline(always)]
+fn backward_adam_body<P: Policy>(
+    spec: &MlpSpec,
+    theta: &mut [f32],
+    x: &[f32],
+    points: usize,
+    ws: &mut Workspace,
+    v: &mut [f32],
+    h: AdamStep,
+) {
+    backward_impl::<P>(spec, Sink::Adam { theta, v, lr_t: h.lr_t, beta2: h.beta2, eps: h.eps }, x, points, ws);
+}
+
+/// Backward fused with one Adam step (β1 = 0): for each layer, after its input gradient,
+/// `dW` is computed a tile of whole rows at a time into an L1-sized buffer and immediately
+/// applied as `v ← β2·v + (1 − β2)·g²`, `θ ← θ − lr_t·g/(√v + ε)`, the same arithmetic as
+/// [`backward`] followed by [`crate::cpu::update::adam_b1zero`], without the gradient buffer
+/// and its two passes over memory.
+pub fn backward_adam(
+    spec: &MlpSpec,
+    theta: &mut [f32],
+    x: &[f32],
+    points: usize,
+    ws: &mut Workspace,
+    v: &mut [f32],
+    step: AdamStep,
+) {
+    assert_eq!(theta.len(), spec.num_params(), "θ length");
+    assert_eq!(v.len(), spec.num_params(), "Adam moments length");
+    backward_adam_d(spec, theta, x, points, ws, v, step);
+}
 
 #[inline(always)]
 fn backward_grad_body<P: Policy>(
@@ -273,14 +330,34 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
             let theta: &[f32] = match &sink {
                 Sink::Grad { theta, .. } => theta,
                 Sink::Sgd { theta, .. } => theta,
+                Sink::Adam { theta, .. } => theta,
             };
             let dx = &mut ws.grad_next[..points * inp];
             gemm::dzw_p::<P>(points, out, inp, dz, &theta[wo..wo + inp * out], dx);
             activate_backward(spec.activation(), a_prev, dx);
         }
+        if let Sink::Adam { theta, v, lr_t, beta2, eps } = &mut sink {
+            // Tiles of whole rows: θ and v rows of a tile are contiguous in the flat layout.
+            let rows = (ADAM_TILE / inp).clamp(1, out);
+            let mut r0 = 0;
+            while r0 < out {
+                let rr = rows.min(out - r0);
+                let g = &mut ws.tile[..rr * inp];
+                gemm::dztx_rows_p::<P>(rr, out, inp, points, 1.0, &dz[r0..], a_prev, 0.0, g);
+                let span = wo + r0 * inp..wo + (r0 + rr) * inp;
+                update::adam_body::<P>(&mut theta[span.clone()], g, &mut v[span], *lr_t, *beta2, *eps);
+                r0 += rr;
+            }
+            let gb = &mut ws.tile[..out];
+            bias_grad::<P>(dz, out, 1.0, 0.0, gb);
+            update::adam_body::<P>(&mut theta[bo..bo + out], gb, &mut v[bo..bo + out], *lr_t, *beta2, *eps);
+            std::mem::swap(&mut ws.grad_cur, &mut ws.grad_next);
+            continue;
+        }
         let (g, alpha, beta) = match &mut sink {
             Sink::Grad { grad, .. } => (&mut grad[wo..bo + out], 1.0, 0.0),
             Sink::Sgd { theta, lr } => (&mut theta[wo..bo + out], -*lr, 1.0),
+            Sink::Adam { .. } => unreachable!("handled above"),
         };
         let (gw, gb) = g.split_at_mut(inp * out);
         gemm::dztx_p::<P>(out, inp, points, alpha, dz, a_prev, beta, gw);

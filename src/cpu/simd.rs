@@ -80,13 +80,25 @@ pub trait Policy: Copy {
     fn tanh_slice(z: &mut [f32]) {
         z.iter_mut().for_each(|v| *v = super::math::tanh(*v));
     }
+    /// One Adam step with β1 = 0 over a slice (see [`super::update::adam_b1zero`]):
+    /// `v ← β2·v + (1 − β2)·g²`, `θ ← θ − lr_t·g/(√v + ε)`. The default is IEEE square root
+    /// and division; AVX-512 refines hardware estimates instead (see
+    /// [`super::x86::adam_avx512`]).
+    fn adam_slice(theta: &mut [f32], g: &[f32], v: &mut [f32], lr_t: f32, beta2: f32, eps: f32) {
+        let one_minus = 1.0 - beta2;
+        for ((t, &g), v) in theta.iter_mut().zip(g).zip(v.iter_mut()) {
+            let vn = Self::madd(beta2, *v, one_minus * g * g);
+            *v = vn;
+            *t -= lr_t * g / (vn.sqrt() + eps);
+        }
+    }
     /// `Z ← bias + X·Wᵀ` (see [`super::gemm::xwt_kernel`]).
     #[allow(clippy::too_many_arguments)]
     fn xwt(points: usize, inp: usize, out: usize, x: &[f32], w: &[f32], bias: &[f32], z: &mut [f32]);
 }
 
 macro_rules! policy {
-    ($name:ident, $doc:literal, fused: $fused:literal, axpy: $axpy:path, xwt: |$p:ident, $i:ident, $o:ident, $x:ident, $w:ident, $b:ident, $z:ident| $xwt:expr $(, tanh: $tanh:path)?) => {
+    ($name:ident, $doc:literal, fused: $fused:literal, axpy: $axpy:path, xwt: |$p:ident, $i:ident, $o:ident, $x:ident, $w:ident, $b:ident, $z:ident| $xwt:expr $(, tanh: $tanh:path)? $(, adam: $adam:path)?) => {
         #[doc = $doc]
         #[derive(Clone, Copy, Debug)]
         pub struct $name;
@@ -110,6 +122,13 @@ macro_rules! policy {
                     unsafe { $tanh(z) }
                 }
             )?
+            $(
+                #[inline(always)]
+                fn adam_slice(theta: &mut [f32], g: &[f32], v: &mut [f32], lr_t: f32, beta2: f32, eps: f32) {
+                    // SAFETY: as above, only reached after run-time detection.
+                    unsafe { $adam(theta, g, v, lr_t, beta2, eps) }
+                }
+            )?
             #[inline(always)]
             fn xwt($p: usize, $i: usize, $o: usize, $x: &[f32], $w: &[f32], $b: &[f32], $z: &mut [f32]) {
                 $xwt
@@ -123,7 +142,8 @@ macro_rules! policy {
 #[cfg(target_arch = "x86_64")]
 policy!(Avx512, "AVX-512: 32 zmm registers, 16 lanes.", fused: true, axpy: super::x86::axpy_avx512,
     // SAFETY: see above: only reached after AVX-512F/VL + FMA were detected.
-    xwt: |p, i, o, x, w, b, z| unsafe { super::x86::xwt_avx512(p, i, o, x, w, b, z) }, tanh: super::x86::tanh_avx512);
+    xwt: |p, i, o, x, w, b, z| unsafe { super::x86::xwt_avx512(p, i, o, x, w, b, z) }, tanh: super::x86::tanh_avx512,
+    adam: super::x86::adam_avx512);
 #[cfg(target_arch = "x86_64")]
 policy!(Avx2, "AVX2 + FMA: 16 ymm registers, 8 lanes.", fused: true, axpy: super::x86::axpy_avx2,
     // SAFETY: see above: only reached after AVX2 + FMA were detected.

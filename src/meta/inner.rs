@@ -3,7 +3,6 @@
 use super::config::{InnerLoop, InnerOptimizer};
 use super::tasks::TaskBatch;
 use crate::cpu::mlp::{self, Tgt, Workspace};
-use crate::cpu::update;
 use crate::error::{Error, Result};
 use crate::params::Model;
 use crate::rng::{self, Rng};
@@ -25,7 +24,6 @@ pub(crate) struct TaskWorker {
     idx: Vec<u32>,
     idx0: Vec<u32>,
     opt: InnerOptimizer,
-    grad: Vec<f32>,
     /// Adam's second moments and step count for the task in progress.
     pub adam_v: Vec<f32>,
     pub adam_t: u64,
@@ -89,7 +87,6 @@ impl TaskWorker {
             idx: vec![0; cap],
             idx0: Vec::with_capacity(cap),
             opt: InnerOptimizer::Sgd,
-            grad: Vec::new(),
             adam_v: Vec::new(),
             adam_t: 0,
         }
@@ -101,7 +98,6 @@ impl TaskWorker {
         self.opt = opt;
         if let InnerOptimizer::Adam { .. } = opt {
             let p = self.theta_p.len();
-            self.grad.resize(p, 0.0);
             match moments {
                 Some((v, t)) => {
                     self.adam_v.clear();
@@ -155,7 +151,7 @@ impl TaskWorker {
     }
 
     /// One optimizer step on θ' with the gathered minibatch of `b` points (SGD fused into
-    /// the backward pass, or Adam after a backward pass into the gradient buffer); returns the
+    /// the backward pass, or Adam fused the same way); returns the
     /// minibatch loss before the update.
     fn sgd_on_gathered(&mut self, spec: &MlpSpec, b: usize, labels: bool, lr: f32) -> f32 {
         let xb = &self.xb[..b * spec.in_dim()];
@@ -165,10 +161,10 @@ impl TaskWorker {
         match self.opt {
             InnerOptimizer::Sgd => mlp::backward_sgd(spec, &mut self.theta_p, xb, b, &mut self.ws, lr),
             InnerOptimizer::Adam { beta2, eps } => {
-                mlp::backward(spec, &self.theta_p, xb, b, &mut self.ws, &mut self.grad);
                 self.adam_t += 1;
                 let lr_t = (lr as f64 * (1.0 - (beta2 as f64).powf(self.adam_t as f64)).sqrt()) as f32;
-                update::adam_b1zero(&mut self.theta_p, &self.grad, &mut self.adam_v, lr_t, beta2, eps);
+                let step = mlp::AdamStep { lr_t, beta2, eps };
+                mlp::backward_adam(spec, &mut self.theta_p, xb, b, &mut self.ws, &mut self.adam_v, step);
             }
         }
         loss
