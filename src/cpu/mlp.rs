@@ -222,7 +222,19 @@ enum Sink<'a> {
     Sgd { theta: &'a mut [f32], lr: f32 },
     /// One Adam step with β1 = 0 (see [`crate::cpu::update::adam_b1zero`]), applied per tile
     /// of gradient rows straight from the product, without a gradient buffer.
-    Adam { theta: &'a mut [f32], v: &'a mut [f32], lr_t: f32, beta2: f32, eps: f32 },
+    Adam { theta: &'a mut [f32], v: &'a mut [f32], lr_t: f32, beta2: f32, eps: f32, from: Option<AdamFrom<'a>> },
+}
+
+/// Where a fused Adam backward reads θ and `v` when the destination buffers are not
+/// initialised yet (the first inner step of a task): each tile of `θ'`/`v` is first filled
+/// from here (`v: None` = zeros), while it is hot in L1, then updated. The input gradients
+/// read `W` from `theta` too. Every parameter of `θ'` and `v` is written.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamFrom<'a> {
+    /// θ to start from.
+    pub theta: &'a [f32],
+    /// Starting second moments, or `None` for zeros.
+    pub v: Option<&'a [f32]>,
 }
 
 /// Backward pass after [`forward`] and [`loss_grad`] on the same batch: writes `∇θ` of the
@@ -236,7 +248,7 @@ pub fn backward(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mu
 
 dispatch! { fn backward_d(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mut Workspace, grad: &mut [f32]) => backward_grad_body }
 dispatch! { fn backward_sgd_d(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, lr: f32) => backward_sgd_body }
-dispatch! { fn backward_adam_d(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, v: &mut [f32], hyper: AdamStep) => backward_adam_body }
+dispatch! { fn backward_adam_d(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, v: &mut [f32], hyper: AdamStep, from: Option<AdamFrom<'_>>) => backward_adam_body }
 
 /// The scalars of one Adam step with β1 = 0: `lr_t = α·√(1 − β2^t)` (bias correction folded
 /// in), `β2`, `ε`.
@@ -259,15 +271,18 @@ fn backward_adam_body<P: Policy>(
     ws: &mut Workspace,
     v: &mut [f32],
     h: AdamStep,
+    from: Option<AdamFrom<'_>>,
 ) {
-    backward_impl::<P>(spec, Sink::Adam { theta, v, lr_t: h.lr_t, beta2: h.beta2, eps: h.eps }, x, points, ws);
+    backward_impl::<P>(spec, Sink::Adam { theta, v, lr_t: h.lr_t, beta2: h.beta2, eps: h.eps, from }, x, points, ws);
 }
 
 /// Backward fused with one Adam step (β1 = 0): for each layer, after its input gradient,
 /// `dW` is computed a tile of whole rows at a time into an L1-sized buffer and immediately
 /// applied as `v ← β2·v + (1 − β2)·g²`, `θ ← θ − lr_t·g/(√v + ε)`, the same arithmetic as
 /// [`backward`] followed by [`crate::cpu::update::adam_b1zero`], without the gradient buffer
-/// and its two passes over memory.
+/// and its two passes over memory. With `from`, `theta` and `v` are outputs only (see
+/// [`AdamFrom`]); the preceding [`forward`] must have read `from.theta`.
+#[allow(clippy::too_many_arguments)]
 pub fn backward_adam(
     spec: &MlpSpec,
     theta: &mut [f32],
@@ -276,10 +291,15 @@ pub fn backward_adam(
     ws: &mut Workspace,
     v: &mut [f32],
     step: AdamStep,
+    from: Option<AdamFrom<'_>>,
 ) {
     assert_eq!(theta.len(), spec.num_params(), "θ length");
     assert_eq!(v.len(), spec.num_params(), "Adam moments length");
-    backward_adam_d(spec, theta, x, points, ws, v, step);
+    if let Some(f) = &from {
+        assert_eq!(f.theta.len(), spec.num_params(), "source θ length");
+        assert!(f.v.is_none_or(|v| v.len() == spec.num_params()), "source moments length");
+    }
+    backward_adam_d(spec, theta, x, points, ws, v, step, from);
 }
 
 #[inline(always)]
@@ -330,13 +350,25 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
             let theta: &[f32] = match &sink {
                 Sink::Grad { theta, .. } => theta,
                 Sink::Sgd { theta, .. } => theta,
+                Sink::Adam { from: Some(f), .. } => f.theta,
                 Sink::Adam { theta, .. } => theta,
             };
             let dx = &mut ws.grad_next[..points * inp];
             gemm::dzw_p::<P>(points, out, inp, dz, &theta[wo..wo + inp * out], dx);
             activate_backward(spec.activation(), a_prev, dx);
         }
-        if let Sink::Adam { theta, v, lr_t, beta2, eps } = &mut sink {
+        if let Sink::Adam { theta, v, lr_t, beta2, eps, from } = &mut sink {
+            // First step: fill a span of θ' and v from the source just before updating it.
+            let from: Option<AdamFrom<'_>> = *from;
+            let init = |theta: &mut [f32], v: &mut [f32], span: std::ops::Range<usize>| {
+                if let Some(f) = from {
+                    theta[span.clone()].copy_from_slice(&f.theta[span.clone()]);
+                    match f.v {
+                        Some(src) => v[span.clone()].copy_from_slice(&src[span]),
+                        None => v[span].fill(0.0),
+                    }
+                }
+            };
             // Tiles of whole rows: θ and v rows of a tile are contiguous in the flat layout.
             let rows = (ADAM_TILE / inp).clamp(1, out);
             let mut r0 = 0;
@@ -345,11 +377,13 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
                 let g = &mut ws.tile[..rr * inp];
                 gemm::dztx_rows_p::<P>(rr, out, inp, points, 1.0, &dz[r0..], a_prev, 0.0, g);
                 let span = wo + r0 * inp..wo + (r0 + rr) * inp;
+                init(theta, v, span.clone());
                 update::adam_body::<P>(&mut theta[span.clone()], g, &mut v[span], *lr_t, *beta2, *eps);
                 r0 += rr;
             }
             let gb = &mut ws.tile[..out];
             bias_grad::<P>(dz, out, 1.0, 0.0, gb);
+            init(theta, v, bo..bo + out);
             update::adam_body::<P>(&mut theta[bo..bo + out], gb, &mut v[bo..bo + out], *lr_t, *beta2, *eps);
             std::mem::swap(&mut ws.grad_cur, &mut ws.grad_next);
             continue;

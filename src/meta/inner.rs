@@ -29,6 +29,17 @@ pub(crate) struct TaskWorker {
     pub adam_t: u64,
 }
 
+/// Adam's second moments at the start of a [`TaskWorker::run`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum MomentsStart<'a> {
+    /// As [`TaskWorker::set_optimizer`] left them (and always for SGD).
+    Kept,
+    /// Zero: read by the first step without a separate fill pass.
+    Zero,
+    /// A copy of these (the carried moments): read by the first step without a copy pass.
+    From(&'a [f32]),
+}
+
 /// The minibatch stream over one task's support set (see [`InnerLoop`]): a permutation of the
 /// pool of points, consumed in order and reshuffled with the task's random stream when
 /// exhausted; with a tail, the support set is shuffled once and its last `tail` points are kept
@@ -120,6 +131,16 @@ impl TaskWorker {
         }
     }
 
+    /// Sets the optimizer and step count for a [`Self::run`] whose moments come in its
+    /// [`MomentsStart`] (no pass over `v` here).
+    pub fn set_optimizer_deferred(&mut self, opt: InnerOptimizer, t: u64) {
+        self.opt = opt;
+        if let InnerOptimizer::Adam { .. } = opt {
+            self.adam_v.resize(self.theta_p.len(), 0.0);
+            self.adam_t = t;
+        }
+    }
+
     /// Starts a task: θ' ← θ, fresh minibatch stream over `m` support points.
     pub fn begin(&mut self, theta: &[f32], m: usize, tail: Option<usize>, rng: &mut Rng) {
         self.theta_p.copy_from_slice(theta);
@@ -153,18 +174,28 @@ impl TaskWorker {
     /// One optimizer step on θ' with the gathered minibatch of `b` points (SGD fused into
     /// the backward pass, or Adam fused the same way); returns the
     /// minibatch loss before the update.
-    fn sgd_on_gathered(&mut self, spec: &MlpSpec, b: usize, labels: bool, lr: f32) -> f32 {
+    ///
+    /// With `from`, θ' (and Adam's `v`) are not initialised yet: this step reads θ and the
+    /// starting moments from `from` and writes every parameter of θ' and `v` (Adam only).
+    fn sgd_on_gathered(&mut self, spec: &MlpSpec, b: usize, labels: bool, lr: f32, from: Option<mlp::AdamFrom<'_>>) -> f32 {
         let xb = &self.xb[..b * spec.in_dim()];
-        mlp::forward(spec, &self.theta_p, xb, b, &mut self.ws);
+        let src: &[f32] = match &from {
+            Some(f) => f.theta,
+            None => &self.theta_p,
+        };
+        mlp::forward(spec, src, xb, b, &mut self.ws);
         let tgt = if labels { Tgt::Labels(&self.lb[..b]) } else { Tgt::Values(&self.yb[..b * spec.out_dim()]) };
         let loss = mlp::loss_grad(spec, tgt, b, &mut self.ws);
         match self.opt {
-            InnerOptimizer::Sgd => mlp::backward_sgd(spec, &mut self.theta_p, xb, b, &mut self.ws, lr),
+            InnerOptimizer::Sgd => {
+                debug_assert!(from.is_none(), "SGD starts from a copied θ'");
+                mlp::backward_sgd(spec, &mut self.theta_p, xb, b, &mut self.ws, lr)
+            }
             InnerOptimizer::Adam { beta2, eps } => {
                 self.adam_t += 1;
                 let lr_t = (lr as f64 * (1.0 - (beta2 as f64).powf(self.adam_t as f64)).sqrt()) as f32;
                 let step = mlp::AdamStep { lr_t, beta2, eps };
-                mlp::backward_adam(spec, &mut self.theta_p, xb, b, &mut self.ws, &mut self.adam_v, step);
+                mlp::backward_adam(spec, &mut self.theta_p, xb, b, &mut self.ws, &mut self.adam_v, step, from);
             }
         }
         loss
@@ -173,6 +204,11 @@ impl TaskWorker {
     /// Runs `inner.steps` steps on task `(x, y)` of `m` points, θ' ← θ first.
     /// Returns (loss of the first minibatch at θ, loss of that same minibatch at θ').
     /// With `keep_prev`, `prev` holds θ' before the last step (for FOMAML).
+    ///
+    /// With Adam and moments [`MomentsStart::Zero`] or [`MomentsStart::From`], the first step
+    /// reads θ and the moments where they are and writes θ' and `v` tile by tile, instead of
+    /// two copy passes over the whole parameter vector first (for large nets such as
+    /// Omniglot's 247k parameters these copies cost as much as a step's update).
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &mut self,
@@ -184,10 +220,30 @@ impl TaskWorker {
         inner: &InnerLoop,
         tail: Option<usize>,
         keep_prev: bool,
+        moments: MomentsStart<'_>,
         rng: &mut Rng,
     ) -> (f32, f32) {
         let b = inner.batch_for(m);
-        self.begin(theta, m, tail, rng);
+        let adam = matches!(self.opt, InnerOptimizer::Adam { .. });
+        // The first step can initialise θ' itself unless θ' is needed before any step runs.
+        let lazy = adam && inner.steps > 0 && !(keep_prev && inner.steps == 1);
+        let mut from = match moments {
+            MomentsStart::Zero if lazy => Some(mlp::AdamFrom { theta, v: None }),
+            MomentsStart::From(v) if lazy => Some(mlp::AdamFrom { theta, v: Some(v) }),
+            _ => None,
+        };
+        if from.is_some() {
+            self.batcher.begin(m, tail, rng);
+        } else {
+            self.begin(theta, m, tail, rng);
+            if adam {
+                match moments {
+                    MomentsStart::Kept => {}
+                    MomentsStart::Zero => self.adam_v.fill(0.0),
+                    MomentsStart::From(v) => self.adam_v.copy_from_slice(v),
+                }
+            }
+        }
         let mut first = (0.0, 0usize, false);
         for s in 0..inner.steps {
             let last = s + 1 == inner.steps;
@@ -206,7 +262,7 @@ impl TaskWorker {
                 self.prev.copy_from_slice(&self.theta_p);
             }
             let (bs, labels) = self.gather(spec, x, y, bs);
-            let loss = self.sgd_on_gathered(spec, bs, labels, inner.lr);
+            let loss = self.sgd_on_gathered(spec, bs, labels, inner.lr, from.take());
             if s == 0 {
                 first = (loss, bs, labels);
                 self.idx0.clear();
@@ -245,7 +301,7 @@ impl TaskWorker {
         for _ in 0..steps {
             self.next_batch(b, rng);
             let (bs, labels) = self.gather(spec, x, y, b);
-            self.sgd_on_gathered(spec, bs, labels, lr);
+            self.sgd_on_gathered(spec, bs, labels, lr, None);
         }
     }
 }
@@ -284,7 +340,7 @@ pub fn adapt_with(
         return Err(Error::ShapeMismatch(format!("Adam moments have {} values, θ has {}", v.len(), spec.num_params())));
     }
     w.set_optimizer(opt, moments);
-    w.run(spec, model.params(), x, y, m, inner, None, false, &mut rng);
+    w.run(spec, model.params(), x, y, m, inner, None, false, MomentsStart::Kept, &mut rng);
     crate::error::check_finite(&w.theta_p, "adapted θ'").map_err(|e| Error::Diverged {
         iteration: 0,
         reason: format!("adaptation produced a non-finite parameter ({e})"),

@@ -7,7 +7,7 @@
 //! stream keyed by (seed, iteration, task). So θ is bit-identical for any number of threads.
 
 use super::config::{AdamMoments, InnerOptimizer, OuterRule, ReptileConfig};
-use super::inner::TaskWorker;
+use super::inner::{MomentsStart, TaskWorker};
 use super::lanes::LaneWorker;
 use super::tasks::TaskBatch;
 use crate::cpu::lanes::{self, LANES};
@@ -481,8 +481,9 @@ impl Trainer {
                 for i in start..end {
                     let mut rng = stream(i);
                     let (x, y) = batch.task_slices(i);
-                    w.set_optimizer(opt, carry.then_some((&adam_v[..], adam_t)));
-                    let (b0, a0) = w.run(spec, theta, x, y, m, &inner, tail, fomaml, &mut rng);
+                    w.set_optimizer_deferred(opt, if carry { adam_t } else { 0 });
+                    let moments = if carry { MomentsStart::From(&adam_v[..]) } else { MomentsStart::Zero };
+                    let (b0, a0) = w.run(spec, theta, x, y, m, &inner, tail, fomaml, moments, &mut rng);
                     lb += b0 as f64;
                     la += a0 as f64;
                     let base: &[f32] = if fomaml { &w.prev } else { theta };
