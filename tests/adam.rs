@@ -299,7 +299,16 @@ fn fused_adam_backward_equals_gradient_then_update() {
         mlp::backward_adam(&spec, &mut t3, &x, points, &mut ws, &mut v3, step, None);
         let (mut t4, mut v4) = (vec![f32::NAN; p], vec![f32::NAN; p]);
         grads(&theta, &mut ws);
-        mlp::backward_adam(&spec, &mut t4, &x, points, &mut ws, &mut v4, step, Some(AdamFrom { theta: &theta, v: None }));
+        mlp::backward_adam(
+            &spec,
+            &mut t4,
+            &x,
+            points,
+            &mut ws,
+            &mut v4,
+            step,
+            Some(AdamFrom { theta: &theta, v: None }),
+        );
         assert_bits_eq(&t4, &t3, &format!("case {case}: θ from zero moments"));
         assert_bits_eq(&v4, &v3, &format!("case {case}: v from zero moments"));
     }

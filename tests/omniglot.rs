@@ -175,6 +175,78 @@ fn sampler_draws_distinct_classes_and_disjoint_support_and_query() {
 }
 
 #[test]
+fn translation_moves_ink_and_fills_with_zero() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    // Ink only inside a 3-pixel margin, so shifts of up to 3 keep every pixel.
+    let img: Vec<f32> = (0..PIXELS)
+        .map(|i| {
+            let (y, x) = (i / SIDE, i % SIDE);
+            if (3..SIDE - 3).contains(&y) && (3..SIDE - 3).contains(&x) { rng.random_range(0.1f32..1.0) } else { 0.0 }
+        })
+        .collect();
+    for (dx, dy) in [(1, 0), (0, -2), (-3, 3), (2, 1)] {
+        let mut t = img.clone();
+        omniglot::translate(&mut t, dx, dy);
+        for y in 0..SIDE as i32 {
+            for x in 0..SIDE as i32 {
+                let (sy, sx) = (y - dy, x - dx);
+                let want = if (0..SIDE as i32).contains(&sy) && (0..SIDE as i32).contains(&sx) {
+                    img[(sy * 28 + sx) as usize]
+                } else {
+                    0.0
+                };
+                assert_eq!(t[(y * 28 + x) as usize], want, "shift ({dx}, {dy}) at ({x}, {y})");
+            }
+        }
+        let (s0, s1): (f32, f32) = (img.iter().sum(), t.iter().sum());
+        assert!((s0 - s1).abs() <= 1e-4 * s0, "ink is kept: {s0} vs {s1}");
+        omniglot::translate(&mut t, -dx, -dy);
+        assert_eq!(t, img, "shifting back restores the image");
+    }
+    // Shifting everything out leaves nothing.
+    let mut t = img.clone();
+    omniglot::translate(&mut t, 27, 0);
+    assert!(t.iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn shifted_sampler_draws_the_same_tasks_translated() {
+    let Some(d) = data() else { return };
+    let (train, _) = d.split(Split::Standard);
+    let spec = spec(5);
+    let plain = FewShot::new(d, &train, 9).unwrap().sample(&spec, 4, 5, 2, 0).unwrap();
+    let shifted = FewShot::new(d, &train, 9).unwrap().with_shift(2).unwrap().sample(&spec, 1, 5, 2, 0).unwrap();
+    // The first task picks the same classes (augmentation draws come after each pick).
+    assert_eq!(plain.2[0], shifted.2[0]);
+    let ink = |x: &[f32]| x.iter().sum::<f32>();
+    let (xp, xs) = (plain.0.x(), shifted.0.x());
+    // Each shifted drawing is some translation of a drawing of the same class, by at most 2.
+    let mut moved = 0;
+    for (i, img) in xs.chunks(PIXELS).take(10).enumerate() {
+        assert!(ink(img) > 0.0, "drawing {i} lost all its ink");
+        let class = plain.2[0][i / 2];
+        let found = (0..DRAWINGS).any(|dr| {
+            let mut orig = vec![0.0f32; PIXELS];
+            d.image(class.0, dr, class.1, &mut orig);
+            (-2..=2).any(|dx| {
+                (-2..=2).any(|dy| {
+                    let mut t = orig.clone();
+                    omniglot::translate(&mut t, dx, dy);
+                    if t == img && (dx, dy) != (0, 0) {
+                        moved += 1;
+                    }
+                    t == img
+                })
+            })
+        });
+        assert!(found, "shifted drawing {i} is not a translation of any drawing of its class");
+    }
+    assert!(moved > 0, "no drawing was actually moved");
+    assert!(xp.len() > xs.len());
+    assert!(FewShot::new(d, &train, 9).unwrap().with_shift(28).is_err(), "shift of a whole side");
+}
+
+#[test]
 fn sampler_rejects_impossible_tasks() {
     let Some(d) = data() else { return };
     let spec = spec(5);

@@ -56,6 +56,10 @@ pub struct OmniglotArgs {
     /// Query drawings per class at evaluation.
     #[arg(long, default_value_t = 5)]
     query: usize,
+    /// Training-task augmentation: translate each meta-training drawing by a random offset of
+    /// up to this many pixels per axis (evaluation tasks are never shifted).
+    #[arg(long, default_value_t = 0)]
+    train_shift: usize,
     /// Which characters train and test.
     #[arg(long, value_enum, default_value = "standard")]
     split: SplitArg,
@@ -208,7 +212,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         a.eps_end,
         trainer.threads()
     );
-    let mut train_tasks = FewShot::new(&data, &train_chars, a.seed)?;
+    let mut train_tasks = FewShot::new(&data, &train_chars, a.seed)?.with_shift(a.train_shift)?;
     // Fixed monitoring tasks, so the curve compares like with like.
     let mon_test =
         FewShot::new(&data, &test_chars, a.seed ^ 0x7E57)?.eval_tasks(&spec, a.eval_tasks, a.ways, a.shots, a.query)?;

@@ -177,7 +177,14 @@ impl TaskWorker {
     ///
     /// With `from`, θ' (and Adam's `v`) are not initialised yet: this step reads θ and the
     /// starting moments from `from` and writes every parameter of θ' and `v` (Adam only).
-    fn sgd_on_gathered(&mut self, spec: &MlpSpec, b: usize, labels: bool, lr: f32, from: Option<mlp::AdamFrom<'_>>) -> f32 {
+    fn sgd_on_gathered(
+        &mut self,
+        spec: &MlpSpec,
+        b: usize,
+        labels: bool,
+        lr: f32,
+        from: Option<mlp::AdamFrom<'_>>,
+    ) -> f32 {
         let xb = &self.xb[..b * spec.in_dim()];
         let src: &[f32] = match &from {
             Some(f) => f.theta,

@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::meta::{EvalTasks, Targets, TaskBatch};
 use crate::rng::{self, Purpose, Rng};
 use crate::spec::MlpSpec;
+use rand::Rng as _;
 use rand::seq::{SliceRandom, index};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -356,6 +357,8 @@ pub struct FewShot<'d> {
     /// (character, quarter turns).
     classes: Vec<(usize, u8)>,
     rng: Rng,
+    /// Largest random translation (pixels, each axis) applied to every sampled drawing.
+    shift: usize,
 }
 
 /// Sampled tasks: per task, the classes drawn (character index, quarter turns) in label order.
@@ -368,7 +371,18 @@ impl<'d> FewShot<'d> {
             return Err(Error::InvalidArgument(format!("character {c} out of range 0..{}", data.num_characters())));
         }
         let classes = characters.iter().flat_map(|&c| (0..4u8).map(move |q| (c, q))).collect();
-        Ok(FewShot { data, classes, rng: rng::stream(seed, Purpose::Tasks, 1) })
+        Ok(FewShot { data, classes, rng: rng::stream(seed, Purpose::Tasks, 1), shift: 0 })
+    }
+
+    /// Translates every drawing this sampler returns by a random offset in `−max..=max`
+    /// pixels on each axis (zero fill), a data augmentation for meta-training. `0` (the
+    /// default) leaves drawings as they are and draws no random numbers for it.
+    pub fn with_shift(mut self, max: usize) -> Result<Self> {
+        if max >= SIDE {
+            return Err(Error::InvalidArgument(format!("shift {max} must be below the image side {SIDE}")));
+        }
+        self.shift = max;
+        Ok(self)
     }
 
     /// Number of classes (4 per character).
@@ -418,7 +432,13 @@ impl<'d> FewShot<'d> {
                     } else {
                         (&mut xq, &mut yq, t * mq + label * query + (j - shots))
                     };
-                    self.data.image(c, d, q, &mut buf[row * PIXELS..][..PIXELS]);
+                    let img = &mut buf[row * PIXELS..][..PIXELS];
+                    self.data.image(c, d, q, img);
+                    if self.shift > 0 {
+                        let s = self.shift as i32;
+                        let (dx, dy) = (self.rng.random_range(-s..=s), self.rng.random_range(-s..=s));
+                        translate(img, dx, dy);
+                    }
                     lab.push((row, label as u32));
                 }
             }
@@ -460,6 +480,19 @@ impl<'d> FewShot<'d> {
         }
         let (s, q, _) = self.sample(spec, n_tasks, ways, shots, query)?;
         EvalTasks::new(s, q.expect("query > 0"))
+    }
+}
+
+/// Moves a 28×28 image by `dx` columns and `dy` rows (positive: right, down), filling with 0.
+pub fn translate(img: &mut [f32], dx: i32, dy: i32) {
+    let src: [f32; PIXELS] = img[..PIXELS].try_into().expect("a 28×28 image");
+    let side = SIDE as i32;
+    for y in 0..side {
+        for x in 0..side {
+            let (sy, sx) = (y - dy, x - dx);
+            img[(y * side + x) as usize] =
+                if (0..side).contains(&sy) && (0..side).contains(&sx) { src[(sy * side + sx) as usize] } else { 0.0 };
+        }
     }
 }
 
