@@ -1,4 +1,5 @@
-//! Kernel and meta-step benchmarks for the sine shape (MLP 1-64-64-1 tanh, minibatch 10).
+//! Kernel and meta-step benchmarks for the sine shape (MLP 1-64-64-1 tanh, minibatch 10),
+//! and the inner step of the Omniglot MLP (784-256-128-64-64-5 ReLU, minibatches of 10 and 25).
 //!
 //! `cargo bench --bench kernels` — criterion reports FLOP-based throughput as "elem/s"
 //! (1 elem = 1 FLOP, counted by `MlpSpec::step_flops`), and after each group a line with
@@ -118,11 +119,18 @@ fn bench_products(c: &mut Criterion) {
 }
 
 fn bench_meta_step(c: &mut Criterion) {
+    meta_step_group(c, 5);
+    meta_step_group(c, 32);
+}
+
+/// The sine meta-step with `k` inner steps (minibatches of 10 of the 50 grid points) for
+/// n = 1, 32 and 1024 tasks.
+fn meta_step_group(c: &mut Criterion, k: usize) {
     let spec = sine_spec();
-    let k = 5;
-    let mut g = c.benchmark_group("sine_meta_step_k5");
+    let mut g = c.benchmark_group(format!("sine_meta_step_k{k}"));
     for n in [1usize, 32, 1024] {
-        let config = ReptileConfig { meta_batch: n, ..ReptileConfig::sine() };
+        let base = ReptileConfig::sine();
+        let config = ReptileConfig { meta_batch: n, train: reptile::InnerLoop { steps: k, ..base.train }, ..base };
         let mut trainer = Trainer::new(Model::new(spec.clone(), 0), config).unwrap();
         let batch = SineTasks::new(7).train_batch(&spec, n).unwrap();
         // Per task: k steps plus the forward that measures the post-adaptation loss.
@@ -135,6 +143,48 @@ fn bench_meta_step(c: &mut Criterion) {
             black_box(trainer.step(&batch).unwrap());
         });
         line(&format!("meta-step n={n} k={k} ({} threads)", trainer.threads()), t, flops, (n * k) as f64, "task-steps");
+    }
+    g.finish();
+}
+
+/// One inner step of the Omniglot MLP (784-256-128-64-64-5 ReLU, softmax cross-entropy) on
+/// minibatches of 10 and 25: forward, loss, and backward fused with SGD or with Adam (β1 = 0).
+/// FLOPs are `step_flops` (SGD's update: 2 per parameter; Adam's few more per parameter are
+/// not counted).
+fn bench_omniglot_step(c: &mut Criterion) {
+    use reptile::cpu::mlp::AdamStep;
+    let spec = MlpSpec::new(&[784, 256, 128, 64, 64, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
+    let model = Model::new(spec.clone(), 3);
+    let mut g = c.benchmark_group("omniglot_step");
+    for points in [10usize, 25] {
+        // Fresh-looking inputs: sparse ink in [0, 1] like the 28×28 drawings, labels 0..5.
+        let x: Vec<f32> =
+            (0..points * 784).map(|k| if (k * 7919) % 5 == 0 { ((k * 31) % 97) as f32 / 97.0 } else { 0.0 }).collect();
+        let labels: Vec<u32> = (0..points as u32).map(|i| i % 5).collect();
+        let mut ws = Workspace::new(&spec, points);
+        let mut theta = model.params().to_vec();
+        let mut v = vec![1e-6f32; spec.num_params()];
+        let flops = spec.step_flops(points);
+        g.throughput(Throughput::Elements(flops));
+        let mut sgd = || {
+            mlp::forward(&spec, &theta, &x, points, &mut ws);
+            mlp::loss_grad(&spec, Tgt::Labels(&labels), points, &mut ws);
+            mlp::backward_sgd(&spec, &mut theta, &x, points, &mut ws, 1e-7);
+            black_box(&theta);
+        };
+        g.bench_with_input(BenchmarkId::new("sgd", points), &points, |b, _| b.iter(&mut sgd));
+        let t = time_per_call(1.0, &mut sgd);
+        line(&format!("omniglot SGD step, {points} points"), t, flops, 1.0, "task-steps");
+        let step = AdamStep { lr_t: 1e-7, beta2: 0.999, eps: 1e-8 };
+        let mut adam = || {
+            mlp::forward(&spec, &theta, &x, points, &mut ws);
+            mlp::loss_grad(&spec, Tgt::Labels(&labels), points, &mut ws);
+            mlp::backward_adam(&spec, &mut theta, &x, points, &mut ws, &mut v, step, None);
+            black_box(&theta);
+        };
+        g.bench_with_input(BenchmarkId::new("adam", points), &points, |b, _| b.iter(&mut adam));
+        let t = time_per_call(1.0, &mut adam);
+        line(&format!("omniglot Adam step, {points} points"), t, flops, 1.0, "task-steps");
     }
     g.finish();
 }
@@ -168,6 +218,6 @@ fn bench_interpolation(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    targets = bench_products, bench_single_task, bench_meta_step, bench_interpolation
+    targets = bench_products, bench_single_task, bench_meta_step, bench_omniglot_step, bench_interpolation
 }
 criterion_main!(benches);
