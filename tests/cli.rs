@@ -69,3 +69,58 @@ fn bad_input_exits_nonzero_with_a_message() {
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
 }
+
+#[test]
+fn omniglot_trains_then_evaluates_its_checkpoint() {
+    let Some(data) = reptile::workloads::omniglot::Omniglot::find_data_dir() else {
+        eprintln!("skipped: Omniglot zips not found (set REPTILE_OMNIGLOT_DIR or provide ../shared/data/omniglot)");
+        return;
+    };
+    let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tmp.join("cli-omniglot");
+    let _ = std::fs::remove_dir_all(&dir);
+    // The same cache file as tests/omniglot.rs, so only the first test binary preprocesses.
+    let cache = tmp.join("omniglot-test").join("omniglot28.bin");
+    let (data, cache, out) = (data.to_str().unwrap(), cache.to_str().unwrap(), dir.to_str().unwrap());
+    let common = ["omniglot", "--data", data, "--cache", cache, "--hidden", "32", "--threads", "1", "--quiet"];
+    let train = [
+        &common[..],
+        &["--iterations", "40", "--eval-every", "0", "--eval-tasks", "10", "--final-tasks", "30", "--train-shift", "1"],
+        &["--out", out],
+    ]
+    .concat();
+    let o = reptile(&train);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}\n{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["omniglot.safetensors", "accuracy.png", "summary.json"] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    assert!(text.contains("GFLOP/s"), "{text}");
+    // Evaluation only, on 5-shot tasks, from the checkpoint: no new checkpoint or plot.
+    let ckpt = dir.join("omniglot.safetensors");
+    let eval_dir = tmp.join("cli-omniglot-eval");
+    let _ = std::fs::remove_dir_all(&eval_dir);
+    let eval = [
+        &common[..],
+        &["--init", ckpt.to_str().unwrap(), "--iterations", "0", "--shots", "5", "--final-tasks", "30"],
+        &["--out", eval_dir.to_str().unwrap()],
+    ]
+    .concat();
+    let o = reptile(&eval);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("5-way 5-shot, 30 meta-test tasks"), "{text}");
+    assert!(!eval_dir.join("omniglot.safetensors").exists(), "evaluation-only run wrote a checkpoint");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(eval_dir.join("summary.json")).unwrap()).unwrap();
+    let acc = summary["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "accuracy {acc}");
+    assert_eq!(summary["iterations"], 0);
+    // A checkpoint of another shape is a clear error.
+    let wrong = [&common[..5], &["--hidden", "16", "--init", ckpt.to_str().unwrap(), "--iterations", "0"]].concat();
+    let o = reptile(&wrong);
+    assert!(!o.status.success(), "a 32-wide checkpoint loaded into a 16-wide net");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("error") && !err.contains("panicked"), "{err}");
+    assert!(err.contains("omniglot.safetensors"), "the error does not name the file: {err}");
+}
