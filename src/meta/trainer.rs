@@ -164,7 +164,6 @@ pub struct Trainer {
     adam_v: Vec<f32>,
     adam_t: u64,
     /// [deltas | moments] of a step with carried Adam moments.
-    combined: Vec<f32>,
     /// The CUDA back end, when selected ([`Trainer::set_device`]).
     cuda: Option<(usize, Box<crate::cuda::backend::CudaBackend>)>,
     partials: Vec<Vec<f32>>,
@@ -218,7 +217,6 @@ impl Trainer {
             lane_batching: false,
             adam_v: vec![0.0; p],
             adam_t: 0,
-            combined: Vec::new(),
             cuda: None,
             partials: Vec::new(),
             sum: DeltaSum::zeros(p),
@@ -442,8 +440,10 @@ impl Trainer {
         let width = if carry { 2 * p } else { p };
         let opt = self.config.inner_optimizer;
         let (adam_v, adam_t) = (&self.adam_v, self.adam_t);
-        let mut combined = std::mem::take(&mut self.combined);
-        combined.resize(width, 0.0);
+        out.moments_sum.clear();
+        if carry {
+            out.moments_sum.resize(p, 0.0);
+        }
 
         let theta = self.model.params();
         let (seed, it) = (self.config.seed, self.iteration);
@@ -452,7 +452,9 @@ impl Trainer {
             rng::stream(seed, Purpose::InnerShuffle, index)
         };
         let (workers, lane_workers) = (&self.workers, &self.lane_workers);
-        let run_chunk = |c: usize, acc: &mut [f32]| -> (f64, f64) {
+        // A chunk sums its tasks' deltas into `acc` and, with carried moments, their final `v`
+        // into `acc_v` (empty otherwise).
+        let run_chunk = |c: usize, acc: &mut [f32], acc_v: &mut [f32]| -> (f64, f64) {
             // Each pool thread has its own worker; the lock is never contended.
             let slot = rayon::current_thread_index().unwrap_or(0) % nw;
             let (mut lb, mut la) = (0.0f64, 0.0f64);
@@ -488,14 +490,13 @@ impl Trainer {
                     la += a0 as f64;
                     let base: &[f32] = if fomaml { &w.prev } else { theta };
                     // The chunk's first task writes its delta (and moments); the others add theirs.
-                    let (acc_d, acc_v) = acc.split_at_mut(p);
                     if i == start {
-                        update::delta(acc_d, &w.theta_p, base);
+                        update::delta(acc, &w.theta_p, base);
                         if carry {
                             acc_v.copy_from_slice(&w.adam_v);
                         }
                     } else {
-                        update::accumulate_delta(acc_d, &w.theta_p, base);
+                        update::accumulate_delta(acc, &w.theta_p, base);
                         if carry {
                             update::add_assign(acc_v, &w.adam_v);
                         }
@@ -505,45 +506,57 @@ impl Trainer {
             (lb, la)
         };
 
-        let target: &mut [f32] = if carry { &mut combined } else { &mut out.sum };
         let losses: Vec<(f64, f64)> = if nc == 1 {
-            vec![run_chunk(0, target)]
+            // One chunk sums straight into the output.
+            vec![run_chunk(0, &mut out.sum, &mut out.moments_sum)]
         } else {
             if self.partials.len() < nc {
                 self.partials.resize_with(nc, Vec::new);
             }
             self.partials[..nc].iter_mut().for_each(|v| v.resize(width, 0.0));
             let parts = &mut self.partials[..nc];
-            // Sum the chunk partials in chunk order, element by element; parameter ranges are
-            // independent, so they can be summed in parallel without changing any result.
+            // Sum the chunk partials (each `[deltas | moments]`) in chunk order, element by
+            // element, into the output; parameter ranges are independent, so they can be summed
+            // in parallel without changing any result.
             const SPAN: usize = 2048;
-            let reduce = |k: usize, dst: &mut [f32], parts: &[Vec<f32>]| {
-                let lo = k * SPAN;
+            let reduce = |lo: usize, dst: &mut [f32], parts: &[Vec<f32>]| {
                 dst.copy_from_slice(&parts[0][lo..lo + dst.len()]);
                 for part in &parts[1..] {
                     update::add_assign(dst, &part[lo..lo + dst.len()]);
                 }
             };
+            // Destination spans with their offset in a partial.
+            let mut dsts: Vec<(usize, &mut [f32])> =
+                out.sum.chunks_mut(SPAN).enumerate().map(|(k, d)| (k * SPAN, d)).collect();
+            dsts.extend(out.moments_sum.chunks_mut(SPAN).enumerate().map(|(k, d)| (p + k * SPAN, d)));
             match &self.pool {
                 Some(pool) => pool.install(|| {
-                    let losses = parts.par_iter_mut().enumerate().map(|(c, acc)| run_chunk(c, acc)).collect();
+                    let losses = parts
+                        .par_iter_mut()
+                        .enumerate()
+                        .map(|(c, acc)| {
+                            let (a, v) = acc.split_at_mut(p);
+                            run_chunk(c, a, v)
+                        })
+                        .collect();
                     let parts: &[Vec<f32>] = parts;
-                    target.par_chunks_mut(SPAN).enumerate().for_each(|(k, dst)| reduce(k, dst, parts));
+                    dsts.par_iter_mut().for_each(|(lo, dst)| reduce(*lo, dst, parts));
                     losses
                 }),
                 None => {
-                    let losses = parts.iter_mut().enumerate().map(|(c, acc)| run_chunk(c, acc)).collect();
-                    target.chunks_mut(SPAN).enumerate().for_each(|(k, dst)| reduce(k, dst, parts));
+                    let losses = parts
+                        .iter_mut()
+                        .enumerate()
+                        .map(|(c, acc)| {
+                            let (a, v) = acc.split_at_mut(p);
+                            run_chunk(c, a, v)
+                        })
+                        .collect();
+                    dsts.iter_mut().for_each(|(lo, dst)| reduce(*lo, dst, parts));
                     losses
                 }
             }
         };
-        out.moments_sum.clear();
-        if carry {
-            out.sum.copy_from_slice(&combined[..p]);
-            out.moments_sum.extend_from_slice(&combined[p..]);
-        }
-        self.combined = combined;
         out.tasks = n as u64;
         out.loss_before_sum = losses.iter().map(|l| l.0).sum();
         out.loss_after_sum = losses.iter().map(|l| l.1).sum();
