@@ -270,7 +270,7 @@ fn fused_adam_backward_equals_gradient_then_update() {
         let targets = OwnedTargets::random(&mut r, &spec, points);
         let step = AdamStep { lr_t: 3e-3, beta2: 0.999, eps: 1e-8 };
         let mut ws = Workspace::new(&spec, points);
-        let mut grads = |th: &[f32], ws: &mut Workspace| {
+        let grads = |th: &[f32], ws: &mut Workspace| {
             mlp::forward(&spec, th, &x, points, ws);
             mlp::loss_grad(&spec, targets.tgt(), points, ws);
         };

@@ -263,6 +263,7 @@ pub struct AdamStep {
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn backward_adam_body<P: Policy>(
     spec: &MlpSpec,
     theta: &mut [f32],
