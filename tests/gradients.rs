@@ -218,6 +218,36 @@ fn relu_mask_gradient_deep_narrow() {
     }
 }
 
+/// Runs forward and backward of the net `w` on `points` random inputs in `[lo, hi)` against
+/// the f64 reference (same tolerances as the property tests) and returns the problem and the
+/// reference gradient for further checks.
+fn check_shape(
+    w: &[usize],
+    act: Activation,
+    loss: Loss,
+    points: usize,
+    seed: u64,
+    (lo, hi): (f32, f32),
+) -> (Problem, Vec<f64>) {
+    let mut rng = rng(seed);
+    let spec = MlpSpec::new(w, act, loss).unwrap();
+    let theta = Model::new(spec.clone(), seed ^ 0x5eed).into_params();
+    let mut x = uniform_vec(&mut rng, points * spec.in_dim(), lo, hi);
+    avoid_relu_kinks(&spec, &to_f64(&theta), &mut x, points, &mut rng, KINK_MARGIN);
+    let t = OwnedTargets::random(&mut rng, &spec, points);
+    let tv = t.values_f64();
+    let f = ref_forward(&spec, &to_f64(&theta), &to_f64(&x), points);
+    let (_, g) = ref_loss_grad(&spec, &to_f64(&theta), &to_f64(&x), t.reference(&tv), points);
+    let mut ws = Workspace::new(&spec, points);
+    let y = mlp::forward(&spec, &theta, &x, points, &mut ws).to_vec();
+    assert_close(&y, f.output(), C * max_abs(f.output()), C, &format!("{w:?} output, {points} points"));
+    mlp::loss_grad(&spec, t.tgt(), points, &mut ws);
+    let mut grad = vec![f32::NAN; spec.num_params()];
+    mlp::backward(&spec, &theta, &x, points, &mut ws, &mut grad);
+    check_per_layer(&spec, &grad, &g, C, 0.0, C, &format!("{w:?} gradient, {points} points")).unwrap();
+    (Problem { spec, theta, x, t, rng }, g)
+}
+
 /// Layers wider than 64 (the bias-gradient kernel works in blocks of 64) and batches of more
 /// than 32 points, same tolerances as the property tests.
 #[test]
@@ -229,29 +259,14 @@ fn wide_layers_match_reference() {
         (&[2, 200, 200], Activation::Tanh, Loss::SoftmaxCrossEntropy, 65),
     ];
     for (k, (w, act, loss, points)) in shapes.into_iter().enumerate() {
-        let mut r = rng(500 + k as u64);
-        let spec = MlpSpec::new(w, act, loss).unwrap();
-        let theta = Model::new(spec.clone(), k as u64).into_params();
-        let mut x = uniform_vec(&mut r, points * spec.in_dim(), -2.0, 2.0);
-        avoid_relu_kinks(&spec, &to_f64(&theta), &mut x, points, &mut r, KINK_MARGIN);
-        let t = OwnedTargets::random(&mut r, &spec, points);
-        let tv = t.values_f64();
-        let f = ref_forward(&spec, &to_f64(&theta), &to_f64(&x), points);
-        let (_, g) = ref_loss_grad(&spec, &to_f64(&theta), &to_f64(&x), t.reference(&tv), points);
-        let mut ws = Workspace::new(&spec, points);
-        let y = mlp::forward(&spec, &theta, &x, points, &mut ws).to_vec();
-        assert_close(&y, f.output(), C * max_abs(f.output()), C, &format!("{w:?} output"));
-        mlp::loss_grad(&spec, t.tgt(), points, &mut ws);
-        let mut grad = vec![f32::NAN; spec.num_params()];
-        mlp::backward(&spec, &theta, &x, points, &mut ws, &mut grad);
-        check_per_layer(&spec, &grad, &g, C, 0.0, C, &format!("{w:?} gradient")).unwrap();
+        check_shape(w, act, loss, points, 500 + k as u64, (-2.0, 2.0));
     }
 }
 
 /// Large layers, whose weights do not fit in L1 (the forward product then walks `W` once,
 /// output blocks outermost; the weight-gradient kernel runs many 64-column blocks and a masked
-/// edge): the Omniglot MLP with batches of 10 and 25, and an odd-sized tanh net. Same
-/// tolerances as the property tests.
+/// edge): the Omniglot MLP with batches of 10 and 25, and an odd-sized tanh net; also the
+/// fused SGD update's move against −lr·∇.
 #[test]
 fn large_layers_match_reference() {
     let shapes: [(&[usize], Activation, Loss, usize); 3] = [
@@ -260,30 +275,15 @@ fn large_layers_match_reference() {
         (&[301, 203, 3], Activation::Tanh, Loss::Mse, 9),
     ];
     for (k, (w, act, loss, points)) in shapes.into_iter().enumerate() {
-        let mut r = rng(700 + k as u64);
-        let spec = MlpSpec::new(w, act, loss).unwrap();
-        let theta = Model::new(spec.clone(), 70 + k as u64).into_params();
-        let mut x = uniform_vec(&mut r, points * spec.in_dim(), 0.0, 1.0);
-        avoid_relu_kinks(&spec, &to_f64(&theta), &mut x, points, &mut r, KINK_MARGIN);
-        let t = OwnedTargets::random(&mut r, &spec, points);
-        let tv = t.values_f64();
-        let f = ref_forward(&spec, &to_f64(&theta), &to_f64(&x), points);
-        let (_, g) = ref_loss_grad(&spec, &to_f64(&theta), &to_f64(&x), t.reference(&tv), points);
-        let mut ws = Workspace::new(&spec, points);
-        let y = mlp::forward(&spec, &theta, &x, points, &mut ws).to_vec();
-        assert_close(&y, f.output(), C * max_abs(f.output()), C, &format!("{w:?} output, {points} points"));
-        mlp::loss_grad(&spec, t.tgt(), points, &mut ws);
-        let mut grad = vec![f32::NAN; spec.num_params()];
-        mlp::backward(&spec, &theta, &x, points, &mut ws, &mut grad);
-        check_per_layer(&spec, &grad, &g, C, 0.0, C, &format!("{w:?} gradient, {points} points")).unwrap();
-        // The fused SGD update moves θ by −lr·∇ (same tolerance on the move).
-        let lr = 0.5f32;
-        let mut th = theta.clone();
-        mlp::forward(&spec, &th, &x, points, &mut ws);
-        mlp::loss_grad(&spec, t.tgt(), points, &mut ws);
-        mlp::backward_sgd(&spec, &mut th, &x, points, &mut ws, lr);
-        let moved: Vec<f32> = th.iter().zip(&theta).map(|(a, b)| (b - a) / lr).collect();
-        check_per_layer(&spec, &moved, &g, C, 2e-7, C, &format!("{w:?} SGD move, {points} points")).unwrap();
+        let (p, g) = check_shape(w, act, loss, points, 700 + k as u64, (0.0, 1.0));
+        let (spec, lr) = (&p.spec, 0.5f32);
+        let mut ws = Workspace::new(spec, points);
+        let mut th = p.theta.clone();
+        mlp::forward(spec, &th, &p.x, points, &mut ws);
+        mlp::loss_grad(spec, p.t.tgt(), points, &mut ws);
+        mlp::backward_sgd(spec, &mut th, &p.x, points, &mut ws, lr);
+        let moved: Vec<f32> = th.iter().zip(&p.theta).map(|(a, b)| (b - a) / lr).collect();
+        check_per_layer(spec, &moved, &g, C, 2e-7, C, &format!("{w:?} SGD move, {points} points")).unwrap();
     }
 }
 

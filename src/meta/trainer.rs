@@ -529,29 +529,20 @@ impl Trainer {
             let mut dsts: Vec<(usize, &mut [f32])> =
                 out.sum.chunks_mut(SPAN).enumerate().map(|(k, d)| (k * SPAN, d)).collect();
             dsts.extend(out.moments_sum.chunks_mut(SPAN).enumerate().map(|(k, d)| (p + k * SPAN, d)));
+            // Chunk c's partial is `[deltas | moments]`.
+            let run_part = |(c, acc): (usize, &mut Vec<f32>)| {
+                let (a, v) = acc.split_at_mut(p);
+                run_chunk(c, a, v)
+            };
             match &self.pool {
                 Some(pool) => pool.install(|| {
-                    let losses = parts
-                        .par_iter_mut()
-                        .enumerate()
-                        .map(|(c, acc)| {
-                            let (a, v) = acc.split_at_mut(p);
-                            run_chunk(c, a, v)
-                        })
-                        .collect();
+                    let losses = parts.par_iter_mut().enumerate().map(run_part).collect();
                     let parts: &[Vec<f32>] = parts;
                     dsts.par_iter_mut().for_each(|(lo, dst)| reduce(*lo, dst, parts));
                     losses
                 }),
                 None => {
-                    let losses = parts
-                        .iter_mut()
-                        .enumerate()
-                        .map(|(c, acc)| {
-                            let (a, v) = acc.split_at_mut(p);
-                            run_chunk(c, a, v)
-                        })
-                        .collect();
+                    let losses = parts.iter_mut().enumerate().map(run_part).collect();
                     dsts.iter_mut().for_each(|(lo, dst)| reduce(*lo, dst, parts));
                     losses
                 }
