@@ -309,7 +309,26 @@ pub(crate) fn dztx_rows_p<P: Policy>(
     beta: f32,
     g: &mut [f32],
 ) {
-    if points <= SMALL_POINTS {
+    if inp == 1 && points <= SMALL_POINTS {
+        // One input (the sine net's first layer): each output's gradient is a dot product
+        // over points, so run along the outputs with one multiply-add per point, in the same
+        // order and with the same epilogue as the axpy kernel (identical results), instead of
+        // blocks that would use one lane of sixteen.
+        let mut acc = [0.0f32; 64];
+        for (c, gc) in g[..rows].chunks_mut(64).enumerate() {
+            let acc = &mut acc[..gc.len()];
+            acc.fill(0.0);
+            for (p, &xp) in x[..points].iter().enumerate() {
+                let row = &dz[p * ldz + c * 64..][..acc.len()];
+                acc.iter_mut().zip(row).for_each(|(a, &d)| *a = P::madd(d, xp, *a));
+            }
+            if beta == 0.0 {
+                gc.iter_mut().zip(acc.iter()).for_each(|(g, &a)| *g = alpha * a);
+            } else {
+                gc.iter_mut().zip(acc.iter()).for_each(|(g, &a)| *g = P::madd(beta, *g, alpha * a));
+            }
+        }
+    } else if points <= SMALL_POINTS {
         P::axpy(rows, points, inp, alpha, dz, 1, ldz, x, inp, beta, g, inp);
     } else {
         gemm(rows, points, inp, alpha, dz, (1, ldz), x, (inp, 1), beta, g, (inp, 1));
