@@ -203,7 +203,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     let mut trainer = Trainer::new(model, config.clone())?;
     trainer.set_device(a.device)?;
     println!(
-        "reptile omniglot: {}-way {}-shot, MLP {:?} ReLU ({} parameters), {} iterations of {} tasks × {} shots, k = {}, {:?} α = {}, ε {} → {}, {} threads",
+        "reptile omniglot: {}-way {}-shot, MLP {:?} ReLU ({} parameters), {} iterations of {} tasks × {} shots, k = {}, {:?} α = {}, ε {} → {}, training shifts ±{} px, {} threads",
         a.ways,
         a.shots,
         widths,
@@ -216,6 +216,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         a.inner_lr,
         a.eps_start,
         a.eps_end,
+        a.train_shift,
         trainer.threads()
     );
     let mut train_tasks = FewShot::new(&data, &train_chars, a.seed)?.with_shift(a.train_shift)?;
