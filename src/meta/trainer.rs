@@ -525,10 +525,6 @@ impl Trainer {
                     update::add_assign(dst, &part[lo..lo + dst.len()]);
                 }
             };
-            // Destination spans with their offset in a partial.
-            let mut dsts: Vec<(usize, &mut [f32])> =
-                out.sum.chunks_mut(SPAN).enumerate().map(|(k, d)| (k * SPAN, d)).collect();
-            dsts.extend(out.moments_sum.chunks_mut(SPAN).enumerate().map(|(k, d)| (p + k * SPAN, d)));
             // Chunk c's partial is `[deltas | moments]`.
             let run_part = |(c, acc): (usize, &mut Vec<f32>)| {
                 let (a, v) = acc.split_at_mut(p);
@@ -538,12 +534,14 @@ impl Trainer {
                 Some(pool) => pool.install(|| {
                     let losses = parts.par_iter_mut().enumerate().map(run_part).collect();
                     let parts: &[Vec<f32>] = parts;
-                    dsts.par_iter_mut().for_each(|(lo, dst)| reduce(*lo, dst, parts));
+                    out.sum.par_chunks_mut(SPAN).enumerate().for_each(|(k, d)| reduce(k * SPAN, d, parts));
+                    out.moments_sum.par_chunks_mut(SPAN).enumerate().for_each(|(k, d)| reduce(p + k * SPAN, d, parts));
                     losses
                 }),
                 None => {
                     let losses = parts.iter_mut().enumerate().map(run_part).collect();
-                    dsts.iter_mut().for_each(|(lo, dst)| reduce(*lo, dst, parts));
+                    out.sum.chunks_mut(SPAN).enumerate().for_each(|(k, d)| reduce(k * SPAN, d, parts));
+                    out.moments_sum.chunks_mut(SPAN).enumerate().for_each(|(k, d)| reduce(p + k * SPAN, d, parts));
                     losses
                 }
             }
