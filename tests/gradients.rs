@@ -12,7 +12,7 @@
 //! f32 unit roundoff is `u = 2⁻²⁴ ≈ 6e-8`. Every product here is a sum of at most 64 terms
 //! (forward and input-gradient products) or 32 terms (sums over points), whose worst-case
 //! rounding error is `γ_n ≈ n·u ≤ 4e-6` relative to the sum of `|terms|`, but rounding errors
-//! add like `√n·u ≈ 5e-7`; the fast tanh adds at most 4e-7 (measured 1.4e-7). Values are
+//! add like `√n·u ≈ 5e-7`; the fast tanh adds at most 4e-7 (measured 3.8e-7 in the vector kernels). Values are
 //! compared *normwise* per block: `|got − ref| ≤ C·scale + C·|ref|` with `scale` the largest
 //! `|ref|` of the block (outputs: the whole output; gradients: layer `l`'s `W_l`/`b_l`), and
 //! `C = 1e-5`: over 3000 random problems of this generator the largest normwise errors were

@@ -3,10 +3,12 @@
 //!
 //! The doc of `math::tanh` claims a maximum error below 4e-7, absolute and relative. The sweep
 //! visits every 97th f32 bit pattern (≈ 44 M values, both signs, all binades, subnormals, NaN
-//! payloads, ±Inf) plus every f32 in the binades around the two branch points (the polynomial /
-//! exponential switch at |x| = 0.625 and the clamp at |x| = 9). Relative error is checked for
+//! payloads, ±Inf) plus every f32 in the binades around the two branch points (`x` itself below
+//! |x| = 4e-4, exactly ±1 from |x| = 7.9988) and where the fit errs most. Relative error is checked for
 //! |x| ≥ 1e-30; absolute error everywhere. The measured maxima are printed
 //! (`cargo test --release --test tanh -- --nocapture`).
+
+mod common;
 
 use reptile::cpu::math::{tanh, tanh_slice};
 
@@ -169,8 +171,10 @@ fn every_97th_bit_pattern() {
 
 #[test]
 fn every_value_near_branch_points() {
-    // [0.5, 1) holds the switch at 0.625; [8, 16) the clamp at 9. Both signs.
-    for (lo, hi) in [(0.5f32, 1.0f32), (8.0, 16.0)] {
+    // [2⁻¹², 2⁻¹¹) holds the switch to `x` itself at 4e-4; [4, 8) the saturation at 7.9988 and
+    // the largest errors of the fit; [8, 16) the saturated range; [0.5, 1) the steepest part
+    // of the relative error. Both signs.
+    for (lo, hi) in [(2f32.powi(-12), 2f32.powi(-11)), (0.5f32, 1.0f32), (4.0, 8.0), (8.0, 16.0)] {
         for sign in [0u32, 0x8000_0000] {
             let s = sweep(lo.to_bits() | sign, (hi.to_bits() - 1) | sign, 1, Impl::Scalar);
             assert_eq!(s.checked, (hi.to_bits() - lo.to_bits()) as u64);
@@ -180,15 +184,17 @@ fn every_value_near_branch_points() {
 }
 
 /// The slice version (the forward pass's activation) over every 101st bit pattern (a different
-/// sample from the scalar sweep) and every f32 of ±[0.5, 1).
+/// sample from the scalar sweep), every f32 of [2⁻¹², 16) (everything between the `x` itself
+/// branch and saturation: where the vector kernel's f32 arithmetic errs most) and of −[4, 8).
 #[test]
 fn tanh_slice_sweep() {
     let s = sweep(0, u32::MAX, 101, Impl::Slice);
     assert!(s.checked > 41_000_000, "only {} values checked", s.checked);
     s.assert_ok("tanh_slice, every 101st f32");
-    for sign in [0u32, 0x8000_0000] {
-        let s = sweep(0.5f32.to_bits() | sign, (1.0f32.to_bits() - 1) | sign, 1, Impl::Slice);
-        s.assert_ok(&format!("tanh_slice, every f32 in {}[0.5, 1)", if sign == 0 { '+' } else { '-' }));
+    for (lo, hi) in [(2f32.powi(-12), 16.0f32), (-4.0, -8.0)] {
+        let s = sweep(lo.to_bits(), hi.to_bits() - 1, 1, Impl::Slice);
+        assert_eq!(s.checked, (hi.to_bits() - lo.to_bits()) as u64);
+        s.assert_ok(&format!("tanh_slice, every f32 in [{lo}, {hi})"));
     }
     // Specials, in one slice with a vector-width-straddling length.
     let xs = [f32::NAN, 0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::from_bits(1), 1e-30, -2.5, 0.3];
@@ -262,10 +268,8 @@ fn special_values() {
 /// `tanh(x)` rounds to exactly ±1 in f32 for |x| ≥ 9.011 (`1 − tanh(x) = 2/(e^{2x}+1)` is then
 /// below half an ulp of 1, 2⁻²⁵), so `tanh(±Inf)`, `tanh(±1e30)`, `tanh(±100)` must be ±1.
 ///
-/// FAILS (src bug): `math::tanh` clamps |x| at 9, claiming "where tanh rounds to 1 in f32", but
-/// `tanh(9) = 1 − 3.05e-8` rounds to `1 − 2⁻²⁴ = 0.99999994` (the half-ulp point is
-/// `1 − 2.98e-8`), so every |x| ≥ 9, ±Inf included, returns ±0.99999994. The error (6e-8) is
-/// within the documented 4e-7, but saturation never reaches 1.
+/// (An earlier version clamped |x| at 9 and returned ±0.99999994 for every larger input,
+/// ±Inf included: within the error bound, but never saturating.)
 #[test]
 fn saturates_to_exactly_one() {
     let mut wrong = Vec::new();
@@ -297,4 +301,11 @@ fn negative_zero_keeps_its_sign() {
     let want: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
     tanh_slice(&mut v);
     assert_eq!(v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want, "tanh_slice(±0)");
+}
+
+/// Every test of this file again on the lower instruction-set paths (the AVX2 kernel, the
+/// portable scalar function), each in its own process (see `common::rerun_under_lower_isas`).
+#[test]
+fn lower_isa_paths() {
+    common::rerun_under_lower_isas("lower_isa_paths");
 }

@@ -314,19 +314,22 @@ pub(crate) fn dztx_rows_p<P: Policy>(
         // over points, so run along the outputs with one multiply-add per point, in the same
         // order and with the same epilogue as the axpy kernel (identical results), instead of
         // blocks that would use one lane of sixteen.
-        let mut acc = [0.0f32; 64];
-        for (c, gc) in g[..rows].chunks_mut(64).enumerate() {
-            let acc = &mut acc[..gc.len()];
-            acc.fill(0.0);
+        // Blocks of 16 outputs in a fixed-size accumulator (one vector register on AVX-512).
+        let finish = |g: &mut f32, a: f32| *g = if beta == 0.0 { alpha * a } else { P::madd(beta, *g, alpha * a) };
+        let full = rows / 16 * 16;
+        for c0 in (0..full).step_by(16) {
+            let mut acc = [0.0f32; 16];
             for (p, &xp) in x[..points].iter().enumerate() {
-                let row = &dz[p * ldz + c * 64..][..acc.len()];
-                acc.iter_mut().zip(row).for_each(|(a, &d)| *a = P::madd(d, xp, *a));
+                let row: &[f32; 16] = dz[p * ldz + c0..][..16].try_into().unwrap();
+                for j in 0..16 {
+                    acc[j] = P::madd(row[j], xp, acc[j]);
+                }
             }
-            if beta == 0.0 {
-                gc.iter_mut().zip(acc.iter()).for_each(|(g, &a)| *g = alpha * a);
-            } else {
-                gc.iter_mut().zip(acc.iter()).for_each(|(g, &a)| *g = P::madd(beta, *g, alpha * a));
-            }
+            g[c0..c0 + 16].iter_mut().zip(acc).for_each(|(g, a)| finish(g, a));
+        }
+        for c in full..rows {
+            let a = x[..points].iter().enumerate().fold(0.0f32, |a, (p, &xp)| P::madd(dz[p * ldz + c], xp, a));
+            finish(&mut g[c], a);
         }
     } else if points <= SMALL_POINTS {
         P::axpy(rows, points, inp, alpha, dz, 1, ldz, x, inp, beta, g, inp);

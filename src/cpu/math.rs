@@ -2,55 +2,45 @@
 
 use super::simd::{Policy, dispatch};
 
-/// Odd polynomial of Cephes `tanhf` for `|x| < 0.625`: `tanh x ≈ x + x·z·P(z)`, `z = x²`,
-/// `P` highest degree first.
-pub(crate) const TANH_P: [f32; 5] = [-5.704_988_7e-3, 2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1];
-/// `e^r ≈ 1 + r + r²·Q(r)` on `|r| ≤ ln2/2` (Cephes `expf`), `Q` highest degree first.
-pub(crate) const EXP_Q: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
-/// `|x|` beyond which `tanh(x)` is ±1 in f32 (it rounds to 1 from ≈ 9.011 on).
-pub(crate) const TANH_CLAMP: f32 = 10.0;
-/// ln 2 split so `n·LN2_HI` is exact for the `n` that occur.
-pub(crate) const LN2_HI: f32 = 0.693_359_4;
-/// The remainder `ln 2 − LN2_HI`.
-pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+/// Numerator of the rational approximation `tanh x ≈ x·P(x²)/Q(x²)` (Eigen's
+/// `generic_fast_tanh_float`, a degree 13/6 minimax fit), coefficients of `x¹, x³, …, x¹³`.
+pub(crate) const TANH_NUM: [f32; 7] =
+    [4.893_524_6e-3, 6.372_619_3e-4, 1.485_722_4e-5, 5.122_297e-8, -8.604_672e-11, 2.000_188e-13, -2.760_768_5e-16];
+/// Denominator `Q`, coefficients of `x⁰, x², x⁴, x⁶`.
+pub(crate) const TANH_DEN: [f32; 4] = [4.893_525e-3, 2.268_434_6e-3, 1.185_347e-4, 1.198_258_4e-6];
+/// `|x|` from which the result is exactly ±1: the rational rounds to 1 there, and beyond it
+/// the fit is not monotone (`1 − tanh(x)` is below 2.3e-7 from here on).
+pub(crate) const TANH_SAT: f32 = 7.998_811_7;
+/// `|x|` below which `tanh(x)` is `x` to within 5.4e-8 relative (keeps subnormals exact).
+pub(crate) const TANH_TINY: f32 = 4e-4;
 
 /// `tanh(x)` in f32, branch-free so loops over it auto-vectorize.
 ///
-/// For `|x| < 0.625` the odd minimax polynomial of Cephes `tanhf`; above, `1 − 2/(e^{2|x|}+1)`
-/// with `e^y` from a degree-6 polynomial after `y = n·ln2 + r` range reduction, `|x|` clamped at
-/// 10 (tanh rounds to exactly 1 in f32 from |x| ≈ 9.01 on). NaN propagates, ±0 keep their sign. The test suite checks the maximum error
-/// against `f64::tanh` over the whole f32 range: it stays below 4e-7 absolute and relative.
+/// `x·P(x²)/Q(x²)`, a rational minimax fit of degree 13/6 (Eigen's fast tanh), on `|x|`
+/// clamped at [`TANH_SAT`] (7.9988), with exactly `±1` from there on and `x` itself for
+/// `|x| < 4e-4`. Evaluated in f64 here (the AVX-512 and AVX2 kernels use f32 fused multiply-adds). NaN propagates, ±0 keep their
+/// sign, and the function is exactly odd. The test suite checks the maximum error against
+/// `f64::tanh` over the whole f32 range: it stays below 4e-7 absolute and relative.
 #[inline(always)]
 pub fn tanh(x: f32) -> f32 {
     let ax = x.abs();
-    // Small |x|: x + x³·P(x²).
-    let z = x * x;
-    let p = TANH_P.iter().fold(0.0f32, |acc, &c| acc * z + c) * z;
-    let small = x + x * p;
-    // Large |x|: 1 − 2/(exp(2|x|) + 1).
-    let e = exp_small(2.0 * ax.min(TANH_CLAMP));
-    let large = 1.0 - 2.0 / (e + 1.0);
-    // NaN compares false, so it takes the polynomial path, which propagates it. tanh is odd:
-    // the sign of x goes on last (this also keeps tanh(−0) = −0).
-    (if ax >= 0.625 { large } else { small.abs() }).copysign(x)
-}
-
-/// `e^y` for `y` in `[0, 20]` (what [`tanh`] needs), relative error below 2e-7.
-#[inline(always)]
-fn exp_small(y: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting rounds to an integer.
-    let n = (y * LOG2E + ROUND) - ROUND;
-    let r = y - n * LN2_HI - n * LN2_LO;
-    // 1 + r + r²·Q(r) with Q by Estrin's scheme (as the vector kernel does).
-    let r2 = r * r;
-    let (a, b, c) = (EXP_Q[0] * r + EXP_Q[1], EXP_Q[2] * r + EXP_Q[3], EXP_Q[4] * r + EXP_Q[5]);
-    let q = (a * r2 + b) * r2 + c;
-    let p = q * r2 + (r + 1.0);
-    // 2^n without a float→int conversion (Rust's saturating `as` does not vectorize): for an
-    // integer-valued 0 ≤ n < 2^22, the bits of n + 2^23 + 127 are 0x4B00_0000 + n + 127.
-    let scale = f32::from_bits(((n + (8_388_608.0 + 127.0)).to_bits() - 0x4B00_0000) << 23);
-    p * scale
+    // NaN compares false, so it keeps flowing through the arithmetic.
+    let xc = if ax > TANH_SAT { TANH_SAT } else { ax };
+    // The fit in f64 (exact for f32 inputs up to rounding far below f32's): without fused
+    // multiply-adds an f32 Horner loop would add up to 7 ulp near |x| = 6.
+    let (xd, x2) = (xc as f64, xc as f64 * xc as f64);
+    let p = TANH_NUM[..6].iter().rev().fold(TANH_NUM[6] as f64, |acc, &c| acc * x2 + c as f64) * xd;
+    let q = TANH_DEN[..3].iter().rev().fold(TANH_DEN[3] as f64, |acc, &c| acc * x2 + c as f64);
+    let t = (p / q) as f32;
+    let t = if ax < TANH_TINY {
+        ax
+    } else if ax >= TANH_SAT {
+        1.0
+    } else {
+        t
+    };
+    // tanh is odd: the sign of x goes on last (this also keeps tanh(−0) = −0).
+    t.copysign(x)
 }
 
 dispatch! {

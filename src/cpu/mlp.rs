@@ -402,19 +402,26 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
 }
 
 /// `gb ← α·Σ_rows dz + β·gb` for `dz` `[points × out]`.
+///
+/// Work mapping: 16 columns at a time in a fixed-size accumulator (one vector register on
+/// AVX-512), summing the rows in order; the `out % 16` tail the same way, element by element.
 #[inline(always)]
 fn bias_grad<P: Policy>(dz: &[f32], out: usize, alpha: f32, beta: f32, gb: &mut [f32]) {
-    if beta == 0.0 {
-        gb.fill(0.0);
-    }
-    let mut acc = [0.0f32; 64];
-    for (c, gbc) in gb.chunks_mut(64).enumerate() {
-        let acc = &mut acc[..gbc.len()];
-        acc.fill(0.0);
-        for row in dz.chunks_exact(out) {
-            let row = &row[c * 64..][..acc.len()];
-            acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+    let points = dz.len() / out;
+    let full = out / 16 * 16;
+    let finish = |g: &mut f32, a: f32| *g = if beta == 0.0 { alpha * a } else { P::madd(beta, *g, alpha * a) };
+    for c0 in (0..full).step_by(16) {
+        let mut acc = [0.0f32; 16];
+        for p in 0..points {
+            let row: &[f32; 16] = dz[p * out + c0..][..16].try_into().unwrap();
+            for j in 0..16 {
+                acc[j] += row[j];
+            }
         }
-        gbc.iter_mut().zip(acc.iter()).for_each(|(g, &a)| *g = P::madd(beta, *g, alpha * a));
+        gb[c0..c0 + 16].iter_mut().zip(acc).for_each(|(g, a)| finish(g, a));
+    }
+    for c in full..out {
+        let a = (0..points).fold(0.0f32, |a, p| a + dz[p * out + c]);
+        finish(&mut gb[c], a);
     }
 }

@@ -147,7 +147,7 @@ policy!(Avx512, "AVX-512: 32 zmm registers, 16 lanes.", fused: true, axpy: super
 #[cfg(target_arch = "x86_64")]
 policy!(Avx2, "AVX2 + FMA: 16 ymm registers, 8 lanes.", fused: true, axpy: super::x86::axpy_avx2,
     // SAFETY: see above: only reached after AVX2 + FMA were detected.
-    xwt: |p, i, o, x, w, b, z| unsafe { super::x86::xwt_avx2(p, i, o, x, w, b, z) });
+    xwt: |p, i, o, x, w, b, z| unsafe { super::x86::xwt_avx2(p, i, o, x, w, b, z) }, tanh: super::x86::tanh_avx2);
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn base_axpy(

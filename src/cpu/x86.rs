@@ -12,7 +12,7 @@
 #![allow(clippy::needless_range_loop)]
 
 #[cfg(target_arch = "x86_64")]
-use super::math::{EXP_Q, LN2_HI, LN2_LO, TANH_CLAMP, TANH_P};
+use super::math::{TANH_DEN, TANH_NUM, TANH_SAT, TANH_TINY};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -517,54 +517,49 @@ pub unsafe fn axpy_avx2(
     }
 }
 
-/// `tanh` of 16 lanes: the formula of [`super::math::tanh`] with the division replaced by
-/// `rcp14` refined with one Newton step (relative error about 2^-28, below f32 rounding).
+/// `tanh` of 16 lanes: the rational fit of [`super::math::tanh`] with fused multiply-adds and
+/// the division replaced by `rcp14` and one residual correction (relative error about 2^-28
+/// before rounding). About 22 µops per 16 values, a ~45-cycle dependency chain.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
 fn tanh16(x: __m512) -> __m512 {
     let set = _mm512_set1_ps;
     let ax = _mm512_abs_ps(x);
-    // Small |x|: x + x·(z·P(z)), z = x².
-    let x2 = _mm512_mul_ps(x, x);
-    let mut p = set(TANH_P[0]);
-    for &c in &TANH_P[1..] {
+    // `min(a, b)` returns `b` when either is NaN, so a NaN input flows on through `xc`.
+    let xc = _mm512_min_ps(set(TANH_SAT), ax);
+    let x2 = _mm512_mul_ps(xc, xc);
+    let mut p = set(TANH_NUM[6]);
+    for &c in TANH_NUM[..6].iter().rev() {
         p = _mm512_fmadd_ps(p, x2, set(c));
     }
-    p = _mm512_mul_ps(p, x2);
-    let small = _mm512_fmadd_ps(x, p, x);
-    // Large |x|: e = exp(2·min(|x|, clamp)) by n·ln2 + r reduction and a degree-6 polynomial.
-    let y = _mm512_mul_ps(set(2.0), _mm512_min_ps(ax, set(TANH_CLAMP)));
-    let nf = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
-        y,
-        set(std::f32::consts::LOG2_E),
-    ));
-    let r = _mm512_fnmadd_ps(nf, set(LN2_LO), _mm512_fnmadd_ps(nf, set(LN2_HI), y));
-    // e^r = 1 + r + r²·Q(r), Q of degree 5 by Estrin's scheme (short dependency chain).
-    let r2 = _mm512_mul_ps(r, r);
-    let a = _mm512_fmadd_ps(set(EXP_Q[0]), r, set(EXP_Q[1]));
-    let b = _mm512_fmadd_ps(set(EXP_Q[2]), r, set(EXP_Q[3]));
-    let c = _mm512_fmadd_ps(set(EXP_Q[4]), r, set(EXP_Q[5]));
-    let q = _mm512_fmadd_ps(_mm512_fmadd_ps(a, r2, b), r2, c);
-    let e = _mm512_fmadd_ps(q, r2, _mm512_add_ps(r, set(1.0)));
-    let e = _mm512_scalef_ps(e, nf);
-    // 1 − 2/(e + 1) with 1/d ≈ rcp14(d)·(2 − d·rcp14(d)).
-    let d = _mm512_add_ps(e, set(1.0));
-    let r0 = _mm512_rcp14_ps(d);
-    let inv = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, set(2.0)));
-    let large = _mm512_fnmadd_ps(set(2.0), inv, set(1.0));
-    // NaN compares false, so it takes the polynomial path. tanh is odd: |t| gets the sign of
-    // x last (this also keeps tanh(−0) = −0).
-    let use_large = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(ax, set(0.625));
-    let t = _mm512_abs_ps(_mm512_mask_blend_ps(use_large, small, large));
-    let sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN));
-    _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), sign))
+    let p = _mm512_mul_ps(p, xc);
+    let mut q = set(TANH_DEN[3]);
+    for &c in TANH_DEN[..3].iter().rev() {
+        q = _mm512_fmadd_ps(q, x2, set(c));
+    }
+    // p/q: the estimate t0 = p·rcp14(q) (relative error < 2⁻¹⁴), then one residual
+    // correction t0 + rcp14(q)·(p − q·t0), which leaves about 2⁻²⁸ before rounding.
+    let r0 = _mm512_rcp14_ps(q);
+    let t0 = _mm512_mul_ps(p, r0);
+    let t = _mm512_fmadd_ps(r0, _mm512_fnmadd_ps(q, t0, p), t0);
+    // The f32 evaluation can land one ulp above 1 just below saturation (at 7.9954): cap it
+    // (NaN stays: `min` returns its second operand then).
+    let t = _mm512_min_ps(set(1.0), t);
+    // |x| < 4e-4: x itself (subnormals stay exact); |x| ≥ TANH_SAT: exactly 1. NaN compares
+    // false in both.
+    let tiny = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(ax, set(TANH_TINY));
+    let sat = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(ax, set(TANH_SAT));
+    let t = _mm512_mask_blend_ps(sat, _mm512_mask_blend_ps(tiny, t, ax), set(1.0));
+    // tanh is odd: |t| gets the sign of x last (this also keeps tanh(−0) = −0). The bit
+    // select (x & sign) | t is one ternary-logic op.
+    let sign = _mm512_set1_epi32(i32::MIN);
+    _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xEA>(_mm512_castps_si512(x), sign, _mm512_castps_si512(t)))
 }
 
-/// `z ← tanh(z)` elementwise with AVX-512 ([`tanh16`]). The kernel is latency-bound (one
-/// vector is a ~90-cycle dependency chain), so the main loop runs four independent vectors
-/// at a time; a masked loop finishes the last < 64 values. NaN propagates through the
-/// polynomial branch; ±0 keep their sign.
+/// `z ← tanh(z)` elementwise with AVX-512 ([`tanh16`]). One vector is a ~45-cycle dependency
+/// chain, so the main loop runs four independent vectors at a time; a masked loop finishes
+/// the last < 64 values. NaN propagates; ±0 keep their sign.
 ///
 /// # Safety
 /// The CPU must support AVX-512F/VL and FMA.
@@ -590,6 +585,70 @@ pub unsafe fn tanh_avx512(z: &mut [f32]) {
             let x = _mm512_maskz_loadu_ps(mask, zp.add(i));
             _mm512_mask_storeu_ps(zp.add(i), mask, tanh16(x));
             i += 16;
+        }
+    }
+}
+
+/// `tanh` of 8 lanes with AVX2 + FMA: the fit of [`super::math::tanh`] as in [`tanh16`], with
+/// an IEEE division (AVX2's 12-bit `rcp` estimate would need two corrections) and blends
+/// instead of masks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn tanh8(x: __m256) -> __m256 {
+    let set = _mm256_set1_ps;
+    let sign = set(-0.0);
+    let ax = _mm256_andnot_ps(sign, x);
+    // `min(a, b)` returns `b` when either is NaN, so a NaN input flows on through `xc`.
+    let xc = _mm256_min_ps(set(TANH_SAT), ax);
+    let x2 = _mm256_mul_ps(xc, xc);
+    let mut p = set(TANH_NUM[6]);
+    for &c in TANH_NUM[..6].iter().rev() {
+        p = _mm256_fmadd_ps(p, x2, set(c));
+    }
+    let p = _mm256_mul_ps(p, xc);
+    let mut q = set(TANH_DEN[3]);
+    for &c in TANH_DEN[..3].iter().rev() {
+        q = _mm256_fmadd_ps(q, x2, set(c));
+    }
+    let t = _mm256_min_ps(set(1.0), _mm256_div_ps(p, q));
+    let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(ax, set(TANH_TINY));
+    let sat = _mm256_cmp_ps::<_CMP_GE_OQ>(ax, set(TANH_SAT));
+    let t = _mm256_blendv_ps(_mm256_blendv_ps(t, ax, tiny), set(1.0), sat);
+    _mm256_or_ps(t, _mm256_and_ps(x, sign))
+}
+
+/// `z ← tanh(z)` elementwise with AVX2 + FMA ([`tanh8`]): four independent vectors at a time,
+/// then single vectors, then a masked load/store for the last < 8 values.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn tanh_avx2(z: &mut [f32]) {
+    let n = z.len();
+    let zp = z.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: full-width accesses stay below i + 32 (or i + 8) ≤ n; the tail's mask enables
+    // only the lanes below n (masked-off lanes are neither read nor written).
+    unsafe {
+        while i + 32 <= n {
+            let v: [__m256; 4] = std::array::from_fn(|j| _mm256_loadu_ps(zp.add(i + 8 * j)));
+            for (j, t) in v.map(|x| tanh8(x)).into_iter().enumerate() {
+                _mm256_storeu_ps(zp.add(i + 8 * j), t);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            _mm256_storeu_ps(zp.add(i), tanh8(_mm256_loadu_ps(zp.add(i))));
+            i += 8;
+        }
+        if i < n {
+            let left = (n - i) as i32;
+            let mask = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), mask);
+            let x = _mm256_maskload_ps(zp.add(i), mask);
+            _mm256_maskstore_ps(zp.add(i), mask, tanh8(x));
         }
     }
 }
