@@ -17,7 +17,6 @@ use crate::params::Model;
 use crate::rng::{self, Purpose};
 use crate::spec::Loss;
 use crate::spec::MlpSpec;
-use rayon::prelude::*;
 use std::sync::Mutex;
 
 /// Most chunks a meta-batch is cut into (the unit of parallel work).
@@ -26,6 +25,43 @@ pub(crate) const MAX_CHUNKS: usize = 64;
 /// Task range `[start, end)` of chunk `c` of `nc` over `n` tasks.
 pub(crate) fn chunk_range(n: usize, nc: usize, c: usize) -> (usize, usize) {
     (c * n / nc, (c + 1) * n / nc)
+}
+
+/// The fixed reduction tree of [`Trainer::compute_deltas`] over chunks of a meta-batch.
+struct Tree<'a, F> {
+    /// Runs chunk `c`, writing its delta sum (and moments sum) into the two slices; returns
+    /// its loss sums before/after adaptation.
+    run_chunk: &'a F,
+    /// Parameters per delta.
+    p: usize,
+    /// Whether buffers also hold moments (`[deltas | moments]`, 2p wide).
+    carry: bool,
+    /// Run the two halves with `rayon::join` (inside the trainer's pool) or one after the other.
+    par: bool,
+}
+
+impl<F: Fn(usize, &mut [f32], &mut [f32]) -> (f64, f64) + Sync> Tree<'_, F> {
+    /// Sums chunks `lo..hi` into `(out_d, out_v)`; `parts[j]` is the buffer of chunk `lo + 1 + j`.
+    fn node(&self, lo: usize, hi: usize, out_d: &mut [f32], out_v: &mut [f32], parts: &mut [Vec<f32>]) -> (f64, f64) {
+        if hi - lo == 1 {
+            return (self.run_chunk)(lo, out_d, out_v);
+        }
+        let mid = lo + (hi - lo) / 2;
+        let (left, right) = parts.split_at_mut(mid - lo - 1);
+        let (first, rest) = right.split_first_mut().expect("a right half has a first chunk");
+        let (rd, rv) = first.split_at_mut(self.p);
+        let rv = if self.carry { rv } else { &mut rv[..0] };
+        let (a, b) = if self.par {
+            rayon::join(|| self.node(lo, mid, out_d, out_v, left), || self.node(mid, hi, rd, rv, rest))
+        } else {
+            (self.node(lo, mid, out_d, out_v, left), self.node(mid, hi, rd, rv, rest))
+        };
+        update::add_assign(out_d, rd);
+        if self.carry {
+            update::add_assign(out_v, rv);
+        }
+        (a.0 + b.0, a.1 + b.1)
+    }
 }
 
 /// The sum of task deltas of (part of) a meta-batch, for hosts that spread a meta-batch over
@@ -506,49 +542,26 @@ impl Trainer {
             (lb, la)
         };
 
-        let losses: Vec<(f64, f64)> = if nc == 1 {
-            // One chunk sums straight into the output.
-            vec![run_chunk(0, &mut out.sum, &mut out.moments_sum)]
-        } else {
-            if self.partials.len() < nc {
-                self.partials.resize_with(nc, Vec::new);
-            }
-            self.partials[..nc].iter_mut().for_each(|v| v.resize(width, 0.0));
-            let parts = &mut self.partials[..nc];
-            // Sum the chunk partials (each `[deltas | moments]`) in chunk order, element by
-            // element, into the output; parameter ranges are independent, so they can be summed
-            // in parallel without changing any result.
-            const SPAN: usize = 2048;
-            let reduce = |lo: usize, dst: &mut [f32], parts: &[Vec<f32>]| {
-                dst.copy_from_slice(&parts[0][lo..lo + dst.len()]);
-                for part in &parts[1..] {
-                    update::add_assign(dst, &part[lo..lo + dst.len()]);
-                }
-            };
-            // Chunk c's partial is `[deltas | moments]`.
-            let run_part = |(c, acc): (usize, &mut Vec<f32>)| {
-                let (a, v) = acc.split_at_mut(p);
-                run_chunk(c, a, v)
-            };
-            match &self.pool {
-                Some(pool) => pool.install(|| {
-                    let losses = parts.par_iter_mut().enumerate().map(run_part).collect();
-                    let parts: &[Vec<f32>] = parts;
-                    out.sum.par_chunks_mut(SPAN).enumerate().for_each(|(k, d)| reduce(k * SPAN, d, parts));
-                    out.moments_sum.par_chunks_mut(SPAN).enumerate().for_each(|(k, d)| reduce(p + k * SPAN, d, parts));
-                    losses
-                }),
-                None => {
-                    let losses = parts.iter_mut().enumerate().map(run_part).collect();
-                    out.sum.chunks_mut(SPAN).enumerate().for_each(|(k, d)| reduce(k * SPAN, d, parts));
-                    out.moments_sum.chunks_mut(SPAN).enumerate().for_each(|(k, d)| reduce(p + k * SPAN, d, parts));
-                    losses
-                }
-            }
+        // Chunks run as the leaves of a fixed binary tree over 0..nc (split at the midpoint):
+        // each internal node adds its right half's sum into its left half's buffer, so the
+        // order of every addition depends on n alone (bit-identical results for any thread
+        // count), the adds run in parallel as soon as both halves are done, and each partial
+        // is mostly summed on the core that wrote it. The leftmost leaf writes straight into
+        // the output; chunk c > 0 of a right subtree starts in `partials[c]`.
+        if self.partials.len() < nc {
+            self.partials.resize_with(nc, Vec::new);
+        }
+        self.partials[1..nc].iter_mut().for_each(|v| v.resize(width, 0.0));
+        let par = self.pool.is_some();
+        let tree = Tree { run_chunk: &run_chunk, p, carry, par };
+        let parts = &mut self.partials[1..nc];
+        let (lb, la) = match &self.pool {
+            Some(pool) => pool.install(|| tree.node(0, nc, &mut out.sum, &mut out.moments_sum, parts)),
+            None => tree.node(0, nc, &mut out.sum, &mut out.moments_sum, parts),
         };
         out.tasks = n as u64;
-        out.loss_before_sum = losses.iter().map(|l| l.0).sum();
-        out.loss_after_sum = losses.iter().map(|l| l.1).sum();
+        out.loss_before_sum = lb;
+        out.loss_after_sum = la;
         Ok(())
     }
 
