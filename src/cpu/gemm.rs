@@ -173,7 +173,8 @@ fn hsum<const L: usize>(mut a: [f32; L]) -> f32 {
 }
 
 /// Axpy kernel `C[m×n] ← α·A[m×k]·B[k×n] + β·C`, `A` with strides `(rsa, csa)`, `B` with
-/// contiguous rows (`ldb`), `C` with contiguous rows (`ldc`). `β = 0` does not read `C`.
+/// contiguous rows (`ldb`), `C` with contiguous rows (`ldc`). `β = 0` does not read `C`;
+/// otherwise each element is `madd(α, Σ, β·C)` (one rounding when `β = 1`, the SGD update).
 ///
 /// Work mapping: blocks of `R` rows × `NB` columns of `C` held in accumulators; for each `kk`
 /// one contiguous `NB`-float piece of `B`'s row `kk` is loaded and multiply-added into all
@@ -228,7 +229,7 @@ pub fn axpy_kernel<P: Policy, const R: usize, const NB: usize>(
                 if beta == 0.0 {
                     crow.iter_mut().zip(&acc[r][..nn]).for_each(|(c, &s)| *c = alpha * s);
                 } else {
-                    crow.iter_mut().zip(&acc[r][..nn]).for_each(|(c, &s)| *c = P::madd(beta, *c, alpha * s));
+                    crow.iter_mut().zip(&acc[r][..nn]).for_each(|(c, &s)| *c = P::madd(alpha, s, beta * *c));
                 }
             }
             c0 += nn;
@@ -315,7 +316,7 @@ pub(crate) fn dztx_rows_p<P: Policy>(
         // order and with the same epilogue as the axpy kernel (identical results), instead of
         // blocks that would use one lane of sixteen.
         // Blocks of 16 outputs in a fixed-size accumulator (one vector register on AVX-512).
-        let finish = |g: &mut f32, a: f32| *g = if beta == 0.0 { alpha * a } else { P::madd(beta, *g, alpha * a) };
+        let finish = |g: &mut f32, a: f32| *g = if beta == 0.0 { alpha * a } else { P::madd(alpha, a, beta * *g) };
         let full = rows / 16 * 16;
         for c0 in (0..full).step_by(16) {
             let mut acc = [0.0f32; 16];

@@ -409,7 +409,7 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
 fn bias_grad<P: Policy>(dz: &[f32], out: usize, alpha: f32, beta: f32, gb: &mut [f32]) {
     let points = dz.len() / out;
     let full = out / 16 * 16;
-    let finish = |g: &mut f32, a: f32| *g = if beta == 0.0 { alpha * a } else { P::madd(beta, *g, alpha * a) };
+    let finish = |g: &mut f32, a: f32| *g = if beta == 0.0 { alpha * a } else { P::madd(alpha, a, beta * *g) };
     for c0 in (0..full).step_by(16) {
         let mut acc = [0.0f32; 16];
         for p in 0..points {

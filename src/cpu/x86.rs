@@ -353,11 +353,12 @@ unsafe fn axpy_block_avx512<const RR: usize, const NV: usize>(
         for (r, acc) in acc.iter().enumerate() {
             let crow = cp.add((r0 + r) * ldc + c0);
             for h in 0..NV {
-                let s = _mm512_mul_ps(va, acc[h]);
+                // α·acc, or α·acc + β·C in one rounding (one FMA when β = 1, the SGD update).
                 let v = if beta == 0.0 {
-                    s
+                    _mm512_mul_ps(va, acc[h])
                 } else {
-                    _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(masks[h], crow.add(16 * h)), s)
+                    let c = _mm512_maskz_loadu_ps(masks[h], crow.add(16 * h));
+                    _mm512_fmadd_ps(va, acc[h], if beta == 1.0 { c } else { _mm512_mul_ps(vb, c) })
                 };
                 _mm512_mask_storeu_ps(crow.add(16 * h), masks[h], v);
             }
@@ -367,7 +368,8 @@ unsafe fn axpy_block_avx512<const RR: usize, const NV: usize>(
 
 /// AVX-512 axpy product `C[m×n] ← α·A·B + β·C` (`B`, `C` with contiguous rows).
 ///
-/// Work mapping: blocks of 4 rows × 64 columns of `C` in 16 zmm accumulators; per `kk`, four
+/// Work mapping: blocks of 4 rows (5 when `m` is a multiple of 5 but not of 4) × 64 columns of
+/// `C` in 16 (20) zmm accumulators; per `kk`, four
 /// (masked at the right edge) loads of `B`'s row `kk` and 4 broadcasts of `A[r, kk]` feed 16
 /// FMAs (4 loads + 4 broadcasts per 16 FMAs keeps the two load ports below the two FMA
 /// ports). Edge blocks (fewer rows, fewer vectors) are separate instantiations, so every
@@ -417,11 +419,21 @@ pub unsafe fn axpy_avx512(
                 }
             };
         }
-        let m4 = m / 4 * 4;
+        // Row blocks of 4, or of 5 when that covers m exactly and 4 does not (10 and 25
+        // points: 5 + 5 instead of 4 + 4 + 2, with 20 accumulators per block).
+        let fives = m % 4 != 0 && m % 5 == 0;
+        let m4 = if fives { 0 } else { m / 4 * 4 };
         let mut c0 = 0;
         while c0 < n {
             let masks = [lane_mask(c0), lane_mask(c0 + 16), lane_mask(c0 + 32), lane_mask(c0 + 48)];
             let nv = (n - c0).min(64).div_ceil(16);
+            if fives {
+                for r0 in (0..m).step_by(5) {
+                    rows!(5, r0, c0, masks, nv)
+                }
+                c0 += 64;
+                continue;
+            }
             for r0 in (0..m4).step_by(4) {
                 rows!(4, r0, c0, masks, nv)
             }
@@ -489,9 +501,12 @@ pub unsafe fn axpy_avx2(
                     if !any {
                         continue;
                     }
-                    let s = _mm256_mul_ps(va, acc[h]);
-                    let v =
-                        if beta == 0.0 { s } else { _mm256_fmadd_ps(vb, _mm256_maskload_ps(crow.add(8 * h), mask), s) };
+                    let v = if beta == 0.0 {
+                        _mm256_mul_ps(va, acc[h])
+                    } else {
+                        let c = _mm256_maskload_ps(crow.add(8 * h), mask);
+                        _mm256_fmadd_ps(va, acc[h], if beta == 1.0 { c } else { _mm256_mul_ps(vb, c) })
+                    };
                     _mm256_maskstore_ps(crow.add(8 * h), mask, v);
                 }
             }

@@ -556,8 +556,10 @@ impl Trainer {
         let tree = Tree { run_chunk: &run_chunk, p, carry, par };
         let parts = &mut self.partials[1..nc];
         let (lb, la) = match &self.pool {
-            Some(pool) => pool.install(|| tree.node(0, nc, &mut out.sum, &mut out.moments_sum, parts)),
-            None => tree.node(0, nc, &mut out.sum, &mut out.moments_sum, parts),
+            // One chunk (serial Reptile) runs on the calling thread: handing it to the pool
+            // would cost a cross-thread wake-up per step.
+            Some(pool) if nc > 1 => pool.install(|| tree.node(0, nc, &mut out.sum, &mut out.moments_sum, parts)),
+            _ => tree.node(0, nc, &mut out.sum, &mut out.moments_sum, parts),
         };
         out.tasks = n as u64;
         out.loss_before_sum = lb;
