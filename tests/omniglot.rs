@@ -210,6 +210,47 @@ fn translation_moves_ink_and_fills_with_zero() {
 }
 
 #[test]
+fn rotate_scale_matches_exact_turns_and_scales_about_the_centre() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let img: Vec<f32> = (0..PIXELS).map(|_| rng.random_range(0.1f32..1.0)).collect();
+    // Angle 0, scale 1: the identity, exactly.
+    let mut t = img.clone();
+    omniglot::rotate_scale(&mut t, 0.0, 1.0);
+    assert_eq!(t, img);
+    // Quarter and half turns agree with the exact pixel rotation (sin/cos of π/2 are off by
+    // ~4e-8, which moves each bilinear weight by that much).
+    for q in 1..4u8 {
+        let mut want = vec![0.0f32; PIXELS];
+        omniglot::rotate(&img, q, &mut want);
+        let mut t = img.clone();
+        omniglot::rotate_scale(&mut t, q as f32 * std::f32::consts::FRAC_PI_2, 1.0);
+        for (i, (&a, &b)) in t.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 1e-5, "{q} quarter turns, pixel {i}: {a} vs {b}");
+        }
+    }
+    // Scale 2 about the centre: output pixel (x, y) samples the source at ((x − c)/2 + c, …),
+    // c = 13.5, i.e. the average of the 2 × 2 source pixels around that point when it falls
+    // between pixel centres (x odd, y odd here).
+    let mut t = img.clone();
+    omniglot::rotate_scale(&mut t, 0.0, 2.0);
+    for (y, x) in [(1usize, 1usize), (13, 15), (27, 27), (5, 21)] {
+        let (sx, sy) = ((x as f32 - 13.5) / 2.0 + 13.5, (y as f32 - 13.5) / 2.0 + 13.5);
+        let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
+        let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+        let at = |yy: usize, xx: usize| img[yy * SIDE + xx] as f64;
+        let want = (1.0 - fy as f64) * ((1.0 - fx as f64) * at(y0, x0) + fx as f64 * at(y0, x0 + 1))
+            + fy as f64 * ((1.0 - fx as f64) * at(y0 + 1, x0) + fx as f64 * at(y0 + 1, x0 + 1));
+        let got = t[y * SIDE + x] as f64;
+        assert!((got - want).abs() <= 1e-6 + 1e-6 * want.abs(), "scale 2 at ({x}, {y}): {got} vs {want}");
+    }
+    // Shrinking leaves a zero border: at scale 0.5 the corners sample outside the image.
+    let mut t = img.clone();
+    omniglot::rotate_scale(&mut t, 0.3, 0.5);
+    assert_eq!(t[0], 0.0);
+    assert_eq!(t[PIXELS - 1], 0.0);
+}
+
+#[test]
 fn shifted_sampler_draws_the_same_tasks_translated() {
     let Some(d) = data() else { return };
     let (train, _) = d.split(Split::Standard);
@@ -243,6 +284,41 @@ fn shifted_sampler_draws_the_same_tasks_translated() {
     }
     assert!(moved > 0, "no drawing was actually moved");
     assert!(FewShot::new(d, &train, 9).unwrap().with_shift(28).is_err(), "shift of a whole side");
+}
+
+#[test]
+fn affine_sampler_draws_the_same_classes_rotated_and_rejects_bad_ranges() {
+    let Some(d) = data() else { return };
+    let (train, _) = d.split(Split::Standard);
+    let spec = spec(5);
+    let plain = FewShot::new(d, &train, 9).unwrap().sample(&spec, 1, 5, 2, 0).unwrap();
+    let mut s = FewShot::new(d, &train, 9).unwrap().with_affine(15.0, 0.1).unwrap();
+    let warped = s.sample(&spec, 1, 5, 2, 0).unwrap();
+    assert_eq!(plain.2[0], warped.2[0], "the same classes (augmentation draws come after each pick)");
+    let (a, b) = (plain.0.x(), warped.0.x());
+    let ink = |x: &[f32]| x.iter().map(|&v| v as f64).sum::<f64>();
+    // Class 0's two drawings are the same drawings in both (the drawing picks of later classes
+    // come after class 0's augmentation draws, so they differ): ±10% scale changes the area by
+    // (0.9)²…(1.1)², and bilinear resampling keeps the total close to that.
+    for i in 0..2 {
+        let (ip, iw) = (ink(&a[i * PIXELS..][..PIXELS]), ink(&b[i * PIXELS..][..PIXELS]));
+        assert!(iw > 0.7 * ip && iw < 1.4 * ip, "drawing {i}: ink {ip} became {iw}");
+    }
+    // Every warped drawing stays in [0, 1] (up to rounding), keeps ink, and equals no unwarped drawing of its class.
+    for (i, w) in b.chunks(PIXELS).enumerate() {
+        assert!(w.iter().all(|&v| (0.0..=1.0 + 1e-6).contains(&v)), "drawing {i}: values leave [0, 1]");
+        assert!(ink(w) > 0.0, "drawing {i} lost all its ink");
+        let (c, q) = warped.2[0][i / 2];
+        let mut orig = vec![0.0f32; PIXELS];
+        let same = (0..DRAWINGS).any(|dr| {
+            d.image(c, dr, q, &mut orig);
+            orig == w
+        });
+        assert!(!same, "drawing {i} was not warped");
+    }
+    for (deg, sc) in [(-1.0f32, 0.0f32), (46.0, 0.0), (0.0, 0.5), (f32::NAN, 0.0)] {
+        assert!(FewShot::new(d, &train, 9).unwrap().with_affine(deg, sc).is_err(), "affine ({deg}, {sc}) accepted");
+    }
 }
 
 #[test]

@@ -60,6 +60,14 @@ pub struct OmniglotArgs {
     /// up to this many pixels per axis (evaluation tasks are never shifted; 0 = off).
     #[arg(long, default_value_t = 2)]
     train_shift: usize,
+    /// Training-task augmentation: rotate each meta-training drawing by a random angle of up
+    /// to this many degrees either way (before the shift; 0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    train_rotate: f32,
+    /// Training-task augmentation: scale each meta-training drawing by a random factor in
+    /// 1 ± this (before the shift; 0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    train_scale: f32,
     /// Which characters train and test.
     #[arg(long, value_enum, default_value = "standard")]
     split: SplitArg,
@@ -203,7 +211,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     let mut trainer = Trainer::new(model, config.clone())?;
     trainer.set_device(a.device)?;
     println!(
-        "reptile omniglot: {}-way {}-shot, MLP {:?} ReLU ({} parameters), {} iterations of {} tasks × {} shots, k = {}, {:?} α = {}, ε {} → {}, training shifts ±{} px, {} threads",
+        "reptile omniglot: {}-way {}-shot, MLP {:?} ReLU ({} parameters), {} iterations of {} tasks × {} shots, k = {}, {:?} α = {}, ε {} → {}, training shifts ±{} px, rotations ±{}°, scales ±{}, {} threads",
         a.ways,
         a.shots,
         widths,
@@ -217,9 +225,13 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         a.eps_start,
         a.eps_end,
         a.train_shift,
+        a.train_rotate,
+        a.train_scale,
         trainer.threads()
     );
-    let mut train_tasks = FewShot::new(&data, &train_chars, a.seed)?.with_shift(a.train_shift)?;
+    let mut train_tasks = FewShot::new(&data, &train_chars, a.seed)?
+        .with_shift(a.train_shift)?
+        .with_affine(a.train_rotate, a.train_scale)?;
     // Fixed monitoring tasks, so the curve compares like with like.
     let mon_test =
         FewShot::new(&data, &test_chars, a.seed ^ 0x7E57)?.eval_tasks(&spec, a.eval_tasks, a.ways, a.shots, a.query)?;

@@ -359,6 +359,10 @@ pub struct FewShot<'d> {
     rng: Rng,
     /// Largest random translation (pixels, each axis) applied to every sampled drawing.
     shift: usize,
+    /// Largest random rotation (radians, either way) and relative scale change applied to
+    /// every sampled drawing before the translation.
+    rotate: f32,
+    scale: f32,
 }
 
 /// Sampled tasks: per task, the classes drawn (character index, quarter turns) in label order.
@@ -371,7 +375,7 @@ impl<'d> FewShot<'d> {
             return Err(Error::InvalidArgument(format!("character {c} out of range 0..{}", data.num_characters())));
         }
         let classes = characters.iter().flat_map(|&c| (0..4u8).map(move |q| (c, q))).collect();
-        Ok(FewShot { data, classes, rng: rng::stream(seed, Purpose::Tasks, 1), shift: 0 })
+        Ok(FewShot { data, classes, rng: rng::stream(seed, Purpose::Tasks, 1), shift: 0, rotate: 0.0, scale: 0.0 })
     }
 
     /// Translates every drawing this sampler returns by a random offset in `−max..=max`
@@ -382,6 +386,21 @@ impl<'d> FewShot<'d> {
             return Err(Error::InvalidArgument(format!("shift {max} must be below the image side {SIDE}")));
         }
         self.shift = max;
+        Ok(self)
+    }
+
+    /// Rotates every drawing this sampler returns by a random angle in `±degrees` and scales it
+    /// by a random factor in `1 ± scale` about the image centre (bilinear, zero fill), before
+    /// any translation: a data augmentation for meta-training. `0, 0` (the default) leaves
+    /// drawings as they are and draws no random numbers for it.
+    pub fn with_affine(mut self, degrees: f32, scale: f32) -> Result<Self> {
+        if !(0.0..=45.0).contains(&degrees) || !(0.0..0.5).contains(&scale) {
+            return Err(Error::InvalidArgument(format!(
+                "affine augmentation needs 0 ≤ degrees ≤ 45 and 0 ≤ scale < 0.5, got {degrees} and {scale}"
+            )));
+        }
+        self.rotate = degrees.to_radians();
+        self.scale = scale;
         Ok(self)
     }
 
@@ -434,6 +453,11 @@ impl<'d> FewShot<'d> {
                     };
                     let img = &mut buf[row * PIXELS..][..PIXELS];
                     self.data.image(c, d, q, img);
+                    if self.rotate > 0.0 || self.scale > 0.0 {
+                        let a = if self.rotate > 0.0 { self.rng.random_range(-self.rotate..=self.rotate) } else { 0.0 };
+                        let z = if self.scale > 0.0 { self.rng.random_range(-self.scale..=self.scale) } else { 0.0 };
+                        rotate_scale(img, a, 1.0 + z);
+                    }
                     if self.shift > 0 {
                         let s = self.shift as i32;
                         let (dx, dy) = (self.rng.random_range(-s..=s), self.rng.random_range(-s..=s));
@@ -492,6 +516,37 @@ pub fn translate(img: &mut [f32], dx: i32, dy: i32) {
             let (sy, sx) = (y - dy, x - dx);
             img[(y * side + x) as usize] =
                 if (0..side).contains(&sy) && (0..side).contains(&sx) { src[(sy * side + sx) as usize] } else { 0.0 };
+        }
+    }
+}
+
+/// Rotates a 28×28 image by `angle` radians (counter-clockwise as displayed, rows pointing
+/// down) and scales it by `scale` about its centre: each output pixel takes the bilinear
+/// interpolation of the source at the inverse-mapped position, 0 outside the image.
+pub fn rotate_scale(img: &mut [f32], angle: f32, scale: f32) {
+    let src: [f32; PIXELS] = img[..PIXELS].try_into().expect("a 28×28 image");
+    let c = (SIDE as f32 - 1.0) / 2.0;
+    let (sin, cos) = angle.sin_cos();
+    let at = |y: i32, x: i32| -> f32 {
+        if (0..SIDE as i32).contains(&y) && (0..SIDE as i32).contains(&x) {
+            src[y as usize * SIDE + x as usize]
+        } else {
+            0.0
+        }
+    };
+    for y in 0..SIDE {
+        for x in 0..SIDE {
+            let (u, v) = (x as f32 - c, y as f32 - c);
+            // Inverse map: rotate back by −angle, shrink by 1/scale. With rows pointing down, a
+            // counter-clockwise turn on screen is (u, v) → (u·cos + v·sin, −u·sin + v·cos).
+            let sx = (u * cos - v * sin) / scale + c;
+            let sy = (u * sin + v * cos) / scale + c;
+            let (x0, y0) = (sx.floor(), sy.floor());
+            let (fx, fy) = (sx - x0, sy - y0);
+            let (x0, y0) = (x0 as i32, y0 as i32);
+            let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1) * fx;
+            let bottom = at(y0 + 1, x0) * (1.0 - fx) + at(y0 + 1, x0 + 1) * fx;
+            img[y * SIDE + x] = top * (1.0 - fy) + bottom * fy;
         }
     }
 }
