@@ -421,7 +421,7 @@ pub unsafe fn axpy_avx512(
         }
         // Row blocks of 4, or of 5 when that covers m exactly and 4 does not (10 and 25
         // points: 5 + 5 instead of 4 + 4 + 2, with 20 accumulators per block).
-        let fives = m % 4 != 0 && m % 5 == 0;
+        let fives = !m.is_multiple_of(4) && m.is_multiple_of(5);
         let m4 = if fives { 0 } else { m / 4 * 4 };
         let mut c0 = 0;
         while c0 < n {
