@@ -251,6 +251,48 @@ fn rotate_scale_matches_exact_turns_and_scales_about_the_centre() {
 }
 
 #[test]
+fn shifted_support_adds_every_translation_and_leaves_the_query_alone() {
+    use reptile::EvalTasks;
+    use reptile::TaskBatch;
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let (n, m, mq, ways) = (3usize, 4usize, 2usize, 2usize);
+    let spec = spec(ways);
+    let img = |rng: &mut ChaCha8Rng| -> Vec<f32> { (0..PIXELS).map(|_| rng.random_range(0.1f32..1.0)).collect() };
+    let xs: Vec<f32> = (0..n * m).flat_map(|_| img(&mut rng)).collect();
+    let xq: Vec<f32> = (0..n * mq).flat_map(|_| img(&mut rng)).collect();
+    let ys: Vec<u32> = (0..n * m).map(|i| (i % ways) as u32).collect();
+    let yq: Vec<u32> = (0..n * mq).map(|i| ((i + 1) % ways) as u32).collect();
+    let sup = TaskBatch::new(&spec, n, m, xs.clone(), Targets::Labels(ys.clone().into())).unwrap();
+    let qry = TaskBatch::new(&spec, n, mq, xq, Targets::Labels(yq.into())).unwrap();
+    let tasks = EvalTasks::new(sup, qry.clone()).unwrap();
+    let aug = omniglot::shifted_support(&spec, &tasks, 1).unwrap();
+    assert_eq!(aug.query(), &qry, "the query is untouched");
+    assert_eq!(aug.support().n_points(), 9 * m);
+    let Targets::Labels(la) = aug.support().y() else { panic!("labels expected") };
+    // Originals first, then all m drawings moved by each other offset, (dy, dx) row-major.
+    let offsets: Vec<(i32, i32)> = std::iter::once((0, 0))
+        .chain((-1..=1).flat_map(|dy| (-1..=1).map(move |dx| (dx, dy))).filter(|&o| o != (0, 0)))
+        .collect();
+    for t in 0..n {
+        for (k, &(dx, dy)) in offsets.iter().enumerate() {
+            for p in 0..m {
+                let row = t * 9 * m + k * m + p;
+                let mut want = xs[(t * m + p) * PIXELS..][..PIXELS].to_vec();
+                omniglot::translate(&mut want, dx, dy);
+                assert_eq!(
+                    &aug.support().x()[row * PIXELS..][..PIXELS],
+                    &want[..],
+                    "task {t}, offset ({dx}, {dy}), point {p}"
+                );
+                assert_eq!(la[row], ys[t * m + p], "label of task {t}, offset {k}, point {p}");
+            }
+        }
+    }
+    assert_eq!(omniglot::shifted_support(&spec, &tasks, 0).unwrap().support(), tasks.support(), "max 0 is a copy");
+    assert!(omniglot::shifted_support(&spec, &tasks, SIDE).is_err(), "a shift of the whole side");
+}
+
+#[test]
 fn shifted_sampler_draws_the_same_tasks_translated() {
     let Some(d) = data() else { return };
     let (train, _) = d.split(Split::Standard);

@@ -4,9 +4,10 @@
 
 use clap::{Args, ValueEnum};
 use reptile::io::{checkpoint, plot};
-use reptile::workloads::omniglot::{FewShot, Omniglot, PIXELS, Split};
+use reptile::workloads::omniglot::{self, FewShot, Omniglot, PIXELS, Split};
 use reptile::{
-    Activation, AdamMoments, EvalReport, InnerLoop, InnerOptimizer, Loss, MlpSpec, Model, ReptileConfig, Trainer,
+    Activation, AdamMoments, EvalReport, EvalTasks, InnerLoop, InnerOptimizer, Loss, MlpSpec, Model, ReptileConfig,
+    Targets, TaskBatch, Trainer,
 };
 use std::path::PathBuf;
 use std::time::Instant;
@@ -68,6 +69,10 @@ pub struct OmniglotArgs {
     /// 1 ± this (before the shift; 0 = off).
     #[arg(long, default_value_t = 0.0)]
     train_scale: f32,
+    /// Test-time support augmentation: adapt on every support drawing in all its translations
+    /// by up to this many pixels per axis ((2s+1)² copies; the query is never touched; 0 = off).
+    #[arg(long, default_value_t = 0)]
+    eval_support_shift: usize,
     /// Which characters train and test.
     #[arg(long, value_enum, default_value = "standard")]
     split: SplitArg,
@@ -141,6 +146,44 @@ pub struct OmniglotArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+/// [`Trainer::evaluate`] with test-time support augmentation ([`omniglot::shifted_support`]),
+/// in blocks of at most 256 tasks; the per-task results are concatenated in task order. Task
+/// `t` adapts with the minibatch stream of index `t mod 256` (each block starts at 0).
+fn evaluate_shifted(
+    trainer: &Trainer,
+    spec: &MlpSpec,
+    tasks: &EvalTasks<'_>,
+    max: usize,
+) -> reptile::Result<EvalReport> {
+    const BLOCK: usize = 256;
+    let n = tasks.n_tasks();
+    let block = |b: &TaskBatch<'_>, lo: usize, hi: usize| -> reptile::Result<TaskBatch<'static>> {
+        let (m, d) = (b.n_points(), b.x().len() / (b.n_tasks() * b.n_points()));
+        let x = b.x()[lo * m * d..hi * m * d].to_vec();
+        let Targets::Labels(l) = b.y() else {
+            return Err(reptile::Error::InvalidArgument("support augmentation needs class labels".into()));
+        };
+        TaskBatch::new(spec, hi - lo, m, x, Targets::Labels(l[lo * m..hi * m].to_vec().into()))
+    };
+    let mut all: Option<EvalReport> = None;
+    for lo in (0..n).step_by(BLOCK) {
+        let hi = (lo + BLOCK).min(n);
+        let part = EvalTasks::new(block(tasks.support(), lo, hi)?, block(tasks.query(), lo, hi)?)?;
+        let r = trainer.evaluate(&omniglot::shifted_support(spec, &part, max)?)?;
+        match &mut all {
+            None => all = Some(r),
+            Some(acc) => {
+                acc.n_tasks += r.n_tasks;
+                acc.losses.extend(r.losses);
+                if let (Some(a), Some(b)) = (&mut acc.accuracies, r.accuracies) {
+                    a.extend(b);
+                }
+            }
+        }
+    }
+    all.ok_or_else(|| reptile::Error::InvalidArgument("no evaluation tasks".into()))
 }
 
 fn acc_line(r: &EvalReport) -> (f32, f32) {
@@ -313,7 +356,13 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         a.shots,
         a.query,
     )?;
-    let r = trainer.evaluate(&final_tasks)?;
+    let r = if a.eval_support_shift > 0 {
+        // The augmented support is (2s+1)² times larger: expand and evaluate blocks of tasks,
+        // so memory stays bounded for 10,000-task evaluations.
+        evaluate_shifted(&trainer, &spec, &final_tasks, a.eval_support_shift)?
+    } else {
+        trainer.evaluate(&final_tasks)?
+    };
     let (acc, ci) = acc_line(&r);
     let eval_s = t_eval.elapsed().as_secs_f64();
     if !eval_only {
@@ -325,9 +374,14 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         );
     }
     println!(
-        "final evaluation: {}-way {}-shot, {} meta-test tasks ({eval_s:.1} s): accuracy {:.2}% ± {:.2}% (95% CI)",
+        "final evaluation: {}-way {}-shot{}, {} meta-test tasks ({eval_s:.1} s): accuracy {:.2}% ± {:.2}% (95% CI)",
         a.ways,
         a.shots,
+        if a.eval_support_shift > 0 {
+            format!(" (support shifted by up to ±{} px)", a.eval_support_shift)
+        } else {
+            String::new()
+        },
         a.final_tasks.max(1),
         100.0 * acc,
         100.0 * ci
@@ -336,6 +390,8 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         "ways": a.ways, "shots": a.shots, "train_shots": a.train_shots, "query": a.query,
         "iterations": a.iterations, "train_seconds": train_total, "spec": spec, "config": config,
         "init": a.init, "final_tasks": a.final_tasks.max(1), "accuracy": acc, "ci95": ci, "eval_seconds": eval_s,
+        "train_shift": a.train_shift, "train_rotate": a.train_rotate, "train_scale": a.train_scale,
+        "eval_support_shift": a.eval_support_shift,
     });
     let sp = a.out.join("summary.json");
     std::fs::write(&sp, serde_json::to_string_pretty(&summary).unwrap())

@@ -507,6 +507,48 @@ impl<'d> FewShot<'d> {
     }
 }
 
+/// Test-time support augmentation: every support drawing of every task also in all its
+/// translations by `−max..=max` pixels per axis (zero fill), with its label, so a K-shot
+/// support set of `m` drawings becomes `m·(2·max + 1)²` points per task: the `m` originals
+/// first, then all `m` moved by each other offset in row-major order of `(dy, dx)`. Uses only
+/// the support set, never the query; the query sets are returned unchanged. `max = 0`
+/// returns a copy.
+pub fn shifted_support(spec: &MlpSpec, tasks: &EvalTasks<'_>, max: usize) -> Result<EvalTasks<'static>> {
+    if max >= SIDE {
+        return Err(Error::InvalidArgument(format!("shift {max} must be below the image side {SIDE}")));
+    }
+    let (sup, qry) = (tasks.support(), tasks.query());
+    if spec.in_dim() != PIXELS || sup.x().len() != sup.n_tasks() * sup.n_points() * PIXELS {
+        return Err(Error::ShapeMismatch(format!(
+            "support points must be {PIXELS}-pixel drawings for a {PIXELS}-input net"
+        )));
+    }
+    let Targets::Labels(labels) = sup.y() else {
+        return Err(Error::InvalidArgument("support augmentation needs class labels".into()));
+    };
+    let (n, m) = (sup.n_tasks(), sup.n_points());
+    let s = max as i32;
+    let offsets: Vec<(i32, i32)> = std::iter::once((0, 0))
+        .chain((-s..=s).flat_map(|dy| (-s..=s).map(move |dx| (dx, dy))).filter(|&o| o != (0, 0)))
+        .collect();
+    let mm = m * offsets.len();
+    let (mut x, mut y) = (Vec::with_capacity(n * mm * PIXELS), Vec::with_capacity(n * mm));
+    for t in 0..n {
+        for &(dx, dy) in &offsets {
+            for p in 0..m {
+                let row = t * m + p;
+                let start = x.len();
+                x.extend_from_slice(&sup.x()[row * PIXELS..][..PIXELS]);
+                translate(&mut x[start..], dx, dy);
+                y.push(labels[row]);
+            }
+        }
+    }
+    let support = TaskBatch::new(spec, n, mm, x, Targets::Labels(Cow::Owned(y)))?;
+    let query = qry.clone().into_owned();
+    EvalTasks::new(support, query)
+}
+
 /// Moves a 28×28 image by `dx` columns and `dy` rows (positive: right, down), filling with 0.
 pub fn translate(img: &mut [f32], dx: i32, dy: i32) {
     let src: [f32; PIXELS] = img[..PIXELS].try_into().expect("a 28×28 image");
