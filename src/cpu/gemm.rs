@@ -278,6 +278,39 @@ pub(crate) fn dzw_p<P: Policy>(points: usize, out: usize, inp: usize, dz: &[f32]
     }
 }
 
+/// Input gradient times the hidden activation's derivative, `dX ← (dZ·W) ⊙ act'(A)` with `A`
+/// the layer input's stored activation `[points × in]`, generic over the instruction set.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn dzw_act_p<P: Policy>(
+    points: usize,
+    out: usize,
+    inp: usize,
+    dz: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    tanh: bool,
+    a: &[f32],
+) {
+    if points <= SMALL_POINTS {
+        P::axpy_act(points, out, inp, dz, out, 1, w, inp, dx, inp, tanh, a);
+    } else {
+        dzw_p::<P>(points, out, inp, dz, w, dx);
+        act_backward(tanh, &a[..points * inp], &mut dx[..points * inp]);
+    }
+}
+
+/// `d ← d ⊙ act'(·)` through the stored activation `a = act(z)`: tanh' = 1 − a², relu' =
+/// [a > 0]. The AVX-512 input-gradient epilogue computes exactly this, op for op.
+#[inline(always)]
+pub(crate) fn act_backward(tanh: bool, a: &[f32], d: &mut [f32]) {
+    if tanh {
+        d.iter_mut().zip(a).for_each(|(d, &g)| *d *= 1.0 - g * g);
+    } else {
+        d.iter_mut().zip(a).for_each(|(d, &g)| *d = if g > 0.0 { *d } else { 0.0 });
+    }
+}
+
 /// Weight gradient, generic over the instruction set.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]

@@ -130,16 +130,6 @@ fn activate<P: Policy>(act: Activation, z: &mut [f32]) {
     }
 }
 
-/// `g ← g ⊙ act'(z)` expressed through the stored activation `a = act(z)`:
-/// tanh' = 1 − a², relu' = [a > 0].
-#[inline(always)]
-fn activate_backward(act: Activation, a: &[f32], g: &mut [f32]) {
-    match act {
-        Activation::Tanh => g.iter_mut().zip(a).for_each(|(g, &a)| *g *= 1.0 - a * a),
-        Activation::Relu => g.iter_mut().zip(a).for_each(|(g, &a)| *g = if a > 0.0 { *g } else { 0.0 }),
-    }
-}
-
 /// Loss of the last [`forward`] output against `targets`, and its gradient `dL/dY` written
 /// into the workspace for [`backward`]. MSE: `mean((y − t)²)` over points and outputs;
 /// softmax cross-entropy: `mean(logsumexp(y) − y[label])` over points, computed stably, with
@@ -355,8 +345,9 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
                 Sink::Adam { theta, .. } => theta,
             };
             let dx = &mut ws.grad_next[..points * inp];
-            gemm::dzw_p::<P>(points, out, inp, dz, &theta[wo..wo + inp * out], dx);
-            activate_backward(spec.activation(), a_prev, dx);
+            // dZ_{l−1} = (dZ_l·W_l) ⊙ act'(A_{l−1}), the derivative fused into the product.
+            let tanh = matches!(spec.activation(), Activation::Tanh);
+            gemm::dzw_act_p::<P>(points, out, inp, dz, &theta[wo..wo + inp * out], dx, tanh, a_prev);
         }
         if let Sink::Adam { theta, v, lr_t, beta2, eps, from } = &mut sink {
             // First step: fill a span of θ' and v from the source just before updating it.

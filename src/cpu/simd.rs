@@ -95,10 +95,34 @@ pub trait Policy: Copy {
     /// `Z ← bias + X·Wᵀ` (see [`super::gemm::xwt_kernel`]).
     #[allow(clippy::too_many_arguments)]
     fn xwt(points: usize, inp: usize, out: usize, x: &[f32], w: &[f32], bias: &[f32], z: &mut [f32]);
+    /// `C[m×n] ← (A·B) ⊙ act'(G)`, the input gradient with the hidden activation's derivative
+    /// taken through the stored activation `G` (laid out like `C`): `1 − g²` for tanh, `[g > 0]`
+    /// for ReLU. The default is [`Self::axpy`] then a separate pass; AVX-512 fuses it into the
+    /// product's epilogue with the same arithmetic (bit-identical).
+    #[allow(clippy::too_many_arguments)]
+    fn axpy_act(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        rsa: usize,
+        csa: usize,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        tanh: bool,
+        g: &[f32],
+    ) {
+        Self::axpy(m, k, n, 1.0, a, rsa, csa, b, ldb, 0.0, c, ldc);
+        for r in 0..m {
+            super::gemm::act_backward(tanh, &g[r * ldc..][..n], &mut c[r * ldc..][..n]);
+        }
+    }
 }
 
 macro_rules! policy {
-    ($name:ident, $doc:literal, fused: $fused:literal, axpy: $axpy:path, xwt: |$p:ident, $i:ident, $o:ident, $x:ident, $w:ident, $b:ident, $z:ident| $xwt:expr $(, tanh: $tanh:path)? $(, adam: $adam:path)?) => {
+    ($name:ident, $doc:literal, fused: $fused:literal, axpy: $axpy:path, xwt: |$p:ident, $i:ident, $o:ident, $x:ident, $w:ident, $b:ident, $z:ident| $xwt:expr $(, tanh: $tanh:path)? $(, adam: $adam:path)? $(, axpy_act: $axpy_act:path)?) => {
         #[doc = $doc]
         #[derive(Clone, Copy, Debug)]
         pub struct $name;
@@ -129,6 +153,13 @@ macro_rules! policy {
                     unsafe { $adam(theta, g, v, lr_t, beta2, eps) }
                 }
             )?
+            $(
+                #[inline(always)]
+                fn axpy_act(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, csa: usize, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, tanh: bool, g: &[f32]) {
+                    // SAFETY: as above, only reached after run-time detection.
+                    unsafe { $axpy_act(m, k, n, a, rsa, csa, b, ldb, c, ldc, tanh, g) }
+                }
+            )?
             #[inline(always)]
             fn xwt($p: usize, $i: usize, $o: usize, $x: &[f32], $w: &[f32], $b: &[f32], $z: &mut [f32]) {
                 $xwt
@@ -143,7 +174,7 @@ macro_rules! policy {
 policy!(Avx512, "AVX-512: 32 zmm registers, 16 lanes.", fused: true, axpy: super::x86::axpy_avx512,
     // SAFETY: see above: only reached after AVX-512F/VL + FMA were detected.
     xwt: |p, i, o, x, w, b, z| unsafe { super::x86::xwt_avx512(p, i, o, x, w, b, z) }, tanh: super::x86::tanh_avx512,
-    adam: super::x86::adam_avx512);
+    adam: super::x86::adam_avx512, axpy_act: super::x86::axpy_act_avx512);
 #[cfg(target_arch = "x86_64")]
 policy!(Avx2, "AVX2 + FMA: 16 ymm registers, 8 lanes.", fused: true, axpy: super::x86::axpy_avx2,
     // SAFETY: see above: only reached after AVX2 + FMA were detected.

@@ -335,6 +335,7 @@ unsafe fn axpy_block_avx512<const RR: usize, const NV: usize>(
     r0: usize,
     c0: usize,
     masks: [__mmask16; 4],
+    gate: Gate,
 ) {
     // SAFETY: guaranteed by the caller; masked-off lanes are neither read nor written.
     unsafe {
@@ -359,6 +360,19 @@ unsafe fn axpy_block_avx512<const RR: usize, const NV: usize>(
                 } else {
                     let c = _mm512_maskz_loadu_ps(masks[h], crow.add(16 * h));
                     _mm512_fmadd_ps(va, acc[h], if beta == 1.0 { c } else { _mm512_mul_ps(vb, c) })
+                };
+                // The activation derivative through the stored activation a (same layout as C),
+                // with the arithmetic of the separate pass: v·(1 − a·a), or v where a > 0.
+                let v = match gate {
+                    Gate::None => v,
+                    Gate::Tanh(gp) => {
+                        let a = _mm512_maskz_loadu_ps(masks[h], gp.add((r0 + r) * ldc + c0 + 16 * h));
+                        _mm512_mul_ps(v, _mm512_sub_ps(_mm512_set1_ps(1.0), _mm512_mul_ps(a, a)))
+                    }
+                    Gate::Relu(gp) => {
+                        let a = _mm512_maskz_loadu_ps(masks[h], gp.add((r0 + r) * ldc + c0 + 16 * h));
+                        _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(a, _mm512_setzero_ps()), v)
+                    }
                 };
                 _mm512_mask_storeu_ps(crow.add(16 * h), masks[h], v);
             }
@@ -394,6 +408,71 @@ pub unsafe fn axpy_avx512(
     c: &mut [f32],
     ldc: usize,
 ) {
+    // SAFETY: same contract as this function's.
+    unsafe { axpy_avx512_gated(m, k, n, alpha, a, rsa, csa, b, ldb, beta, c, ldc, Gate::None) }
+}
+
+/// Where the axpy epilogue reads the stored activation for the derivative it multiplies in
+/// (`[m × ldc]`, the layout of `C`).
+#[derive(Clone, Copy)]
+enum Gate {
+    None,
+    Tanh(*const f32),
+    Relu(*const f32),
+}
+
+/// Input gradient fused with the activation derivative: `C[m×n] ← (A·B) ⊙ act'(G)` where `G`
+/// (the layer's stored activation, `[m × ldc]` like `C`) gives `1 − g²` (tanh) or `[g > 0]`
+/// (ReLU), computed in the product's epilogue with the same arithmetic as the separate pass
+/// (bit-identical), saving a read-modify-write pass over `C`.
+///
+/// # Safety
+/// The CPU must support AVX-512F/VL and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn axpy_act_avx512(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    tanh: bool,
+    g: &[f32],
+) {
+    assert!(m == 0 || n == 0 || (m - 1) * ldc + n <= g.len(), "axpy: activations out of bounds");
+    let gate = if tanh { Gate::Tanh(g.as_ptr()) } else { Gate::Relu(g.as_ptr()) };
+    // SAFETY: same contract as this function's; `g` covers every C position (checked above).
+    unsafe { axpy_avx512_gated(m, k, n, 1.0, a, rsa, csa, b, ldb, 0.0, c, ldc, gate) }
+}
+
+/// [`axpy_avx512`] with an optional activation-derivative epilogue.
+///
+/// # Safety
+/// The CPU must support AVX-512F/VL and FMA; a gate pointer covers every C position.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn axpy_avx512_gated(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    ldb: usize,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    gate: Gate,
+) {
     check_axpy(m, k, n, a, rsa, csa, b, ldb, c, ldc);
     let lane_mask = |from: usize| -> __mmask16 {
         let left = n.saturating_sub(from).min(16);
@@ -406,7 +485,7 @@ pub unsafe fn axpy_avx512(
     unsafe {
         macro_rules! run {
             ($rr:literal, $nv:literal, $r0:expr, $c0:expr, $masks:expr) => {
-                axpy_block_avx512::<$rr, $nv>(k, alpha, ap, rsa, csa, bp, ldb, beta, cp, ldc, $r0, $c0, $masks)
+                axpy_block_avx512::<$rr, $nv>(k, alpha, ap, rsa, csa, bp, ldb, beta, cp, ldc, $r0, $c0, $masks, gate)
             };
         }
         macro_rules! rows {
