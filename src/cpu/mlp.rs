@@ -350,16 +350,22 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
             gemm::dzw_act_p::<P>(points, out, inp, dz, &theta[wo..wo + inp * out], dx, tanh, a_prev);
         }
         if let Sink::Adam { theta, v, lr_t, beta2, eps, from } = &mut sink {
-            // First step: fill a span of θ' and v from the source just before updating it.
+            // First step: each span of θ' and v is read from the source and written updated,
+            // out of place (no copy pass).
             let from: Option<AdamFrom<'_>> = *from;
-            let init = |theta: &mut [f32], v: &mut [f32], span: std::ops::Range<usize>| {
-                if let Some(f) = from {
-                    theta[span.clone()].copy_from_slice(&f.theta[span.clone()]);
-                    match f.v {
-                        Some(src) => v[span.clone()].copy_from_slice(&src[span]),
-                        None => v[span].fill(0.0),
-                    }
-                }
+            let (lr_t, beta2, eps) = (*lr_t, *beta2, *eps);
+            let update = |theta: &mut [f32], v: &mut [f32], g: &[f32], span: std::ops::Range<usize>| match from {
+                Some(f) => P::adam_slice_from(
+                    &mut theta[span.clone()],
+                    &f.theta[span.clone()],
+                    g,
+                    &mut v[span.clone()],
+                    f.v.map(|src| &src[span]),
+                    lr_t,
+                    beta2,
+                    eps,
+                ),
+                None => update::adam_body::<P>(&mut theta[span.clone()], g, &mut v[span], lr_t, beta2, eps),
             };
             // Tiles of whole rows: θ and v rows of a tile are contiguous in the flat layout.
             let rows = (ADAM_TILE / inp).clamp(1, out);
@@ -368,15 +374,12 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
                 let rr = rows.min(out - r0);
                 let g = &mut ws.tile[..rr * inp];
                 gemm::dztx_rows_p::<P>(rr, out, inp, points, 1.0, &dz[r0..], a_prev, 0.0, g);
-                let span = wo + r0 * inp..wo + (r0 + rr) * inp;
-                init(theta, v, span.clone());
-                update::adam_body::<P>(&mut theta[span.clone()], g, &mut v[span], *lr_t, *beta2, *eps);
+                update(theta, v, g, wo + r0 * inp..wo + (r0 + rr) * inp);
                 r0 += rr;
             }
             let gb = &mut ws.tile[..out];
             bias_grad::<P>(dz, out, 1.0, 0.0, gb);
-            init(theta, v, bo..bo + out);
-            update::adam_body::<P>(&mut theta[bo..bo + out], gb, &mut v[bo..bo + out], *lr_t, *beta2, *eps);
+            update(theta, v, gb, bo..bo + out);
             std::mem::swap(&mut ws.grad_cur, &mut ws.grad_next);
             continue;
         }

@@ -95,6 +95,27 @@ pub trait Policy: Copy {
     /// `Z ← bias + X·Wᵀ` (see [`super::gemm::xwt_kernel`]).
     #[allow(clippy::too_many_arguments)]
     fn xwt(points: usize, inp: usize, out: usize, x: &[f32], w: &[f32], bias: &[f32], z: &mut [f32]);
+    /// [`Self::adam_slice`] out of place for a task's first step: θ from `src_theta`, `v` from
+    /// `src_v` (zeros when `None`), results into `theta` and `v`. The default copies and then
+    /// updates in place; AVX-512 reads the sources directly (bit-identical).
+    #[allow(clippy::too_many_arguments)]
+    fn adam_slice_from(
+        theta: &mut [f32],
+        src_theta: &[f32],
+        g: &[f32],
+        v: &mut [f32],
+        src_v: Option<&[f32]>,
+        lr_t: f32,
+        beta2: f32,
+        eps: f32,
+    ) {
+        theta.copy_from_slice(src_theta);
+        match src_v {
+            Some(s) => v.copy_from_slice(s),
+            None => v.fill(0.0),
+        }
+        Self::adam_slice(theta, g, v, lr_t, beta2, eps);
+    }
     /// `C[m×n] ← (A·B) ⊙ act'(G)`, the input gradient with the hidden activation's derivative
     /// taken through the stored activation `G` (laid out like `C`): `1 − g²` for tanh, `[g > 0]`
     /// for ReLU. The default is [`Self::axpy`] then a separate pass; AVX-512 fuses it into the
@@ -122,7 +143,7 @@ pub trait Policy: Copy {
 }
 
 macro_rules! policy {
-    ($name:ident, $doc:literal, fused: $fused:literal, axpy: $axpy:path, xwt: |$p:ident, $i:ident, $o:ident, $x:ident, $w:ident, $b:ident, $z:ident| $xwt:expr $(, tanh: $tanh:path)? $(, adam: $adam:path)? $(, axpy_act: $axpy_act:path)?) => {
+    ($name:ident, $doc:literal, fused: $fused:literal, axpy: $axpy:path, xwt: |$p:ident, $i:ident, $o:ident, $x:ident, $w:ident, $b:ident, $z:ident| $xwt:expr $(, tanh: $tanh:path)? $(, adam: $adam:path, adam_from: $adam_from:path)? $(, axpy_act: $axpy_act:path)?) => {
         #[doc = $doc]
         #[derive(Clone, Copy, Debug)]
         pub struct $name;
@@ -152,6 +173,11 @@ macro_rules! policy {
                     // SAFETY: as above, only reached after run-time detection.
                     unsafe { $adam(theta, g, v, lr_t, beta2, eps) }
                 }
+                #[inline(always)]
+                fn adam_slice_from(theta: &mut [f32], src_theta: &[f32], g: &[f32], v: &mut [f32], src_v: Option<&[f32]>, lr_t: f32, beta2: f32, eps: f32) {
+                    // SAFETY: as above, only reached after run-time detection.
+                    unsafe { $adam_from(theta, src_theta, g, v, src_v, lr_t, beta2, eps) }
+                }
             )?
             $(
                 #[inline(always)]
@@ -174,7 +200,7 @@ macro_rules! policy {
 policy!(Avx512, "AVX-512: 32 zmm registers, 16 lanes.", fused: true, axpy: super::x86::axpy_avx512,
     // SAFETY: see above: only reached after AVX-512F/VL + FMA were detected.
     xwt: |p, i, o, x, w, b, z| unsafe { super::x86::xwt_avx512(p, i, o, x, w, b, z) }, tanh: super::x86::tanh_avx512,
-    adam: super::x86::adam_avx512, axpy_act: super::x86::axpy_act_avx512);
+    adam: super::x86::adam_avx512, adam_from: super::x86::adam_from_avx512, axpy_act: super::x86::axpy_act_avx512);
 #[cfg(target_arch = "x86_64")]
 policy!(Avx2, "AVX2 + FMA: 16 ymm registers, 8 lanes.", fused: true, axpy: super::x86::axpy_avx2,
     // SAFETY: see above: only reached after AVX2 + FMA were detected.

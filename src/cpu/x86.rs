@@ -762,7 +762,60 @@ pub unsafe fn tanh_avx2(z: &mut [f32]) {
 pub unsafe fn adam_avx512(theta: &mut [f32], g: &[f32], v: &mut [f32], lr_t: f32, beta2: f32, eps: f32) {
     let n = theta.len();
     assert!(g.len() == n && v.len() == n, "adam lengths");
-    let (tp, gp, vp) = (theta.as_mut_ptr(), g.as_ptr(), v.as_mut_ptr());
+    let (tp, vp) = (theta.as_mut_ptr(), v.as_mut_ptr());
+    // SAFETY: same contract; reading and writing the same θ and v positions in place.
+    unsafe { adam_avx512_raw(n, tp, tp, g.as_ptr(), vp, vp, lr_t, beta2, eps) }
+}
+
+/// [`adam_avx512`] out of place, for the first step of a task: reads θ from `src_theta` and
+/// `v` from `src_v` (zeros when `None`), writes both to `theta` and `v`. The same arithmetic
+/// as copying first and updating in place (bit-identical), without the copy pass.
+///
+/// # Safety
+/// The CPU must support AVX-512F/VL and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn adam_from_avx512(
+    theta: &mut [f32],
+    src_theta: &[f32],
+    g: &[f32],
+    v: &mut [f32],
+    src_v: Option<&[f32]>,
+    lr_t: f32,
+    beta2: f32,
+    eps: f32,
+) {
+    let n = theta.len();
+    assert!(g.len() == n && v.len() == n && src_theta.len() == n, "adam lengths");
+    assert!(src_v.is_none_or(|s| s.len() == n), "adam source moments length");
+    let vin = src_v.map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: lengths checked above; the sources are shared borrows distinct from the
+    // mutably borrowed destinations.
+    unsafe {
+        adam_avx512_raw(n, src_theta.as_ptr(), theta.as_mut_ptr(), g.as_ptr(), vin, v.as_mut_ptr(), lr_t, beta2, eps)
+    }
+}
+
+/// The Adam loop over raw pointers: θ and `v` read from `tin`/`vin` (`vin` null = zeros) and
+/// written to `tout`/`vout` (which may equal the inputs).
+///
+/// # Safety
+/// AVX-512F/VL + FMA; every pointer covers `n` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn adam_avx512_raw(
+    n: usize,
+    tin: *const f32,
+    tout: *mut f32,
+    gp: *const f32,
+    vin: *const f32,
+    vout: *mut f32,
+    lr_t: f32,
+    beta2: f32,
+    eps: f32,
+) {
     let (b2, omb2) = (_mm512_set1_ps(beta2), _mm512_set1_ps(1.0 - beta2));
     let (lr, ep) = (_mm512_set1_ps(lr_t), _mm512_set1_ps(eps));
     let (half, three_halves, two) = (_mm512_set1_ps(0.5), _mm512_set1_ps(1.5), _mm512_set1_ps(2.0));
@@ -785,18 +838,21 @@ pub unsafe fn adam_avx512(theta: &mut [f32], g: &[f32], v: &mut [f32], lr_t: f32
     // SAFETY: full-width accesses stay below i + 16 ≤ n; the tail's masked lanes below n
     // (masked-off lanes are neither read nor written).
     unsafe {
+        let zero = vin.is_null();
         while i + 16 <= n {
-            let (t, vn) = step(_mm512_loadu_ps(tp.add(i)), _mm512_loadu_ps(gp.add(i)), _mm512_loadu_ps(vp.add(i)));
-            _mm512_storeu_ps(tp.add(i), t);
-            _mm512_storeu_ps(vp.add(i), vn);
+            let v = if zero { _mm512_setzero_ps() } else { _mm512_loadu_ps(vin.add(i)) };
+            let (t, vn) = step(_mm512_loadu_ps(tin.add(i)), _mm512_loadu_ps(gp.add(i)), v);
+            _mm512_storeu_ps(tout.add(i), t);
+            _mm512_storeu_ps(vout.add(i), vn);
             i += 16;
         }
         if i < n {
             let mask: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
             let ld = |p: *const f32| _mm512_maskz_loadu_ps(mask, p);
-            let (t, vn) = step(ld(tp.add(i)), ld(gp.add(i)), ld(vp.add(i)));
-            _mm512_mask_storeu_ps(tp.add(i), mask, t);
-            _mm512_mask_storeu_ps(vp.add(i), mask, vn);
+            let v = if zero { _mm512_setzero_ps() } else { ld(vin.add(i)) };
+            let (t, vn) = step(ld(tin.add(i)), ld(gp.add(i)), v);
+            _mm512_mask_storeu_ps(tout.add(i), mask, t);
+            _mm512_mask_storeu_ps(vout.add(i), mask, vn);
         }
     }
 }
