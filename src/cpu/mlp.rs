@@ -212,7 +212,15 @@ enum Sink<'a> {
     Sgd { theta: &'a mut [f32], lr: f32 },
     /// One Adam step with β1 = 0 (see [`crate::cpu::update::adam_b1zero`]), applied per tile
     /// of gradient rows straight from the product, without a gradient buffer.
-    Adam { theta: &'a mut [f32], v: &'a mut [f32], lr_t: f32, beta2: f32, eps: f32, from: Option<AdamFrom<'a>> },
+    Adam {
+        theta: &'a mut [f32],
+        v: &'a mut [f32],
+        lr_t: f32,
+        beta2: f32,
+        eps: f32,
+        from: Option<AdamFrom<'a>>,
+        acc: Option<Accumulate<'a>>,
+    },
 }
 
 /// Where a fused Adam backward reads θ and `v` when the destination buffers are not
@@ -227,6 +235,23 @@ pub struct AdamFrom<'a> {
     pub v: Option<&'a [f32]>,
 }
 
+/// Running sums that a task's last fused Adam step adds its result to, tile by tile while the
+/// tile is in L1 (instead of a later pass over the whole parameter vector): `delta ← θ' − base`
+/// (`first`) or `delta ← delta + (θ' − base)`, and likewise `moments ← v` or `moments + v`.
+/// The arithmetic of [`crate::cpu::update::delta`] / `accumulate_delta` / `add_assign`, so the
+/// sums are bit-identical to the separate passes.
+#[derive(Debug)]
+pub struct Accumulate<'a> {
+    /// θ the delta is taken against.
+    pub base: &'a [f32],
+    /// The delta sum.
+    pub delta: &'a mut [f32],
+    /// The moments sum, when moments are carried.
+    pub moments: Option<&'a mut [f32]>,
+    /// Overwrite (the first task of a sum) instead of adding.
+    pub first: bool,
+}
+
 /// Backward pass after [`forward`] and [`loss_grad`] on the same batch: writes `∇θ` of the
 /// loss into `grad` (flat layout). Per layer, from the last: `dW_l = dZ_lᵀ·A_{l−1}`,
 /// `db_l = Σ_points dZ_l`, then `dZ_{l−1} = (dZ_l·W_l) ⊙ act'(A_{l−1})`.
@@ -238,7 +263,7 @@ pub fn backward(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mu
 
 dispatch! { fn backward_d(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mut Workspace, grad: &mut [f32]) => backward_grad_body }
 dispatch! { fn backward_sgd_d(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, lr: f32) => backward_sgd_body }
-dispatch! { fn backward_adam_d(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, v: &mut [f32], hyper: AdamStep, from: Option<AdamFrom<'_>>) => backward_adam_body }
+dispatch! { fn backward_adam_d(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, v: &mut [f32], hyper: AdamStep, from: Option<AdamFrom<'_>>, acc: Option<Accumulate<'_>>) => backward_adam_body }
 
 /// The scalars of one Adam step with β1 = 0: `lr_t = α·√(1 − β2^t)` (bias correction folded
 /// in), `β2`, `ε`.
@@ -263,8 +288,15 @@ fn backward_adam_body<P: Policy>(
     v: &mut [f32],
     h: AdamStep,
     from: Option<AdamFrom<'_>>,
+    acc: Option<Accumulate<'_>>,
 ) {
-    backward_impl::<P>(spec, Sink::Adam { theta, v, lr_t: h.lr_t, beta2: h.beta2, eps: h.eps, from }, x, points, ws);
+    backward_impl::<P>(
+        spec,
+        Sink::Adam { theta, v, lr_t: h.lr_t, beta2: h.beta2, eps: h.eps, from, acc },
+        x,
+        points,
+        ws,
+    );
 }
 
 /// Backward fused with one Adam step (β1 = 0): for each layer, after its input gradient,
@@ -284,13 +316,35 @@ pub fn backward_adam(
     step: AdamStep,
     from: Option<AdamFrom<'_>>,
 ) {
-    assert_eq!(theta.len(), spec.num_params(), "θ length");
-    assert_eq!(v.len(), spec.num_params(), "Adam moments length");
+    backward_adam_acc(spec, theta, x, points, ws, v, step, from, None);
+}
+
+/// [`backward_adam`] that also adds the updated θ' and `v` to running sums ([`Accumulate`]),
+/// for the last inner step of a task.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_adam_acc(
+    spec: &MlpSpec,
+    theta: &mut [f32],
+    x: &[f32],
+    points: usize,
+    ws: &mut Workspace,
+    v: &mut [f32],
+    step: AdamStep,
+    from: Option<AdamFrom<'_>>,
+    acc: Option<Accumulate<'_>>,
+) {
+    let p = spec.num_params();
+    assert_eq!(theta.len(), p, "θ length");
+    assert_eq!(v.len(), p, "Adam moments length");
     if let Some(f) = &from {
-        assert_eq!(f.theta.len(), spec.num_params(), "source θ length");
-        assert!(f.v.is_none_or(|v| v.len() == spec.num_params()), "source moments length");
+        assert_eq!(f.theta.len(), p, "source θ length");
+        assert!(f.v.is_none_or(|v| v.len() == p), "source moments length");
     }
-    backward_adam_d(spec, theta, x, points, ws, v, step, from);
+    if let Some(a) = &acc {
+        assert!(a.base.len() == p && a.delta.len() == p, "delta sum length");
+        assert!(a.moments.as_ref().is_none_or(|m| m.len() == p), "moments sum length");
+    }
+    backward_adam_d(spec, theta, x, points, ws, v, step, from, acc);
 }
 
 #[inline(always)]
@@ -349,23 +403,41 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
             let tanh = matches!(spec.activation(), Activation::Tanh);
             gemm::dzw_act_p::<P>(points, out, inp, dz, &theta[wo..wo + inp * out], dx, tanh, a_prev);
         }
-        if let Sink::Adam { theta, v, lr_t, beta2, eps, from } = &mut sink {
+        if let Sink::Adam { theta, v, lr_t, beta2, eps, from, acc } = &mut sink {
             // First step: each span of θ' and v is read from the source and written updated,
             // out of place (no copy pass).
             let from: Option<AdamFrom<'_>> = *from;
             let (lr_t, beta2, eps) = (*lr_t, *beta2, *eps);
-            let update = |theta: &mut [f32], v: &mut [f32], g: &[f32], span: std::ops::Range<usize>| match from {
-                Some(f) => P::adam_slice_from(
-                    &mut theta[span.clone()],
-                    &f.theta[span.clone()],
-                    g,
-                    &mut v[span.clone()],
-                    f.v.map(|src| &src[span]),
-                    lr_t,
-                    beta2,
-                    eps,
-                ),
-                None => update::adam_body::<P>(&mut theta[span.clone()], g, &mut v[span], lr_t, beta2, eps),
+            let mut update = |theta: &mut [f32], v: &mut [f32], g: &[f32], span: std::ops::Range<usize>| {
+                match from {
+                    Some(f) => P::adam_slice_from(
+                        &mut theta[span.clone()],
+                        &f.theta[span.clone()],
+                        g,
+                        &mut v[span.clone()],
+                        f.v.map(|src| &src[span.clone()]),
+                        lr_t,
+                        beta2,
+                        eps,
+                    ),
+                    None => update::adam_body::<P>(&mut theta[span.clone()], g, &mut v[span.clone()], lr_t, beta2, eps),
+                }
+                // The task's last step: add the tile to the running sums while it is in L1.
+                if let Some(a) = acc.as_mut() {
+                    let (t, base, d) = (&theta[span.clone()], &a.base[span.clone()], &mut a.delta[span.clone()]);
+                    if a.first {
+                        update::delta_body::<P>(d, t, base);
+                    } else {
+                        update::accumulate_body::<P>(d, t, base);
+                    }
+                    if let Some(m) = a.moments.as_mut() {
+                        if a.first {
+                            m[span.clone()].copy_from_slice(&v[span]);
+                        } else {
+                            update::add_assign_body::<P>(&mut m[span.clone()], &v[span]);
+                        }
+                    }
+                }
             };
             // Tiles of whole rows: θ and v rows of a tile are contiguous in the flat layout.
             let rows = (ADAM_TILE / inp).clamp(1, out);

@@ -14,7 +14,7 @@ dispatch! { fn accumulate_d(acc: &mut [f32], theta_prime: &[f32], theta: &[f32])
 // `P` only selects the instruction set the wrapper compiles this loop for.
 #[allow(clippy::extra_unused_type_parameters)]
 #[inline(always)]
-fn accumulate_body<P: Policy>(acc: &mut [f32], theta_prime: &[f32], theta: &[f32]) {
+pub(crate) fn accumulate_body<P: Policy>(acc: &mut [f32], theta_prime: &[f32], theta: &[f32]) {
     acc.iter_mut().zip(theta_prime).zip(theta).for_each(|((a, &tp), &t)| *a += tp - t);
 }
 
@@ -29,7 +29,7 @@ dispatch! { fn delta_d(out: &mut [f32], theta_prime: &[f32], theta: &[f32]) => d
 // `P` only selects the instruction set the wrapper compiles this loop for.
 #[allow(clippy::extra_unused_type_parameters)]
 #[inline(always)]
-fn delta_body<P: Policy>(out: &mut [f32], theta_prime: &[f32], theta: &[f32]) {
+pub(crate) fn delta_body<P: Policy>(out: &mut [f32], theta_prime: &[f32], theta: &[f32]) {
     out.iter_mut().zip(theta_prime).zip(theta).for_each(|((o, &tp), &t)| *o = tp - t);
 }
 
@@ -44,7 +44,7 @@ dispatch! { fn add_assign_d(acc: &mut [f32], x: &[f32]) => add_assign_body }
 // `P` only selects the instruction set the wrapper compiles this loop for.
 #[allow(clippy::extra_unused_type_parameters)]
 #[inline(always)]
-fn add_assign_body<P: Policy>(acc: &mut [f32], x: &[f32]) {
+pub(crate) fn add_assign_body<P: Policy>(acc: &mut [f32], x: &[f32]) {
     acc.iter_mut().zip(x).for_each(|(a, &v)| *a += v);
 }
 

@@ -3,6 +3,7 @@
 use super::config::{InnerLoop, InnerOptimizer};
 use super::tasks::TaskBatch;
 use crate::cpu::mlp::{self, Tgt, Workspace};
+use crate::cpu::update;
 use crate::error::{Error, Result};
 use crate::params::Model;
 use crate::rng::{self, Rng};
@@ -184,6 +185,7 @@ impl TaskWorker {
         labels: bool,
         lr: f32,
         from: Option<mlp::AdamFrom<'_>>,
+        acc: Option<mlp::Accumulate<'_>>,
     ) -> f32 {
         let xb = &self.xb[..b * spec.in_dim()];
         let src: &[f32] = match &from {
@@ -196,13 +198,14 @@ impl TaskWorker {
         match self.opt {
             InnerOptimizer::Sgd => {
                 debug_assert!(from.is_none(), "SGD starts from a copied θ'");
+                debug_assert!(acc.is_none(), "SGD steps do not accumulate");
                 mlp::backward_sgd(spec, &mut self.theta_p, xb, b, &mut self.ws, lr)
             }
             InnerOptimizer::Adam { beta2, eps } => {
                 self.adam_t += 1;
                 let lr_t = (lr as f64 * (1.0 - (beta2 as f64).powf(self.adam_t as f64)).sqrt()) as f32;
                 let step = mlp::AdamStep { lr_t, beta2, eps };
-                mlp::backward_adam(spec, &mut self.theta_p, xb, b, &mut self.ws, &mut self.adam_v, step, from);
+                mlp::backward_adam_acc(spec, &mut self.theta_p, xb, b, &mut self.ws, &mut self.adam_v, step, from, acc);
             }
         }
         loss
@@ -211,6 +214,10 @@ impl TaskWorker {
     /// Runs `inner.steps` steps on task `(x, y)` of `m` points, θ' ← θ first.
     /// Returns (loss of the first minibatch at θ, loss of that same minibatch at θ').
     /// With `keep_prev`, `prev` holds θ' before the last step (for FOMAML).
+    ///
+    /// With `acc`, θ' − `acc.base` (and the final moments, for Adam with a moments sum) are
+    /// added to the running sums: fused into the last Adam step tile by tile, or in a pass at
+    /// the end (SGD, or no steps).
     ///
     /// With Adam and moments [`MomentsStart::Zero`] or [`MomentsStart::From`], the first step
     /// reads θ and the moments where they are and writes θ' and `v` tile by tile, instead of
@@ -229,6 +236,7 @@ impl TaskWorker {
         keep_prev: bool,
         moments: MomentsStart<'_>,
         rng: &mut Rng,
+        mut acc: Option<mlp::Accumulate<'_>>,
     ) -> (f32, f32) {
         let b = inner.batch_for(m);
         let adam = matches!(self.opt, InnerOptimizer::Adam { .. });
@@ -269,11 +277,24 @@ impl TaskWorker {
                 self.prev.copy_from_slice(&self.theta_p);
             }
             let (bs, labels) = self.gather(spec, x, y, bs);
-            let loss = self.sgd_on_gathered(spec, bs, labels, inner.lr, from.take());
+            let fuse = if last && adam { acc.take() } else { None };
+            let loss = self.sgd_on_gathered(spec, bs, labels, inner.lr, from.take(), fuse);
             if s == 0 {
                 first = (loss, bs, labels);
                 self.idx0.clear();
                 self.idx0.extend_from_slice(&self.idx[..bs]);
+            }
+        }
+        if let Some(a) = acc {
+            // Not fused (SGD, or no steps): one pass over θ' (and v).
+            let (t, base) = (&self.theta_p[..], a.base);
+            if a.first {
+                update::delta(a.delta, t, base)
+            } else {
+                update::accumulate_delta(a.delta, t, base)
+            }
+            if let Some(m) = a.moments {
+                if a.first { m.copy_from_slice(&self.adam_v) } else { update::add_assign(m, &self.adam_v) }
             }
         }
         // Loss after adaptation on the first minibatch: one more forward at θ'.
@@ -308,7 +329,7 @@ impl TaskWorker {
         for _ in 0..steps {
             self.next_batch(b, rng);
             let (bs, labels) = self.gather(spec, x, y, b);
-            self.sgd_on_gathered(spec, bs, labels, lr, None);
+            self.sgd_on_gathered(spec, bs, labels, lr, None, None);
         }
     }
 }
@@ -347,7 +368,7 @@ pub fn adapt_with(
         return Err(Error::ShapeMismatch(format!("Adam moments have {} values, θ has {}", v.len(), spec.num_params())));
     }
     w.set_optimizer(opt, moments);
-    w.run(spec, model.params(), x, y, m, inner, None, false, MomentsStart::Kept, &mut rng);
+    w.run(spec, model.params(), x, y, m, inner, None, false, MomentsStart::Kept, &mut rng, None);
     crate::error::check_finite(&w.theta_p, "adapted θ'").map_err(|e| Error::Diverged {
         iteration: 0,
         reason: format!("adaptation produced a non-finite parameter ({e})"),

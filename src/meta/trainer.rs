@@ -11,6 +11,7 @@ use super::inner::{MomentsStart, TaskWorker};
 use super::lanes::LaneWorker;
 use super::tasks::TaskBatch;
 use crate::cpu::lanes::{self, LANES};
+use crate::cpu::mlp;
 use crate::cpu::update;
 use crate::error::{Error, Result};
 use crate::params::Model;
@@ -521,12 +522,24 @@ impl Trainer {
                     let (x, y) = batch.task_slices(i);
                     w.set_optimizer_deferred(opt, if carry { adam_t } else { 0 });
                     let moments = if carry { MomentsStart::From(&adam_v[..]) } else { MomentsStart::Zero };
-                    let (b0, a0) = w.run(spec, theta, x, y, m, &inner, tail, fomaml, moments, &mut rng);
+                    // The chunk's first task writes its delta (and moments); the others add
+                    // theirs. Reptile hands the sums to the run (fused into the last Adam step);
+                    // FOMAML's base is the worker's own previous θ', summed here.
+                    let first = i == start;
+                    let sums = (!fomaml).then(|| mlp::Accumulate {
+                        base: theta,
+                        delta: &mut *acc,
+                        moments: if carry { Some(&mut *acc_v) } else { None },
+                        first,
+                    });
+                    let (b0, a0) = w.run(spec, theta, x, y, m, &inner, tail, fomaml, moments, &mut rng, sums);
                     lb += b0 as f64;
                     la += a0 as f64;
-                    let base: &[f32] = if fomaml { &w.prev } else { theta };
-                    // The chunk's first task writes its delta (and moments); the others add theirs.
-                    if i == start {
+                    if !fomaml {
+                        continue;
+                    }
+                    let base: &[f32] = &w.prev;
+                    if first {
                         update::delta(acc, &w.theta_p, base);
                         if carry {
                             acc_v.copy_from_slice(&w.adam_v);
