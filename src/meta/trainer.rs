@@ -526,7 +526,7 @@ impl Trainer {
                     // theirs. Reptile hands the sums to the run (fused into the last Adam step);
                     // FOMAML's base is the worker's own previous θ', summed here.
                     let first = i == start;
-                    let sums = (!fomaml).then(|| mlp::Accumulate {
+                    let sums = (!fomaml).then_some(mlp::Accumulate {
                         base: theta,
                         delta: &mut *acc,
                         moments: if carry { Some(&mut *acc_v) } else { None },
