@@ -321,7 +321,7 @@ fn check_axpy(
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
-unsafe fn axpy_block_avx512<const RR: usize, const NV: usize>(
+unsafe fn axpy_block_avx512<const RR: usize, const NV: usize, const G: u8>(
     k: usize,
     alpha: f32,
     ap: *const f32,
@@ -335,7 +335,7 @@ unsafe fn axpy_block_avx512<const RR: usize, const NV: usize>(
     r0: usize,
     c0: usize,
     masks: [__mmask16; 4],
-    gate: Gate,
+    gp: *const f32,
 ) {
     // SAFETY: guaranteed by the caller; masked-off lanes are neither read nor written.
     unsafe {
@@ -363,16 +363,17 @@ unsafe fn axpy_block_avx512<const RR: usize, const NV: usize>(
                 };
                 // The activation derivative through the stored activation a (same layout as C),
                 // with the arithmetic of the separate pass: v·(1 − a·a), or v where a > 0.
-                let v = match gate {
-                    Gate::None => v,
-                    Gate::Tanh(gp) => {
+                // (G is a compile-time constant: the plain product has no gate code at all.)
+                let v = match G {
+                    GATE_TANH => {
                         let a = _mm512_maskz_loadu_ps(masks[h], gp.add((r0 + r) * ldc + c0 + 16 * h));
                         _mm512_mul_ps(v, _mm512_sub_ps(_mm512_set1_ps(1.0), _mm512_mul_ps(a, a)))
                     }
-                    Gate::Relu(gp) => {
+                    GATE_RELU => {
                         let a = _mm512_maskz_loadu_ps(masks[h], gp.add((r0 + r) * ldc + c0 + 16 * h));
                         _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(a, _mm512_setzero_ps()), v)
                     }
+                    _ => v,
                 };
                 _mm512_mask_storeu_ps(crow.add(16 * h), masks[h], v);
             }
@@ -409,17 +410,14 @@ pub unsafe fn axpy_avx512(
     ldc: usize,
 ) {
     // SAFETY: same contract as this function's.
-    unsafe { axpy_avx512_gated(m, k, n, alpha, a, rsa, csa, b, ldb, beta, c, ldc, Gate::None) }
+    unsafe { axpy_avx512_gated::<GATE_NONE>(m, k, n, alpha, a, rsa, csa, b, ldb, beta, c, ldc, std::ptr::null()) }
 }
 
-/// Where the axpy epilogue reads the stored activation for the derivative it multiplies in
-/// (`[m × ldc]`, the layout of `C`).
-#[derive(Clone, Copy)]
-enum Gate {
-    None,
-    Tanh(*const f32),
-    Relu(*const f32),
-}
+/// What the axpy epilogue multiplies in, read through the stored activation (`[m × ldc]`, the
+/// layout of `C`): nothing, the tanh derivative, or the ReLU mask.
+const GATE_NONE: u8 = 0;
+const GATE_TANH: u8 = 1;
+const GATE_RELU: u8 = 2;
 
 /// Input gradient fused with the activation derivative: `C[m×n] ← (A·B) ⊙ act'(G)` where `G`
 /// (the layer's stored activation, `[m × ldc]` like `C`) gives `1 − g²` (tanh) or `[g > 0]`
@@ -446,19 +444,24 @@ pub unsafe fn axpy_act_avx512(
     g: &[f32],
 ) {
     assert!(m == 0 || n == 0 || (m - 1) * ldc + n <= g.len(), "axpy: activations out of bounds");
-    let gate = if tanh { Gate::Tanh(g.as_ptr()) } else { Gate::Relu(g.as_ptr()) };
     // SAFETY: same contract as this function's; `g` covers every C position (checked above).
-    unsafe { axpy_avx512_gated(m, k, n, 1.0, a, rsa, csa, b, ldb, 0.0, c, ldc, gate) }
+    unsafe {
+        if tanh {
+            axpy_avx512_gated::<GATE_TANH>(m, k, n, 1.0, a, rsa, csa, b, ldb, 0.0, c, ldc, g.as_ptr())
+        } else {
+            axpy_avx512_gated::<GATE_RELU>(m, k, n, 1.0, a, rsa, csa, b, ldb, 0.0, c, ldc, g.as_ptr())
+        }
+    }
 }
 
 /// [`axpy_avx512`] with an optional activation-derivative epilogue.
 ///
 /// # Safety
-/// The CPU must support AVX-512F/VL and FMA; a gate pointer covers every C position.
+/// The CPU must support AVX-512F/VL and FMA; with a gate, `gp` covers every C position.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn axpy_avx512_gated(
+unsafe fn axpy_avx512_gated<const G: u8>(
     m: usize,
     k: usize,
     n: usize,
@@ -471,7 +474,7 @@ unsafe fn axpy_avx512_gated(
     beta: f32,
     c: &mut [f32],
     ldc: usize,
-    gate: Gate,
+    gp: *const f32,
 ) {
     check_axpy(m, k, n, a, rsa, csa, b, ldb, c, ldc);
     let lane_mask = |from: usize| -> __mmask16 {
@@ -485,7 +488,7 @@ unsafe fn axpy_avx512_gated(
     unsafe {
         macro_rules! run {
             ($rr:literal, $nv:literal, $r0:expr, $c0:expr, $masks:expr) => {
-                axpy_block_avx512::<$rr, $nv>(k, alpha, ap, rsa, csa, bp, ldb, beta, cp, ldc, $r0, $c0, $masks, gate)
+                axpy_block_avx512::<$rr, $nv, G>(k, alpha, ap, rsa, csa, bp, ldb, beta, cp, ldc, $r0, $c0, $masks, gp)
             };
         }
         macro_rules! rows {
