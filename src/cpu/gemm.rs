@@ -238,6 +238,47 @@ pub fn axpy_kernel<P: Policy, const R: usize, const NB: usize>(
     }
 }
 
+/// Weighted column sums `g[c] ← α·Σ_p w_p·dz[p·ldz + c] + β·g[c]` for `c < rows`, with
+/// `w_p = x[p]` (one multiply-add per point) or, with `x = None`, plain sums (the bias
+/// gradient). Points are summed in order; the epilogue is `madd(α, Σ, β·g)` as in
+/// [`axpy_kernel`], and `β = 0` does not read `g`.
+///
+/// Work mapping: 16 columns at a time in a fixed-size accumulator (one vector register on
+/// AVX-512); the `rows % 16` tail the same way, element by element.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn col_sums_p<P: Policy>(
+    rows: usize,
+    ldz: usize,
+    points: usize,
+    alpha: f32,
+    dz: &[f32],
+    x: Option<&[f32]>,
+    beta: f32,
+    g: &mut [f32],
+) {
+    let term = |acc: f32, d: f32, p: usize| match x {
+        Some(x) => P::madd(d, x[p], acc),
+        None => acc + d,
+    };
+    let finish = |g: &mut f32, a: f32| *g = if beta == 0.0 { alpha * a } else { P::madd(alpha, a, beta * *g) };
+    let full = rows / 16 * 16;
+    for c0 in (0..full).step_by(16) {
+        let mut acc = [0.0f32; 16];
+        for p in 0..points {
+            let row: &[f32; 16] = dz[p * ldz + c0..][..16].try_into().unwrap();
+            for j in 0..16 {
+                acc[j] = term(acc[j], row[j], p);
+            }
+        }
+        g[c0..c0 + 16].iter_mut().zip(acc).for_each(|(g, a)| finish(g, a));
+    }
+    for c in full..rows {
+        let a = (0..points).fold(0.0f32, |a, p| term(a, dz[p * ldz + c], p));
+        finish(&mut g[c], a);
+    }
+}
+
 /// Forward product with bias, generic over the instruction set (called from dispatched code).
 #[inline(always)]
 pub(crate) fn xwt_p<P: Policy>(
@@ -348,23 +389,7 @@ pub(crate) fn dztx_rows_p<P: Policy>(
         // over points, so run along the outputs with one multiply-add per point, in the same
         // order and with the same epilogue as the axpy kernel (identical results), instead of
         // blocks that would use one lane of sixteen.
-        // Blocks of 16 outputs in a fixed-size accumulator (one vector register on AVX-512).
-        let finish = |g: &mut f32, a: f32| *g = if beta == 0.0 { alpha * a } else { P::madd(alpha, a, beta * *g) };
-        let full = rows / 16 * 16;
-        for c0 in (0..full).step_by(16) {
-            let mut acc = [0.0f32; 16];
-            for (p, &xp) in x[..points].iter().enumerate() {
-                let row: &[f32; 16] = dz[p * ldz + c0..][..16].try_into().unwrap();
-                for j in 0..16 {
-                    acc[j] = P::madd(row[j], xp, acc[j]);
-                }
-            }
-            g[c0..c0 + 16].iter_mut().zip(acc).for_each(|(g, a)| finish(g, a));
-        }
-        for c in full..rows {
-            let a = x[..points].iter().enumerate().fold(0.0f32, |a, (p, &xp)| P::madd(dz[p * ldz + c], xp, a));
-            finish(&mut g[c], a);
-        }
+        col_sums_p::<P>(rows, ldz, points, alpha, dz, Some(&x[..points]), beta, g);
     } else if points <= SMALL_POINTS {
         P::axpy(rows, points, inp, alpha, dz, 1, ldz, x, inp, beta, g, inp);
     } else {

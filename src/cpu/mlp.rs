@@ -252,6 +252,43 @@ pub struct Accumulate<'a> {
     pub first: bool,
 }
 
+impl Accumulate<'_> {
+    /// Adds `θ'[span] − base[span]` (and `v[span]`) to the sums, or writes them when `first`.
+    #[inline(always)]
+    fn add_span<P: Policy>(&mut self, span: std::ops::Range<usize>, theta: &[f32], v: &[f32]) {
+        let (t, base, d) = (&theta[span.clone()], &self.base[span.clone()], &mut self.delta[span.clone()]);
+        if self.first {
+            update::delta_body::<P>(d, t, base);
+        } else {
+            update::accumulate_body::<P>(d, t, base);
+        }
+        if let Some(m) = self.moments.as_mut() {
+            if self.first {
+                m[span.clone()].copy_from_slice(&v[span]);
+            } else {
+                update::add_assign_body::<P>(&mut m[span.clone()], &v[span]);
+            }
+        }
+    }
+}
+
+/// Adds a whole task's θ' (and, with a moments sum, its `v`) to the sums of `acc` in one pass:
+/// what a fused last step does tile by tile ([`backward_adam_acc`]), for runs that cannot fuse
+/// it (SGD, FOMAML, no steps).
+pub fn accumulate(acc: &mut Accumulate<'_>, theta: &[f32], v: &[f32]) {
+    let p = theta.len();
+    assert!(acc.base.len() == p && acc.delta.len() == p, "delta sum length");
+    assert!(acc.moments.as_ref().is_none_or(|m| m.len() == p && v.len() == p), "moments sum length");
+    accumulate_d(acc, theta, v);
+}
+
+dispatch! { fn accumulate_d(acc: &mut Accumulate<'_>, theta: &[f32], v: &[f32]) => accumulate_body }
+
+#[inline(always)]
+fn accumulate_body<P: Policy>(acc: &mut Accumulate<'_>, theta: &[f32], v: &[f32]) {
+    acc.add_span::<P>(0..theta.len(), theta, v);
+}
+
 /// Backward pass after [`forward`] and [`loss_grad`] on the same batch: writes `∇θ` of the
 /// loss into `grad` (flat layout). Per layer, from the last: `dW_l = dZ_lᵀ·A_{l−1}`,
 /// `db_l = Σ_points dZ_l`, then `dZ_{l−1} = (dZ_l·W_l) ⊙ act'(A_{l−1})`.
@@ -424,19 +461,7 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
                 }
                 // The task's last step: add the tile to the running sums while it is in L1.
                 if let Some(a) = acc.as_mut() {
-                    let (t, base, d) = (&theta[span.clone()], &a.base[span.clone()], &mut a.delta[span.clone()]);
-                    if a.first {
-                        update::delta_body::<P>(d, t, base);
-                    } else {
-                        update::accumulate_body::<P>(d, t, base);
-                    }
-                    if let Some(m) = a.moments.as_mut() {
-                        if a.first {
-                            m[span.clone()].copy_from_slice(&v[span]);
-                        } else {
-                            update::add_assign_body::<P>(&mut m[span.clone()], &v[span]);
-                        }
-                    }
+                    a.add_span::<P>(span, theta, v);
                 }
             };
             // Tiles of whole rows: θ and v rows of a tile are contiguous in the flat layout.
@@ -467,27 +492,9 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
     }
 }
 
-/// `gb ← α·Σ_rows dz + β·gb` for `dz` `[points × out]`.
-///
-/// Work mapping: 16 columns at a time in a fixed-size accumulator (one vector register on
-/// AVX-512), summing the rows in order; the `out % 16` tail the same way, element by element.
+/// `gb ← α·Σ_rows dz + β·gb` for `dz` `[points × out]` (column sums, see
+/// [`gemm::col_sums_p`]).
 #[inline(always)]
 fn bias_grad<P: Policy>(dz: &[f32], out: usize, alpha: f32, beta: f32, gb: &mut [f32]) {
-    let points = dz.len() / out;
-    let full = out / 16 * 16;
-    let finish = |g: &mut f32, a: f32| *g = if beta == 0.0 { alpha * a } else { P::madd(alpha, a, beta * *g) };
-    for c0 in (0..full).step_by(16) {
-        let mut acc = [0.0f32; 16];
-        for p in 0..points {
-            let row: &[f32; 16] = dz[p * out + c0..][..16].try_into().unwrap();
-            for j in 0..16 {
-                acc[j] += row[j];
-            }
-        }
-        gb[c0..c0 + 16].iter_mut().zip(acc).for_each(|(g, a)| finish(g, a));
-    }
-    for c in full..out {
-        let a = (0..points).fold(0.0f32, |a, p| a + dz[p * out + c]);
-        finish(&mut gb[c], a);
-    }
+    gemm::col_sums_p::<P>(out, out, dz.len() / out, alpha, dz, None, beta, gb);
 }

@@ -3,7 +3,6 @@
 use super::config::{InnerLoop, InnerOptimizer};
 use super::tasks::TaskBatch;
 use crate::cpu::mlp::{self, Tgt, Workspace};
-use crate::cpu::update;
 use crate::error::{Error, Result};
 use crate::params::Model;
 use crate::rng::{self, Rng};
@@ -285,17 +284,9 @@ impl TaskWorker {
                 self.idx0.extend_from_slice(&self.idx[..bs]);
             }
         }
-        if let Some(a) = acc {
+        if let Some(mut a) = acc {
             // Not fused (SGD, or no steps): one pass over θ' (and v).
-            let (t, base) = (&self.theta_p[..], a.base);
-            if a.first {
-                update::delta(a.delta, t, base)
-            } else {
-                update::accumulate_delta(a.delta, t, base)
-            }
-            if let Some(m) = a.moments {
-                if a.first { m.copy_from_slice(&self.adam_v) } else { update::add_assign(m, &self.adam_v) }
-            }
+            mlp::accumulate(&mut a, &self.theta_p, &self.adam_v);
         }
         // Loss after adaptation on the first minibatch: one more forward at θ'.
         let (before, b0, labels) = first;

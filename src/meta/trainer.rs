@@ -200,7 +200,6 @@ pub struct Trainer {
     /// Adam's running second moments and step count (with carried moments).
     adam_v: Vec<f32>,
     adam_t: u64,
-    /// [deltas | moments] of a step with carried Adam moments.
     /// The CUDA back end, when selected ([`Trainer::set_device`]).
     cuda: Option<(usize, Box<crate::cuda::backend::CudaBackend>)>,
     partials: Vec<Vec<f32>>,
@@ -523,33 +522,22 @@ impl Trainer {
                     w.set_optimizer_deferred(opt, if carry { adam_t } else { 0 });
                     let moments = if carry { MomentsStart::From(&adam_v[..]) } else { MomentsStart::Zero };
                     // The chunk's first task writes its delta (and moments); the others add
-                    // theirs. Reptile hands the sums to the run (fused into the last Adam step);
-                    // FOMAML's base is the worker's own previous θ', summed here.
+                    // theirs. Reptile hands the sums to the run (fused into the last Adam
+                    // step); FOMAML's base is the worker's own θ' before its last step, known
+                    // only afterwards, so its sums are one pass here.
                     let first = i == start;
-                    let sums = (!fomaml).then_some(mlp::Accumulate {
-                        base: theta,
-                        delta: &mut *acc,
-                        moments: if carry { Some(&mut *acc_v) } else { None },
-                        first,
-                    });
-                    let (b0, a0) = w.run(spec, theta, x, y, m, &inner, tail, fomaml, moments, &mut rng, sums);
+                    let moments_sum = if carry { Some(&mut *acc_v) } else { None };
+                    let (b0, a0) = if fomaml {
+                        let r = w.run(spec, theta, x, y, m, &inner, tail, fomaml, moments, &mut rng, None);
+                        let mut sums = mlp::Accumulate { base: &w.prev, delta: &mut *acc, moments: moments_sum, first };
+                        mlp::accumulate(&mut sums, &w.theta_p, &w.adam_v);
+                        r
+                    } else {
+                        let sums = mlp::Accumulate { base: theta, delta: &mut *acc, moments: moments_sum, first };
+                        w.run(spec, theta, x, y, m, &inner, tail, fomaml, moments, &mut rng, Some(sums))
+                    };
                     lb += b0 as f64;
                     la += a0 as f64;
-                    if !fomaml {
-                        continue;
-                    }
-                    let base: &[f32] = &w.prev;
-                    if first {
-                        update::delta(acc, &w.theta_p, base);
-                        if carry {
-                            acc_v.copy_from_slice(&w.adam_v);
-                        }
-                    } else {
-                        update::accumulate_delta(acc, &w.theta_p, base);
-                        if carry {
-                            update::add_assign(acc_v, &w.adam_v);
-                        }
-                    }
                 }
             }
             (lb, la)
