@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use rand::Rng;
 use reptile::meta::adapt_with;
 use reptile::{
     Activation, AdamMoments, InnerLoop, InnerOptimizer, Loss, MlpSpec, Model, ReptileConfig, Targets, TaskBatch,
@@ -312,4 +313,44 @@ fn fused_adam_backward_equals_gradient_then_update() {
         assert_bits_eq(&t4, &t3, &format!("case {case}: θ from zero moments"));
         assert_bits_eq(&v4, &v3, &format!("case {case}: v from zero moments"));
     }
+}
+
+/// A layer of 76,800 weights is over the size at which the forward product and the fused
+/// Adam update are cut into row pieces run with `rayon::join` on a multi-thread pool
+/// (`cpu::mlp`): training and evaluation with two threads (pieces, possibly on both threads)
+/// must equal one thread (no pieces) bit for bit, moments included.
+#[test]
+fn split_large_layers_are_bit_identical_across_threads() {
+    let spec = MlpSpec::new(&[300, 256, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
+    let mut r = rng(47);
+    let (n, m) = (5usize, 20usize);
+    let batch = |r: &mut rand_chacha::ChaCha8Rng, n: usize| {
+        let x = uniform_vec(r, n * m * 300, 0.0, 1.0);
+        let lab: Vec<u32> = (0..n * m).map(|_| r.random_range(0..5u32)).collect();
+        TaskBatch::new(&spec, n, m, x, Targets::Labels(Cow::Owned(lab))).unwrap()
+    };
+    let batches: Vec<_> = (0..3).map(|_| batch(&mut r, n)).collect();
+    let eval = reptile::EvalTasks::new(batch(&mut r, 3), batch(&mut r, 3)).unwrap();
+    let trainer = |threads: usize| {
+        let config = ReptileConfig {
+            inner_optimizer: adam(1e-8),
+            train_moments: AdamMoments::Carry,
+            train: InnerLoop { lr: 0.003, steps: 3, batch_size: 10 },
+            eval: InnerLoop { lr: 0.003, steps: 4, batch_size: 10 },
+            meta_batch: n,
+            threads,
+            ..ReptileConfig::sine()
+        };
+        Trainer::new(Model::new(spec.clone(), 6), config).unwrap()
+    };
+    let (mut one, mut two) = (trainer(1), trainer(2));
+    for b in &batches {
+        one.step(b).unwrap();
+        two.step(b).unwrap();
+    }
+    assert_bits_eq(one.params(), two.params(), "θ, 1 vs 2 threads");
+    assert_bits_eq(one.adam_moments().0, two.adam_moments().0, "moments, 1 vs 2 threads");
+    assert_ne!(one.params(), Model::new(spec.clone(), 6).params(), "training moved θ");
+    let (e1, e2) = (one.evaluate(&eval).unwrap(), two.evaluate(&eval).unwrap());
+    assert_bits_eq(&e1.losses, &e2.losses, "evaluation losses, 1 vs 2 threads");
 }

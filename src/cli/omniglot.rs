@@ -308,23 +308,43 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     let t0 = Instant::now();
     let mut monitor_s = 0.0;
     let mut running = f32::NAN;
-    for i in 0..a.iterations {
-        let batch = train_tasks.train_batch(&spec, a.meta_batch, a.ways, a.train_shots)?;
-        let s = trainer.step(&batch)?;
-        running = if running.is_nan() { s.loss_after } else { 0.98 * running + 0.02 * s.loss_after };
-        if (i + 1) % 16 == 0 || i + 1 == a.iterations {
-            pb.set_position(i + 1);
-            pb.set_message(format!(
-                "{:.1} it/s, post-adaptation loss {running:.4}",
-                (i + 1) as f64 / t0.elapsed().as_secs_f64()
-            ));
+    std::thread::scope(|scope| -> reptile::Result<()> {
+        // The next meta-batch is sampled on a thread of its own while the trainer's pool
+        // runs this one (the same batches in the same order: the sampler has its own random
+        // stream). A bounded channel keeps it at most two batches ahead; when the loop ends
+        // early, dropping the receiver stops it.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<reptile::Result<TaskBatch<'static>>>(1);
+        let (spec_s, iterations) = (&spec, a.iterations);
+        let (meta_batch, ways, train_shots) = (a.meta_batch, a.ways, a.train_shots);
+        scope.spawn(move || {
+            for _ in 0..iterations {
+                let b = train_tasks.train_batch(spec_s, meta_batch, ways, train_shots);
+                let failed = b.is_err();
+                if tx.send(b).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        for i in 0..a.iterations {
+            let batch =
+                rx.recv().map_err(|_| reptile::Error::InvalidArgument("the task sampler thread stopped".into()))??;
+            let s = trainer.step(&batch)?;
+            running = if running.is_nan() { s.loss_after } else { 0.98 * running + 0.02 * s.loss_after };
+            if (i + 1) % 16 == 0 || i + 1 == a.iterations {
+                pb.set_position(i + 1);
+                pb.set_message(format!(
+                    "{:.1} it/s, post-adaptation loss {running:.4}",
+                    (i + 1) as f64 / t0.elapsed().as_secs_f64()
+                ));
+            }
+            if a.eval_every > 0 && (i + 1) % a.eval_every == 0 && i + 1 < a.iterations {
+                let tm = Instant::now();
+                monitor(&trainer, i + 1, &mut curve_train, &mut curve_test)?;
+                monitor_s += tm.elapsed().as_secs_f64();
+            }
         }
-        if a.eval_every > 0 && (i + 1) % a.eval_every == 0 && i + 1 < a.iterations {
-            let tm = Instant::now();
-            monitor(&trainer, i + 1, &mut curve_train, &mut curve_test)?;
-            monitor_s += tm.elapsed().as_secs_f64();
-        }
-    }
+        Ok(())
+    })?;
     // Training time excludes the periodic evaluations.
     let train_total = t0.elapsed().as_secs_f64() - monitor_s;
     pb.finish_and_clear();

@@ -10,6 +10,7 @@
 //! These are low-level kernels with documented preconditions (shapes agree with the spec);
 //! the checked entry points are [`crate::Model`] and [`crate::Trainer`].
 
+use super::aligned::AlignedVec;
 use super::gemm;
 use super::simd::{Policy, dispatch};
 use super::update;
@@ -21,19 +22,58 @@ use crate::spec::{Activation, Loss, MlpSpec};
 pub struct Workspace {
     cap: usize,
     /// Layer `l`'s activations at `act_off[l]·cap .. + points·out_l`.
-    acts: Vec<f32>,
+    acts: AlignedVec,
     act_off: Vec<usize>,
     /// Ping-pong buffers for `dL/dZ`, `[cap × max_width]` each.
-    grad_cur: Vec<f32>,
-    grad_next: Vec<f32>,
+    grad_cur: AlignedVec,
+    grad_next: AlignedVec,
     /// Gradient tile of the fused Adam backward: a few whole rows of one layer's `dW`
     /// (at most [`ADAM_TILE`] floats, at least one row), kept in L1 between the product and
     /// the update.
-    tile: Vec<f32>,
+    tile: AlignedVec,
+    /// Row pieces of a split forward product (see [`split_rows`]), `[cap × max_width]`.
+    zsplit: AlignedVec,
 }
 
 /// Floats in the fused Adam backward's gradient tile (16 KB, a third of L1).
 const ADAM_TILE: usize = 4096;
+
+/// Layers with at least this many weights split their forward product and their fused Adam
+/// update into pieces of whole rows (see [`split_rows`]).
+const SPLIT_MIN_WEIGHTS: usize = 1 << 16;
+
+/// Smallest piece of a split layer, in weights.
+const SPLIT_GRAIN: usize = 1 << 15;
+
+/// Whether a layer's row-parallel work (the forward product `X·Wᵀ` by output rows, the fused
+/// weight gradient + Adam update by rows of `W`) is cut into pieces run with `rayon::join`:
+/// large layers, minibatches of the small-batch kernels, and only on a thread of a pool with
+/// more than one thread. Inside a meta-batch that is the trainer's pool: while both threads
+/// run tasks of their own, a thread runs its pieces itself (a join costs a deque push and pop);
+/// when one runs out of tasks, it takes pieces of the other's task in flight, so an odd
+/// meta-batch (Omniglot's 5 tasks on 2 threads) does not end with one thread idle for a whole
+/// task. Each output and parameter is computed by the same code whatever the pieces, so the
+/// results are bit-identical to the unsplit pass.
+fn split_rows(points: usize, inp: usize, out: usize) -> bool {
+    inp > 1
+        && inp <= ADAM_TILE
+        && out >= 2
+        && points <= gemm::SMALL_POINTS
+        && out * inp >= SPLIT_MIN_WEIGHTS
+        && rayon::current_thread_index().is_some()
+        && rayon::current_num_threads() > 1
+}
+
+/// Where rows `lo..hi` (of width `inp`) are cut in two, if they are large enough: near the
+/// middle, on a multiple of 8 rows (the forward kernel's output block) when there are 16 or more.
+fn split_point(lo: usize, hi: usize, inp: usize) -> Option<usize> {
+    let n = hi - lo;
+    if n < 2 || n * inp < 2 * SPLIT_GRAIN {
+        return None;
+    }
+    let half = n / 2;
+    Some(lo + if half >= 8 { half / 8 * 8 } else { half })
+}
 
 impl Workspace {
     /// A workspace for `spec` and batches of up to `max_points` points.
@@ -47,11 +87,12 @@ impl Workspace {
         let cap = max_points.max(1);
         Workspace {
             cap,
-            acts: vec![0.0; cap * spec.act_floats_per_point()],
+            acts: AlignedVec::zeros(cap * spec.act_floats_per_point()),
             act_off,
-            grad_cur: vec![0.0; cap * spec.max_width()],
-            grad_next: vec![0.0; cap * spec.max_width()],
-            tile: vec![0.0; ADAM_TILE.max(spec.max_width())],
+            grad_cur: AlignedVec::zeros(cap * spec.max_width()),
+            grad_next: AlignedVec::zeros(cap * spec.max_width()),
+            tile: AlignedVec::zeros(ADAM_TILE.max(spec.max_width())),
+            zsplit: AlignedVec::zeros(cap * spec.max_width()),
         }
     }
 
@@ -114,9 +155,58 @@ fn forward_body<P: Policy>(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usi
         let (before, rest) = ws.acts.split_at_mut(ws.act_off[l] * cap);
         let z = &mut rest[..points * out];
         let a_prev: &[f32] = if l == 0 { x } else { &before[ws.act_off[l - 1] * cap..][..points * inp] };
-        gemm::xwt_p::<P>(points, inp, out, a_prev, w, b, z);
+        if split_rows(points, inp, out) {
+            // Pieces of output rows: piece `lo..hi` writes `[points × (hi − lo)]` at
+            // `zsplit[points·lo..]`, then the pieces are copied into their columns of Z.
+            let zs = &mut ws.zsplit[..points * out];
+            xwt_rows::<P>(points, inp, 0, out, a_prev, w, b, zs);
+            scatter_rows(points, inp, out, 0, out, zs, z);
+        } else {
+            gemm::xwt_p::<P>(points, inp, out, a_prev, w, b, z);
+        }
         if l + 1 < nl {
             activate::<P>(spec.activation(), z);
+        }
+    }
+}
+
+/// Forward product of output rows `lo..hi` of a layer into `zs` (`[points × (hi − lo)]`),
+/// cut in two at [`split_point`] and run with `rayon::join` until the pieces are small.
+#[allow(clippy::too_many_arguments)]
+fn xwt_rows<P: Policy>(
+    points: usize,
+    inp: usize,
+    lo: usize,
+    hi: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    zs: &mut [f32],
+) {
+    match split_point(lo, hi, inp) {
+        Some(mid) => {
+            let (a, b) = zs.split_at_mut(points * (mid - lo));
+            rayon::join(
+                || xwt_rows::<P>(points, inp, lo, mid, x, w, bias, a),
+                || xwt_rows::<P>(points, inp, mid, hi, x, w, bias, b),
+            );
+        }
+        None => gemm::xwt_p::<P>(points, inp, hi - lo, x, &w[lo * inp..hi * inp], &bias[lo..hi], zs),
+    }
+}
+
+/// Copies the pieces [`xwt_rows`] left in `zs` into their columns of `z` `[points × out]`.
+fn scatter_rows(points: usize, inp: usize, out: usize, lo: usize, hi: usize, zs: &[f32], z: &mut [f32]) {
+    match split_point(lo, hi, inp) {
+        Some(mid) => {
+            scatter_rows(points, inp, out, lo, mid, zs, z);
+            scatter_rows(points, inp, out, mid, hi, zs, z);
+        }
+        None => {
+            let n = hi - lo;
+            for (p, piece) in zs[points * lo..points * hi].chunks_exact(n).enumerate() {
+                z[p * out + lo..p * out + hi].copy_from_slice(piece);
+            }
         }
     }
 }
@@ -252,7 +342,39 @@ pub struct Accumulate<'a> {
     pub first: bool,
 }
 
-impl Accumulate<'_> {
+impl<'a> AdamFrom<'a> {
+    /// The sources of parameters `r` of the flat vector.
+    fn range(self, r: std::ops::Range<usize>) -> AdamFrom<'a> {
+        AdamFrom { theta: &self.theta[r.clone()], v: self.v.map(|v| &v[r]) }
+    }
+}
+
+impl<'a> Accumulate<'a> {
+    /// The sums of parameters `r` only (indices rebased to `r.start`).
+    fn reborrow(&mut self, r: std::ops::Range<usize>) -> Accumulate<'_> {
+        Accumulate {
+            base: &self.base[r.clone()],
+            delta: &mut self.delta[r.clone()],
+            moments: self.moments.as_deref_mut().map(|m| &mut m[r]),
+            first: self.first,
+        }
+    }
+
+    /// Cuts the sums at parameter `k`: `[..k]` and `[k..]`.
+    fn split_at(self, k: usize) -> (Accumulate<'a>, Accumulate<'a>) {
+        let (b1, b2) = self.base.split_at(k);
+        let (d1, d2) = self.delta.split_at_mut(k);
+        let (m1, m2) = match self.moments {
+            Some(m) => {
+                let (m1, m2) = m.split_at_mut(k);
+                (Some(m1), Some(m2))
+            }
+            None => (None, None),
+        };
+        let first = self.first;
+        (Accumulate { base: b1, delta: d1, moments: m1, first }, Accumulate { base: b2, delta: d2, moments: m2, first })
+    }
+
     /// Adds `θ'[span] − base[span]` (and `v[span]`) to the sums, or writes them when `first`.
     #[inline(always)]
     fn add_span<P: Policy>(&mut self, span: std::ops::Range<usize>, theta: &[f32], v: &[f32]) {
@@ -441,42 +563,24 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
             gemm::dzw_act_p::<P>(points, out, inp, dz, &theta[wo..wo + inp * out], dx, tanh, a_prev);
         }
         if let Sink::Adam { theta, v, lr_t, beta2, eps, from, acc } = &mut sink {
-            // First step: each span of θ' and v is read from the source and written updated,
-            // out of place (no copy pass).
+            // First step (`from`): each span of θ' and v is read from the source and written
+            // updated, out of place (no copy pass). Last step (`acc`): each span is added to
+            // the running sums while it is in L1.
+            let h = AdamStep { lr_t: *lr_t, beta2: *beta2, eps: *eps };
             let from: Option<AdamFrom<'_>> = *from;
-            let (lr_t, beta2, eps) = (*lr_t, *beta2, *eps);
-            let mut update = |theta: &mut [f32], v: &mut [f32], g: &[f32], span: std::ops::Range<usize>| {
-                match from {
-                    Some(f) => P::adam_slice_from(
-                        &mut theta[span.clone()],
-                        &f.theta[span.clone()],
-                        g,
-                        &mut v[span.clone()],
-                        f.v.map(|src| &src[span.clone()]),
-                        lr_t,
-                        beta2,
-                        eps,
-                    ),
-                    None => update::adam_body::<P>(&mut theta[span.clone()], g, &mut v[span.clone()], lr_t, beta2, eps),
-                }
-                // The task's last step: add the tile to the running sums while it is in L1.
-                if let Some(a) = acc.as_mut() {
-                    a.add_span::<P>(span, theta, v);
-                }
-            };
-            // Tiles of whole rows: θ and v rows of a tile are contiguous in the flat layout.
-            let rows = (ADAM_TILE / inp).clamp(1, out);
-            let mut r0 = 0;
-            while r0 < out {
-                let rr = rows.min(out - r0);
-                let g = &mut ws.tile[..rr * inp];
-                gemm::dztx_rows_p::<P>(rr, out, inp, points, 1.0, &dz[r0..], a_prev, 0.0, g);
-                update(theta, v, g, wo + r0 * inp..wo + (r0 + rr) * inp);
-                r0 += rr;
+            let wr = wo..wo + out * inp;
+            let (tw, vw) = (&mut theta[wr.clone()], &mut v[wr.clone()]);
+            let (fw, aw) = (from.map(|f| f.range(wr.clone())), acc.as_mut().map(|a| a.reborrow(wr.clone())));
+            if split_rows(points, inp, out) {
+                adam_rows_par::<P>(0, out, out, inp, points, dz, a_prev, tw, vw, fw, aw, h);
+            } else {
+                adam_rows::<P>(0, out, out, inp, points, dz, a_prev, tw, vw, fw, aw, h, &mut ws.tile);
             }
+            let br = bo..bo + out;
             let gb = &mut ws.tile[..out];
             bias_grad::<P>(dz, out, 1.0, 0.0, gb);
-            update(theta, v, gb, bo..bo + out);
+            let (fb, mut ab) = (from.map(|f| f.range(br.clone())), acc.as_mut().map(|a| a.reborrow(br.clone())));
+            adam_span::<P>(&mut theta[br.clone()], &mut v[br], gb, 0..out, fb, ab.as_mut(), h);
             std::mem::swap(&mut ws.grad_cur, &mut ws.grad_next);
             continue;
         }
@@ -489,6 +593,110 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
         gemm::dztx_p::<P>(out, inp, points, alpha, dz, a_prev, beta, gw);
         bias_grad::<P>(dz, out, alpha, beta, gb);
         std::mem::swap(&mut ws.grad_cur, &mut ws.grad_next);
+    }
+}
+
+/// One Adam step (β1 = 0) on `theta[span]`/`v[span]` with gradient `g` (`span.len()` values):
+/// out of place from `from` when given, then the span added to the sums of `acc`.
+#[inline(always)]
+fn adam_span<P: Policy>(
+    theta: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    span: std::ops::Range<usize>,
+    from: Option<AdamFrom<'_>>,
+    acc: Option<&mut Accumulate<'_>>,
+    h: AdamStep,
+) {
+    match from {
+        Some(f) => P::adam_slice_from(
+            &mut theta[span.clone()],
+            &f.theta[span.clone()],
+            g,
+            &mut v[span.clone()],
+            f.v.map(|src| &src[span.clone()]),
+            h.lr_t,
+            h.beta2,
+            h.eps,
+        ),
+        None => update::adam_body::<P>(&mut theta[span.clone()], g, &mut v[span.clone()], h.lr_t, h.beta2, h.eps),
+    }
+    if let Some(a) = acc {
+        a.add_span::<P>(span, theta, v);
+    }
+}
+
+/// Fused weight gradient + Adam step for rows `lo..hi` of a layer's `W` (`[out × inp]`):
+/// `theta`, `v`, `from` and `acc` hold exactly those rows. A tile of whole rows at a time,
+/// `dW = dZ[:, rows]ᵀ·A_prev` into `tile` (kept in L1), then [`adam_span`] on it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn adam_rows<P: Policy>(
+    lo: usize,
+    hi: usize,
+    out: usize,
+    inp: usize,
+    points: usize,
+    dz: &[f32],
+    a_prev: &[f32],
+    theta: &mut [f32],
+    v: &mut [f32],
+    from: Option<AdamFrom<'_>>,
+    mut acc: Option<Accumulate<'_>>,
+    h: AdamStep,
+    tile: &mut [f32],
+) {
+    let rows = (ADAM_TILE / inp).clamp(1, hi - lo);
+    let mut r0 = lo;
+    while r0 < hi {
+        let rr = rows.min(hi - r0);
+        let g = &mut tile[..rr * inp];
+        gemm::dztx_rows_p::<P>(rr, out, inp, points, 1.0, &dz[r0..], a_prev, 0.0, g);
+        let span = (r0 - lo) * inp..(r0 - lo + rr) * inp;
+        adam_span::<P>(theta, v, g, span, from, acc.as_mut(), h);
+        r0 += rr;
+    }
+}
+
+/// [`adam_rows`] cut into pieces at [`split_point`], run with `rayon::join`; each piece has a
+/// gradient tile of its own on its stack.
+#[allow(clippy::too_many_arguments)]
+fn adam_rows_par<P: Policy>(
+    lo: usize,
+    hi: usize,
+    out: usize,
+    inp: usize,
+    points: usize,
+    dz: &[f32],
+    a_prev: &[f32],
+    theta: &mut [f32],
+    v: &mut [f32],
+    from: Option<AdamFrom<'_>>,
+    acc: Option<Accumulate<'_>>,
+    h: AdamStep,
+) {
+    match split_point(lo, hi, inp) {
+        Some(mid) => {
+            let k = (mid - lo) * inp;
+            let (t1, t2) = theta.split_at_mut(k);
+            let (v1, v2) = v.split_at_mut(k);
+            let (f1, f2) = (from.map(|f| f.range(0..k)), from.map(|f| f.range(k..f.theta.len())));
+            let (a1, a2) = match acc {
+                Some(a) => {
+                    let (a1, a2) = a.split_at(k);
+                    (Some(a1), Some(a2))
+                }
+                None => (None, None),
+            };
+            rayon::join(
+                || adam_rows_par::<P>(lo, mid, out, inp, points, dz, a_prev, t1, v1, f1, a1, h),
+                || adam_rows_par::<P>(mid, hi, out, inp, points, dz, a_prev, t2, v2, f2, a2, h),
+            );
+        }
+        None => {
+            let mut tile = [0.0f32; ADAM_TILE];
+            adam_rows::<P>(lo, hi, out, inp, points, dz, a_prev, theta, v, from, acc, h, &mut tile);
+        }
     }
 }
 

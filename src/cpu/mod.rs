@@ -6,7 +6,9 @@
 //!   output gradient, backward into a gradient buffer or fused with the SGD update.
 //! - [`update`]: the elementwise parameter kernels: task deltas and Reptile interpolation.
 //! - [`math`]: a fast, vectorizable `tanh`.
+//! - [`aligned`]: 64-byte aligned buffers for the kernels' operands.
 
+pub mod aligned;
 pub mod gemm;
 pub mod lanes;
 pub mod math;

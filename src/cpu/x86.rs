@@ -87,6 +87,19 @@ unsafe fn xwt_block_avx512<const RP: usize, const RO: usize>(
                 zp.add((p0 + 1) * out + o0),
                 _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(res))),
             );
+        } else if RP == 4 && RO == 4 {
+            // Joint reduction as above; the totals land in lanes REDUCE16_SLOT[4r + c], so one
+            // permute puts row r's four outputs in 128-bit block r.
+            let v: [__m512; 16] = std::array::from_fn(|q| acc[q / 4][q % 4]);
+            let sums = reduce16(v);
+            let idx = _mm512_loadu_si512(REDUCE16_SLOT_I32.as_ptr().cast());
+            let ordered = _mm512_permutexvar_ps(idx, sums);
+            let b4 = _mm512_broadcast_f32x4(_mm_loadu_ps(bias.as_ptr().add(o0)));
+            let res = _mm512_add_ps(ordered, b4);
+            _mm_storeu_ps(zp.add(p0 * out + o0), _mm512_extractf32x4_ps::<0>(res));
+            _mm_storeu_ps(zp.add((p0 + 1) * out + o0), _mm512_extractf32x4_ps::<1>(res));
+            _mm_storeu_ps(zp.add((p0 + 2) * out + o0), _mm512_extractf32x4_ps::<2>(res));
+            _mm_storeu_ps(zp.add((p0 + 3) * out + o0), _mm512_extractf32x4_ps::<3>(res));
         } else {
             for r in 0..RP {
                 for c in 0..RO {
@@ -99,6 +112,17 @@ unsafe fn xwt_block_avx512<const RP: usize, const RO: usize>(
 
 /// Where [`reduce16`] leaves the sum of input `q`: `REDUCE16_SLOT[q]`.
 const REDUCE16_SLOT: [usize; 16] = reduce16_slots();
+
+/// [`REDUCE16_SLOT`] as permute indices.
+const REDUCE16_SLOT_I32: [i32; 16] = {
+    let mut a = [0i32; 16];
+    let mut q = 0;
+    while q < 16 {
+        a[q] = REDUCE16_SLOT[q] as i32;
+        q += 1;
+    }
+    a
+};
 
 const fn reduce16_slots() -> [usize; 16] {
     // Levels 1–2 leave input 4j + g in 128-bit block g of vector s_j; levels 3–4 put, in
@@ -143,6 +167,11 @@ fn reduce16(v: [__m512; 16]) -> __m512 {
 /// instead of once per point pair (16 K floats: 64 KB, more than L1).
 const XWT_W_L1: usize = 16 * 1024;
 
+/// Points × outputs of the large-`W` forward block: 20 accumulators, 5 `X` rows and one `W`
+/// vector at a time in the 32 zmm registers; per 16 inputs 9 loads feed 20 multiply-adds.
+const XWT_RP: usize = 5;
+const XWT_RO: usize = 4;
+
 /// AVX-512 forward product: blocks of 2 points × 8 outputs (16 accumulators + 3 operands of
 /// the 32 zmm registers), edges in blocks of 2×1, 1×8 and 1×1. Small `W` (the sine net's 64 ×
 /// 64) stays in L1, so point pairs run outermost; a large `W` (Omniglot's 256 × 784) is
@@ -161,6 +190,32 @@ pub unsafe fn xwt_avx512(points: usize, inp: usize, out: usize, x: &[f32], w: &[
     // SAFETY: `check` proved x has points·inp, w out·inp, z points·out floats, and every
     // block below covers rows p0 + RP ≤ points and o0 + RO ≤ out.
     unsafe {
+        if out * inp > XWT_W_L1 && points >= XWT_RP {
+            // W does not fit in L1: walk it once, XWT_RO rows at a time, and run the points
+            // over those rows in blocks of XWT_RP while they are hot; leftover points one at
+            // a time. Every output is the same lane-wise sum reduced the same way whatever
+            // its block, so the shapes do not change any result.
+            let (pb, ob) = (points / XWT_RP * XWT_RP, out / XWT_RO * XWT_RO);
+            for o0 in (0..ob).step_by(XWT_RO) {
+                for p0 in (0..pb).step_by(XWT_RP) {
+                    xwt_block_avx512::<XWT_RP, XWT_RO>(xp, wp, zp, bias, inp, out, p0, o0, full, mask);
+                }
+            }
+            for p0 in (0..pb).step_by(XWT_RP) {
+                for o0 in ob..out {
+                    xwt_block_avx512::<XWT_RP, 1>(xp, wp, zp, bias, inp, out, p0, o0, full, mask);
+                }
+            }
+            for p0 in pb..points {
+                for o0 in (0..o8).step_by(8) {
+                    xwt_block_avx512::<1, 8>(xp, wp, zp, bias, inp, out, p0, o0, full, mask);
+                }
+                for o0 in o8..out {
+                    xwt_block_avx512::<1, 1>(xp, wp, zp, bias, inp, out, p0, o0, full, mask);
+                }
+            }
+            return;
+        }
         if out * inp > XWT_W_L1 {
             // W does not fit in L1: walk it once, 8 rows at a time, and run every point pair
             // over those rows while they are hot (each output is computed by the same block

@@ -2,6 +2,7 @@
 
 use super::config::{InnerLoop, InnerOptimizer};
 use super::tasks::TaskBatch;
+use crate::cpu::aligned::AlignedVec;
 use crate::cpu::mlp::{self, Tgt, Workspace};
 use crate::error::{Error, Result};
 use crate::params::Model;
@@ -15,9 +16,9 @@ use rand::seq::SliceRandom;
 #[derive(Clone, Debug)]
 pub(crate) struct TaskWorker {
     pub ws: Workspace,
-    pub theta_p: Vec<f32>,
-    pub prev: Vec<f32>,
-    xb: Vec<f32>,
+    pub theta_p: AlignedVec,
+    pub prev: AlignedVec,
+    xb: AlignedVec,
     yb: Vec<f32>,
     lb: Vec<u32>,
     batcher: Batcher,
@@ -25,7 +26,7 @@ pub(crate) struct TaskWorker {
     idx0: Vec<u32>,
     opt: InnerOptimizer,
     /// Adam's second moments and step count for the task in progress.
-    pub adam_v: Vec<f32>,
+    pub adam_v: AlignedVec,
     pub adam_t: u64,
 }
 
@@ -89,16 +90,16 @@ impl TaskWorker {
         let cap = cap.max(1);
         TaskWorker {
             ws: Workspace::new(spec, cap),
-            theta_p: vec![0.0; spec.num_params()],
-            prev: Vec::new(),
-            xb: vec![0.0; cap * spec.in_dim()],
+            theta_p: AlignedVec::zeros(spec.num_params()),
+            prev: AlignedVec::new(),
+            xb: AlignedVec::zeros(cap * spec.in_dim()),
             yb: vec![0.0; cap * spec.out_dim()],
             lb: vec![0; cap],
             batcher: Batcher::default(),
             idx: vec![0; cap],
             idx0: Vec::with_capacity(cap),
             opt: InnerOptimizer::Sgd,
-            adam_v: Vec::new(),
+            adam_v: AlignedVec::new(),
             adam_t: 0,
         }
     }
@@ -364,5 +365,5 @@ pub fn adapt_with(
         iteration: 0,
         reason: format!("adaptation produced a non-finite parameter ({e})"),
     })?;
-    Model::from_params(spec.clone(), w.theta_p)
+    Model::from_params(spec.clone(), w.theta_p.to_vec())
 }

@@ -10,6 +10,7 @@ use super::config::{AdamMoments, InnerOptimizer, OuterRule, ReptileConfig};
 use super::inner::{MomentsStart, TaskWorker};
 use super::lanes::LaneWorker;
 use super::tasks::TaskBatch;
+use crate::cpu::aligned::AlignedVec;
 use crate::cpu::lanes::{self, LANES};
 use crate::cpu::mlp;
 use crate::cpu::update;
@@ -18,7 +19,7 @@ use crate::params::Model;
 use crate::rng::{self, Purpose};
 use crate::spec::Loss;
 use crate::spec::MlpSpec;
-use std::sync::Mutex;
+use std::sync::{Mutex, TryLockError};
 
 /// Most chunks a meta-batch is cut into (the unit of parallel work).
 pub(crate) const MAX_CHUNKS: usize = 64;
@@ -43,7 +44,7 @@ struct Tree<'a, F> {
 
 impl<F: Fn(usize, &mut [f32], &mut [f32]) -> (f64, f64) + Sync> Tree<'_, F> {
     /// Sums chunks `lo..hi` into `(out_d, out_v)`; `parts[j]` is the buffer of chunk `lo + 1 + j`.
-    fn node(&self, lo: usize, hi: usize, out_d: &mut [f32], out_v: &mut [f32], parts: &mut [Vec<f32>]) -> (f64, f64) {
+    fn node(&self, lo: usize, hi: usize, out_d: &mut [f32], out_v: &mut [f32], parts: &mut [AlignedVec]) -> (f64, f64) {
         if hi - lo == 1 {
             return (self.run_chunk)(lo, out_d, out_v);
         }
@@ -63,6 +64,42 @@ impl<F: Fn(usize, &mut [f32], &mut [f32]) -> (f64, f64) + Sync> Tree<'_, F> {
         }
         (a.0 + b.0, a.1 + b.1)
     }
+}
+
+/// Smallest half of [`apply_par`]'s parallel split, in parameters.
+const APPLY_GRAIN: usize = 1 << 15;
+
+/// [`update::interpolate`] (`out ← θ + scale·Σδ`, returns whether all finite) and, with
+/// `moments = (out_v, sum_v, inv)`, `out_v ← inv·sum_v`, cut into halves run with `rayon::join`
+/// while they hold at least [`APPLY_GRAIN`] parameters (element-wise: the same results).
+fn apply_par(
+    out: &mut [f32],
+    theta: &[f32],
+    sum: &[f32],
+    scale: f32,
+    moments: Option<(&mut [f32], &[f32], f32)>,
+) -> bool {
+    let n = out.len();
+    if n < 2 * APPLY_GRAIN {
+        if let Some((ov, sv, inv)) = moments {
+            ov.iter_mut().zip(sv).for_each(|(v, &s)| *v = s * inv);
+        }
+        return update::interpolate(out, theta, sum, scale);
+    }
+    let k = n / 2 / 64 * 64;
+    let (o1, o2) = out.split_at_mut(k);
+    let (m1, m2) = match moments {
+        Some((ov, sv, inv)) => {
+            let (ov1, ov2) = ov.split_at_mut(k);
+            (Some((ov1, &sv[..k], inv)), Some((ov2, &sv[k..], inv)))
+        }
+        None => (None, None),
+    };
+    let (a, b) = rayon::join(
+        || apply_par(o1, &theta[..k], &sum[..k], scale, m1),
+        || apply_par(o2, &theta[k..], &sum[k..], scale, m2),
+    );
+    a && b
 }
 
 /// The sum of task deltas of (part of) a meta-batch, for hosts that spread a meta-batch over
@@ -198,13 +235,15 @@ pub struct Trainer {
     lane_workers: Vec<Mutex<LaneWorker>>,
     lane_batching: bool,
     /// Adam's running second moments and step count (with carried moments).
-    adam_v: Vec<f32>,
+    adam_v: AlignedVec,
     adam_t: u64,
     /// The CUDA back end, when selected ([`Trainer::set_device`]).
     cuda: Option<(usize, Box<crate::cuda::backend::CudaBackend>)>,
-    partials: Vec<Vec<f32>>,
+    partials: Vec<AlignedVec>,
     sum: DeltaSum,
     candidate: Vec<f32>,
+    /// The carried moments' next value, swapped in when the step is accepted.
+    candidate_v: AlignedVec,
     last: Option<StepStats>,
 }
 
@@ -251,12 +290,13 @@ impl Trainer {
             workers: Vec::new(),
             lane_workers: Vec::new(),
             lane_batching: false,
-            adam_v: vec![0.0; p],
+            adam_v: AlignedVec::zeros(p),
             adam_t: 0,
             cuda: None,
             partials: Vec::new(),
             sum: DeltaSum::zeros(p),
             candidate: vec![0.0; p],
+            candidate_v: AlignedVec::new(),
             last: None,
         })
     }
@@ -400,7 +440,28 @@ impl Trainer {
         }
         let eps = self.config.epsilon(it);
         let scale = eps / delta.tasks as f32;
-        if !update::interpolate(&mut self.candidate, self.model.params(), &delta.sum, scale) {
+        let carry = self.carries_moments();
+        if carry && delta.moments_sum.len() != p {
+            return Err(Error::ShapeMismatch(format!(
+                "Adam moments carried over, but the delta sum holds {} moment values for {p} parameters",
+                delta.moments_sum.len()
+            )));
+        }
+        // θ + scale·Σδ into the candidate (and, with carried moments, their mean into a
+        // second candidate), in parallel halves on the pool for large nets.
+        let inv = 1.0 / delta.tasks as f32;
+        let moments = if carry {
+            self.candidate_v.resize(p, 0.0);
+            Some((&mut self.candidate_v[..], &delta.moments_sum[..], inv))
+        } else {
+            None
+        };
+        let (cand, theta, sum) = (&mut self.candidate[..], self.model.params(), &delta.sum[..]);
+        let finite = match &self.pool {
+            Some(pool) if p >= 2 * APPLY_GRAIN => pool.install(|| apply_par(cand, theta, sum, scale, moments)),
+            _ => apply_par(cand, theta, sum, scale, moments),
+        };
+        if !finite {
             let reason = match delta.sum.iter().position(|v| !v.is_finite()) {
                 Some(i) => format!("task delta [{i}] is {}", delta.sum[i]),
                 None => {
@@ -410,15 +471,8 @@ impl Trainer {
             };
             return Err(diverged(reason));
         }
-        if self.carries_moments() {
-            if delta.moments_sum.len() != p {
-                return Err(Error::ShapeMismatch(format!(
-                    "Adam moments carried over, but the delta sum holds {} moment values for {p} parameters",
-                    delta.moments_sum.len()
-                )));
-            }
-            let inv = 1.0 / delta.tasks as f32;
-            self.adam_v.iter_mut().zip(&delta.moments_sum).for_each(|(v, &s)| *v = s * inv);
+        if carry {
+            std::mem::swap(&mut self.adam_v, &mut self.candidate_v);
             self.adam_t += self.config.train.steps as u64;
         }
         std::mem::swap(&mut self.candidate, self.model.params_vec_mut());
@@ -515,7 +569,23 @@ impl Trainer {
                     lanes::accumulate_lane_deltas(acc, &w.theta_p, theta, base, tasks.len());
                 }
             } else {
-                let mut w = workers[slot].lock().unwrap_or_else(|e| e.into_inner());
+                // This thread's worker, or another free one: a thread waiting inside a task's
+                // split kernels (`rayon::join` in `cpu::mlp`) may pick up another chunk while
+                // it still holds its own worker. A fresh worker if all are taken (every task
+                // starts from θ and its own stream, so which worker runs it does not matter).
+                let mut guard = (0..nw).find_map(|k| match workers[(slot + k) % nw].try_lock() {
+                    Ok(g) => Some(g),
+                    Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                    Err(TryLockError::WouldBlock) => None,
+                });
+                let mut spare;
+                let w: &mut TaskWorker = match guard.as_deref_mut() {
+                    Some(w) => w,
+                    None => {
+                        spare = TaskWorker::new(spec, cap);
+                        &mut spare
+                    }
+                };
                 for i in start..end {
                     let mut rng = stream(i);
                     let (x, y) = batch.task_slices(i);
@@ -550,7 +620,7 @@ impl Trainer {
         // is mostly summed on the core that wrote it. The leftmost leaf writes straight into
         // the output; chunk c > 0 of a right subtree starts in `partials[c]`.
         if self.partials.len() < nc {
-            self.partials.resize_with(nc, Vec::new);
+            self.partials.resize_with(nc, AlignedVec::new);
         }
         self.partials[1..nc].iter_mut().for_each(|v| v.resize(width, 0.0));
         let par = self.pool.is_some();
