@@ -1,6 +1,7 @@
 //! Parameters: the flat θ buffer, its seeded initialization, and the [`Model`] that pairs it
 //! with an [`MlpSpec`].
 
+use crate::cpu::aligned::AlignedVec;
 use crate::cpu::mlp::{self, Workspace};
 use crate::error::{Error, Result, check_finite};
 use crate::rng::Rng;
@@ -35,13 +36,14 @@ fn uniform(rng: &mut Rng, bound: f32) -> f32 {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Model {
     spec: MlpSpec,
-    theta: Vec<f32>,
+    /// 64-byte aligned, like the workers' buffers (see [`crate::cpu::aligned`]).
+    theta: AlignedVec,
 }
 
 impl Model {
     /// A freshly initialized model ([`init_params`]).
     pub fn new(spec: MlpSpec, seed: u64) -> Self {
-        let theta = init_params(&spec, seed);
+        let theta = AlignedVec::from_slice(&init_params(&spec, seed));
         Model { spec, theta }
     }
 
@@ -57,7 +59,7 @@ impl Model {
             )));
         }
         check_finite(&theta, "θ")?;
-        Ok(Model { spec, theta })
+        Ok(Model { spec, theta: AlignedVec::from_slice(&theta) })
     }
 
     /// The spec.
@@ -72,12 +74,12 @@ impl Model {
     pub fn params_mut(&mut self) -> &mut [f32] {
         &mut self.theta
     }
-    pub(crate) fn params_vec_mut(&mut self) -> &mut Vec<f32> {
+    pub(crate) fn params_vec_mut(&mut self) -> &mut AlignedVec {
         &mut self.theta
     }
     /// Consumes the model, returning θ.
     pub fn into_params(self) -> Vec<f32> {
-        self.theta
+        self.theta.to_vec()
     }
 
     /// Network outputs for `x`: `[points × in]` row-major in, `[points × out]` row-major out.

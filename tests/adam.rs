@@ -354,3 +354,42 @@ fn split_large_layers_are_bit_identical_across_threads() {
     let (e1, e2) = (one.evaluate(&eval).unwrap(), two.evaluate(&eval).unwrap());
     assert_bits_eq(&e1.losses, &e2.losses, "evaluation losses, 1 vs 2 threads");
 }
+
+/// The meta-batch sum is a fixed tree over tasks (n ≤ 64: one task per chunk): for 3 tasks
+/// `d0 + (d1 + d2)`. A right leaf may add its task straight into its left sibling's sums when
+/// that sibling has finished (always on one thread, by timing on two); either way the sums
+/// must equal the tree of single-task deltas added with `DeltaSum::add`, bit for bit, moments
+/// included.
+#[test]
+fn meta_batch_sums_equal_the_tree_of_single_task_deltas() {
+    let spec = MlpSpec::new(&[1, 16, 16, 1], Activation::Tanh, Loss::Mse).unwrap();
+    let mut tasks = reptile::workloads::sine::SineTasks::new(9);
+    for n in [2usize, 3] {
+        let batch = tasks.train_batch(&spec, n).unwrap();
+        let mut single = sine_trainer(adam(1e-8), AdamMoments::Carry, 1);
+        let d: Vec<_> = (0..n).map(|i| single.task_deltas(&batch.task(i).unwrap(), i as u64).unwrap()).collect();
+        let want = if n == 2 {
+            let mut s = d[0].clone();
+            s.add(&d[1]).unwrap();
+            s
+        } else {
+            let mut right = d[1].clone();
+            right.add(&d[2]).unwrap();
+            let mut s = d[0].clone();
+            s.add(&right).unwrap();
+            s
+        };
+        for threads in [1, 2] {
+            for _ in 0..5 {
+                let got = sine_trainer(adam(1e-8), AdamMoments::Carry, threads).task_deltas(&batch, 0).unwrap();
+                assert_bits_eq(&got.sum, &want.sum, &format!("delta sum, n = {n}, {threads} threads"));
+                assert_bits_eq(
+                    &got.moments_sum,
+                    &want.moments_sum,
+                    &format!("moments sum, n = {n}, {threads} threads"),
+                );
+                assert_eq!(got.tasks, n as u64);
+            }
+        }
+    }
+}

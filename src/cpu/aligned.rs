@@ -83,7 +83,13 @@ impl DerefMut for AlignedVec {
 
 impl std::fmt::Debug for AlignedVec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlignedVec").field("len", &self.len).finish_non_exhaustive()
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl PartialEq for AlignedVec {
+    fn eq(&self, other: &Self) -> bool {
+        self[..] == other[..]
     }
 }
 

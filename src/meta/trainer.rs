@@ -19,6 +19,7 @@ use crate::params::Model;
 use crate::rng::{self, Purpose};
 use crate::spec::Loss;
 use crate::spec::MlpSpec;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, TryLockError};
 
 /// Most chunks a meta-batch is cut into (the unit of parallel work).
@@ -31,8 +32,9 @@ pub(crate) fn chunk_range(n: usize, nc: usize, c: usize) -> (usize, usize) {
 
 /// The fixed reduction tree of [`Trainer::compute_deltas`] over chunks of a meta-batch.
 struct Tree<'a, F> {
-    /// Runs chunk `c`, writing its delta sum (and moments sum) into the two slices; returns
-    /// its loss sums before/after adaptation.
+    /// Runs chunk `c` into the two slices (its delta sum, and its moments sum or an empty
+    /// slice): writing them, or adding to them when the last argument is true; returns its
+    /// loss sums before/after adaptation.
     run_chunk: &'a F,
     /// Parameters per delta.
     p: usize,
@@ -40,19 +42,25 @@ struct Tree<'a, F> {
     carry: bool,
     /// Run the two halves with `rayon::join` (inside the trainer's pool) or one after the other.
     par: bool,
+    /// Every chunk is one task: a right leaf whose left sibling has finished may add its task
+    /// straight into the left's sums (see [`Tree::node`]).
+    single: bool,
 }
 
-impl<F: Fn(usize, &mut [f32], &mut [f32]) -> (f64, f64) + Sync> Tree<'_, F> {
+impl<F: Fn(usize, &mut [f32], &mut [f32], bool) -> (f64, f64) + Sync> Tree<'_, F> {
     /// Sums chunks `lo..hi` into `(out_d, out_v)`; `parts[j]` is the buffer of chunk `lo + 1 + j`.
     fn node(&self, lo: usize, hi: usize, out_d: &mut [f32], out_v: &mut [f32], parts: &mut [AlignedVec]) -> (f64, f64) {
         if hi - lo == 1 {
-            return (self.run_chunk)(lo, out_d, out_v);
+            return (self.run_chunk)(lo, out_d, out_v, false);
         }
         let mid = lo + (hi - lo) / 2;
         let (left, right) = parts.split_at_mut(mid - lo - 1);
         let (first, rest) = right.split_first_mut().expect("a right half has a first chunk");
         let (rd, rv) = first.split_at_mut(self.p);
         let rv = if self.carry { rv } else { &mut rv[..0] };
+        if self.single && hi - mid == 1 {
+            return self.node_fused(lo, mid, out_d, out_v, left, rd, rv);
+        }
         let (a, b) = if self.par {
             rayon::join(|| self.node(lo, mid, out_d, out_v, left), || self.node(mid, hi, rd, rv, rest))
         } else {
@@ -63,6 +71,85 @@ impl<F: Fn(usize, &mut [f32], &mut [f32]) -> (f64, f64) + Sync> Tree<'_, F> {
             update::add_assign(out_v, rv);
         }
         (a.0 + b.0, a.1 + b.1)
+    }
+
+    /// [`Self::node`] whose right half is the single one-task chunk `mid`. The node's sum is
+    /// `left + (θ' − θ)` either way; when the left half has finished by the time the right
+    /// task starts (always when run one after the other, or when the pool ran both on one
+    /// thread), the task adds its delta and moments straight into the left's sums in its last
+    /// step (`a + (θ' − θ)` element by element, the same arithmetic as writing `θ' − θ` to
+    /// its own buffer and adding that), which saves two passes over 2 × p floats. Otherwise it
+    /// writes `(rd, rv)`, added afterwards.
+    #[allow(clippy::too_many_arguments)]
+    fn node_fused(
+        &self,
+        lo: usize,
+        mid: usize,
+        out_d: &mut [f32],
+        out_v: &mut [f32],
+        left: &mut [AlignedVec],
+        rd: &mut [f32],
+        rv: &mut [f32],
+    ) -> (f64, f64) {
+        if !self.par {
+            let a = self.node(lo, mid, out_d, out_v, left);
+            let b = (self.run_chunk)(mid, out_d, out_v, true);
+            return (a.0 + b.0, a.1 + b.1);
+        }
+        let done = AtomicBool::new(false);
+        let (pd, nd, pv, nv) = (out_d.as_mut_ptr(), out_d.len(), out_v.as_mut_ptr(), out_v.len());
+        let (pd, pv) = (SendPtr(pd), SendPtr(pv));
+        let ((a, b), fused) = {
+            let (left_job, right_job) = (
+                || {
+                    // SAFETY: the right job touches these slices only after `done` is set,
+                    // which happens after this job's last use of them.
+                    let (d, v) = unsafe { (pd.slice(nd), pv.slice(nv)) };
+                    let r = self.node(lo, mid, d, v, left);
+                    done.store(true, Ordering::Release);
+                    r
+                },
+                || {
+                    if done.load(Ordering::Acquire) {
+                        // SAFETY: the left job has finished with the slices (Acquire pairs with
+                        // its Release), and nothing else refers to them until `join` returns.
+                        let (d, v) = unsafe { (pd.slice(nd), pv.slice(nv)) };
+                        ((self.run_chunk)(mid, d, v, true), true)
+                    } else {
+                        ((self.run_chunk)(mid, &mut *rd, &mut *rv, false), false)
+                    }
+                },
+            );
+            let (a, (b, fused)) = rayon::join(left_job, right_job);
+            ((a, b), fused)
+        };
+        if !fused {
+            update::add_assign(out_d, rd);
+            if self.carry {
+                update::add_assign(out_v, rv);
+            }
+        }
+        (a.0 + b.0, a.1 + b.1)
+    }
+}
+
+/// A raw pointer that may cross to the pool's threads (see [`Tree::node_fused`] for the
+/// protocol that makes its uses exclusive).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+// SAFETY: only dereferenced under the `done` protocol of `Tree::node_fused`.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// # Safety
+    /// `n` floats from the pointer are valid, and no other reference to them is live.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice<'a>(self, n: usize) -> &'a mut [f32] {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0, n) }
     }
 }
 
@@ -241,7 +328,7 @@ pub struct Trainer {
     cuda: Option<(usize, Box<crate::cuda::backend::CudaBackend>)>,
     partials: Vec<AlignedVec>,
     sum: DeltaSum,
-    candidate: Vec<f32>,
+    candidate: AlignedVec,
     /// The carried moments' next value, swapped in when the step is accepted.
     candidate_v: AlignedVec,
     last: Option<StepStats>,
@@ -295,7 +382,7 @@ impl Trainer {
             cuda: None,
             partials: Vec::new(),
             sum: DeltaSum::zeros(p),
-            candidate: vec![0.0; p],
+            candidate: AlignedVec::zeros(p),
             candidate_v: AlignedVec::new(),
             last: None,
         })
@@ -544,7 +631,7 @@ impl Trainer {
         let (workers, lane_workers) = (&self.workers, &self.lane_workers);
         // A chunk sums its tasks' deltas into `acc` and, with carried moments, their final `v`
         // into `acc_v` (empty otherwise).
-        let run_chunk = |c: usize, acc: &mut [f32], acc_v: &mut [f32]| -> (f64, f64) {
+        let run_chunk = |c: usize, acc: &mut [f32], acc_v: &mut [f32], add: bool| -> (f64, f64) {
             // Each pool thread has its own worker; the lock is never contended.
             let slot = rayon::current_thread_index().unwrap_or(0) % nw;
             let (mut lb, mut la) = (0.0f64, 0.0f64);
@@ -562,6 +649,7 @@ impl Trainer {
                         lb += b0[l] as f64;
                         la += a0[l] as f64;
                     }
+                    debug_assert!(!add, "lane chunks hold 16 tasks: never fused");
                     if g == start {
                         acc.fill(0.0);
                     }
@@ -595,7 +683,7 @@ impl Trainer {
                     // theirs. Reptile hands the sums to the run (fused into the last Adam
                     // step); FOMAML's base is the worker's own θ' before its last step, known
                     // only afterwards, so its sums are one pass here.
-                    let first = i == start;
+                    let first = i == start && !add;
                     let moments_sum = if carry { Some(&mut *acc_v) } else { None };
                     let (b0, a0) = if fomaml {
                         let r = w.run(spec, theta, x, y, m, &inner, tail, fomaml, moments, &mut rng, None);
@@ -624,7 +712,7 @@ impl Trainer {
         }
         self.partials[1..nc].iter_mut().for_each(|v| v.resize(width, 0.0));
         let par = self.pool.is_some();
-        let tree = Tree { run_chunk: &run_chunk, p, carry, par };
+        let tree = Tree { run_chunk: &run_chunk, p, carry, par, single: !use_lanes && units == nc };
         let parts = &mut self.partials[1..nc];
         let (lb, la) = match &self.pool {
             // One chunk (serial Reptile) runs on the calling thread: handing it to the pool
