@@ -86,8 +86,12 @@ pub trait Policy: Copy {
     /// [`super::x86::adam_avx512`]).
     fn adam_slice(theta: &mut [f32], g: &[f32], v: &mut [f32], lr_t: f32, beta2: f32, eps: f32) {
         let one_minus = 1.0 - beta2;
+        let gmin = super::update::adam_g_min(beta2);
         for ((t, &g), v) in theta.iter_mut().zip(g).zip(v.iter_mut()) {
-            let vn = Self::madd(beta2, *v, one_minus * g * g);
+            let gq = if g.abs() >= gmin { g } else { 0.0 };
+            let vn = Self::madd(beta2, *v, one_minus * gq * gq);
+            // Subnormal second moments are stored as zero (see `update::adam_b1zero`).
+            let vn = if vn < f32::MIN_POSITIVE { 0.0 } else { vn };
             *v = vn;
             *t -= lr_t * g / (vn.sqrt() + eps);
         }

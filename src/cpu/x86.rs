@@ -879,9 +879,15 @@ unsafe fn adam_avx512_raw(
     let (lr, ep) = (_mm512_set1_ps(lr_t), _mm512_set1_ps(eps));
     let (half, three_halves, two) = (_mm512_set1_ps(0.5), _mm512_set1_ps(1.5), _mm512_set1_ps(2.0));
     let tiny = _mm512_set1_ps(f32::MIN_POSITIVE);
+    let gmin = _mm512_set1_ps(crate::cpu::update::adam_g_min(beta2));
     let step = |t: __m512, g: __m512, v: __m512| -> (__m512, __m512) {
         // v ← β2·v + (1 − β2)·g², rounded as `madd(β2, v, (1 − β2)·g·g)` on the other paths.
-        let vn = _mm512_fmadd_ps(b2, v, _mm512_mul_ps(_mm512_mul_ps(omb2, g), g));
+        // The gradient's share (1 − β2)·g², dropped where it would be subnormal.
+        let gq = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(g), gmin), g);
+        let vn = _mm512_fmadd_ps(b2, v, _mm512_mul_ps(_mm512_mul_ps(omb2, gq), gq));
+        // Subnormal results are stored as zero (ordered compare: NaN stays NaN), so no later
+        // step reads a subnormal `v` (see `update::adam_b1zero`).
+        let vn = _mm512_mask_mov_ps(vn, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(vn, tiny), _mm512_setzero_ps());
         // y ≈ 1/√v: estimate (rel. error < 2⁻¹⁴) and one Newton step y·(1.5 − 0.5·v·y²).
         let y = _mm512_rsqrt14_ps(vn);
         let hv = _mm512_mul_ps(half, vn);
