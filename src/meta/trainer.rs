@@ -3,8 +3,12 @@
 //! # Determinism
 //! A meta-batch of `n` tasks is cut into `min(n, 64)` fixed chunks of consecutive tasks,
 //! independent of the thread count. Each chunk sums its tasks' deltas in task order; the chunk
-//! sums are then added in chunk order. Each task's minibatch order comes from its own random
+//! sums are then added along a fixed binary tree over the chunks (`Tree`). Each task's minibatch order comes from its own random
 //! stream keyed by (seed, iteration, task). So θ is bit-identical for any number of threads.
+//! (Two things vary with the threads without changing any bit: a one-task chunk may add its
+//! task straight into its finished left neighbour's sum instead of a buffer added afterwards,
+//! see `Tree::node_fused`; and large layers cut their products into row pieces that an idle
+//! thread may take, see `cpu::mlp`.)
 
 use super::config::{AdamMoments, InnerOptimizer, OuterRule, ReptileConfig};
 use super::inner::{MomentsStart, TaskWorker};
