@@ -70,11 +70,21 @@ impl<F: Fn(usize, &mut [f32], &mut [f32], bool) -> (f64, f64) + Sync> Tree<'_, F
         } else {
             (self.node(lo, mid, out_d, out_v, left), self.node(mid, hi, rd, rv, rest))
         };
-        update::add_assign(out_d, rd);
+        self.add(out_d, rd);
         if self.carry {
-            update::add_assign(out_v, rv);
+            self.add(out_v, rv);
         }
         (a.0 + b.0, a.1 + b.1)
+    }
+
+    /// `acc += x`, in parallel halves on the pool when large (the root's add runs while the
+    /// other thread has nothing left to do; element-wise, so the same result either way).
+    fn add(&self, acc: &mut [f32], x: &[f32]) {
+        if self.par {
+            add_par(acc, x);
+        } else {
+            update::add_assign(acc, x);
+        }
     }
 
     /// [`Self::node`] whose right half is the single one-task chunk `mid`. The node's sum is
@@ -128,9 +138,9 @@ impl<F: Fn(usize, &mut [f32], &mut [f32], bool) -> (f64, f64) + Sync> Tree<'_, F
             ((a, b), fused)
         };
         if !fused {
-            update::add_assign(out_d, rd);
+            self.add(out_d, rd);
             if self.carry {
-                update::add_assign(out_v, rv);
+                self.add(out_v, rv);
             }
         }
         (a.0 + b.0, a.1 + b.1)
@@ -155,6 +165,18 @@ impl SendPtr {
         // SAFETY: the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.0, n) }
     }
+}
+
+/// [`update::add_assign`] cut into halves run with `rayon::join` while they hold at least
+/// [`APPLY_GRAIN`] floats.
+fn add_par(acc: &mut [f32], x: &[f32]) {
+    let n = acc.len();
+    if n < 2 * APPLY_GRAIN {
+        return update::add_assign(acc, x);
+    }
+    let k = n / 2 / 64 * 64;
+    let (a1, a2) = acc.split_at_mut(k);
+    rayon::join(|| add_par(a1, &x[..k]), || add_par(a2, &x[k..]));
 }
 
 /// Smallest half of [`apply_par`]'s parallel split, in parameters.
