@@ -571,10 +571,11 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
             let wr = wo..wo + out * inp;
             let (tw, vw) = (&mut theta[wr.clone()], &mut v[wr.clone()]);
             let (fw, aw) = (from.map(|f| f.range(wr.clone())), acc.as_mut().map(|a| a.reborrow(wr.clone())));
+            let job = RowsJob { out, inp, points, dz, a_prev, h };
             if split_rows(points, inp, out) {
-                adam_rows_par::<P>(0, out, out, inp, points, dz, a_prev, tw, vw, fw, aw, h);
+                adam_rows_par::<P>(job, 0, out, tw, vw, fw, aw);
             } else {
-                adam_rows::<P>(0, out, out, inp, points, dz, a_prev, tw, vw, fw, aw, h, &mut ws.tile);
+                adam_rows::<P>(job, 0, out, tw, vw, fw, aw, &mut ws.tile);
             }
             let br = bo..bo + out;
             let gb = &mut ws.tile[..out];
@@ -626,26 +627,35 @@ fn adam_span<P: Policy>(
     }
 }
 
+/// What every row piece of one layer's fused weight-gradient + Adam pass shares: the layer's
+/// shape, its output gradient `dz` `[points × out]`, its input `a_prev` `[points × inp]` and
+/// the step's scalars.
+#[derive(Clone, Copy)]
+struct RowsJob<'a> {
+    out: usize,
+    inp: usize,
+    points: usize,
+    dz: &'a [f32],
+    a_prev: &'a [f32],
+    h: AdamStep,
+}
+
 /// Fused weight gradient + Adam step for rows `lo..hi` of a layer's `W` (`[out × inp]`):
 /// `theta`, `v`, `from` and `acc` hold exactly those rows. A tile of whole rows at a time,
 /// `dW = dZ[:, rows]ᵀ·A_prev` into `tile` (kept in L1), then [`adam_span`] on it.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn adam_rows<P: Policy>(
+    job: RowsJob<'_>,
     lo: usize,
     hi: usize,
-    out: usize,
-    inp: usize,
-    points: usize,
-    dz: &[f32],
-    a_prev: &[f32],
     theta: &mut [f32],
     v: &mut [f32],
     from: Option<AdamFrom<'_>>,
     mut acc: Option<Accumulate<'_>>,
-    h: AdamStep,
     tile: &mut [f32],
 ) {
+    let RowsJob { out, inp, points, dz, a_prev, h } = job;
     let rows = (ADAM_TILE / inp).clamp(1, hi - lo);
     let mut r0 = lo;
     while r0 < hi {
@@ -660,24 +670,18 @@ fn adam_rows<P: Policy>(
 
 /// [`adam_rows`] cut into pieces at [`split_point`], run with `rayon::join`; each piece has a
 /// gradient tile of its own on its stack.
-#[allow(clippy::too_many_arguments)]
 fn adam_rows_par<P: Policy>(
+    job: RowsJob<'_>,
     lo: usize,
     hi: usize,
-    out: usize,
-    inp: usize,
-    points: usize,
-    dz: &[f32],
-    a_prev: &[f32],
     theta: &mut [f32],
     v: &mut [f32],
     from: Option<AdamFrom<'_>>,
     acc: Option<Accumulate<'_>>,
-    h: AdamStep,
 ) {
-    match split_point(lo, hi, inp) {
+    match split_point(lo, hi, job.inp) {
         Some(mid) => {
-            let k = (mid - lo) * inp;
+            let k = (mid - lo) * job.inp;
             let (t1, t2) = theta.split_at_mut(k);
             let (v1, v2) = v.split_at_mut(k);
             let (f1, f2) = (from.map(|f| f.range(0..k)), from.map(|f| f.range(k..f.theta.len())));
@@ -689,13 +693,13 @@ fn adam_rows_par<P: Policy>(
                 None => (None, None),
             };
             rayon::join(
-                || adam_rows_par::<P>(lo, mid, out, inp, points, dz, a_prev, t1, v1, f1, a1, h),
-                || adam_rows_par::<P>(mid, hi, out, inp, points, dz, a_prev, t2, v2, f2, a2, h),
+                || adam_rows_par::<P>(job, lo, mid, t1, v1, f1, a1),
+                || adam_rows_par::<P>(job, mid, hi, t2, v2, f2, a2),
             );
         }
         None => {
             let mut tile = [0.0f32; ADAM_TILE];
-            adam_rows::<P>(lo, hi, out, inp, points, dz, a_prev, theta, v, from, acc, h, &mut tile);
+            adam_rows::<P>(job, lo, hi, theta, v, from, acc, &mut tile);
         }
     }
 }
