@@ -50,6 +50,11 @@ impl Model {
     /// Wraps existing parameters; `theta.len()` must equal `spec.num_params()` and every
     /// value must be finite.
     pub fn from_params(spec: MlpSpec, theta: Vec<f32>) -> Result<Self> {
+        Self::from_slice(spec, &theta)
+    }
+
+    /// [`Self::from_params`] from a borrowed θ (copied once into the model's aligned buffer).
+    pub(crate) fn from_slice(spec: MlpSpec, theta: &[f32]) -> Result<Self> {
         if theta.len() != spec.num_params() {
             return Err(Error::ShapeMismatch(format!(
                 "θ has {} values, spec {:?} needs {}",
@@ -58,8 +63,8 @@ impl Model {
                 spec.num_params()
             )));
         }
-        check_finite(&theta, "θ")?;
-        Ok(Model { spec, theta: AlignedVec::from_slice(&theta) })
+        check_finite(theta, "θ")?;
+        Ok(Model { spec, theta: AlignedVec::from_slice(theta) })
     }
 
     /// The spec.

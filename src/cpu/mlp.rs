@@ -305,9 +305,7 @@ enum Sink<'a> {
     Adam {
         theta: &'a mut [f32],
         v: &'a mut [f32],
-        lr_t: f32,
-        beta2: f32,
-        eps: f32,
+        step: AdamStep,
         from: Option<AdamFrom<'a>>,
         acc: Option<Accumulate<'a>>,
     },
@@ -375,6 +373,12 @@ impl<'a> Accumulate<'a> {
         (Accumulate { base: b1, delta: d1, moments: m1, first }, Accumulate { base: b2, delta: d2, moments: m2, first })
     }
 
+    /// Panics unless the sums cover `p` parameters.
+    fn check(&self, p: usize) {
+        assert!(self.base.len() == p && self.delta.len() == p, "delta sum length");
+        assert!(self.moments.as_ref().is_none_or(|m| m.len() == p), "moments sum length");
+    }
+
     /// Adds `θ'[span] − base[span]` (and `v[span]`) to the sums, or writes them when `first`.
     #[inline(always)]
     fn add_span<P: Policy>(&mut self, span: std::ops::Range<usize>, theta: &[f32], v: &[f32]) {
@@ -398,9 +402,8 @@ impl<'a> Accumulate<'a> {
 /// what a fused last step does tile by tile ([`backward_adam_acc`]), for runs that cannot fuse
 /// it (SGD, FOMAML, no steps).
 pub fn accumulate(acc: &mut Accumulate<'_>, theta: &[f32], v: &[f32]) {
-    let p = theta.len();
-    assert!(acc.base.len() == p && acc.delta.len() == p, "delta sum length");
-    assert!(acc.moments.as_ref().is_none_or(|m| m.len() == p && v.len() == p), "moments sum length");
+    acc.check(theta.len());
+    assert!(acc.moments.is_none() || v.len() == theta.len(), "moments length");
     accumulate_d(acc, theta, v);
 }
 
@@ -449,13 +452,7 @@ fn backward_adam_body<P: Policy>(
     from: Option<AdamFrom<'_>>,
     acc: Option<Accumulate<'_>>,
 ) {
-    backward_impl::<P>(
-        spec,
-        Sink::Adam { theta, v, lr_t: h.lr_t, beta2: h.beta2, eps: h.eps, from, acc },
-        x,
-        points,
-        ws,
-    );
+    backward_impl::<P>(spec, Sink::Adam { theta, v, step: h, from, acc }, x, points, ws);
 }
 
 /// Backward fused with one Adam step (β1 = 0): for each layer, after its input gradient,
@@ -500,8 +497,7 @@ pub fn backward_adam_acc(
         assert!(f.v.is_none_or(|v| v.len() == p), "source moments length");
     }
     if let Some(a) = &acc {
-        assert!(a.base.len() == p && a.delta.len() == p, "delta sum length");
-        assert!(a.moments.as_ref().is_none_or(|m| m.len() == p), "moments sum length");
+        a.check(p);
     }
     backward_adam_d(spec, theta, x, points, ws, v, step, from, acc);
 }
@@ -562,11 +558,11 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
             let tanh = matches!(spec.activation(), Activation::Tanh);
             gemm::dzw_act_p::<P>(points, out, inp, dz, &theta[wo..wo + inp * out], dx, tanh, a_prev);
         }
-        if let Sink::Adam { theta, v, lr_t, beta2, eps, from, acc } = &mut sink {
+        if let Sink::Adam { theta, v, step, from, acc } = &mut sink {
             // First step (`from`): each span of θ' and v is read from the source and written
             // updated, out of place (no copy pass). Last step (`acc`): each span is added to
             // the running sums while it is in L1.
-            let h = AdamStep { lr_t: *lr_t, beta2: *beta2, eps: *eps };
+            let h = *step;
             let from: Option<AdamFrom<'_>> = *from;
             let wr = wo..wo + out * inp;
             let (tw, vw) = (&mut theta[wr.clone()], &mut v[wr.clone()]);

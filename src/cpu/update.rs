@@ -93,8 +93,9 @@ pub fn adam_g_min(beta2: f32) -> f32 {
 ///
 /// Subnormals: a new `v` below `f32::MIN_POSITIVE` (2⁻¹²⁶ ≈ 1.2e-38) is stored as 0 (NaN is
 /// kept), and the gradient's share `(1 − β2)·g²` is left out where `|g|` is below
-/// [`adam_g_min`] (where that share would be subnormal; the step still uses `g`). Weights whose gradient is zero for long stretches (inputs that are always blank,
-/// such as Omniglot's border pixels, or dead ReLU units) have their `v` decay by β2 every step,
+/// [`adam_g_min`] (where that share would be subnormal; the step still uses `g`). Weights
+/// whose gradient is zero for long stretches (inputs that are always blank, such as
+/// Omniglot's border pixels, or dead ReLU units) have their `v` decay by β2 every step,
 /// and x86 cores run arithmetic on subnormal operands through a microcode assist of about a
 /// hundred cycles: one 246,597-parameter update took 3.1 ms with subnormal `v` against
 /// 0.27 ms without, and long Omniglot runs spent half their time there. Such a `v` is below

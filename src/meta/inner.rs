@@ -365,5 +365,5 @@ pub fn adapt_with(
         iteration: 0,
         reason: format!("adaptation produced a non-finite parameter ({e})"),
     })?;
-    Model::from_params(spec.clone(), w.theta_p.to_vec())
+    Model::from_slice(spec.clone(), &w.theta_p)
 }

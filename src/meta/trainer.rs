@@ -3,8 +3,9 @@
 //! # Determinism
 //! A meta-batch of `n` tasks is cut into `min(n, 64)` fixed chunks of consecutive tasks,
 //! independent of the thread count. Each chunk sums its tasks' deltas in task order; the chunk
-//! sums are then added along a fixed binary tree over the chunks (`Tree`). Each task's minibatch order comes from its own random
-//! stream keyed by (seed, iteration, task). So θ is bit-identical for any number of threads.
+//! sums are then added along a fixed binary tree over the chunks (`Tree`). Each task's
+//! minibatch order comes from its own random stream keyed by (seed, iteration, task). So θ is
+//! bit-identical for any number of threads.
 //! (Two things vary with the threads without changing any bit: a one-task chunk may add its
 //! task straight into its finished left neighbour's sum instead of a buffer added afterwards,
 //! see `Tree::node_fused`; and large layers cut their products into row pieces that an idle
@@ -47,7 +48,7 @@ struct Tree<'a, F> {
     /// Run the two halves with `rayon::join` (inside the trainer's pool) or one after the other.
     par: bool,
     /// Every chunk is one task: a right leaf whose left sibling has finished may add its task
-    /// straight into the left's sums (see [`Tree::node`]).
+    /// straight into the left's sums (see [`Tree::node_fused`]).
     single: bool,
 }
 
@@ -342,7 +343,8 @@ pub struct Trainer {
     pool: Option<rayon::ThreadPool>,
     threads: usize,
     /// One scratch space per pool thread (index `rayon::current_thread_index()`), so a
-    /// thread's scratch stays in its cache from task to task.
+    /// thread's scratch stays in its cache from task to task; a thread that picks up a chunk
+    /// while it waits inside a task's split kernels takes any free one (or a fresh one).
     workers: Vec<Mutex<TaskWorker>>,
     /// Same, for 16-task lane groups.
     lane_workers: Vec<Mutex<LaneWorker>>,
@@ -428,7 +430,7 @@ impl Trainer {
     }
     /// Replaces θ (same length, finite).
     pub fn set_params(&mut self, theta: &[f32]) -> Result<()> {
-        let m = Model::from_params(self.model.spec().clone(), theta.to_vec())?;
+        let m = Model::from_slice(self.model.spec().clone(), theta)?;
         self.model = m;
         Ok(())
     }
@@ -658,7 +660,7 @@ impl Trainer {
         // A chunk sums its tasks' deltas into `acc` and, with carried moments, their final `v`
         // into `acc_v` (empty otherwise).
         let run_chunk = |c: usize, acc: &mut [f32], acc_v: &mut [f32], add: bool| -> (f64, f64) {
-            // Each pool thread has its own worker; the lock is never contended.
+            // Each pool thread starts from its own worker (see the lane and task branches).
             let slot = rayon::current_thread_index().unwrap_or(0) % nw;
             let (mut lb, mut la) = (0.0f64, 0.0f64);
             let (start, end) = chunk_range(units, nc, c);
