@@ -293,6 +293,48 @@ fn shifted_support_adds_every_translation_and_leaves_the_query_alone() {
 }
 
 #[test]
+fn shifted_query_makes_view_blocks_and_leaves_the_support_alone() {
+    use reptile::EvalTasks;
+    use reptile::TaskBatch;
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let (n, m, mq, ways) = (2usize, 3usize, 4usize, 3usize);
+    let spec = spec(ways);
+    let img = |rng: &mut ChaCha8Rng| -> Vec<f32> { (0..PIXELS).map(|_| rng.random_range(0.1f32..1.0)).collect() };
+    let xs: Vec<f32> = (0..n * m).flat_map(|_| img(&mut rng)).collect();
+    let xq: Vec<f32> = (0..n * mq).flat_map(|_| img(&mut rng)).collect();
+    let ys: Vec<u32> = (0..n * m).map(|i| (i % ways) as u32).collect();
+    let yq: Vec<u32> = (0..n * mq).map(|i| ((i * 2 + 1) % ways) as u32).collect();
+    let sup = TaskBatch::new(&spec, n, m, xs, Targets::Labels(ys.into())).unwrap();
+    let qry = TaskBatch::new(&spec, n, mq, xq.clone(), Targets::Labels(yq.clone().into())).unwrap();
+    let tasks = EvalTasks::new(sup.clone(), qry).unwrap();
+    let aug = omniglot::shifted_query(&spec, &tasks, 2).unwrap();
+    assert_eq!(aug.support(), &sup, "the support is untouched");
+    assert_eq!(aug.query_views(), 25);
+    assert_eq!(aug.query().n_points(), 25 * mq);
+    let Targets::Labels(la) = aug.query().y() else { panic!("labels expected") };
+    let offsets: Vec<(i32, i32)> = std::iter::once((0, 0))
+        .chain((-2..=2).flat_map(|dy| (-2..=2).map(move |dx| (dx, dy))).filter(|&o| o != (0, 0)))
+        .collect();
+    for t in 0..n {
+        for (k, &(dx, dy)) in offsets.iter().enumerate() {
+            for p in 0..mq {
+                let row = t * 25 * mq + k * mq + p;
+                let mut want = xq[(t * mq + p) * PIXELS..][..PIXELS].to_vec();
+                omniglot::translate(&mut want, dx, dy);
+                assert_eq!(&aug.query().x()[row * PIXELS..][..PIXELS], &want[..], "task {t}, view {k}, point {p}");
+                assert_eq!(la[row], yq[t * mq + p], "label of task {t}, view {k}, point {p}");
+            }
+        }
+    }
+    // Support shifts keep the views; views cannot be stacked; the shift must fit the image.
+    let both = omniglot::shifted_support(&spec, &aug, 1).unwrap();
+    assert_eq!((both.support().n_points(), both.query_views()), (9 * m, 25));
+    assert!(omniglot::shifted_query(&spec, &aug, 1).is_err(), "views of views");
+    assert!(omniglot::shifted_query(&spec, &tasks, SIDE).is_err(), "a shift of the whole side");
+    assert_eq!(omniglot::shifted_query(&spec, &tasks, 0).unwrap().query_views(), 1, "max 0: one view");
+}
+
+#[test]
 fn shifted_sampler_draws_the_same_tasks_translated() {
     let Some(d) = data() else { return };
     let (train, _) = d.split(Split::Standard);

@@ -15,8 +15,10 @@ mod common;
 use common::*;
 use reptile::workloads::sine::SineTasks;
 use reptile::{
-    Activation, DeltaSum, Error, InnerLoop, Loss, MlpSpec, Model, OuterRule, ReptileConfig, Targets, TaskBatch, Trainer,
+    Activation, DeltaSum, Error, EvalTasks, InnerLoop, Loss, MlpSpec, Model, OuterRule, ReptileConfig, Targets, TaskBatch,
+    Trainer,
 };
+use rand::Rng;
 use std::borrow::Cow;
 
 const C: f64 = 1e-5;
@@ -610,4 +612,97 @@ fn step_does_not_depend_on_history() {
 #[test]
 fn lower_isa_paths() {
     common::rerun_under_lower_isas("lower_isa_paths");
+}
+
+/// Query views: evaluate_at scores each query point by its mean prediction over its views
+/// (mean softmax for classification, mean output for regression), checked for task 0 against
+/// Trainer::adapt + predict and an f64 mean; one view is plain scoring; malformed views are
+/// errors.
+#[test]
+fn query_views_score_the_mean_prediction() {
+    let mut r = rng(404);
+    let (n, m, q, views) = (3usize, 12usize, 4usize, 3usize);
+    for (loss, out) in [(Loss::SoftmaxCrossEntropy, 3usize), (Loss::Mse, 2)] {
+        let spec = MlpSpec::new(&[5, 16, out], Activation::Relu, loss).unwrap();
+        let eval_inner = InnerLoop { lr: 0.05, steps: 6, batch_size: 4 };
+        let cfg = ReptileConfig { eval: eval_inner, ..config(MINI, 0.5, 404, 2) };
+        let tr = Trainer::new(Model::new(spec.clone(), 404), cfg).unwrap();
+        let xs = uniform_vec(&mut r, n * m * 5, -1.5, 1.5);
+        let xq = uniform_vec(&mut r, n * q * views * 5, -1.5, 1.5);
+        let (ys, yq, yq1) = match loss {
+            Loss::SoftmaxCrossEntropy => {
+                let ys: Vec<u32> = (0..n * m).map(|_| r.random_range(0..out as u32)).collect();
+                let y1: Vec<u32> = (0..n * q).map(|_| r.random_range(0..out as u32)).collect();
+                let yq: Vec<u32> = (0..n * q * views).map(|i| y1[(i / (q * views)) * q + i % q]).collect();
+                (Targets::Labels(ys.into()), Targets::Labels(yq.into()), Targets::Labels(y1.into()))
+            }
+            Loss::Mse => {
+                let ys = uniform_vec(&mut r, n * m * out, -1.0, 1.0);
+                let y1 = uniform_vec(&mut r, n * q * out, -1.0, 1.0);
+                let yq: Vec<f32> = (0..n * q * views)
+                    .flat_map(|i| y1[((i / (q * views)) * q + i % q) * out..][..out].to_vec())
+                    .collect();
+                (Targets::Values(ys.into()), Targets::Values(yq.into()), Targets::Values(y1.into()))
+            }
+        };
+        let sup = TaskBatch::new(&spec, n, m, xs, ys).unwrap();
+        let qry = TaskBatch::new(&spec, n, q * views, xq.clone(), yq).unwrap();
+        let plain = EvalTasks::new(sup.clone(), qry.clone()).unwrap();
+        let viewed = plain.clone().with_query_views(views).unwrap();
+        assert_eq!(viewed.query_views(), views);
+        assert_eq!(plain.clone().with_query_views(1).unwrap(), plain, "one view is plain");
+        let rep = tr.evaluate_at(&viewed, &[0, 6]).unwrap();
+        let rep_plain = tr.evaluate_at(&plain, &[0, 6]).unwrap();
+        assert_ne!(rep.losses, rep_plain.losses, "views change the score");
+        // Task 0 by hand: adapt (the task-0 stream), predict every view, average in f64.
+        let adapted = tr.adapt(&sup.task(0).unwrap(), 6).unwrap();
+        let y = adapted.predict(&xq[..q * views * 5]).unwrap();
+        let (mut want_loss, mut want_correct) = (0.0f64, 0usize);
+        for i in 0..q {
+            let mut mean = vec![0.0f64; out];
+            for v in 0..views {
+                let row: Vec<f64> = to_f64(&y[(v * q + i) * out..][..out]);
+                match loss {
+                    Loss::SoftmaxCrossEntropy => {
+                        let mx = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let s: f64 = row.iter().map(|x| (x - mx).exp()).sum();
+                        for k in 0..out {
+                            mean[k] += (row[k] - mx).exp() / s / views as f64;
+                        }
+                    }
+                    Loss::Mse => (0..out).for_each(|k| mean[k] += row[k] / views as f64),
+                }
+            }
+            match &yq1 {
+                Targets::Labels(l) => {
+                    let c = l[i] as usize;
+                    want_loss -= mean[c].ln();
+                    let mut sorted = mean.clone();
+                    sorted.sort_by(|a, b| b.total_cmp(a));
+                    assert!(sorted[0] - sorted[1] > 1e-6, "a near-tie would make the count fragile; reseed");
+                    let best = (0..out).fold(0, |b, k| if mean[k] > mean[b] { k } else { b });
+                    want_correct += usize::from(best == c);
+                }
+                Targets::Values(t) => {
+                    want_loss += (0..out).map(|k| (mean[k] - t[i * out + k] as f64).powi(2)).sum::<f64>() / out as f64;
+                }
+            }
+        }
+        want_loss /= q as f64;
+        assert_close(&[rep.losses_at(1)[0]], &[want_loss], 1e-6, 1e-5, &format!("{loss:?}: task 0 view-mean loss"));
+        if loss == Loss::SoftmaxCrossEntropy {
+            let acc = rep.accuracies.as_ref().unwrap()[1];
+            assert_eq!(acc, want_correct as f32 / q as f32, "task 0 accuracy over q = {q} points, not q·views");
+        }
+    }
+    // Malformed views.
+    let spec = MlpSpec::new(&[5, 8, 3], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
+    let lab = |v: Vec<u32>| Targets::Labels(v.into());
+    let sup = TaskBatch::new(&spec, 1, 3, uniform_vec(&mut r, 15, -1.0, 1.0), lab(vec![0, 1, 2])).unwrap();
+    let qry = TaskBatch::new(&spec, 1, 4, uniform_vec(&mut r, 20, -1.0, 1.0), lab(vec![0, 1, 0, 2])).unwrap();
+    let t = EvalTasks::new(sup, qry).unwrap();
+    assert!(matches!(t.clone().with_query_views(0), Err(Error::ShapeMismatch(_))), "zero views");
+    assert!(matches!(t.clone().with_query_views(3), Err(Error::ShapeMismatch(_))), "3 does not divide 4");
+    assert!(matches!(t.clone().with_query_views(2), Err(Error::InvalidArgument(_))), "view 1 of point 1 has label 2, not 1");
+    assert!(t.with_query_views(4).is_err(), "views of points with other labels");
 }

@@ -73,6 +73,11 @@ pub struct OmniglotArgs {
     /// by up to this many pixels per axis ((2s+1)² copies; the query is never touched; 0 = off).
     #[arg(long, default_value_t = 0)]
     eval_support_shift: usize,
+    /// Test-time query augmentation: score each query drawing by the adapted net's mean
+    /// prediction over all its translations by up to this many pixels per axis ((2s+1)²
+    /// views, each drawing on its own: no transduction; 0 = off).
+    #[arg(long, default_value_t = 0)]
+    eval_query_shift: usize,
     /// Which characters train and test.
     #[arg(long, value_enum, default_value = "standard")]
     split: SplitArg,
@@ -148,14 +153,16 @@ pub struct OmniglotArgs {
     quiet: bool,
 }
 
-/// [`Trainer::evaluate`] with test-time support augmentation ([`omniglot::shifted_support`]),
-/// in blocks of at most 256 tasks; the per-task results are concatenated in task order. Task
-/// `t` adapts with the minibatch stream of index `t mod 256` (each block starts at 0).
+/// [`Trainer::evaluate`] with test-time support augmentation ([`omniglot::shifted_support`],
+/// `support` px) and query augmentation ([`omniglot::shifted_query`], `query` px), in blocks of
+/// at most 256 tasks; the per-task results are concatenated in task order. Task `t` adapts
+/// with the minibatch stream of index `t mod 256` (each block starts at 0).
 fn evaluate_shifted(
     trainer: &Trainer,
     spec: &MlpSpec,
     tasks: &EvalTasks<'_>,
-    max: usize,
+    support: usize,
+    query: usize,
 ) -> reptile::Result<EvalReport> {
     const BLOCK: usize = 256;
     let n = tasks.n_tasks();
@@ -171,7 +178,9 @@ fn evaluate_shifted(
     for lo in (0..n).step_by(BLOCK) {
         let hi = (lo + BLOCK).min(n);
         let part = EvalTasks::new(block(tasks.support(), lo, hi)?, block(tasks.query(), lo, hi)?)?;
-        let r = trainer.evaluate(&omniglot::shifted_support(spec, &part, max)?)?;
+        let part = if support > 0 { omniglot::shifted_support(spec, &part, support)? } else { part };
+        let part = if query > 0 { omniglot::shifted_query(spec, &part, query)? } else { part };
+        let r = trainer.evaluate(&part)?;
         match &mut all {
             None => all = Some(r),
             Some(acc) => {
@@ -376,10 +385,10 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         a.shots,
         a.query,
     )?;
-    let r = if a.eval_support_shift > 0 {
-        // The augmented support is (2s+1)² times larger: expand and evaluate blocks of tasks,
+    let r = if a.eval_support_shift > 0 || a.eval_query_shift > 0 {
+        // The augmented sets are (2s+1)² times larger: expand and evaluate blocks of tasks,
         // so memory stays bounded for 10,000-task evaluations.
-        evaluate_shifted(&trainer, &spec, &final_tasks, a.eval_support_shift)?
+        evaluate_shifted(&trainer, &spec, &final_tasks, a.eval_support_shift, a.eval_query_shift)?
     } else {
         trainer.evaluate(&final_tasks)?
     };
@@ -397,10 +406,11 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         "final evaluation: {}-way {}-shot{}, {} meta-test tasks ({eval_s:.1} s): accuracy {:.2}% ± {:.2}% (95% CI)",
         a.ways,
         a.shots,
-        if a.eval_support_shift > 0 {
-            format!(" (support shifted by up to ±{} px)", a.eval_support_shift)
-        } else {
-            String::new()
+        match (a.eval_support_shift, a.eval_query_shift) {
+            (0, 0) => String::new(),
+            (s, 0) => format!(" (support shifted by up to ±{s} px)"),
+            (0, q) => format!(" (query views shifted by up to ±{q} px)"),
+            (s, q) => format!(" (support shifted by up to ±{s} px, query views by up to ±{q} px)"),
         },
         a.final_tasks.max(1),
         100.0 * acc,
@@ -411,7 +421,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         "iterations": a.iterations, "train_seconds": train_total, "spec": spec, "config": config,
         "init": a.init, "final_tasks": a.final_tasks.max(1), "accuracy": acc, "ci95": ci, "eval_seconds": eval_s,
         "train_shift": a.train_shift, "train_rotate": a.train_rotate, "train_scale": a.train_scale,
-        "eval_support_shift": a.eval_support_shift,
+        "eval_support_shift": a.eval_support_shift, "eval_query_shift": a.eval_query_shift,
     });
     let sp = a.out.join("summary.json");
     std::fs::write(&sp, serde_json::to_string_pretty(&summary).unwrap())

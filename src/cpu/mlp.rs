@@ -283,6 +283,52 @@ pub fn loss_eval(spec: &MlpSpec, targets: Tgt<'_>, points: usize, ws: &mut Works
     (loss, correct)
 }
 
+/// [`loss_eval`] of `points = views·q` outputs holding `views` view-major blocks of the same
+/// `q` points (see [`crate::meta::EvalTasks::with_query_views`]), each point scored by its mean
+/// prediction over the views: for cross-entropy the mean of the softmax probabilities `p̄`
+/// (loss `−ln p̄[label]`, correct when `argmax p̄` is the label), for MSE the mean output.
+/// Accumulated in f64; the targets are those of the first block (`q` rows). Returns the mean
+/// loss over the `q` points and the correct count.
+pub fn loss_eval_views(spec: &MlpSpec, targets: Tgt<'_>, points: usize, views: usize, ws: &Workspace) -> (f32, usize) {
+    ws.check(spec, points);
+    assert!(views > 0 && points % views == 0, "views must divide the points");
+    let (out, q) = (spec.out_dim(), points / views);
+    let l = spec.num_layers() - 1;
+    let y = &ws.acts[ws.act_off[l] * ws.cap..][..points * out];
+    let mut mean = vec![0.0f64; out];
+    let (mut sum, mut correct) = (0.0f64, 0usize);
+    for i in 0..q {
+        mean.fill(0.0);
+        for v in 0..views {
+            let row = &y[(v * q + i) * out..][..out];
+            match spec.loss() {
+                Loss::SoftmaxCrossEntropy => {
+                    let m = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+                    let s: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
+                    mean.iter_mut().zip(row).for_each(|(p, &x)| *p += (x as f64 - m).exp() / s);
+                }
+                Loss::Mse => mean.iter_mut().zip(row).for_each(|(p, &x)| *p += x as f64),
+            }
+        }
+        mean.iter_mut().for_each(|p| *p /= views as f64);
+        match (spec.loss(), targets) {
+            (Loss::SoftmaxCrossEntropy, Tgt::Labels(lab)) => {
+                let c = lab[i] as usize;
+                assert!(c < out, "label {c} out of range 0..{out}");
+                sum -= mean[c].ln();
+                // First index on ties, NaN never wins, as `argmax`.
+                let best = (0..out).fold(0, |b, k| if mean[k] > mean[b] { k } else { b });
+                correct += usize::from(best == c);
+            }
+            (Loss::Mse, Tgt::Values(t)) => {
+                sum += mean.iter().zip(&t[i * out..][..out]).map(|(p, &t)| (p - t as f64).powi(2)).sum::<f64>() / out as f64;
+            }
+            (loss, _) => panic!("targets do not match the loss {loss:?}"),
+        }
+    }
+    ((sum / q as f64) as f32, correct)
+}
+
 /// Index of the largest value (first on ties; NaN never wins).
 pub fn argmax(row: &[f32]) -> usize {
     let mut best = 0;

@@ -103,7 +103,7 @@ impl Trainer {
         }
         let inner = self.config().eval;
         let (sup, qry) = (tasks.support(), tasks.query());
-        let (ms, mq) = (sup.n_points(), qry.n_points());
+        let (ms, mq, views) = (sup.n_points(), qry.n_points(), tasks.query_views());
         let b = inner.batch_for(ms);
         let cap = b.max(mq);
         let n = tasks.n_tasks();
@@ -126,8 +126,8 @@ impl Trainer {
                 for &s in steps {
                     w.more_steps(spec, xs, ys, b, s - done, inner.lr, &mut rng);
                     done = s;
-                    let (loss, correct) = w.score(spec, xq, yq, mq);
-                    out.push((loss, correct as f32 / mq as f32));
+                    let (loss, correct) = w.score_views(spec, xq, yq, mq, views);
+                    out.push((loss, correct as f32 / (mq / views) as f32));
                 }
             }
             out

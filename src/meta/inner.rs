@@ -299,11 +299,16 @@ impl TaskWorker {
         (before, after)
     }
 
-    /// Loss (and correct count) of θ' on a whole set of `m` points, e.g. a query set. The
-    /// worker's capacity must cover `m`.
-    pub fn score(&mut self, spec: &MlpSpec, x: &[f32], y: Tgt<'_>, m: usize) -> (f32, usize) {
+    /// Loss (and correct count) of θ' on a whole set of `m` points, e.g. a query set, held as
+    /// `views` view-major blocks of `q = m / views` points: each point is scored by its mean
+    /// prediction over its views ([`mlp::loss_eval_views`]; `views = 1` is plain scoring).
+    /// The worker's capacity must cover `m`.
+    pub fn score_views(&mut self, spec: &MlpSpec, x: &[f32], y: Tgt<'_>, m: usize, views: usize) -> (f32, usize) {
         mlp::forward(spec, &self.theta_p, x, m, &mut self.ws);
-        mlp::loss_eval(spec, y, m, &mut self.ws)
+        if views == 1 {
+            return mlp::loss_eval(spec, y, m, &mut self.ws);
+        }
+        mlp::loss_eval_views(spec, y, m, views, &self.ws)
     }
 
     /// Continues the current task's inner loop for `steps` more SGD steps (no tail).

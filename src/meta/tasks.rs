@@ -171,6 +171,7 @@ impl<'a> TaskBatch<'a> {
 pub struct EvalTasks<'a> {
     support: TaskBatch<'a>,
     query: TaskBatch<'a>,
+    views: usize,
 }
 
 impl<'a> EvalTasks<'a> {
@@ -186,7 +187,45 @@ impl<'a> EvalTasks<'a> {
                 support.n_tasks, support.in_dim, support.out_dim, query.n_tasks, query.in_dim, query.out_dim
             )));
         }
-        Ok(EvalTasks { support, query })
+        Ok(EvalTasks { support, query, views: 1 })
+    }
+
+    /// Scores every query point as the mean prediction over `views` versions of it (test-time
+    /// augmentation of the query, one point at a time: no transduction). Each task's query set
+    /// must hold `views` blocks of `q = n_points / views` points, view-major: point `i` of
+    /// block `v` is view `v` of query `i`, with the same target as in block 0. Classification
+    /// averages the softmax probabilities (loss `−ln p̄[label]`, prediction `argmax p̄`);
+    /// regression averages the outputs. `views = 1` is plain scoring.
+    pub fn with_query_views(mut self, views: usize) -> Result<Self> {
+        let m = self.query.points;
+        if views == 0 || m % views != 0 {
+            return Err(Error::ShapeMismatch(format!(
+                "{views} query views do not divide the {m} query points of a task"
+            )));
+        }
+        let q = m / views;
+        let same = |t: usize, v: usize, i: usize| match &self.query.y {
+            Targets::Labels(l) => l[t * m + v * q + i] == l[t * m + i],
+            Targets::Values(y) => {
+                let d = self.query.out_dim;
+                y[(t * m + v * q + i) * d..][..d] == y[(t * m + i) * d..][..d]
+            }
+        };
+        for t in 0..self.query.n_tasks {
+            for v in 1..views {
+                if let Some(i) = (0..q).find(|&i| !same(t, v, i)) {
+                    return Err(Error::InvalidArgument(format!(
+                        "task {t}: view {v} of query point {i} has another target than the point itself"
+                    )));
+                }
+            }
+        }
+        self.views = views;
+        Ok(self)
+    }
+    /// Views per query point (see [`EvalTasks::with_query_views`]; 1 = plain).
+    pub fn query_views(&self) -> usize {
+        self.views
     }
     /// Support sets.
     pub fn support(&self) -> &TaskBatch<'a> {

@@ -514,19 +514,38 @@ impl<'d> FewShot<'d> {
 /// the support set, never the query; the query sets are returned unchanged. `max = 0`
 /// returns a copy.
 pub fn shifted_support(spec: &MlpSpec, tasks: &EvalTasks<'_>, max: usize) -> Result<EvalTasks<'static>> {
+    let support = shifted_copies(spec, tasks.support(), max)?;
+    EvalTasks::new(support, tasks.query().clone().into_owned())?.with_query_views(tasks.query_views())
+}
+
+/// Test-time query augmentation: every query drawing is scored by the mean prediction of the
+/// adapted net over all its translations by `−max..=max` pixels per axis (zero fill), each
+/// drawing on its own (no transduction): the query sets become `(2·max + 1)²` view blocks in
+/// the layout of [`shifted_support`] and the tasks score them as views
+/// ([`EvalTasks::with_query_views`]). The support sets are returned unchanged. The query must
+/// not have views already.
+pub fn shifted_query(spec: &MlpSpec, tasks: &EvalTasks<'_>, max: usize) -> Result<EvalTasks<'static>> {
+    if tasks.query_views() != 1 {
+        return Err(Error::InvalidArgument("the query already has views".into()));
+    }
+    let query = shifted_copies(spec, tasks.query(), max)?;
+    EvalTasks::new(tasks.support().clone().into_owned(), query)?.with_query_views((2 * max + 1).pow(2))
+}
+
+/// Every drawing of every task of `batch` in all its translations by `−max..=max` pixels per
+/// axis, with its label: per task the `m` originals, then all `m` moved by each other offset
+/// in row-major order of `(dy, dx)`.
+fn shifted_copies(spec: &MlpSpec, batch: &TaskBatch<'_>, max: usize) -> Result<TaskBatch<'static>> {
     if max >= SIDE {
         return Err(Error::InvalidArgument(format!("shift {max} must be below the image side {SIDE}")));
     }
-    let (sup, qry) = (tasks.support(), tasks.query());
-    if spec.in_dim() != PIXELS || sup.x().len() != sup.n_tasks() * sup.n_points() * PIXELS {
-        return Err(Error::ShapeMismatch(format!(
-            "support points must be {PIXELS}-pixel drawings for a {PIXELS}-input net"
-        )));
+    if spec.in_dim() != PIXELS || batch.x().len() != batch.n_tasks() * batch.n_points() * PIXELS {
+        return Err(Error::ShapeMismatch(format!("drawings must be {PIXELS}-pixel images for a {PIXELS}-input net")));
     }
-    let Targets::Labels(labels) = sup.y() else {
-        return Err(Error::InvalidArgument("support augmentation needs class labels".into()));
+    let Targets::Labels(labels) = batch.y() else {
+        return Err(Error::InvalidArgument("shift augmentation needs class labels".into()));
     };
-    let (n, m) = (sup.n_tasks(), sup.n_points());
+    let (n, m) = (batch.n_tasks(), batch.n_points());
     let s = max as i32;
     let offsets: Vec<(i32, i32)> = std::iter::once((0, 0))
         .chain((-s..=s).flat_map(|dy| (-s..=s).map(move |dx| (dx, dy))).filter(|&o| o != (0, 0)))
@@ -538,15 +557,13 @@ pub fn shifted_support(spec: &MlpSpec, tasks: &EvalTasks<'_>, max: usize) -> Res
             for p in 0..m {
                 let row = t * m + p;
                 let start = x.len();
-                x.extend_from_slice(&sup.x()[row * PIXELS..][..PIXELS]);
+                x.extend_from_slice(&batch.x()[row * PIXELS..][..PIXELS]);
                 translate(&mut x[start..], dx, dy);
                 y.push(labels[row]);
             }
         }
     }
-    let support = TaskBatch::new(spec, n, mm, x, Targets::Labels(Cow::Owned(y)))?;
-    let query = qry.clone().into_owned();
-    EvalTasks::new(support, query)
+    TaskBatch::new(spec, n, mm, x, Targets::Labels(Cow::Owned(y)))
 }
 
 /// Moves a 28×28 image by `dx` columns and `dy` rows (positive: right, down), filling with 0.
