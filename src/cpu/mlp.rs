@@ -291,7 +291,7 @@ pub fn loss_eval(spec: &MlpSpec, targets: Tgt<'_>, points: usize, ws: &mut Works
 /// loss over the `q` points and the correct count.
 pub fn loss_eval_views(spec: &MlpSpec, targets: Tgt<'_>, points: usize, views: usize, ws: &Workspace) -> (f32, usize) {
     ws.check(spec, points);
-    assert!(views > 0 && points % views == 0, "views must divide the points");
+    assert!(views > 0 && points.is_multiple_of(views), "views must divide the points");
     let (out, q) = (spec.out_dim(), points / views);
     let l = spec.num_layers() - 1;
     let y = &ws.acts[ws.act_off[l] * ws.cap..][..points * out];

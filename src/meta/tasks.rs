@@ -198,7 +198,7 @@ impl<'a> EvalTasks<'a> {
     /// regression averages the outputs. `views = 1` is plain scoring.
     pub fn with_query_views(mut self, views: usize) -> Result<Self> {
         let m = self.query.points;
-        if views == 0 || m % views != 0 {
+        if views == 0 || !m.is_multiple_of(views) {
             return Err(Error::ShapeMismatch(format!(
                 "{views} query views do not divide the {m} query points of a task"
             )));
