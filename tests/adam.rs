@@ -334,6 +334,77 @@ fn fused_adam_backward_equals_gradient_then_update() {
     }
 }
 
+/// A fused Adam step that also starts the next forward (`backward_adam_ahead`: the next
+/// batch's first-layer product from each tile of updated rows, then `forward_continue`) gives
+/// bit for bit the θ', `v`, running sums and next output of the plain step followed by a full
+/// `forward`: first-layer tiles of 4, 12 and 1 rows (784, 300 and 5000 inputs), next batches
+/// of 1 to 25 points, with and without a source and sums, on one thread and in a two-thread
+/// pool (where the 784 × 256 layer is cut into row pieces); a next batch too large for a tile
+/// is not fused and says so.
+#[test]
+fn ahead_forward_equals_forward_after_the_update() {
+    use reptile::cpu::mlp::{self, Accumulate, AdamFrom, AdamStep, Workspace};
+    let mut r = rng(44);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let cases = [
+        (vec![784usize, 256, 128, 5], Activation::Relu, Loss::SoftmaxCrossEntropy, 10usize),
+        (vec![300, 40, 3], Activation::Relu, Loss::SoftmaxCrossEntropy, 9),
+        (vec![97, 33, 2], Activation::Tanh, Loss::Mse, 7),
+        (vec![5000, 8, 2], Activation::Relu, Loss::SoftmaxCrossEntropy, 3),
+    ];
+    for (widths, act, loss, points) in cases {
+        let spec = MlpSpec::new(&widths, act, loss).unwrap();
+        let (p, inp) = (spec.num_params(), widths[0]);
+        // Rows per layer-0 tile with a fused next forward: as many as fit in 4096 floats,
+        // rounded down to a multiple of 4 from 4 on.
+        let rows = (4096 / inp).clamp(1, widths[1]);
+        let rows = if rows >= 4 { rows / 4 * 4 } else { rows };
+        let too_many = 4096 / rows + 1;
+        for np in [1usize, 3, 10, 25, too_many] {
+            let theta = uniform_vec(&mut r, p, -0.3, 0.3);
+            let v0 = uniform_vec(&mut r, p, 1e-6, 1e-4);
+            let base = uniform_vec(&mut r, p, -0.3, 0.3);
+            let x = uniform_vec(&mut r, points * inp, 0.0, 1.0);
+            let xn = uniform_vec(&mut r, np * inp, 0.0, 1.0);
+            let targets = OwnedTargets::random(&mut r, &spec, points);
+            let step = AdamStep { lr_t: 3e-3, beta2: 0.999, eps: 1e-8 };
+            let fits = np * rows <= 4096;
+            for (threads, with_from) in [(1usize, false), (1, true), (2, false), (2, true)] {
+                let what = format!("{widths:?}, next {np} points, {threads} threads, from {with_from}");
+                let run = |ahead: bool| {
+                    let mut ws = Workspace::new(&spec, points.max(np));
+                    let (mut t, mut v) = if with_from { (vec![f32::NAN; p], vec![f32::NAN; p]) } else { (theta.clone(), v0.clone()) };
+                    let (mut d, mut m) = (vec![0.5f32; p], vec![0.25f32; p]);
+                    let from = with_from.then_some(AdamFrom { theta: &theta, v: Some(&v0) });
+                    mlp::forward(&spec, &theta, &x, points, &mut ws);
+                    mlp::loss_grad(&spec, targets.tgt(), points, &mut ws);
+                    let acc = Some(Accumulate { base: &base, delta: &mut d, moments: Some(&mut m), first: !with_from });
+                    let fused = if ahead {
+                        mlp::backward_adam_ahead(&spec, &mut t, &x, points, &mut ws, &mut v, step, from, acc, &xn)
+                    } else {
+                        mlp::backward_adam_acc(&spec, &mut t, &x, points, &mut ws, &mut v, step, from, acc);
+                        false
+                    };
+                    let y = if fused {
+                        mlp::forward_continue(&spec, &t, np, &mut ws).to_vec()
+                    } else {
+                        mlp::forward(&spec, &t, &xn, np, &mut ws).to_vec()
+                    };
+                    (fused, t, v, d, m, y)
+                };
+                let (want, got) = if threads == 2 { pool.install(|| (run(false), run(true))) } else { (run(false), run(true)) };
+                assert_eq!(got.0, fits, "{what}: fused");
+                assert!(want.5.iter().all(|v| v.is_finite()) && want.1 != theta, "{what}: a real step");
+                assert_bits_eq(&got.1, &want.1, &format!("{what}: θ'"));
+                assert_bits_eq(&got.2, &want.2, &format!("{what}: v"));
+                assert_bits_eq(&got.3, &want.3, &format!("{what}: delta sum"));
+                assert_bits_eq(&got.4, &want.4, &format!("{what}: moments sum"));
+                assert_bits_eq(&got.5, &want.5, &format!("{what}: next output"));
+            }
+        }
+    }
+}
+
 /// A layer of 76,800 weights is over the size at which the forward product and the fused
 /// Adam update are cut into row pieces run with `rayon::join` on a multi-thread pool
 /// (`cpu::mlp`): training and evaluation with two threads (pieces, possibly on both threads)

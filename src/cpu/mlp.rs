@@ -145,10 +145,39 @@ dispatch! { fn forward_d(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize
 
 #[inline(always)]
 fn forward_body<P: Policy>(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mut Workspace) {
+    forward_layers::<P>(spec, theta, x, points, ws, 0);
+}
+
+/// [`forward`] when the first layer's pre-activation `Z_0 = X·W_0ᵀ + b_0` of these `points`
+/// inputs is already in the workspace, computed at the current θ by the fused Adam backward of
+/// the step before ([`backward_adam_ahead`]): applies the activation to it and runs the other
+/// layers. Returns the output `[points × out]`.
+///
+/// Preconditions: as [`forward`], and `Z_0` of the same `points` inputs at this θ in `ws`.
+pub fn forward_continue<'w>(spec: &MlpSpec, theta: &[f32], points: usize, ws: &'w mut Workspace) -> &'w [f32] {
+    ws.check(spec, points);
+    assert_eq!(theta.len(), spec.num_params(), "θ length");
+    forward_continue_d(spec, theta, points, ws);
+    ws.output(spec, points)
+}
+
+dispatch! { fn forward_continue_d(spec: &MlpSpec, theta: &[f32], points: usize, ws: &mut Workspace) => forward_continue_body }
+
+#[inline(always)]
+fn forward_continue_body<P: Policy>(spec: &MlpSpec, theta: &[f32], points: usize, ws: &mut Workspace) {
+    if spec.num_layers() > 1 {
+        activate::<P>(spec.activation(), &mut ws.acts[..points * spec.widths()[1]]);
+    }
+    forward_layers::<P>(spec, theta, &[], points, ws, 1);
+}
+
+/// Layers `first..` of the forward pass (`x` is read only when `first == 0`).
+#[inline(always)]
+fn forward_layers<P: Policy>(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mut Workspace, first: usize) {
     let cap = ws.cap;
     let widths = spec.widths();
     let nl = spec.num_layers();
-    for l in 0..nl {
+    for l in first..nl {
         let (inp, out) = (widths[l], widths[l + 1]);
         let w = &theta[spec.weight_offset(l)..][..inp * out];
         let b = &theta[spec.bias_offset(l)..][..out];
@@ -354,6 +383,9 @@ enum Sink<'a> {
         step: AdamStep,
         from: Option<AdamFrom<'a>>,
         acc: Option<Accumulate<'a>>,
+        /// The next forward's inputs, whose first-layer product is computed from each tile of
+        /// updated rows of `W_0` (see [`backward_adam_ahead`]), if [`ahead_fits`].
+        ahead: Option<&'a [f32]>,
     },
 }
 
@@ -471,7 +503,7 @@ pub fn backward(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mu
 
 dispatch! { fn backward_d(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mut Workspace, grad: &mut [f32]) => backward_grad_body }
 dispatch! { fn backward_sgd_d(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, lr: f32) => backward_sgd_body }
-dispatch! { fn backward_adam_d(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, v: &mut [f32], hyper: AdamStep, from: Option<AdamFrom<'_>>, acc: Option<Accumulate<'_>>) => backward_adam_body }
+dispatch! { fn backward_adam_d(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, v: &mut [f32], hyper: AdamStep, from: Option<AdamFrom<'_>>, acc: Option<Accumulate<'_>>, ahead: Option<&[f32]>) => backward_adam_body }
 
 /// The scalars of one Adam step with β1 = 0: `lr_t = α·√(1 − β2^t)` (bias correction folded
 /// in), `β2`, `ε`.
@@ -497,8 +529,9 @@ fn backward_adam_body<P: Policy>(
     h: AdamStep,
     from: Option<AdamFrom<'_>>,
     acc: Option<Accumulate<'_>>,
+    ahead: Option<&[f32]>,
 ) {
-    backward_impl::<P>(spec, Sink::Adam { theta, v, step: h, from, acc }, x, points, ws);
+    backward_impl::<P>(spec, Sink::Adam { theta, v, step: h, from, acc, ahead }, x, points, ws);
 }
 
 /// Backward fused with one Adam step (β1 = 0): for each layer, after its input gradient,
@@ -545,7 +578,65 @@ pub fn backward_adam_acc(
     if let Some(a) = &acc {
         a.check(p);
     }
-    backward_adam_d(spec, theta, x, points, ws, v, step, from, acc);
+    backward_adam_d(spec, theta, x, points, ws, v, step, from, acc, None);
+}
+
+/// Whether [`backward_adam_ahead`] can compute the first-layer product of a next batch of
+/// `next_points` inputs: a layer-0 gradient tile holds `r = ADAM_TILE / in` rows (at least
+/// one) and the product of a tile, `[next_points × r]`, must fit in a tile too.
+pub fn ahead_fits(spec: &MlpSpec, next_points: usize, ws: &Workspace) -> bool {
+    let (inp, out) = (spec.widths()[0], spec.widths()[1]);
+    let rows = tile_rows(inp, out, true);
+    next_points >= 1 && next_points <= ws.cap && next_points * rows <= ADAM_TILE
+}
+
+/// Rows of `W` (`n` rows of width `inp`) per gradient tile of the fused Adam pass: as many
+/// as fit in [`ADAM_TILE`] floats, at least one. With a fused next forward (`ahead`), a
+/// multiple of 4 when there are 4 or more: the forward kernel's large-`W` block is 4 rows
+/// (`XWT_RO` in `cpu::x86`), so no tile ends in a slow one-row remainder. The tile size
+/// changes no result (every element is updated on its own).
+fn tile_rows(inp: usize, n: usize, ahead: bool) -> usize {
+    let rows = (ADAM_TILE / inp).clamp(1, n);
+    if ahead && rows >= 4 { rows / 4 * 4 } else { rows }
+}
+
+/// [`backward_adam_acc`] that also starts the next step's forward: as each tile of rows of
+/// `W_0` is updated (bias `b_0` first), the first-layer pre-activation `Z_0 = X'·W_0ᵀ + b_0` of
+/// the next batch `next_x` (`[next_points × in]`) is computed from it while it is in L1, into
+/// the workspace, so the next [`forward_continue`] does not read `W_0` again. Each output is
+/// computed by the same forward kernel code as in [`forward`], so the result is bit-identical
+/// to `forward` after the update. Returns whether it did ([`ahead_fits`]); if not, this is
+/// [`backward_adam_acc`] and the next forward must be a full [`forward`].
+///
+/// The workspace's activations of this step are overwritten (backward is done with them).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_adam_ahead(
+    spec: &MlpSpec,
+    theta: &mut [f32],
+    x: &[f32],
+    points: usize,
+    ws: &mut Workspace,
+    v: &mut [f32],
+    step: AdamStep,
+    from: Option<AdamFrom<'_>>,
+    acc: Option<Accumulate<'_>>,
+    next_x: &[f32],
+) -> bool {
+    let p = spec.num_params();
+    assert_eq!(theta.len(), p, "θ length");
+    assert_eq!(v.len(), p, "Adam moments length");
+    if let Some(f) = &from {
+        assert_eq!(f.theta.len(), p, "source θ length");
+        assert!(f.v.is_none_or(|v| v.len() == p), "source moments length");
+    }
+    if let Some(a) = &acc {
+        a.check(p);
+    }
+    let inp = spec.in_dim();
+    assert!(next_x.len().is_multiple_of(inp), "next inputs length");
+    let fits = ahead_fits(spec, next_x.len() / inp, ws);
+    backward_adam_d(spec, theta, x, points, ws, v, step, from, acc, fits.then_some(next_x));
+    fits
 }
 
 #[inline(always)]
@@ -589,7 +680,10 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
     for l in (0..spec.num_layers()).rev() {
         let (inp, out) = (widths[l], widths[l + 1]);
         let (wo, bo) = (spec.weight_offset(l), spec.bias_offset(l));
-        let a_prev: &[f32] = if l == 0 { x } else { &ws.acts[ws.act_off[l - 1] * cap..][..points * inp] };
+        // Layer 0's activations are free for a fused next forward (see `ahead`) once layer 1
+        // has read them: split them off, so `a_prev` of layer l > 0 borrows the rest.
+        let (z0_area, acts) = ws.acts.split_at_mut(if l == 0 { cap * out } else { 0 });
+        let a_prev: &[f32] = if l == 0 { x } else { &acts[ws.act_off[l - 1] * cap..][..points * inp] };
         let dz = &ws.grad_cur[..points * out];
         // Input gradient first: it must read W_l before the fused update overwrites it.
         if l > 0 {
@@ -604,26 +698,38 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
             let tanh = matches!(spec.activation(), Activation::Tanh);
             gemm::dzw_act_p::<P>(points, out, inp, dz, &theta[wo..wo + inp * out], dx, tanh, a_prev);
         }
-        if let Sink::Adam { theta, v, step, from, acc } = &mut sink {
+        if let Sink::Adam { theta, v, step, from, acc, ahead } = &mut sink {
             // First step (`from`): each span of θ' and v is read from the source and written
             // updated, out of place (no copy pass). Last step (`acc`): each span is added to
-            // the running sums while it is in L1.
+            // the running sums while it is in L1. The bias goes first (the updates are
+            // independent, element by element), so a fused next forward (`ahead`, layer 0)
+            // reads the updated bias.
             let h = *step;
             let from: Option<AdamFrom<'_>> = *from;
-            let wr = wo..wo + out * inp;
-            let (tw, vw) = (&mut theta[wr.clone()], &mut v[wr.clone()]);
-            let (fw, aw) = (from.map(|f| f.range(wr.clone())), acc.as_mut().map(|a| a.reborrow(wr.clone())));
-            let job = RowsJob { out, inp, points, dz, a_prev, h };
-            if split_rows(points, inp, out) {
-                adam_rows_par::<P>(job, 0, out, tw, vw, fw, aw);
-            } else {
-                adam_rows::<P>(job, 0, out, tw, vw, fw, aw, &mut ws.tile);
-            }
             let br = bo..bo + out;
             let gb = &mut ws.tile[..out];
             bias_grad::<P>(dz, out, 1.0, 0.0, gb);
             let (fb, mut ab) = (from.map(|f| f.range(br.clone())), acc.as_mut().map(|a| a.reborrow(br.clone())));
             adam_span::<P>(&mut theta[br.clone()], &mut v[br], gb, 0..out, fb, ab.as_mut(), h);
+            let wr = wo..wo + out * inp;
+            let (tw, tb) = theta[wo..bo + out].split_at_mut(out * inp);
+            let vw = &mut v[wr.clone()];
+            let (fw, aw) = (from.map(|f| f.range(wr.clone())), acc.as_mut().map(|a| a.reborrow(wr.clone())));
+            let next = if l == 0 { *ahead } else { None };
+            let np = next.map_or(0, |nx| nx.len() / inp);
+            let job = RowsJob { out, inp, points, dz, a_prev, h, ahead: next.map(|nx| Ahead { x: nx, points: np, bias: tb }) };
+            // The next batch's Z_0 overwrites this step's A_0 (layer 1 has read it by now).
+            let z0 = &mut z0_area[..np * out];
+            if split_rows(points, inp, out) {
+                let zs = &mut ws.zsplit[..np * out];
+                adam_rows_par::<P>(job, 0, out, tw, vw, fw, aw, zs);
+                if next.is_some() {
+                    scatter_rows(np, inp, out, 0, out, zs, z0);
+                }
+            } else {
+                let dest = ZDest { z: z0, stride: out, col0: 0 };
+                adam_rows::<P>(job, 0, out, tw, vw, fw, aw, &mut ws.tile, dest);
+            }
             std::mem::swap(&mut ws.grad_cur, &mut ws.grad_next);
             continue;
         }
@@ -680,6 +786,24 @@ struct RowsJob<'a> {
     dz: &'a [f32],
     a_prev: &'a [f32],
     h: AdamStep,
+    ahead: Option<Ahead<'a>>,
+}
+
+/// The next forward's first-layer product, computed from each tile of updated rows:
+/// inputs `x` `[points × inp]` and the layer's (already updated) bias.
+#[derive(Clone, Copy)]
+struct Ahead<'a> {
+    x: &'a [f32],
+    points: usize,
+    bias: &'a [f32],
+}
+
+/// Where a row piece writes the next batch's `Z_0` columns: `z[p·stride + (r − col0)]` for
+/// point `p` and output row `r` of the piece.
+struct ZDest<'a> {
+    z: &'a mut [f32],
+    stride: usize,
+    col0: usize,
 }
 
 /// Fused weight gradient + Adam step for rows `lo..hi` of a layer's `W` (`[out × inp]`):
@@ -696,16 +820,26 @@ fn adam_rows<P: Policy>(
     from: Option<AdamFrom<'_>>,
     mut acc: Option<Accumulate<'_>>,
     tile: &mut [f32],
+    dest: ZDest<'_>,
 ) {
-    let RowsJob { out, inp, points, dz, a_prev, h } = job;
-    let rows = (ADAM_TILE / inp).clamp(1, hi - lo);
+    let RowsJob { out, inp, points, dz, a_prev, h, ahead } = job;
+    let rows = tile_rows(inp, hi - lo, ahead.is_some());
     let mut r0 = lo;
     while r0 < hi {
         let rr = rows.min(hi - r0);
         let g = &mut tile[..rr * inp];
         gemm::dztx_rows_p::<P>(rr, out, inp, points, 1.0, &dz[r0..], a_prev, 0.0, g);
         let span = (r0 - lo) * inp..(r0 - lo + rr) * inp;
-        adam_span::<P>(theta, v, g, span, from, acc.as_mut(), h);
+        adam_span::<P>(theta, v, g, span.clone(), from, acc.as_mut(), h);
+        if let Some(a) = ahead {
+            // The next batch through the updated rows while they are hot; the gradient tile
+            // is spent, so it holds the `[points × rr]` product (`ahead_fits`).
+            let zt = &mut tile[..a.points * rr];
+            gemm::xwt_p::<P>(a.points, inp, rr, a.x, &theta[span], &a.bias[r0..r0 + rr], zt);
+            for (p, zrow) in zt.chunks_exact(rr).enumerate() {
+                dest.z[p * dest.stride + r0 - dest.col0..][..rr].copy_from_slice(zrow);
+            }
+        }
         r0 += rr;
     }
 }
@@ -720,12 +854,15 @@ fn adam_rows_par<P: Policy>(
     v: &mut [f32],
     from: Option<AdamFrom<'_>>,
     acc: Option<Accumulate<'_>>,
+    zs: &mut [f32],
 ) {
+    let np = job.ahead.map_or(0, |a| a.points);
     match split_point(lo, hi, job.inp) {
         Some(mid) => {
             let k = (mid - lo) * job.inp;
             let (t1, t2) = theta.split_at_mut(k);
             let (v1, v2) = v.split_at_mut(k);
+            let (z1, z2) = zs.split_at_mut(np * (mid - lo));
             let (f1, f2) = (from.map(|f| f.range(0..k)), from.map(|f| f.range(k..f.theta.len())));
             let (a1, a2) = match acc {
                 Some(a) => {
@@ -735,13 +872,15 @@ fn adam_rows_par<P: Policy>(
                 None => (None, None),
             };
             rayon::join(
-                || adam_rows_par::<P>(job, lo, mid, t1, v1, f1, a1),
-                || adam_rows_par::<P>(job, mid, hi, t2, v2, f2, a2),
+                || adam_rows_par::<P>(job, lo, mid, t1, v1, f1, a1, z1),
+                || adam_rows_par::<P>(job, mid, hi, t2, v2, f2, a2, z2),
             );
         }
         None => {
             let mut tile = [0.0f32; ADAM_TILE];
-            adam_rows::<P>(job, lo, hi, theta, v, from, acc, &mut tile);
+            // This piece's Z_0 columns, `[points × (hi − lo)]` (see `scatter_rows`).
+            let dest = ZDest { z: zs, stride: hi - lo, col0: lo };
+            adam_rows::<P>(job, lo, hi, theta, v, from, acc, &mut tile, dest);
         }
     }
 }

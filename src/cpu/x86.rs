@@ -172,6 +172,11 @@ const XWT_W_L1: usize = 16 * 1024;
 const XWT_RP: usize = 5;
 const XWT_RO: usize = 4;
 
+/// Row length from which [`xwt_avx512`] uses the `XWT_RP × XWT_RO` block even for a `W` that
+/// fits in L1: with rows this long the 20 accumulators' reductions are a small part of the
+/// work, while the 2 × 8 block's joint reduction pays off only on short rows (the sine net).
+const XWT_LONG_ROWS: usize = 256;
+
 /// AVX-512 forward product: blocks of 2 points × 8 outputs (16 accumulators + 3 operands of
 /// the 32 zmm registers), edges in blocks of 2×1, 1×8 and 1×1. Small `W` (the sine net's 64 ×
 /// 64) stays in L1, so point pairs run outermost; a large `W` (Omniglot's 256 × 784) is
@@ -190,11 +195,12 @@ pub unsafe fn xwt_avx512(points: usize, inp: usize, out: usize, x: &[f32], w: &[
     // SAFETY: `check` proved x has points·inp, w out·inp, z points·out floats, and every
     // block below covers rows p0 + RP ≤ points and o0 + RO ≤ out.
     unsafe {
-        if out * inp > XWT_W_L1 && points >= XWT_RP {
-            // W does not fit in L1: walk it once, XWT_RO rows at a time, and run the points
-            // over those rows in blocks of XWT_RP while they are hot; leftover points one at
-            // a time. Every output is the same lane-wise sum reduced the same way whatever
-            // its block, so the shapes do not change any result.
+        if (out * inp > XWT_W_L1 || inp >= XWT_LONG_ROWS) && points >= XWT_RP {
+            // W does not fit in L1, or its rows are long (a few rows of a large W, as the
+            // fused Adam pass hands over): walk it once, XWT_RO rows at a time, and run the
+            // points over those rows in blocks of XWT_RP while they are hot; leftover points
+            // one at a time. Every output is the same lane-wise sum reduced the same way
+            // whatever its block, so the shapes do not change any result.
             let (pb, ob) = (points / XWT_RP * XWT_RP, out / XWT_RO * XWT_RO);
             for o0 in (0..ob).step_by(XWT_RO) {
                 for p0 in (0..pb).step_by(XWT_RP) {

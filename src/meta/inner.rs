@@ -21,6 +21,13 @@ pub(crate) struct TaskWorker {
     xb: AlignedVec,
     yb: Vec<f32>,
     lb: Vec<u32>,
+    /// The next minibatch of a run, gathered during the step before it (see
+    /// [`mlp::backward_adam_ahead`]); swapped with `xb`/`yb`/`lb` after that step.
+    xn: AlignedVec,
+    yn: Vec<f32>,
+    ln: Vec<u32>,
+    /// Points of the minibatch in `xb` whose first-layer product at θ' is already in `ws`.
+    z0_ready: Option<usize>,
     batcher: Batcher,
     idx: Vec<u32>,
     idx0: Vec<u32>,
@@ -95,6 +102,10 @@ impl TaskWorker {
             xb: AlignedVec::zeros(cap * spec.in_dim()),
             yb: vec![0.0; cap * spec.out_dim()],
             lb: vec![0; cap],
+            xn: AlignedVec::zeros(cap * spec.in_dim()),
+            yn: vec![0.0; cap * spec.out_dim()],
+            ln: vec![0; cap],
+            z0_ready: None,
             batcher: Batcher::default(),
             idx: vec![0; cap],
             idx0: Vec::with_capacity(cap),
@@ -160,16 +171,37 @@ impl TaskWorker {
 
     /// Gathers the points `idx[..b]` of the task into the minibatch buffers.
     fn gather(&mut self, spec: &MlpSpec, x: &[f32], y: Tgt<'_>, b: usize) -> (usize, bool) {
-        let (di, dout) = (spec.in_dim(), spec.out_dim());
-        for (j, &p) in self.idx[..b].iter().enumerate() {
-            let p = p as usize;
-            self.xb[j * di..][..di].copy_from_slice(&x[p * di..][..di]);
-            match y {
-                Tgt::Values(v) => self.yb[j * dout..][..dout].copy_from_slice(&v[p * dout..][..dout]),
-                Tgt::Labels(l) => self.lb[j] = l[p],
+        self.z0_ready = None;
+        gather_into(spec, x, y, &self.idx[..b], &mut self.xb, &mut self.yb, &mut self.lb);
+        (b, matches!(y, Tgt::Labels(_)))
+    }
+
+    /// Gathers the points `idx[..b]` into the next-minibatch buffers.
+    fn gather_next(&mut self, spec: &MlpSpec, x: &[f32], y: Tgt<'_>, b: usize) {
+        gather_into(spec, x, y, &self.idx[..b], &mut self.xn, &mut self.yn, &mut self.ln);
+    }
+
+    /// The next minibatch becomes the current one (with its first-layer product, if the step
+    /// computed it).
+    fn swap_next(&mut self) {
+        std::mem::swap(&mut self.xb, &mut self.xn);
+        std::mem::swap(&mut self.yb, &mut self.yn);
+        std::mem::swap(&mut self.lb, &mut self.ln);
+    }
+
+    /// Draws the indices of a step's minibatch into `idx`: the tail on the last step of a run
+    /// with one, the next `b` of the stream otherwise. Returns its size.
+    fn draw(&mut self, last: bool, tail: Option<usize>, b: usize, rng: &mut Rng) -> usize {
+        match tail {
+            Some(t) if last => {
+                self.tail_batch(t);
+                t
+            }
+            _ => {
+                self.next_batch(b, rng);
+                b
             }
         }
-        (b, matches!(y, Tgt::Labels(_)))
     }
 
     /// One optimizer step on θ' with the gathered minibatch of `b` points (SGD fused into
@@ -186,13 +218,15 @@ impl TaskWorker {
         lr: f32,
         from: Option<mlp::AdamFrom<'_>>,
         acc: Option<mlp::Accumulate<'_>>,
+        next: Option<usize>,
     ) -> f32 {
         let xb = &self.xb[..b * spec.in_dim()];
-        let src: &[f32] = match &from {
-            Some(f) => f.theta,
-            None => &self.theta_p,
+        match &from {
+            Some(f) => mlp::forward(spec, f.theta, xb, b, &mut self.ws),
+            None if self.z0_ready == Some(b) => mlp::forward_continue(spec, &self.theta_p, b, &mut self.ws),
+            None => mlp::forward(spec, &self.theta_p, xb, b, &mut self.ws),
         };
-        mlp::forward(spec, src, xb, b, &mut self.ws);
+        self.z0_ready = None;
         let tgt = if labels { Tgt::Labels(&self.lb[..b]) } else { Tgt::Values(&self.yb[..b * spec.out_dim()]) };
         let loss = mlp::loss_grad(spec, tgt, b, &mut self.ws);
         match self.opt {
@@ -205,7 +239,16 @@ impl TaskWorker {
                 self.adam_t += 1;
                 let lr_t = (lr as f64 * (1.0 - (beta2 as f64).powf(self.adam_t as f64)).sqrt()) as f32;
                 let step = mlp::AdamStep { lr_t, beta2, eps };
-                mlp::backward_adam_acc(spec, &mut self.theta_p, xb, b, &mut self.ws, &mut self.adam_v, step, from, acc);
+                let (theta, ws, v) = (&mut self.theta_p, &mut self.ws, &mut self.adam_v);
+                match next {
+                    Some(nb) => {
+                        let xn = &self.xn[..nb * spec.in_dim()];
+                        if mlp::backward_adam_ahead(spec, theta, xb, b, ws, v, step, from, acc, xn) {
+                            self.z0_ready = Some(nb);
+                        }
+                    }
+                    None => mlp::backward_adam_acc(spec, theta, xb, b, ws, v, step, from, acc),
+                }
             }
         }
         loss
@@ -259,41 +302,57 @@ impl TaskWorker {
                 }
             }
         }
-        let mut first = (0.0, 0usize, false);
-        for s in 0..inner.steps {
-            let last = s + 1 == inner.steps;
-            let bs = match tail {
-                Some(t) if last => {
-                    self.tail_batch(t);
-                    t
-                }
-                _ => {
-                    self.next_batch(b, rng);
-                    b
-                }
+        let steps = inner.steps;
+        // Each step's minibatch is drawn and gathered during the step before it (the stream
+        // is consumed in the same order), so an Adam step can run the next forward's first
+        // layer from its updated rows; after the last step the next batch is the first one
+        // again, for the loss after adaptation.
+        let (mut bs, labels) = if steps > 0 {
+            let n = self.draw(steps == 1, tail, b, rng);
+            self.gather(spec, x, y, n)
+        } else {
+            (0, matches!(y, Tgt::Labels(_)))
+        };
+        self.idx0.clear();
+        self.idx0.extend_from_slice(&self.idx[..bs]);
+        let b0 = bs;
+        let mut before = 0.0;
+        for s in 0..steps {
+            let last = s + 1 == steps;
+            let nb = if last {
+                self.idx[..b0].copy_from_slice(&self.idx0);
+                b0
+            } else {
+                self.draw(s + 2 == steps, tail, b, rng)
             };
+            self.gather_next(spec, x, y, nb);
             if last && keep_prev {
                 self.prev.resize(self.theta_p.len(), 0.0);
                 self.prev.copy_from_slice(&self.theta_p);
             }
-            let (bs, labels) = self.gather(spec, x, y, bs);
             let fuse = if last && adam { acc.take() } else { None };
-            let loss = self.sgd_on_gathered(spec, bs, labels, inner.lr, from.take(), fuse);
+            let loss = self.sgd_on_gathered(spec, bs, labels, inner.lr, from.take(), fuse, Some(nb));
             if s == 0 {
-                first = (loss, bs, labels);
-                self.idx0.clear();
-                self.idx0.extend_from_slice(&self.idx[..bs]);
+                before = loss;
             }
+            self.swap_next();
+            bs = nb;
         }
         if let Some(mut a) = acc {
             // Not fused (SGD, or no steps): one pass over θ' (and v).
             mlp::accumulate(&mut a, &self.theta_p, &self.adam_v);
         }
-        // Loss after adaptation on the first minibatch: one more forward at θ'.
-        let (before, b0, labels) = first;
-        self.idx[..b0].copy_from_slice(&self.idx0);
-        self.gather(spec, x, y, b0);
-        mlp::forward(spec, &self.theta_p, &self.xb[..b0 * spec.in_dim()], b0, &mut self.ws);
+        // Loss after adaptation on the first minibatch (now in `xb`): one more forward at θ',
+        // its first layer already computed by a fused last step.
+        if steps == 0 {
+            self.gather(spec, x, y, 0);
+        }
+        if self.z0_ready == Some(b0) {
+            mlp::forward_continue(spec, &self.theta_p, b0, &mut self.ws);
+        } else {
+            mlp::forward(spec, &self.theta_p, &self.xb[..b0 * spec.in_dim()], b0, &mut self.ws);
+        }
+        self.z0_ready = None;
         let tgt = if labels { Tgt::Labels(&self.lb[..b0]) } else { Tgt::Values(&self.yb[..b0 * spec.out_dim()]) };
         let (after, _) = mlp::loss_eval(spec, tgt, b0, &mut self.ws);
         (before, after)
@@ -326,7 +385,20 @@ impl TaskWorker {
         for _ in 0..steps {
             self.next_batch(b, rng);
             let (bs, labels) = self.gather(spec, x, y, b);
-            self.sgd_on_gathered(spec, bs, labels, lr, None, None);
+            self.sgd_on_gathered(spec, bs, labels, lr, None, None, None);
+        }
+    }
+}
+
+/// Copies the points `idx` of a task (`x` `[m × in]`, targets `y`) into minibatch buffers.
+fn gather_into(spec: &MlpSpec, x: &[f32], y: Tgt<'_>, idx: &[u32], xb: &mut [f32], yb: &mut [f32], lb: &mut [u32]) {
+    let (di, dout) = (spec.in_dim(), spec.out_dim());
+    for (j, &p) in idx.iter().enumerate() {
+        let p = p as usize;
+        xb[j * di..][..di].copy_from_slice(&x[p * di..][..di]);
+        match y {
+            Tgt::Values(v) => yb[j * dout..][..dout].copy_from_slice(&v[p * dout..][..dout]),
+            Tgt::Labels(l) => lb[j] = l[p],
         }
     }
 }
