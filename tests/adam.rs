@@ -373,7 +373,8 @@ fn ahead_forward_equals_forward_after_the_update() {
                 let what = format!("{widths:?}, next {np} points, {threads} threads, from {with_from}");
                 let run = |ahead: bool| {
                     let mut ws = Workspace::new(&spec, points.max(np));
-                    let (mut t, mut v) = if with_from { (vec![f32::NAN; p], vec![f32::NAN; p]) } else { (theta.clone(), v0.clone()) };
+                    let (mut t, mut v) =
+                        if with_from { (vec![f32::NAN; p], vec![f32::NAN; p]) } else { (theta.clone(), v0.clone()) };
                     let (mut d, mut m) = (vec![0.5f32; p], vec![0.25f32; p]);
                     let from = with_from.then_some(AdamFrom { theta: &theta, v: Some(&v0) });
                     mlp::forward(&spec, &theta, &x, points, &mut ws);
@@ -392,7 +393,8 @@ fn ahead_forward_equals_forward_after_the_update() {
                     };
                     (fused, t, v, d, m, y)
                 };
-                let (want, got) = if threads == 2 { pool.install(|| (run(false), run(true))) } else { (run(false), run(true)) };
+                let (want, got) =
+                    if threads == 2 { pool.install(|| (run(false), run(true))) } else { (run(false), run(true)) };
                 assert_eq!(got.0, fits, "{what}: fused");
                 assert!(want.5.iter().all(|v| v.is_finite()) && want.1 != theta, "{what}: a real step");
                 assert_bits_eq(&got.1, &want.1, &format!("{what}: θ'"));

@@ -97,21 +97,25 @@ fn omniglot_trains_then_evaluates_its_checkpoint() {
     }
     assert!(text.contains("GFLOP/s"), "{text}");
     // Evaluation only, on 5-shot tasks, from the checkpoint, with the support augmented by
-    // ±1 px shifts (300 tasks: two blocks of the blocked evaluation): no new checkpoint or plot.
+    // ±1 px shifts and each query scored over its 9 views within ±1 px (300 tasks: two blocks
+    // of the blocked evaluation): no new checkpoint or plot.
     let ckpt = dir.join("omniglot.safetensors");
     let eval_dir = tmp.join("cli-omniglot-eval");
     let _ = std::fs::remove_dir_all(&eval_dir);
     let eval = [
         &common[..],
         &["--init", ckpt.to_str().unwrap(), "--iterations", "0", "--shots", "5", "--final-tasks", "300"],
-        &["--eval-support-shift", "1"],
+        &["--eval-support-shift", "1", "--eval-query-shift", "1"],
         &["--out", eval_dir.to_str().unwrap()],
     ]
     .concat();
     let o = reptile(&eval);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{text}\n{}", String::from_utf8_lossy(&o.stderr));
-    assert!(text.contains("5-way 5-shot (support shifted by up to ±1 px), 300 meta-test tasks"), "{text}");
+    assert!(
+        text.contains("5-way 5-shot (support shifted by up to ±1 px, query views by up to ±1 px), 300 meta-test tasks"),
+        "{text}"
+    );
     assert!(!eval_dir.join("omniglot.safetensors").exists(), "evaluation-only run wrote a checkpoint");
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(eval_dir.join("summary.json")).unwrap()).unwrap();
@@ -119,7 +123,9 @@ fn omniglot_trains_then_evaluates_its_checkpoint() {
     assert!((0.0..=1.0).contains(&acc), "accuracy {acc}");
     assert_eq!(summary["iterations"], 0);
     assert_eq!(summary["eval_support_shift"], 1);
-    // 300 tasks of 5 ways × 5 query drawings: the accuracy is a multiple of 1/7500.
+    assert_eq!(summary["eval_query_shift"], 1);
+    // 300 tasks of 5 ways × 5 query drawings (not their 9 views each): the accuracy is a
+    // multiple of 1/7500.
     assert!((acc * 7500.0 - (acc * 7500.0).round()).abs() < 1e-3, "accuracy {acc} is not over 300 tasks");
     // A checkpoint of another shape is a clear error.
     let wrong = [&common[..5], &["--hidden", "16", "--init", ckpt.to_str().unwrap(), "--iterations", "0"]].concat();

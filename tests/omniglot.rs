@@ -207,6 +207,22 @@ fn translation_moves_ink_and_fills_with_zero() {
     let mut t = img.clone();
     omniglot::translate(&mut t, 27, 0);
     assert!(t.iter().all(|&v| v == 0.0));
+    // Ink up to the border: every pixel against the definition, shifts up to and past the side.
+    let full: Vec<f32> = (0..PIXELS).map(|_| rng.random_range(0.1f32..1.0)).collect();
+    for dy in [-29, -28, -27, -5, -1, 0, 1, 3, 27, 28, 40] {
+        for dx in [-30, -27, -2, 0, 1, 4, 26, 28] {
+            let mut t = full.clone();
+            omniglot::translate(&mut t, dx, dy);
+            for y in 0..SIDE as i32 {
+                for x in 0..SIDE as i32 {
+                    let (sy, sx) = (y - dy, x - dx);
+                    let inside = (0..SIDE as i32).contains(&sy) && (0..SIDE as i32).contains(&sx);
+                    let want = if inside { full[(sy * 28 + sx) as usize] } else { 0.0 };
+                    assert_eq!(t[(y * 28 + x) as usize], want, "full image, shift ({dx}, {dy}) at ({x}, {y})");
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -13,12 +13,12 @@
 mod common;
 
 use common::*;
+use rand::Rng;
 use reptile::workloads::sine::SineTasks;
 use reptile::{
-    Activation, DeltaSum, Error, EvalTasks, InnerLoop, Loss, MlpSpec, Model, OuterRule, ReptileConfig, Targets, TaskBatch,
-    Trainer,
+    Activation, DeltaSum, Error, EvalTasks, InnerLoop, Loss, MlpSpec, Model, OuterRule, ReptileConfig, Targets,
+    TaskBatch, Trainer,
 };
-use rand::Rng;
 use std::borrow::Cow;
 
 const C: f64 = 1e-5;
@@ -703,6 +703,9 @@ fn query_views_score_the_mean_prediction() {
     let t = EvalTasks::new(sup, qry).unwrap();
     assert!(matches!(t.clone().with_query_views(0), Err(Error::ShapeMismatch(_))), "zero views");
     assert!(matches!(t.clone().with_query_views(3), Err(Error::ShapeMismatch(_))), "3 does not divide 4");
-    assert!(matches!(t.clone().with_query_views(2), Err(Error::InvalidArgument(_))), "view 1 of point 1 has label 2, not 1");
+    assert!(
+        matches!(t.clone().with_query_views(2), Err(Error::InvalidArgument(_))),
+        "view 1 of point 1 has label 2, not 1"
+    );
     assert!(t.with_query_views(4).is_err(), "views of points with other labels");
 }

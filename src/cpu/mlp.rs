@@ -173,7 +173,14 @@ fn forward_continue_body<P: Policy>(spec: &MlpSpec, theta: &[f32], points: usize
 
 /// Layers `first..` of the forward pass (`x` is read only when `first == 0`).
 #[inline(always)]
-fn forward_layers<P: Policy>(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mut Workspace, first: usize) {
+fn forward_layers<P: Policy>(
+    spec: &MlpSpec,
+    theta: &[f32],
+    x: &[f32],
+    points: usize,
+    ws: &mut Workspace,
+    first: usize,
+) {
     let cap = ws.cap;
     let widths = spec.widths();
     let nl = spec.num_layers();
@@ -350,7 +357,8 @@ pub fn loss_eval_views(spec: &MlpSpec, targets: Tgt<'_>, points: usize, views: u
                 correct += usize::from(best == c);
             }
             (Loss::Mse, Tgt::Values(t)) => {
-                sum += mean.iter().zip(&t[i * out..][..out]).map(|(p, &t)| (p - t as f64).powi(2)).sum::<f64>() / out as f64;
+                sum += mean.iter().zip(&t[i * out..][..out]).map(|(p, &t)| (p - t as f64).powi(2)).sum::<f64>()
+                    / out as f64;
             }
             (loss, _) => panic!("targets do not match the loss {loss:?}"),
         }
@@ -717,7 +725,15 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
             let (fw, aw) = (from.map(|f| f.range(wr.clone())), acc.as_mut().map(|a| a.reborrow(wr.clone())));
             let next = if l == 0 { *ahead } else { None };
             let np = next.map_or(0, |nx| nx.len() / inp);
-            let job = RowsJob { out, inp, points, dz, a_prev, h, ahead: next.map(|nx| Ahead { x: nx, points: np, bias: tb }) };
+            let job = RowsJob {
+                out,
+                inp,
+                points,
+                dz,
+                a_prev,
+                h,
+                ahead: next.map(|nx| Ahead { x: nx, points: np, bias: tb }),
+            };
             // The next batch's Z_0 overwrites this step's A_0 (layer 1 has read it by now).
             let z0 = &mut z0_area[..np * out];
             if split_rows(points, inp, out) {

@@ -570,12 +570,19 @@ fn shifted_copies(spec: &MlpSpec, batch: &TaskBatch<'_>, max: usize) -> Result<T
 pub fn translate(img: &mut [f32], dx: i32, dy: i32) {
     let src: [f32; PIXELS] = img[..PIXELS].try_into().expect("a 28×28 image");
     let side = SIDE as i32;
-    for y in 0..side {
-        for x in 0..side {
-            let (sy, sx) = (y - dy, x - dx);
-            img[(y * side + x) as usize] =
-                if (0..side).contains(&sy) && (0..side).contains(&sx) { src[(sy * side + sx) as usize] } else { 0.0 };
+    // Row by row: output columns `x0..x1` come from source columns `x0 − dx..x1 − dx` of
+    // source row `y − dy`; everything else is 0.
+    let (x0, x1) = (dx.clamp(0, side) as usize, (side + dx).clamp(0, side) as usize);
+    for (y, row) in img[..PIXELS].chunks_exact_mut(SIDE).enumerate() {
+        let sy = y as i32 - dy;
+        if !(0..side).contains(&sy) || x0 >= x1 {
+            row.fill(0.0);
+            continue;
         }
+        let s = &src[sy as usize * SIDE..][..SIDE];
+        row[..x0].fill(0.0);
+        row[x0..x1].copy_from_slice(&s[(x0 as i32 - dx) as usize..(x1 as i32 - dx) as usize]);
+        row[x1..].fill(0.0);
     }
 }
 
