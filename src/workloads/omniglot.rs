@@ -139,8 +139,13 @@ impl Omniglot {
     pub fn image(&self, character: usize, drawing: usize, quarter_turns: u8, out: &mut [f32]) {
         let src = self.image_bytes(character, drawing);
         let table = &rotation_tables()[(quarter_turns % 4) as usize];
-        for (o, &j) in out[..PIXELS].iter_mut().zip(table.iter()) {
-            *o = src[j as usize] as f32 * (1.0 / 225.0);
+        // Gather the bytes first, then convert in a loop the compiler vectorizes.
+        let mut bytes = [0u8; PIXELS];
+        for (b, &j) in bytes.iter_mut().zip(table.iter()) {
+            *b = src[j as usize];
+        }
+        for (o, &b) in out[..PIXELS].iter_mut().zip(bytes.iter()) {
+            *o = b as f32 * (1.0 / 225.0);
         }
     }
 
