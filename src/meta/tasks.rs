@@ -196,6 +196,27 @@ impl<'a> EvalTasks<'a> {
     /// block `v` is view `v` of query `i`, with the same target as in block 0. Classification
     /// averages the softmax probabilities (loss `−ln p̄[label]`, prediction `argmax p̄`);
     /// regression averages the outputs. `views = 1` is plain scoring.
+    ///
+    /// ```
+    /// use reptile::{Activation, EvalTasks, Loss, MlpSpec, Model, ReptileConfig, Targets, TaskBatch, Trainer};
+    ///
+    /// // One 3-way task on 2-feature points: 3 support points, 2 query points in 2 views
+    /// // each (block 0 the points, block 1 their perturbed copies, same labels).
+    /// let spec = MlpSpec::new(&[2, 16, 3], Activation::Relu, Loss::SoftmaxCrossEntropy)?;
+    /// let support = TaskBatch::new(&spec, 1, 3, vec![0.0, 1.0, 1.0, 0.0, -1.0, -1.0], Targets::Labels(vec![0, 1, 2].into()))?;
+    /// let query_x = vec![0.1, 0.9, 0.9, 0.1, /* views: */ 0.0, 1.1, 1.1, 0.0];
+    /// let query = TaskBatch::new(&spec, 1, 4, query_x, Targets::Labels(vec![0, 1, 0, 1].into()))?;
+    /// let tasks = EvalTasks::new(support, query)?.with_query_views(2)?;
+    /// let trainer = Trainer::new(Model::new(spec.clone(), 0), ReptileConfig::sine())?;
+    /// let report = trainer.evaluate(&tasks)?;
+    /// let acc = report.mean_accuracy(0).unwrap();
+    /// assert!([0.0, 0.5, 1.0].contains(&acc), "scored over the 2 query points, not 4 rows");
+    /// // A view with another label than its point is an error.
+    /// let bad = TaskBatch::new(&spec, 1, 4, vec![0.0; 8], Targets::Labels(vec![0, 1, 1, 1].into()))?;
+    /// let support = TaskBatch::new(&spec, 1, 3, vec![0.0; 6], Targets::Labels(vec![0, 1, 2].into()))?;
+    /// assert!(EvalTasks::new(support, bad)?.with_query_views(2).is_err());
+    /// # Ok::<(), reptile::Error>(())
+    /// ```
     pub fn with_query_views(mut self, views: usize) -> Result<Self> {
         let m = self.query.points;
         if views == 0 || !m.is_multiple_of(views) {
