@@ -862,6 +862,7 @@ fn adam_rows<P: Policy>(
 
 /// [`adam_rows`] cut into pieces at [`split_point`], run with `rayon::join`; each piece has a
 /// gradient tile of its own on its stack.
+#[allow(clippy::too_many_arguments)]
 fn adam_rows_par<P: Policy>(
     job: RowsJob<'_>,
     lo: usize,

@@ -210,6 +210,7 @@ impl TaskWorker {
     ///
     /// With `from`, θ' (and Adam's `v`) are not initialised yet: this step reads θ and the
     /// starting moments from `from` and writes every parameter of θ' and `v` (Adam only).
+    #[allow(clippy::too_many_arguments)]
     fn sgd_on_gathered(
         &mut self,
         spec: &MlpSpec,
