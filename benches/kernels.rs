@@ -7,6 +7,7 @@
 //! `REPTILE_ISA=avx2|baseline` caps the instruction set.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use reptile::cpu::aligned::AlignedVec;
 use reptile::cpu::mlp::{self, Tgt, Workspace};
 use reptile::cpu::update;
 use reptile::workloads::sine::SineTasks;
@@ -185,6 +186,22 @@ fn bench_omniglot_step(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("adam", points), &points, |b, _| b.iter(&mut adam));
         let t = time_per_call(1.0, &mut adam);
         line(&format!("omniglot Adam step, {points} points"), t, flops, 1.0, "task-steps");
+        // The step as training runs it: 64-byte aligned θ' and v, the first layer's product
+        // of this minibatch already computed by the step before (`backward_adam_ahead`, next
+        // minibatch = this one), so the forward starts at the activation.
+        let (mut theta_a, mut v_a) = (AlignedVec::from_slice(&theta), AlignedVec::from_slice(&v));
+        mlp::forward(&spec, &theta_a, &x, points, &mut ws);
+        mlp::loss_grad(&spec, Tgt::Labels(&labels), points, &mut ws);
+        assert!(mlp::backward_adam_ahead(&spec, &mut theta_a, &x, points, &mut ws, &mut v_a, step, None, None, &x));
+        let mut fused = || {
+            mlp::forward_continue(&spec, &theta_a, points, &mut ws);
+            mlp::loss_grad(&spec, Tgt::Labels(&labels), points, &mut ws);
+            mlp::backward_adam_ahead(&spec, &mut theta_a, &x, points, &mut ws, &mut v_a, step, None, None, &x);
+            black_box(&theta_a);
+        };
+        g.bench_with_input(BenchmarkId::new("adam_fused", points), &points, |b, _| b.iter(&mut fused));
+        let t = time_per_call(1.0, &mut fused);
+        line(&format!("omniglot Adam step, fused next forward, aligned, {points} points"), t, flops, 1.0, "task-steps");
     }
     g.finish();
 }
