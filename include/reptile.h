@@ -832,6 +832,28 @@ enum reptile_status reptile_trainer_evaluate(const struct reptile_trainer *train
                                              struct reptile_eval_report **out);
 
 /**
+ * [`reptile_trainer_evaluate`] with test-time query views: each task's query set holds
+ * `query_views ≥ 1` blocks of `q = points / query_views` points, block `v` holding view `v`
+ * of each of the `q` query points (block 0 the points themselves; every view with its point's
+ * target). Each query point is scored by the adapted net's mean prediction over its views (the
+ * mean of the softmax probabilities for classification, the mean output for regression), on
+ * its own: no transduction. Accuracies count the `q` points. `query_views = 1` is
+ * `reptile_trainer_evaluate`. A view count that does not divide the query points, or a view
+ * with another target than its point, is `REPTILE_STATUS_SHAPE_MISMATCH` /
+ * `REPTILE_STATUS_INVALID_ARGUMENT`.
+ *
+ * # Safety
+ * As [`reptile_trainer_evaluate`].
+ */
+enum reptile_status reptile_trainer_evaluate_views(const struct reptile_trainer *trainer,
+                                                   const struct reptile_tasks *support,
+                                                   const struct reptile_tasks *query,
+                                                   size_t query_views,
+                                                   const size_t *steps,
+                                                   size_t n_steps,
+                                                   struct reptile_eval_report **out);
+
+/**
  * Writes the number of completed outer iterations to `*out`.
  *
  * # Safety

@@ -548,6 +548,49 @@ fn trainer_steps_evaluation_and_split_steps_match_the_rust_trainer() {
         expect(reptile_eval_report_mean_loss(r, 3, &mut mean), reptile_status::InvalidArgument, "checkpoint 3");
         reptile_eval_report_free(r);
 
+        // Query views equal Trainer::evaluate_at on EvalTasks::with_query_views: per task the
+        // first 25 query points, then the same points moved by 0.01 (same targets).
+        let (mut vx, mut vy) = (Vec::new(), Vec::new());
+        for t in 0..6 {
+            let (x25, y25) = (&qx[t * 50..t * 50 + 25], &qy[t * 50..t * 50 + 25]);
+            vx.extend_from_slice(x25);
+            vx.extend(x25.iter().map(|v| v + 0.01));
+            vy.extend_from_slice(y25);
+            vy.extend_from_slice(y25);
+        }
+        let vq = TaskBatch::new(&spec, 6, 50, vx.clone(), Targets::Values(Cow::Owned(vy.clone()))).unwrap();
+        let want_v = rust
+            .evaluate_at(&EvalTasks::new(ev.support().clone(), vq).unwrap().with_query_views(2).unwrap(), &steps)
+            .unwrap();
+        let qvv = view(6, 50, &vx, &vy);
+        ok(reptile_trainer_evaluate_views(t, &sv, &qvv, 2, steps.as_ptr(), 3, &mut r));
+        for j in 0..3 {
+            let mut losses = [0f32; 6];
+            ok(reptile_eval_report_losses(r, j, losses.as_mut_ptr(), 6));
+            assert_eq!(losses.to_vec(), want_v.losses_at(j), "views, checkpoint {j}");
+        }
+        reptile_eval_report_free(r);
+        assert_ne!(want_v.losses, want.losses, "the views changed the scores");
+        ok(reptile_trainer_evaluate_views(t, &sv, &qv, 1, steps.as_ptr(), 3, &mut r));
+        let mut losses = [0f32; 6];
+        ok(reptile_eval_report_losses(r, 2, losses.as_mut_ptr(), 6));
+        assert_eq!(losses.to_vec(), want.losses_at(2), "one view is plain evaluation");
+        reptile_eval_report_free(r);
+        r = null_mut();
+        let bad = reptile_trainer_evaluate_views(t, &sv, &qv, 2, steps.as_ptr(), 3, &mut r);
+        expect(bad, reptile_status::InvalidArgument, "another target than the point");
+        expect(
+            reptile_trainer_evaluate_views(t, &sv, &qv, 3, steps.as_ptr(), 3, &mut r),
+            reptile_status::ShapeMismatch,
+            "3 query views do not divide the 50",
+        );
+        expect(
+            reptile_trainer_evaluate_views(t, &sv, &qv, 0, steps.as_ptr(), 3, &mut r),
+            reptile_status::ShapeMismatch,
+            "0 query views",
+        );
+        assert!(r.is_null(), "no report on error");
+
         // adapt / adapt_predict equal Trainer::adapt + predict.
         let one = ev.support().task(0).unwrap();
         let want_model = rust.adapt(&one, 16).unwrap();
@@ -972,6 +1015,11 @@ fn null_for_every_pointer() {
         expect_null(reptile_trainer_evaluate(t, &b, null(), steps.as_ptr(), 2, &mut ro), "query");
         expect_null(reptile_trainer_evaluate(t, &b, &b, null(), 2, &mut ro), "steps");
         expect_null(reptile_trainer_evaluate(t, &b, &b, steps.as_ptr(), 2, null_mut()), "out");
+        expect_null(reptile_trainer_evaluate_views(null(), &b, &b, 1, steps.as_ptr(), 2, &mut ro), "trainer");
+        expect_null(reptile_trainer_evaluate_views(t, null(), &b, 1, steps.as_ptr(), 2, &mut ro), "support");
+        expect_null(reptile_trainer_evaluate_views(t, &b, null(), 1, steps.as_ptr(), 2, &mut ro), "query");
+        expect_null(reptile_trainer_evaluate_views(t, &b, &b, 1, null(), 2, &mut ro), "steps");
+        expect_null(reptile_trainer_evaluate_views(t, &b, &b, 1, steps.as_ptr(), 2, null_mut()), "out");
         expect_null(reptile_trainer_iteration(null(), &mut u64v), "trainer");
         expect_null(reptile_trainer_iteration(t, null_mut()), "out");
         expect_null(reptile_trainer_set_iteration(null_mut(), 3), "trainer");
@@ -1136,6 +1184,8 @@ fn wrong_lengths_and_shapes() {
         expect(reptile_trainer_adapt_predict(t, &one, 4, x.as_ptr(), 50, fp, 49), sh, "y has 49");
         expect(reptile_trainer_adapt_predict(t, &one, 4, x.as_ptr(), 50, xb, 50), inv, "overlap");
         expect(reptile_trainer_evaluate(t, &b, &one, steps.as_ptr(), 2, &mut ro), sh, "disagree");
+        expect(reptile_trainer_evaluate_views(t, &b, &one, 1, steps.as_ptr(), 2, &mut ro), sh, "disagree");
+        expect(reptile_trainer_evaluate_views(t, &b, &b, 7, steps.as_ptr(), 2, &mut ro), sh, "do not divide");
         expect(reptile_trainer_evaluate(t, &b, &b, steps.as_ptr(), 0, &mut ro), inv, "ascending and non-empty");
         let desc = [4usize, 2];
         expect(reptile_trainer_evaluate(t, &b, &b, desc.as_ptr(), 2, &mut ro), inv, "ascending");

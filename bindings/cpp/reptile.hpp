@@ -437,6 +437,16 @@ class trainer {
         detail::check(reptile_trainer_evaluate(get(), &s, &q, steps.data(), steps.size(), &p));
         return eval_report(p);
     }
+    /// As evaluate, each query point scored by the mean prediction over `query_views` views of
+    /// it (the query holds `query_views` blocks of its points; see
+    /// reptile_trainer_evaluate_views).
+    eval_report evaluate(const tasks &support, const tasks &query, const std::vector<std::size_t> &steps,
+                         std::size_t query_views) const {
+        const reptile_tasks s = support.c_view(), q = query.c_view();
+        reptile_eval_report *p = nullptr;
+        detail::check(reptile_trainer_evaluate_views(get(), &s, &q, query_views, steps.data(), steps.size(), &p));
+        return eval_report(p);
+    }
     /// The paper's sine evaluation on tasks drawn from `sampler`.
     eval_report evaluate_sine(sine_sampler &sampler, std::size_t n_tasks, std::size_t shots,
                               const std::vector<std::size_t> &steps) const {

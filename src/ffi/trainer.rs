@@ -623,6 +623,42 @@ pub unsafe extern "C" fn reptile_trainer_evaluate(
     })
 }
 
+/// [`reptile_trainer_evaluate`] with test-time query views: each task's query set holds
+/// `query_views ≥ 1` blocks of `q = points / query_views` points, block `v` holding view `v`
+/// of each of the `q` query points (block 0 the points themselves; every view with its point's
+/// target). Each query point is scored by the adapted net's mean prediction over its views (the
+/// mean of the softmax probabilities for classification, the mean output for regression), on
+/// its own: no transduction. Accuracies count the `q` points. `query_views = 1` is
+/// `reptile_trainer_evaluate`. A view count that does not divide the query points, or a view
+/// with another target than its point, is `REPTILE_STATUS_SHAPE_MISMATCH` /
+/// `REPTILE_STATUS_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// As [`reptile_trainer_evaluate`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reptile_trainer_evaluate_views(
+    trainer: *const reptile_trainer,
+    support: *const reptile_tasks,
+    query: *const reptile_tasks,
+    query_views: usize,
+    steps: *const usize,
+    n_steps: usize,
+    out: *mut *mut reptile_eval_report,
+) -> reptile_status {
+    boundary(|| {
+        // SAFETY: the caller's contract.
+        let (t, steps, out) =
+            unsafe { (trainer_ref(trainer)?, arg_slice(steps, n_steps, "steps")?, out_ptr(out, "out")?) };
+        // SAFETY: the caller's contract.
+        let (support, query) =
+            unsafe { (task_batch(t.spec(), support, "support")?, task_batch(t.spec(), query, "query")?) };
+        let tasks = EvalTasks::new(support, query)?.with_query_views(query_views)?;
+        let report = t.evaluate_at(&tasks, steps)?;
+        out.write(into_handle(reptile_eval_report { report }));
+        Ok(())
+    })
+}
+
 /// Writes the number of completed outer iterations to `*out`.
 ///
 /// # Safety
