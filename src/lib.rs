@@ -39,10 +39,8 @@
 #![warn(missing_docs)]
 
 pub mod cpu;
-/// The CUDA back end (opt-in; CUDA is loaded at run time, the CPU stays the default).
 pub mod cuda;
 pub mod error;
-/// The C ABI (`include/reptile.h`): opaque handles, status codes, panic boundaries.
 pub mod ffi;
 pub mod io;
 pub mod meta;

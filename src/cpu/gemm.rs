@@ -14,7 +14,7 @@
 //! (dot-product form: `W` rows and `X` rows are both contiguous along `in`) and
 //! [`axpy_kernel`] (broadcast one element of the left operand, multiply-add a contiguous row
 //! of the right one into a block of accumulators). Both are generic over an instruction-set
-//! [`Policy`] and compiled per instruction set by the callers' [`dispatch!`] wrappers. Larger
+//! [`Policy`] and compiled per instruction set by the callers' `dispatch!` wrappers. Larger
 //! batches (prediction on many points) go through [`gemm`], `matrixmultiply::sgemm`, which
 //! packs and picks AVX/FMA at run time; it computes the same function.
 //!

@@ -17,7 +17,7 @@ pub(crate) const TANH_TINY: f32 = 4e-4;
 /// `tanh(x)` in f32, branch-free so loops over it auto-vectorize.
 ///
 /// `x·P(x²)/Q(x²)`, a rational minimax fit of degree 13/6 (Eigen's fast tanh), on `|x|`
-/// clamped at [`TANH_SAT`] (7.9988), with exactly `±1` from there on and `x` itself for
+/// clamped at `TANH_SAT` (7.9988), with exactly `±1` from there on and `x` itself for
 /// `|x| < 4e-4`. Evaluated in f64 here (the AVX-512 and AVX2 kernels use f32 fused multiply-adds). NaN propagates, ±0 keep their
 /// sign, and the function is exactly odd. The test suite checks the maximum error against
 /// `f64::tanh` over the whole f32 range: it stays below 4e-7 absolute and relative.

@@ -715,7 +715,7 @@ fn tanh16(x: __m512) -> __m512 {
     _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xEA>(_mm512_castps_si512(x), sign, _mm512_castps_si512(t)))
 }
 
-/// `z ← tanh(z)` elementwise with AVX-512 ([`tanh16`]). One vector is a long dependency chain
+/// `z ← tanh(z)` elementwise with AVX-512 (`tanh16`). One vector is a long dependency chain
 /// (two polynomials, the reciprocal, its correction), so the main loop runs four independent
 /// vectors at a time; a masked loop finishes
 /// the last < 64 values. NaN propagates; ±0 keep their sign.
@@ -748,7 +748,7 @@ pub unsafe fn tanh_avx512(z: &mut [f32]) {
     }
 }
 
-/// `tanh` of 8 lanes with AVX2 + FMA: the fit of [`super::math::tanh`] as in [`tanh16`], with
+/// `tanh` of 8 lanes with AVX2 + FMA: the fit of [`super::math::tanh`] as in `tanh16`, with
 /// an IEEE division (AVX2's 12-bit `rcp` estimate would need two corrections) and blends
 /// instead of masks.
 #[cfg(target_arch = "x86_64")]
@@ -777,7 +777,7 @@ fn tanh8(x: __m256) -> __m256 {
     _mm256_or_ps(t, _mm256_and_ps(x, sign))
 }
 
-/// `z ← tanh(z)` elementwise with AVX2 + FMA ([`tanh8`]): four independent vectors at a time,
+/// `z ← tanh(z)` elementwise with AVX2 + FMA (`tanh8`): four independent vectors at a time,
 /// then single vectors, then a masked load/store for the last < 8 values.
 ///
 /// # Safety
