@@ -266,82 +266,68 @@ fn rotate_scale_matches_exact_turns_and_scales_about_the_centre() {
     assert_eq!(t[PIXELS - 1], 0.0);
 }
 
-#[test]
-fn shifted_support_adds_every_translation_and_leaves_the_query_alone() {
-    use reptile::EvalTasks;
+/// `n` tasks of `m` support and `mq` query drawings (random ink in every pixel), labels
+/// `i mod ways` (support) and `(3i + 1) mod ways` (query): the batches, inputs and labels.
+fn random_drawing_tasks(
+    seed: u64,
+    (n, m, mq, ways): (usize, usize, usize, usize),
+) -> (reptile::EvalTasks<'static>, Vec<f32>, Vec<u32>, Vec<f32>, Vec<u32>) {
     use reptile::TaskBatch;
-    let mut rng = ChaCha8Rng::seed_from_u64(8);
-    let (n, m, mq, ways) = (3usize, 4usize, 2usize, 2usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let spec = spec(ways);
-    let img = |rng: &mut ChaCha8Rng| -> Vec<f32> { (0..PIXELS).map(|_| rng.random_range(0.1f32..1.0)).collect() };
-    let xs: Vec<f32> = (0..n * m).flat_map(|_| img(&mut rng)).collect();
-    let xq: Vec<f32> = (0..n * mq).flat_map(|_| img(&mut rng)).collect();
+    let mut img = |k: usize| -> Vec<f32> { (0..k * PIXELS).map(|_| rng.random_range(0.1f32..1.0)).collect() };
+    let (xs, xq) = (img(n * m), img(n * mq));
     let ys: Vec<u32> = (0..n * m).map(|i| (i % ways) as u32).collect();
-    let yq: Vec<u32> = (0..n * mq).map(|i| ((i + 1) % ways) as u32).collect();
+    let yq: Vec<u32> = (0..n * mq).map(|i| ((3 * i + 1) % ways) as u32).collect();
     let sup = TaskBatch::new(&spec, n, m, xs.clone(), Targets::Labels(ys.clone().into())).unwrap();
-    let qry = TaskBatch::new(&spec, n, mq, xq, Targets::Labels(yq.into())).unwrap();
-    let tasks = EvalTasks::new(sup, qry.clone()).unwrap();
-    let aug = omniglot::shifted_support(&spec, &tasks, 1).unwrap();
-    assert_eq!(aug.query(), &qry, "the query is untouched");
-    assert_eq!(aug.support().n_points(), 9 * m);
-    let Targets::Labels(la) = aug.support().y() else { panic!("labels expected") };
-    // Originals first, then all m drawings moved by each other offset, (dy, dx) row-major.
+    let qry = TaskBatch::new(&spec, n, mq, xq.clone(), Targets::Labels(yq.clone().into())).unwrap();
+    (reptile::EvalTasks::new(sup, qry).unwrap(), xs, ys, xq, yq)
+}
+
+/// `got` holds, per task, the `m` drawings `x` (labels `y`) and then all of them moved by each
+/// other offset within ±`max`, `(dy, dx)` row-major.
+fn assert_shifted_copies(got: &reptile::TaskBatch<'_>, x: &[f32], y: &[u32], n: usize, m: usize, max: i32) {
     let offsets: Vec<(i32, i32)> = std::iter::once((0, 0))
-        .chain((-1..=1).flat_map(|dy| (-1..=1).map(move |dx| (dx, dy))).filter(|&o| o != (0, 0)))
+        .chain((-max..=max).flat_map(|dy| (-max..=max).map(move |dx| (dx, dy))).filter(|&o| o != (0, 0)))
         .collect();
+    let views = offsets.len();
+    assert_eq!(got.n_points(), views * m);
+    let Targets::Labels(labels) = got.y() else { panic!("labels expected") };
     for t in 0..n {
         for (k, &(dx, dy)) in offsets.iter().enumerate() {
             for p in 0..m {
-                let row = t * 9 * m + k * m + p;
-                let mut want = xs[(t * m + p) * PIXELS..][..PIXELS].to_vec();
+                let row = t * views * m + k * m + p;
+                let mut want = x[(t * m + p) * PIXELS..][..PIXELS].to_vec();
                 omniglot::translate(&mut want, dx, dy);
-                assert_eq!(
-                    &aug.support().x()[row * PIXELS..][..PIXELS],
-                    &want[..],
-                    "task {t}, offset ({dx}, {dy}), point {p}"
-                );
-                assert_eq!(la[row], ys[t * m + p], "label of task {t}, offset {k}, point {p}");
+                assert_eq!(&got.x()[row * PIXELS..][..PIXELS], &want[..], "task {t}, offset ({dx}, {dy}), point {p}");
+                assert_eq!(labels[row], y[t * m + p], "label of task {t}, offset {k}, point {p}");
             }
         }
     }
+}
+
+#[test]
+fn shifted_support_adds_every_translation_and_leaves_the_query_alone() {
+    let (n, m, ways) = (3usize, 4usize, 2usize);
+    let spec = spec(ways);
+    let (tasks, xs, ys, _, _) = random_drawing_tasks(8, (n, m, 2, ways));
+    let aug = omniglot::shifted_support(&spec, &tasks, 1).unwrap();
+    assert_eq!(aug.query(), tasks.query(), "the query is untouched");
+    assert_eq!(aug.query_views(), 1);
+    assert_shifted_copies(aug.support(), &xs, &ys, n, m, 1);
     assert_eq!(omniglot::shifted_support(&spec, &tasks, 0).unwrap().support(), tasks.support(), "max 0 is a copy");
     assert!(omniglot::shifted_support(&spec, &tasks, SIDE).is_err(), "a shift of the whole side");
 }
 
 #[test]
 fn shifted_query_makes_view_blocks_and_leaves_the_support_alone() {
-    use reptile::EvalTasks;
-    use reptile::TaskBatch;
-    let mut rng = ChaCha8Rng::seed_from_u64(9);
     let (n, m, mq, ways) = (2usize, 3usize, 4usize, 3usize);
     let spec = spec(ways);
-    let img = |rng: &mut ChaCha8Rng| -> Vec<f32> { (0..PIXELS).map(|_| rng.random_range(0.1f32..1.0)).collect() };
-    let xs: Vec<f32> = (0..n * m).flat_map(|_| img(&mut rng)).collect();
-    let xq: Vec<f32> = (0..n * mq).flat_map(|_| img(&mut rng)).collect();
-    let ys: Vec<u32> = (0..n * m).map(|i| (i % ways) as u32).collect();
-    let yq: Vec<u32> = (0..n * mq).map(|i| ((i * 2 + 1) % ways) as u32).collect();
-    let sup = TaskBatch::new(&spec, n, m, xs, Targets::Labels(ys.into())).unwrap();
-    let qry = TaskBatch::new(&spec, n, mq, xq.clone(), Targets::Labels(yq.clone().into())).unwrap();
-    let tasks = EvalTasks::new(sup.clone(), qry).unwrap();
+    let (tasks, _, _, xq, yq) = random_drawing_tasks(9, (n, m, mq, ways));
     let aug = omniglot::shifted_query(&spec, &tasks, 2).unwrap();
-    assert_eq!(aug.support(), &sup, "the support is untouched");
+    assert_eq!(aug.support(), tasks.support(), "the support is untouched");
     assert_eq!(aug.query_views(), 25);
-    assert_eq!(aug.query().n_points(), 25 * mq);
-    let Targets::Labels(la) = aug.query().y() else { panic!("labels expected") };
-    let offsets: Vec<(i32, i32)> = std::iter::once((0, 0))
-        .chain((-2..=2).flat_map(|dy| (-2..=2).map(move |dx| (dx, dy))).filter(|&o| o != (0, 0)))
-        .collect();
-    for t in 0..n {
-        for (k, &(dx, dy)) in offsets.iter().enumerate() {
-            for p in 0..mq {
-                let row = t * 25 * mq + k * mq + p;
-                let mut want = xq[(t * mq + p) * PIXELS..][..PIXELS].to_vec();
-                omniglot::translate(&mut want, dx, dy);
-                assert_eq!(&aug.query().x()[row * PIXELS..][..PIXELS], &want[..], "task {t}, view {k}, point {p}");
-                assert_eq!(la[row], yq[t * mq + p], "label of task {t}, view {k}, point {p}");
-            }
-        }
-    }
+    assert_shifted_copies(aug.query(), &xq, &yq, n, mq, 2);
     // Support shifts keep the views; views cannot be stacked; the shift must fit the image.
     let both = omniglot::shifted_support(&spec, &aug, 1).unwrap();
     assert_eq!((both.support().n_points(), both.query_views()), (9 * m, 25));

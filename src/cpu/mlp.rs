@@ -352,9 +352,7 @@ pub fn loss_eval_views(spec: &MlpSpec, targets: Tgt<'_>, points: usize, views: u
                 let c = lab[i] as usize;
                 assert!(c < out, "label {c} out of range 0..{out}");
                 sum -= mean[c].ln();
-                // First index on ties, NaN never wins, as `argmax`.
-                let best = (0..out).fold(0, |b, k| if mean[k] > mean[b] { k } else { b });
-                correct += usize::from(best == c);
+                correct += usize::from(argmax(&mean) == c);
             }
             (Loss::Mse, Tgt::Values(t)) => {
                 sum += mean.iter().zip(&t[i * out..][..out]).map(|(p, &t)| (p - t as f64).powi(2)).sum::<f64>()
@@ -367,7 +365,7 @@ pub fn loss_eval_views(spec: &MlpSpec, targets: Tgt<'_>, points: usize, views: u
 }
 
 /// Index of the largest value (first on ties; NaN never wins).
-pub fn argmax(row: &[f32]) -> usize {
+pub fn argmax<T: PartialOrd + Copy>(row: &[T]) -> usize {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {
         if v > row[best] {
@@ -576,6 +574,18 @@ pub fn backward_adam_acc(
     from: Option<AdamFrom<'_>>,
     acc: Option<Accumulate<'_>>,
 ) {
+    check_adam_args(spec, theta, v, from.as_ref(), acc.as_ref());
+    backward_adam_d(spec, theta, x, points, ws, v, step, from, acc, None);
+}
+
+/// Panics unless θ, `v`, the sources and the sums all cover the spec's parameters.
+fn check_adam_args(
+    spec: &MlpSpec,
+    theta: &[f32],
+    v: &[f32],
+    from: Option<&AdamFrom<'_>>,
+    acc: Option<&Accumulate<'_>>,
+) {
     let p = spec.num_params();
     assert_eq!(theta.len(), p, "θ length");
     assert_eq!(v.len(), p, "Adam moments length");
@@ -586,7 +596,6 @@ pub fn backward_adam_acc(
     if let Some(a) = &acc {
         a.check(p);
     }
-    backward_adam_d(spec, theta, x, points, ws, v, step, from, acc, None);
 }
 
 /// Whether [`backward_adam_ahead`] can compute the first-layer product of a next batch of
@@ -630,16 +639,7 @@ pub fn backward_adam_ahead(
     acc: Option<Accumulate<'_>>,
     next_x: &[f32],
 ) -> bool {
-    let p = spec.num_params();
-    assert_eq!(theta.len(), p, "θ length");
-    assert_eq!(v.len(), p, "Adam moments length");
-    if let Some(f) = &from {
-        assert_eq!(f.theta.len(), p, "source θ length");
-        assert!(f.v.is_none_or(|v| v.len() == p), "source moments length");
-    }
-    if let Some(a) = &acc {
-        a.check(p);
-    }
+    check_adam_args(spec, theta, v, from.as_ref(), acc.as_ref());
     let inp = spec.in_dim();
     assert!(next_x.len().is_multiple_of(inp), "next inputs length");
     let fits = ahead_fits(spec, next_x.len() / inp, ws);

@@ -609,18 +609,9 @@ pub unsafe extern "C" fn reptile_trainer_evaluate(
     n_steps: usize,
     out: *mut *mut reptile_eval_report,
 ) -> reptile_status {
-    boundary(|| {
-        // SAFETY: the caller's contract.
-        let (t, steps, out) =
-            unsafe { (trainer_ref(trainer)?, arg_slice(steps, n_steps, "steps")?, out_ptr(out, "out")?) };
-        // SAFETY: the caller's contract.
-        let (support, query) =
-            unsafe { (task_batch(t.spec(), support, "support")?, task_batch(t.spec(), query, "query")?) };
-        let tasks = EvalTasks::new(support, query)?;
-        let report = t.evaluate_at(&tasks, steps)?;
-        out.write(into_handle(reptile_eval_report { report }));
-        Ok(())
-    })
+    // SAFETY: the caller's contract, which is that of `reptile_trainer_evaluate_views`; one
+    // view per query point is plain scoring.
+    unsafe { reptile_trainer_evaluate_views(trainer, support, query, 1, steps, n_steps, out) }
 }
 
 /// [`reptile_trainer_evaluate`] with test-time query views: each task's query set holds
