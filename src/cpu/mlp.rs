@@ -13,6 +13,7 @@
 use super::aligned::AlignedVec;
 use super::gemm;
 use super::simd::{Policy, dispatch};
+use super::sparse::{self, SparseFirst, Src};
 use super::update;
 use crate::spec::{Activation, Loss, MlpSpec};
 
@@ -106,6 +107,14 @@ impl Workspace {
         let l = spec.num_layers() - 1;
         let start = self.act_off[l] * self.cap;
         &self.acts[start..start + points * spec.out_dim()]
+    }
+
+    /// The first layer's pre-activation area `Z_0` (`[points × out_0]`, read by
+    /// [`forward_continue`]) and a scratch area of the same size.
+    pub fn z0_and_scratch(&mut self, spec: &MlpSpec, points: usize) -> (&mut [f32], &mut [f32]) {
+        self.check(spec, points);
+        let n = points * spec.widths()[1];
+        (&mut self.acts[..n], &mut self.zsplit[..n])
     }
 
     fn check(&self, spec: &MlpSpec, points: usize) {
@@ -392,7 +401,24 @@ enum Sink<'a> {
         /// The next forward's inputs, whose first-layer product is computed from each tile of
         /// updated rows of `W_0` (see [`backward_adam_ahead`]), if [`ahead_fits`].
         ahead: Option<&'a [f32]>,
+        /// `W_0` on the transposed path instead ([`backward_adam_sparse`]).
+        sparse0: Option<Sparse0<'a>>,
     },
+}
+
+/// The first layer of a fused Adam step on the transposed path ([`super::sparse`]): the
+/// task's state, the meta-iteration's transposed source and the runs of nonzero columns of
+/// this step's inputs ([`super::sparse::nonzero_runs`]). The dense code then leaves `W_0`'s
+/// part of θ', `v` and the sources alone, and the sums of `W_0` receive the layer in the
+/// transposed layout; the bias `b_0` stays on the dense path.
+#[derive(Debug)]
+pub struct Sparse0<'a> {
+    /// The task's transposed first layer.
+    pub state: &'a mut SparseFirst,
+    /// The transposed `W_0` (and moments) the task starts from.
+    pub src: Src<'a>,
+    /// Runs of nonzero columns of the step's inputs.
+    pub runs: &'a [(u32, u32)],
 }
 
 /// Where a fused Adam backward reads θ and `v` when the destination buffers are not
@@ -433,7 +459,7 @@ impl<'a> AdamFrom<'a> {
 
 impl<'a> Accumulate<'a> {
     /// The sums of parameters `r` only (indices rebased to `r.start`).
-    fn reborrow(&mut self, r: std::ops::Range<usize>) -> Accumulate<'_> {
+    pub(crate) fn reborrow(&mut self, r: std::ops::Range<usize>) -> Accumulate<'_> {
         Accumulate {
             base: &self.base[r.clone()],
             delta: &mut self.delta[r.clone()],
@@ -443,7 +469,7 @@ impl<'a> Accumulate<'a> {
     }
 
     /// Cuts the sums at parameter `k`: `[..k]` and `[k..]`.
-    fn split_at(self, k: usize) -> (Accumulate<'a>, Accumulate<'a>) {
+    pub(crate) fn split_at(self, k: usize) -> (Accumulate<'a>, Accumulate<'a>) {
         let (b1, b2) = self.base.split_at(k);
         let (d1, d2) = self.delta.split_at_mut(k);
         let (m1, m2) = match self.moments {
@@ -458,7 +484,7 @@ impl<'a> Accumulate<'a> {
     }
 
     /// Panics unless the sums cover `p` parameters.
-    fn check(&self, p: usize) {
+    pub(crate) fn check(&self, p: usize) {
         assert!(self.base.len() == p && self.delta.len() == p, "delta sum length");
         assert!(self.moments.as_ref().is_none_or(|m| m.len() == p), "moments sum length");
     }
@@ -509,7 +535,7 @@ pub fn backward(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mu
 
 dispatch! { fn backward_d(spec: &MlpSpec, theta: &[f32], x: &[f32], points: usize, ws: &mut Workspace, grad: &mut [f32]) => backward_grad_body }
 dispatch! { fn backward_sgd_d(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, lr: f32) => backward_sgd_body }
-dispatch! { fn backward_adam_d(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, v: &mut [f32], hyper: AdamStep, from: Option<AdamFrom<'_>>, acc: Option<Accumulate<'_>>, ahead: Option<&[f32]>) => backward_adam_body }
+dispatch! { fn backward_adam_d(spec: &MlpSpec, theta: &mut [f32], x: &[f32], points: usize, ws: &mut Workspace, v: &mut [f32], hyper: AdamStep, from: Option<AdamFrom<'_>>, acc: Option<Accumulate<'_>>, ahead: Option<&[f32]>, sparse0: Option<Sparse0<'_>>) => backward_adam_body }
 
 /// The scalars of one Adam step with β1 = 0: `lr_t = α·√(1 − β2^t)` (bias correction folded
 /// in), `β2`, `ε`.
@@ -536,8 +562,9 @@ fn backward_adam_body<P: Policy>(
     from: Option<AdamFrom<'_>>,
     acc: Option<Accumulate<'_>>,
     ahead: Option<&[f32]>,
+    sparse0: Option<Sparse0<'_>>,
 ) {
-    backward_impl::<P>(spec, Sink::Adam { theta, v, step: h, from, acc, ahead }, x, points, ws);
+    backward_impl::<P>(spec, Sink::Adam { theta, v, step: h, from, acc, ahead, sparse0 }, x, points, ws);
 }
 
 /// Backward fused with one Adam step (β1 = 0): for each layer, after its input gradient,
@@ -575,7 +602,31 @@ pub fn backward_adam_acc(
     acc: Option<Accumulate<'_>>,
 ) {
     check_adam_args(spec, theta, v, from.as_ref(), acc.as_ref());
-    backward_adam_d(spec, theta, x, points, ws, v, step, from, acc, None);
+    backward_adam_d(spec, theta, x, points, ws, v, step, from, acc, None, None);
+}
+
+/// [`backward_adam_acc`] with `W_0` on the transposed path: the layer's weight gradient and
+/// Adam update over the runs of nonzero input columns only ([`super::sparse`]), and with
+/// `acc` its share of the sums added from the transposed state, in the transposed layout
+/// (`acc`'s `W_0` range holds `[in × out]`). `W_0`'s part of `theta`, `v` and `from` is
+/// neither read nor written (the state and its source hold it). The preceding forward must be
+/// [`SparseFirst::forward`] then [`forward_continue`].
+#[allow(clippy::too_many_arguments)]
+pub fn backward_adam_sparse(
+    spec: &MlpSpec,
+    theta: &mut [f32],
+    x: &[f32],
+    points: usize,
+    ws: &mut Workspace,
+    v: &mut [f32],
+    step: AdamStep,
+    from: Option<AdamFrom<'_>>,
+    acc: Option<Accumulate<'_>>,
+    sparse0: Sparse0<'_>,
+) {
+    check_adam_args(spec, theta, v, from.as_ref(), acc.as_ref());
+    assert_eq!(sparse0.state.shape(), (spec.widths()[0], spec.widths()[1]), "transposed layer shape");
+    backward_adam_d(spec, theta, x, points, ws, v, step, from, acc, None, Some(sparse0));
 }
 
 /// Panics unless θ, `v`, the sources and the sums all cover the spec's parameters.
@@ -643,7 +694,7 @@ pub fn backward_adam_ahead(
     let inp = spec.in_dim();
     assert!(next_x.len().is_multiple_of(inp), "next inputs length");
     let fits = ahead_fits(spec, next_x.len() / inp, ws);
-    backward_adam_d(spec, theta, x, points, ws, v, step, from, acc, fits.then_some(next_x));
+    backward_adam_d(spec, theta, x, points, ws, v, step, from, acc, fits.then_some(next_x), None);
     fits
 }
 
@@ -706,7 +757,7 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
             let tanh = matches!(spec.activation(), Activation::Tanh);
             gemm::dzw_act_p::<P>(points, out, inp, dz, &theta[wo..wo + inp * out], dx, tanh, a_prev);
         }
-        if let Sink::Adam { theta, v, step, from, acc, ahead } = &mut sink {
+        if let Sink::Adam { theta, v, step, from, acc, ahead, sparse0 } = &mut sink {
             // First step (`from`): each span of θ' and v is read from the source and written
             // updated, out of place (no copy pass). Last step (`acc`): each span is added to
             // the running sums while it is in L1. The bias goes first (the updates are
@@ -720,6 +771,14 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
             let (fb, mut ab) = (from.map(|f| f.range(br.clone())), acc.as_mut().map(|a| a.reborrow(br.clone())));
             adam_span::<P>(&mut theta[br.clone()], &mut v[br], gb, 0..out, fb, ab.as_mut(), h);
             let wr = wo..wo + out * inp;
+            if l == 0
+                && let Some(sp) = sparse0.as_mut()
+            {
+                let aw = acc.as_mut().map(|a| a.reborrow(wr.clone()));
+                sparse::adam_p::<P>(sp.state, sp.src, x, points, sp.runs, dz, h, aw);
+                std::mem::swap(&mut ws.grad_cur, &mut ws.grad_next);
+                continue;
+            }
             let (tw, tb) = theta[wo..bo + out].split_at_mut(out * inp);
             let vw = &mut v[wr.clone()];
             let (fw, aw) = (from.map(|f| f.range(wr.clone())), acc.as_mut().map(|a| a.reborrow(wr.clone())));

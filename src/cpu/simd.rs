@@ -120,6 +120,18 @@ pub trait Policy: Copy {
         }
         Self::adam_slice(theta, g, v, lr_t, beta2, eps);
     }
+    /// 8 × 8 transpose `dst[c·ldd + r] = src[r·lds + c]` (8 rows of stride `lds` into 8 rows
+    /// of stride `ldd`). The default is scalar; the x86 policies use a shuffle network
+    /// ([`super::x86::transpose8_avx`]). Exact on every path (values are only moved).
+    fn transpose8(src: &[f32], lds: usize, dst: &mut [f32], ldd: usize) {
+        assert!(src.len() >= 7 * lds + 8, "transpose8: source shorter than 8 rows of {lds}");
+        assert!(dst.len() >= 7 * ldd + 8, "transpose8: destination shorter than 8 rows of {ldd}");
+        for r in 0..8 {
+            for c in 0..8 {
+                dst[c * ldd + r] = src[r * lds + c];
+            }
+        }
+    }
     /// `C[m×n] ← (A·B) ⊙ act'(G)`, the input gradient with the hidden activation's derivative
     /// taken through the stored activation `G` (laid out like `C`): `1 − g²` for tanh, `[g > 0]`
     /// for ReLU. The default is [`Self::axpy`] then a separate pass; AVX-512 fuses it into the
@@ -147,7 +159,7 @@ pub trait Policy: Copy {
 }
 
 macro_rules! policy {
-    ($name:ident, $doc:literal, fused: $fused:literal, axpy: $axpy:path, xwt: |$p:ident, $i:ident, $o:ident, $x:ident, $w:ident, $b:ident, $z:ident| $xwt:expr $(, tanh: $tanh:path)? $(, adam: $adam:path, adam_from: $adam_from:path)? $(, axpy_act: $axpy_act:path)?) => {
+    ($name:ident, $doc:literal, fused: $fused:literal, axpy: $axpy:path, xwt: |$p:ident, $i:ident, $o:ident, $x:ident, $w:ident, $b:ident, $z:ident| $xwt:expr $(, tanh: $tanh:path)? $(, adam: $adam:path, adam_from: $adam_from:path)? $(, axpy_act: $axpy_act:path)? $(, transpose8: $t8:path)?) => {
         #[doc = $doc]
         #[derive(Clone, Copy, Debug)]
         pub struct $name;
@@ -190,6 +202,13 @@ macro_rules! policy {
                     unsafe { $axpy_act(m, k, n, a, rsa, csa, b, ldb, c, ldc, tanh, g) }
                 }
             )?
+            $(
+                #[inline(always)]
+                fn transpose8(src: &[f32], lds: usize, dst: &mut [f32], ldd: usize) {
+                    // SAFETY: as above, only reached after run-time detection.
+                    unsafe { $t8(src, lds, dst, ldd) }
+                }
+            )?
             #[inline(always)]
             fn xwt($p: usize, $i: usize, $o: usize, $x: &[f32], $w: &[f32], $b: &[f32], $z: &mut [f32]) {
                 $xwt
@@ -204,11 +223,13 @@ macro_rules! policy {
 policy!(Avx512, "AVX-512: 32 zmm registers, 16 lanes.", fused: true, axpy: super::x86::axpy_avx512,
     // SAFETY: see above: only reached after AVX-512F/VL + FMA were detected.
     xwt: |p, i, o, x, w, b, z| unsafe { super::x86::xwt_avx512(p, i, o, x, w, b, z) }, tanh: super::x86::tanh_avx512,
-    adam: super::x86::adam_avx512, adam_from: super::x86::adam_from_avx512, axpy_act: super::x86::axpy_act_avx512);
+    adam: super::x86::adam_avx512, adam_from: super::x86::adam_from_avx512, axpy_act: super::x86::axpy_act_avx512,
+    transpose8: super::x86::transpose8_avx);
 #[cfg(target_arch = "x86_64")]
 policy!(Avx2, "AVX2 + FMA: 16 ymm registers, 8 lanes.", fused: true, axpy: super::x86::axpy_avx2,
     // SAFETY: see above: only reached after AVX2 + FMA were detected.
-    xwt: |p, i, o, x, w, b, z| unsafe { super::x86::xwt_avx2(p, i, o, x, w, b, z) }, tanh: super::x86::tanh_avx2);
+    xwt: |p, i, o, x, w, b, z| unsafe { super::x86::xwt_avx2(p, i, o, x, w, b, z) }, tanh: super::x86::tanh_avx2,
+    transpose8: super::x86::transpose8_avx);
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn base_axpy(

@@ -952,3 +952,53 @@ mod tests {
         }
     }
 }
+
+/// 8 × 8 transpose: `dst[c·ldd + r] = src[r·lds + c]` for `r, c < 8` (eight unaligned row
+/// loads, the classic unpack / shuffle / lane-permute network of 24 shuffles, eight stores).
+/// The building block of the transposed first layer's passes (see `cpu::sparse`).
+///
+/// # Safety
+/// The CPU must support AVX2 (the policies name it only after run-time detection).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub unsafe fn transpose8_avx(src: &[f32], lds: usize, dst: &mut [f32], ldd: usize) {
+    assert!(src.len() >= 7 * lds + 8, "transpose8: source shorter than 8 rows of {lds}");
+    assert!(dst.len() >= 7 * ldd + 8, "transpose8: destination shorter than 8 rows of {ldd}");
+    let p = src.as_ptr();
+    // SAFETY: the asserts above keep every 8-float row load `r·lds .. r·lds + 8` (r < 8) inside
+    // `src` and every row store `c·ldd .. c·ldd + 8` inside `dst`; all unaligned.
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(p.add(i * lds)));
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let o = [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ];
+        let d = dst.as_mut_ptr();
+        for (c, v) in o.into_iter().enumerate() {
+            _mm256_storeu_ps(d.add(c * ldd), v);
+        }
+    }
+}

@@ -4,6 +4,7 @@ use super::config::{InnerLoop, InnerOptimizer};
 use super::tasks::TaskBatch;
 use crate::cpu::aligned::AlignedVec;
 use crate::cpu::mlp::{self, Tgt, Workspace};
+use crate::cpu::sparse::{self, SparseFirst, Src};
 use crate::error::{Error, Result};
 use crate::params::Model;
 use crate::rng::{self, Rng};
@@ -35,6 +36,12 @@ pub(crate) struct TaskWorker {
     /// Adam's second moments and step count for the task in progress.
     pub adam_v: AlignedVec,
     pub adam_t: u64,
+    /// The first layer on the transposed path ([`sparse`]) during a [`Self::run`] that uses
+    /// it (`sparse_on`), with the runs of nonzero input columns of the current minibatch.
+    sparse: Option<SparseFirst>,
+    sparse_on: bool,
+    runs: Vec<(u32, u32)>,
+    mask: Vec<u32>,
 }
 
 /// Adam's second moments at the start of a [`TaskWorker::run`].
@@ -112,6 +119,10 @@ impl TaskWorker {
             opt: InnerOptimizer::Sgd,
             adam_v: AlignedVec::new(),
             adam_t: 0,
+            sparse: None,
+            sparse_on: false,
+            runs: Vec::new(),
+            mask: Vec::new(),
         }
     }
 
@@ -220,7 +231,11 @@ impl TaskWorker {
         from: Option<mlp::AdamFrom<'_>>,
         acc: Option<mlp::Accumulate<'_>>,
         next: Option<usize>,
+        src0: Option<Src<'_>>,
     ) -> f32 {
+        if let (true, Some(src)) = (self.sparse_on, src0) {
+            return self.sparse_step(spec, src, b, labels, lr, from, acc);
+        }
         let xb = &self.xb[..b * spec.in_dim()];
         match &from {
             Some(f) => mlp::forward(spec, f.theta, xb, b, &mut self.ws),
@@ -255,6 +270,58 @@ impl TaskWorker {
         loss
     }
 
+    /// [`Self::sgd_on_gathered`] with the first layer on the transposed path (Adam only):
+    /// `Z_0` from the runs of nonzero input columns, the rest of the forward and the backward
+    /// dense except `W_0` ([`mlp::backward_adam_sparse`]).
+    #[allow(clippy::too_many_arguments)]
+    fn sparse_step(
+        &mut self,
+        spec: &MlpSpec,
+        src: Src<'_>,
+        b: usize,
+        labels: bool,
+        lr: f32,
+        from: Option<mlp::AdamFrom<'_>>,
+        acc: Option<mlp::Accumulate<'_>>,
+    ) -> f32 {
+        let InnerOptimizer::Adam { beta2, eps } = self.opt else { unreachable!("the transposed path is Adam's") };
+        match &from {
+            Some(f) => self.sparse_forward(spec, src, f.theta, b),
+            None => self.sparse_forward_at_theta_p(spec, src, b),
+        }
+        self.z0_ready = None;
+        let tgt = if labels { Tgt::Labels(&self.lb[..b]) } else { Tgt::Values(&self.yb[..b * spec.out_dim()]) };
+        let loss = mlp::loss_grad(spec, tgt, b, &mut self.ws);
+        self.adam_t += 1;
+        let lr_t = (lr as f64 * (1.0 - (beta2 as f64).powf(self.adam_t as f64)).sqrt()) as f32;
+        let step = mlp::AdamStep { lr_t, beta2, eps };
+        let state = self.sparse.as_mut().expect("transposed layer loaded by run");
+        let sp = mlp::Sparse0 { state, src, runs: &self.runs };
+        let xb = &self.xb[..b * spec.in_dim()];
+        mlp::backward_adam_sparse(spec, &mut self.theta_p, xb, b, &mut self.ws, &mut self.adam_v, step, from, acc, sp);
+        loss
+    }
+
+    /// Forward pass of the `b` points in `xb` with the first layer on the transposed path
+    /// (`theta` for the bias `b_0` and the other layers); sets the runs of nonzero columns.
+    fn sparse_forward(&mut self, spec: &MlpSpec, src: Src<'_>, theta: &[f32], b: usize) {
+        let (inp, out0) = (spec.in_dim(), spec.widths()[1]);
+        let xb = &self.xb[..b * inp];
+        sparse::nonzero_runs(xb, b, inp, &mut self.mask, &mut self.runs);
+        let bias = &theta[spec.bias_offset(0)..][..out0];
+        let (z0, zs) = self.ws.z0_and_scratch(spec, b);
+        let state = self.sparse.as_ref().expect("transposed layer set up by run");
+        state.forward(src, xb, b, &self.runs, bias, z0, zs);
+        mlp::forward_continue(spec, theta, b, &mut self.ws);
+    }
+
+    /// [`Self::sparse_forward`] at θ'.
+    fn sparse_forward_at_theta_p(&mut self, spec: &MlpSpec, src: Src<'_>, b: usize) {
+        let theta_p = std::mem::replace(&mut self.theta_p, AlignedVec::new());
+        self.sparse_forward(spec, src, &theta_p, b);
+        self.theta_p = theta_p;
+    }
+
     /// Runs `inner.steps` steps on task `(x, y)` of `m` points, θ' ← θ first.
     /// Returns (loss of the first minibatch at θ, loss of that same minibatch at θ').
     /// With `keep_prev`, `prev` holds θ' before the last step (for FOMAML).
@@ -267,6 +334,12 @@ impl TaskWorker {
     /// reads θ and the moments where they are and writes θ' and `v` tile by tile, instead of
     /// two copy passes over the whole parameter vector first (for large nets such as
     /// Omniglot's 247k parameters these copies cost as much as a step's update).
+    ///
+    /// With `src0` (θ's `W_0` and those moments transposed, [`sparse::Src`]) and all of: such
+    /// a first step, fused sums, no FOMAML copy, and a first layer that [`sparse::suits`] the
+    /// transposed path, `W_0` runs on that path ([`crate::cpu::sparse`]): `acc`'s `W_0` range
+    /// then receives the task's sums in the transposed layout `[in × out]`, and θ' and `v`
+    /// hold no `W_0` afterwards.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &mut self,
@@ -281,6 +354,7 @@ impl TaskWorker {
         moments: MomentsStart<'_>,
         rng: &mut Rng,
         mut acc: Option<mlp::Accumulate<'_>>,
+        src0: Option<Src<'_>>,
     ) -> (f32, f32) {
         let b = inner.batch_for(m);
         let adam = matches!(self.opt, InnerOptimizer::Adam { .. });
@@ -291,6 +365,23 @@ impl TaskWorker {
             MomentsStart::From(v) if lazy => Some(mlp::AdamFrom { theta, v: Some(v) }),
             _ => None,
         };
+        // The first layer on the transposed path: with the caller's transposed source, for an
+        // Adam run that starts from sources and fuses its sums into the last step (the sums
+        // of W_0 come back transposed), without FOMAML's copy of θ' before the last step.
+        self.sparse_on = src0.is_some();
+        assert!(
+            !self.sparse_on || (from.is_some() && acc.is_some() && !keep_prev && sparse::suits(spec)),
+            "the transposed first layer needs an Adam run from sources with fused sums"
+        );
+        if let Some(src) = &src0 {
+            let (inp, out) = (spec.in_dim(), spec.widths()[1]);
+            let state = self.sparse.get_or_insert_with(|| SparseFirst::new(inp, out));
+            if state.shape() != (inp, out) {
+                *state = SparseFirst::new(inp, out);
+            }
+            state.check_src(src);
+            state.begin();
+        }
         if from.is_some() {
             self.batcher.begin(m, tail, rng);
         } else {
@@ -332,7 +423,7 @@ impl TaskWorker {
                 self.prev.copy_from_slice(&self.theta_p);
             }
             let fuse = if last && adam { acc.take() } else { None };
-            let loss = self.sgd_on_gathered(spec, bs, labels, inner.lr, from.take(), fuse, Some(nb));
+            let loss = self.sgd_on_gathered(spec, bs, labels, inner.lr, from.take(), fuse, Some(nb), src0);
             if s == 0 {
                 before = loss;
             }
@@ -343,12 +434,16 @@ impl TaskWorker {
             // Not fused (SGD, or no steps): one pass over θ' (and v).
             mlp::accumulate(&mut a, &self.theta_p, &self.adam_v);
         }
+
         // Loss after adaptation on the first minibatch (now in `xb`): one more forward at θ',
         // its first layer already computed by a fused last step.
         if steps == 0 {
             self.gather(spec, x, y, 0);
         }
-        if self.z0_ready == Some(b0) {
+        if let Some(src) = src0 {
+            self.sparse_forward_at_theta_p(spec, src, b0);
+            self.sparse_on = false;
+        } else if self.z0_ready == Some(b0) {
             mlp::forward_continue(spec, &self.theta_p, b0, &mut self.ws);
         } else {
             mlp::forward(spec, &self.theta_p, &self.xb[..b0 * spec.in_dim()], b0, &mut self.ws);
@@ -386,7 +481,7 @@ impl TaskWorker {
         for _ in 0..steps {
             self.next_batch(b, rng);
             let (bs, labels) = self.gather(spec, x, y, b);
-            self.sgd_on_gathered(spec, bs, labels, lr, None, None, None);
+            self.sgd_on_gathered(spec, bs, labels, lr, None, None, None, None);
         }
     }
 }
@@ -438,7 +533,7 @@ pub fn adapt_with(
         return Err(Error::ShapeMismatch(format!("Adam moments have {} values, θ has {}", v.len(), spec.num_params())));
     }
     w.set_optimizer(opt, moments);
-    w.run(spec, model.params(), x, y, m, inner, None, false, MomentsStart::Kept, &mut rng, None);
+    w.run(spec, model.params(), x, y, m, inner, None, false, MomentsStart::Kept, &mut rng, None, None);
     crate::error::check_finite(&w.theta_p, "adapted θ'").map_err(|e| Error::Diverged {
         iteration: 0,
         reason: format!("adaptation produced a non-finite parameter ({e})"),

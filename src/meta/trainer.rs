@@ -18,6 +18,7 @@ use super::tasks::TaskBatch;
 use crate::cpu::aligned::AlignedVec;
 use crate::cpu::lanes::{self, LANES};
 use crate::cpu::mlp;
+use crate::cpu::sparse::{self, Src};
 use crate::cpu::update;
 use crate::error::{Error, Result};
 use crate::params::Model;
@@ -359,6 +360,11 @@ pub struct Trainer {
     candidate: AlignedVec,
     /// The carried moments' next value, swapped in when the step is accepted.
     candidate_v: AlignedVec,
+    /// θ's `W_0`, the carried moments of `W_0` and a scratch, each transposed `[in × out]`,
+    /// for the transposed first layer ([`sparse`]).
+    w0t: AlignedVec,
+    v0t: AlignedVec,
+    t_scratch: AlignedVec,
     last: Option<StepStats>,
 }
 
@@ -412,6 +418,9 @@ impl Trainer {
             sum: DeltaSum::zeros(p),
             candidate: AlignedVec::zeros(p),
             candidate_v: AlignedVec::new(),
+            w0t: AlignedVec::new(),
+            v0t: AlignedVec::new(),
+            t_scratch: AlignedVec::new(),
             last: None,
         })
     }
@@ -650,6 +659,33 @@ impl Trainer {
             out.moments_sum.resize(p, 0.0);
         }
 
+        // The transposed first layer (`cpu::sparse`): θ's W_0 (and its carried moments)
+        // transposed once for all tasks; the tasks' sums of W_0 come back transposed and are
+        // turned back below.
+        let transposed = !use_lanes
+            && !fomaml
+            && inner.steps > 0
+            && matches!(opt, InnerOptimizer::Adam { .. })
+            && sparse::enabled()
+            && sparse::suits(spec);
+        let (inp, out0) = (spec.in_dim(), spec.widths()[1]);
+        let w0 = spec.weight_offset(0)..spec.weight_offset(0) + inp * out0;
+        if transposed {
+            let (theta, w0t, v0t, adam_v) = (self.model.params(), &mut self.w0t, &mut self.v0t, &self.adam_v);
+            let mut go = || {
+                w0t.resize(inp * out0, 0.0);
+                sparse::transpose(out0, inp, &theta[w0.clone()], w0t);
+                if carry {
+                    v0t.resize(inp * out0, 0.0);
+                    sparse::transpose(out0, inp, &adam_v[w0.clone()], v0t);
+                }
+            };
+            match &self.pool {
+                Some(pool) => pool.install(go),
+                None => go(),
+            }
+        }
+        let src0 = transposed.then(|| Src { w0t: &self.w0t[..], v0t: carry.then(|| &self.v0t[..]) });
         let theta = self.model.params();
         let (seed, it) = (self.config.seed, self.iteration);
         let stream = |i: usize| {
@@ -714,13 +750,13 @@ impl Trainer {
                     let first = i == start && !add;
                     let moments_sum = if carry { Some(&mut *acc_v) } else { None };
                     let (b0, a0) = if fomaml {
-                        let r = w.run(spec, theta, x, y, m, &inner, tail, fomaml, moments, &mut rng, None);
+                        let r = w.run(spec, theta, x, y, m, &inner, tail, fomaml, moments, &mut rng, None, None);
                         let mut sums = mlp::Accumulate { base: &w.prev, delta: &mut *acc, moments: moments_sum, first };
                         mlp::accumulate(&mut sums, &w.theta_p, &w.adam_v);
                         r
                     } else {
                         let sums = mlp::Accumulate { base: theta, delta: &mut *acc, moments: moments_sum, first };
-                        w.run(spec, theta, x, y, m, &inner, tail, fomaml, moments, &mut rng, Some(sums))
+                        w.run(spec, theta, x, y, m, &inner, tail, fomaml, moments, &mut rng, Some(sums), src0)
                     };
                     lb += b0 as f64;
                     la += a0 as f64;
@@ -748,6 +784,21 @@ impl Trainer {
             Some(pool) if nc > 1 => pool.install(|| tree.node(0, nc, &mut out.sum, &mut out.moments_sum, parts)),
             _ => tree.node(0, nc, &mut out.sum, &mut out.moments_sum, parts),
         };
+        if transposed {
+            // The sums of W_0 back into θ's layout.
+            let (sum, msum, scratch) = (&mut out.sum, &mut out.moments_sum, &mut self.t_scratch);
+            let go = || {
+                scratch.resize(inp * out0, 0.0);
+                for s in [Some(sum), carry.then_some(msum)].into_iter().flatten() {
+                    sparse::transpose(inp, out0, &s[w0.clone()], scratch);
+                    s[w0.clone()].copy_from_slice(scratch);
+                }
+            };
+            match &self.pool {
+                Some(pool) => pool.install(go),
+                None => go(),
+            }
+        }
         out.tasks = n as u64;
         out.loss_before_sum = lb;
         out.loss_after_sum = la;

@@ -1,0 +1,476 @@
+//! The first layer for sparse inputs: `W_0` and its Adam moments held transposed,
+//! `[in × out]`, so that input columns that are zero in every point of a minibatch cost
+//! neither FLOPs nor memory traffic. Omniglot's images are mostly blank: about 53% of the 784
+//! pixels are zero in all 10 points of a training minibatch, and `W_0` is 81% of the MLP's
+//! parameters.
+//!
+//! - The trainer transposes θ's `W_0` and the carried moments once per meta-iteration
+//!   ([`transpose`]) into a shared read-only source ([`Src`]) for all its tasks, and gets each
+//!   task's contribution to the sums of `W_0` back in the transposed layout (transposed back
+//!   once per iteration, after the sums over tasks).
+//! - A task's rows of `W_0ᵀ` are copied from the source into its own state the first time
+//!   the task's minibatches touch them ("materialized"); untouched rows are read from the
+//!   source and never copied.
+//! - Forward: `Z_0 = b_0 + Σ_runs X[:, run]·Wᵀ[run, :]`, one product per run of nonzero
+//!   columns ([`nonzero_runs`]) and per stretch of rows that live in the same place.
+//! - Backward fused with Adam (β1 = 0): a zero column's gradient is exactly zero, so its
+//!   weights do not move and its `v` only decays by β2. The decay is deferred: `pend[i]`
+//!   counts the steps column `i` was skipped, and the stored row of `v` times `β2^pend[i]` is
+//!   the true `v`, applied (one rounding, subnormals flushed as in
+//!   [`super::update::adam_b1zero`]) when the column is next touched or added to the sums.
+//!   Touched columns get the dense path's update ([`super::simd::Policy::adam_slice`]).
+//!
+//! The same function as the dense path of [`super::mlp`] to rounding (sums in another order,
+//! `β2^d·v` for `d` separate roundings). Work maps to threads like the dense row split: on a
+//! pool of more than one thread each pass runs as two halves with `rayon::join` (columns of
+//! `Z_0` for the forward, input columns elsewhere), so a thread that has run out of tasks takes
+//! half of a task in flight; every output is computed by the same code whatever the split.
+
+use super::aligned::AlignedVec;
+use super::mlp::{Accumulate, AdamStep};
+use super::simd::{Policy, dispatch};
+use super::update;
+use crate::spec::MlpSpec;
+
+/// Runs of nonzero columns separated by at most this many zero columns are merged (fewer,
+/// longer products; a merged zero column is updated like the dense path does: `v ← β2·v`).
+const GAP: usize = 2;
+
+/// Floats of one gradient tile (16 KB on the stack, as the dense path's `ADAM_TILE`).
+const TILE: usize = 4096;
+
+/// Smallest first layer (weights) that takes the transposed path.
+const MIN_WEIGHTS: usize = 1 << 16;
+
+static ENABLED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+
+/// Whether Adam inner loops use the transposed first layer where it [`suits`] the spec (on by
+/// default; `REPTILE_SPARSE_FIRST=0` in the environment turns it off, for comparisons).
+pub fn enabled() -> bool {
+    use std::sync::atomic::Ordering;
+    match ENABLED.load(Ordering::Relaxed) {
+        2 => {
+            let on = std::env::var("REPTILE_SPARSE_FIRST").map_or(true, |v| v != "0");
+            ENABLED.store(on as u8, Ordering::Relaxed);
+            on
+        }
+        v => v == 1,
+    }
+}
+
+/// Turns the transposed first layer on or off for the whole process (see [`enabled`]).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether `spec`'s first layer is large enough for the transposed path (at least 65,536
+/// weights and 64 inputs, like Omniglot's 784 × 256).
+pub fn suits(spec: &MlpSpec) -> bool {
+    let (inp, out) = (spec.widths()[0], spec.widths()[1]);
+    inp >= 64 && inp * out >= MIN_WEIGHTS && out <= TILE
+}
+
+/// Runs `[start, end)` of the columns of `x` (`[points × inp]`) that are nonzero in at least
+/// one point, in order, merged across gaps of at most [`GAP`] zero columns. `mask` is scratch.
+pub fn nonzero_runs(x: &[f32], points: usize, inp: usize, mask: &mut Vec<u32>, runs: &mut Vec<(u32, u32)>) {
+    assert!(x.len() >= points * inp, "x length");
+    mask.clear();
+    mask.resize(inp, 0);
+    for row in x[..points * inp].chunks_exact(inp) {
+        mask.iter_mut().zip(row).for_each(|(m, v)| *m |= v.to_bits() & 0x7fff_ffff);
+    }
+    runs.clear();
+    let mut i = 0;
+    while i < inp {
+        if mask[i] == 0 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < inp && mask[i] != 0 {
+            i += 1;
+        }
+        match runs.last_mut() {
+            Some(last) if start - last.1 as usize <= GAP => last.1 = i as u32,
+            _ => runs.push((start as u32, i as u32)),
+        }
+    }
+}
+
+/// The shared source of a meta-iteration's tasks: θ's `W_0` transposed (`[in × out]`) and,
+/// when moments are carried, the carried `v` of `W_0` transposed (`None`: zeros).
+#[derive(Clone, Copy, Debug)]
+pub struct Src<'a> {
+    /// `W_0ᵀ`, `[in × out]`.
+    pub w0t: &'a [f32],
+    /// Starting moments of `W_0`, transposed, or `None` for zeros.
+    pub v0t: Option<&'a [f32]>,
+}
+
+/// A task's first layer in the transposed layout: its materialized rows of `θ'_0ᵀ` and of the
+/// stored moments, and the deferred decay counts (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub struct SparseFirst {
+    inp: usize,
+    out: usize,
+    /// `θ'_0ᵀ`, `[inp × out]`; row `i` valid when `mat[i]`.
+    wt: AlignedVec,
+    /// Stored second moments, `[inp × out]`; the true `v` of row `i` is this (or the source's
+    /// row, when not `mat[i]`) times `β2^pend[i]`.
+    vt: AlignedVec,
+    /// Steps of deferred decay per input column.
+    pend: Vec<u32>,
+    /// Whether the task has its own copy of row `i`.
+    mat: Vec<bool>,
+}
+
+/// Whether the passes split in two halves on this thread (see the module docs).
+fn par() -> bool {
+    rayon::current_thread_index().is_some() && rayon::current_num_threads() > 1
+}
+
+/// Where `0..n` is cut in two: the middle, rounded down to a multiple of 8, or `None` when
+/// too small to be worth a join.
+fn half(n: usize) -> Option<usize> {
+    let mid = n / 2 / 8 * 8;
+    (mid >= 8 && n - mid >= 8).then_some(mid)
+}
+
+/// `v ← β2^d·v` with subnormal results stored as zero (`d = 0` leaves `v` as it is).
+#[inline(always)]
+fn decay(v: &mut [f32], beta2: f32, d: u32) {
+    if d == 0 {
+        return;
+    }
+    let f = beta2.powi(d as i32);
+    v.iter_mut().for_each(|x| {
+        let y = *x * f;
+        *x = if y < f32::MIN_POSITIVE { 0.0 } else { y };
+    });
+}
+
+impl SparseFirst {
+    /// State for a first layer of `inp` inputs and `out` outputs (allocates).
+    pub fn new(inp: usize, out: usize) -> Self {
+        SparseFirst {
+            inp,
+            out,
+            wt: AlignedVec::zeros(inp * out),
+            vt: AlignedVec::zeros(inp * out),
+            pend: vec![0; inp],
+            mat: vec![false; inp],
+        }
+    }
+
+    /// Shape `(inp, out)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.inp, self.out)
+    }
+
+    /// Starts a task: every row read from the source, no decay pending.
+    pub fn begin(&mut self) {
+        self.pend.fill(0);
+        self.mat.fill(false);
+    }
+
+    /// Panics unless `src` matches this layer's shape.
+    pub fn check_src(&self, src: &Src<'_>) {
+        let n = self.inp * self.out;
+        assert_eq!(src.w0t.len(), n, "transposed W_0 length");
+        assert!(src.v0t.is_none_or(|v| v.len() == n), "transposed moments length");
+    }
+
+    /// `Z_0 ← b_0 + X·W_0ᵀ` over the `runs` of nonzero columns of `x` (`[points × inp]`), into
+    /// `z` (`[points × out]`); `zs` (as long as `z`) holds the halves of a split pass.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        src: Src<'_>,
+        x: &[f32],
+        points: usize,
+        runs: &[(u32, u32)],
+        bias: &[f32],
+        z: &mut [f32],
+        zs: &mut [f32],
+    ) {
+        let (inp, out) = (self.inp, self.out);
+        self.check_src(&src);
+        assert!(x.len() >= points * inp && bias.len() == out, "x / bias length");
+        assert!(z.len() >= points * out && zs.len() >= points * out, "z length");
+        assert!(runs.iter().all(|&(s, e)| s < e && e as usize <= inp), "runs out of range");
+        forward_d(self, src, x, points, runs, bias, z, zs);
+    }
+}
+
+/// `dst ← srcᵀ`: `src` `[rows × cols]` into `dst` `[cols × rows]` (8 × 8 blocks,
+/// [`Policy::transpose8`]); in two halves of `dst` rows on a parallel pool.
+pub fn transpose(rows: usize, cols: usize, src: &[f32], dst: &mut [f32]) {
+    assert!(src.len() == rows * cols && dst.len() == rows * cols, "transpose lengths");
+    transpose_d(rows, cols, src, dst);
+}
+
+dispatch! { fn transpose_d(rows: usize, cols: usize, src: &[f32], dst: &mut [f32]) => transpose_body }
+
+#[inline(always)]
+fn transpose_body<P: Policy>(rows: usize, cols: usize, src: &[f32], dst: &mut [f32]) {
+    if par()
+        && let Some(mid) = half(cols)
+    {
+        let (d1, d2) = dst.split_at_mut(mid * rows);
+        rayon::join(
+            || transpose_into::<P>(src, cols, rows, mid, d1),
+            || transpose_into::<P>(&src[mid..], cols, rows, cols - mid, d2),
+        );
+    } else {
+        transpose_into::<P>(src, cols, rows, cols, dst);
+    }
+}
+
+/// `dst[c·rows + r] = src[r·lds + c]` for `r < rows`, `c < cols` (`dst` `[cols × rows]`):
+/// blocks of 16 source rows (read along their length) × 8 columns, so each transposed
+/// write fills one cache line of a `dst` row.
+#[inline(always)]
+fn transpose_into<P: Policy>(src: &[f32], lds: usize, rows: usize, cols: usize, dst: &mut [f32]) {
+    let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
+    for r0 in (0..r8).step_by(16) {
+        let hs = if r0 + 16 <= r8 { 2 } else { 1 };
+        for c0 in (0..c8).step_by(8) {
+            for h in 0..hs {
+                let r = r0 + 8 * h;
+                P::transpose8(&src[r * lds + c0..], lds, &mut dst[c0 * rows + r..], rows);
+            }
+        }
+    }
+    for c in 0..cols {
+        for r in (if c < c8 { r8 } else { 0 })..rows {
+            dst[c * rows + r] = src[r * lds + c];
+        }
+    }
+}
+
+dispatch! { fn forward_d(s: &SparseFirst, src: Src<'_>, x: &[f32], points: usize, runs: &[(u32, u32)], bias: &[f32], z: &mut [f32], zs: &mut [f32]) => forward_body }
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_body<P: Policy>(
+    s: &SparseFirst,
+    src: Src<'_>,
+    x: &[f32],
+    points: usize,
+    runs: &[(u32, u32)],
+    bias: &[f32],
+    z: &mut [f32],
+    zs: &mut [f32],
+) {
+    let out = s.out;
+    if par()
+        && let Some(mid) = half(out)
+    {
+        // Two pieces of columns, each `[points × width]` in `zs`, then copied into `z`.
+        let (z1, z2) = zs[..points * out].split_at_mut(points * mid);
+        rayon::join(
+            || forward_cols::<P>(s, src, x, points, runs, bias, 0, mid, z1),
+            || forward_cols::<P>(s, src, x, points, runs, bias, mid, out, z2),
+        );
+        for p in 0..points {
+            z[p * out..][..mid].copy_from_slice(&zs[p * mid..][..mid]);
+            z[p * out + mid..][..out - mid].copy_from_slice(&zs[points * mid + p * (out - mid)..][..out - mid]);
+        }
+    } else {
+        forward_cols::<P>(s, src, x, points, runs, bias, 0, out, &mut z[..points * out]);
+    }
+}
+
+/// Columns `lo..hi` of `Z_0` into `z` (`[points × (hi − lo)]`): the bias, then one product
+/// `z += X[:, a..b]·Wᵀ[a..b, lo..hi]` per stretch `a..b` of a run whose rows are all the
+/// task's own or all the source's ([`Policy::axpy`]: `points` rows of `C`, the columns of `X`
+/// with strides `(inp, 1)`, the rows of `Wᵀ`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_cols<P: Policy>(
+    s: &SparseFirst,
+    src: Src<'_>,
+    x: &[f32],
+    points: usize,
+    runs: &[(u32, u32)],
+    bias: &[f32],
+    lo: usize,
+    hi: usize,
+    z: &mut [f32],
+) {
+    let (inp, out, n) = (s.inp, s.out, hi - lo);
+    for row in z.chunks_exact_mut(n) {
+        row.copy_from_slice(&bias[lo..hi]);
+    }
+    for &(a, b) in runs {
+        let (mut a, b) = (a as usize, b as usize);
+        while a < b {
+            let own = s.mat[a];
+            let mut e = a + 1;
+            while e < b && s.mat[e] == own {
+                e += 1;
+            }
+            let w: &[f32] = if own { &s.wt } else { src.w0t };
+            P::axpy(points, e - a, n, 1.0, &x[a..], inp, 1, &w[a * out + lo..], out, 1.0, z, n);
+            a = e;
+        }
+    }
+}
+
+/// One fused Adam step on the transposed layer: for each run of nonzero columns of `x`, tiles
+/// of input columns `G = X[:, cols]ᵀ·dZ` (`[cols × out]`, [`Policy::axpy`]: the columns of `X`
+/// with strides `(1, inp)` against `dZ` `[points × out]`); each row copied from the source if
+/// the task does not have it yet, its deferred decay applied, then [`Policy::adam_slice`].
+/// Every other column's decay count goes up by one. With `acc` (a task's last step; the sums
+/// of `W_0` in the transposed layout, `base` unused: the source is the base), every row is
+/// then added to the sums.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn adam_p<P: Policy>(
+    s: &mut SparseFirst,
+    src: Src<'_>,
+    x: &[f32],
+    points: usize,
+    runs: &[(u32, u32)],
+    dz: &[f32],
+    h: AdamStep,
+    acc: Option<Accumulate<'_>>,
+) {
+    let (inp, out) = (s.inp, s.out);
+    s.check_src(&src);
+    assert!(x.len() >= points * inp && dz.len() >= points * out, "x / dz length");
+    assert!(runs.iter().all(|&(a, b)| a < b && b as usize <= inp), "runs out of range");
+    let SparseFirst { wt, vt, pend, mat, .. } = s;
+    let part = Part { wt, vt, pend, mat };
+    let job = Job { inp, out, src, x, points, runs, dz, h };
+    match acc {
+        Some(a) => {
+            assert!(
+                a.delta.len() == inp * out && a.moments.as_ref().is_none_or(|m| m.len() == inp * out),
+                "sums length"
+            );
+            split::<P>(job, 0, part, Some(a));
+        }
+        None => split::<P>(job, 0, part, None),
+    }
+}
+
+/// What every piece of [`adam_p`] shares.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    inp: usize,
+    out: usize,
+    src: Src<'a>,
+    x: &'a [f32],
+    points: usize,
+    runs: &'a [(u32, u32)],
+    dz: &'a [f32],
+    h: AdamStep,
+}
+
+/// The rows of a piece of [`adam_p`]: input columns `lo..lo + pend.len()`.
+struct Part<'a> {
+    wt: &'a mut [f32],
+    vt: &'a mut [f32],
+    pend: &'a mut [u32],
+    mat: &'a mut [bool],
+}
+
+/// [`adam_p`] on the rows of `part` (starting at input column `lo`), in two halves on a
+/// parallel pool.
+#[inline(always)]
+fn split<P: Policy>(job: Job<'_>, lo: usize, part: Part<'_>, acc: Option<Accumulate<'_>>) {
+    let (n, out) = (part.pend.len(), job.out);
+    if par()
+        && let Some(mid) = half(n)
+    {
+        let (w1, w2) = part.wt.split_at_mut(mid * out);
+        let (v1, v2) = part.vt.split_at_mut(mid * out);
+        let (p1, p2) = part.pend.split_at_mut(mid);
+        let (m1, m2) = part.mat.split_at_mut(mid);
+        let (a1, a2) = match acc {
+            Some(a) => {
+                let (a1, a2) = a.split_at(mid * out);
+                (Some(a1), Some(a2))
+            }
+            None => (None, None),
+        };
+        rayon::join(
+            || adam_rows::<P>(job, lo, Part { wt: w1, vt: v1, pend: p1, mat: m1 }, a1),
+            || adam_rows::<P>(job, lo + mid, Part { wt: w2, vt: v2, pend: p2, mat: m2 }, a2),
+        );
+    } else {
+        adam_rows::<P>(job, lo, part, acc);
+    }
+}
+
+/// One piece of [`adam_p`].
+#[inline(always)]
+fn adam_rows<P: Policy>(job: Job<'_>, lo: usize, part: Part<'_>, acc: Option<Accumulate<'_>>) {
+    let Job { inp, out, src, x, points, runs, dz, h } = job;
+    let Part { wt, vt, pend, mat } = part;
+    let n = pend.len();
+    pend.iter_mut().for_each(|d| *d += 1);
+    let rows = (TILE / out).max(1);
+    let mut tile = [0.0f32; TILE];
+    for &(a, b) in runs {
+        let (a, b) = ((a as usize).max(lo), (b as usize).min(lo + n));
+        let mut r0 = a;
+        while r0 < b {
+            let rr = rows.min(b - r0);
+            let g = &mut tile[..rr * out];
+            P::axpy(rr, points, out, 1.0, &x[r0..], 1, inp, dz, out, 0.0, g, out);
+            for (k, gi) in g.chunks_exact(out).enumerate() {
+                let (i, gl) = (r0 + k - lo, r0 + k);
+                let (w, v) = (&mut wt[i * out..][..out], &mut vt[i * out..][..out]);
+                if !mat[i] {
+                    w.copy_from_slice(&src.w0t[gl * out..][..out]);
+                    match src.v0t {
+                        Some(s) => v.copy_from_slice(&s[gl * out..][..out]),
+                        None => v.fill(0.0),
+                    }
+                    mat[i] = true;
+                }
+                decay(v, h.beta2, pend[i] - 1);
+                pend[i] = 0;
+                P::adam_slice(w, gi, v, h.lr_t, h.beta2, h.eps);
+            }
+            r0 += rr;
+        }
+    }
+    if let Some(mut a) = acc {
+        // The sums, row by row (contiguous in the transposed layout): `δ ← θ' − θ` or
+        // `δ + (θ' − θ)`, zero for rows the task never touched; `m ← v` or `m + v`.
+        let vrow = &mut tile[..out];
+        for i in 0..n {
+            let gl = lo + i;
+            let r = i * out..(i + 1) * out;
+            let base = &src.w0t[gl * out..][..out];
+            let d = &mut a.delta[r.clone()];
+            match (mat[i], a.first) {
+                (true, true) => update::delta_body::<P>(d, &wt[r.clone()], base),
+                (true, false) => update::accumulate_body::<P>(d, &wt[r.clone()], base),
+                (false, true) => d.fill(0.0),
+                (false, false) => {}
+            }
+            if let Some(m) = a.moments.as_deref_mut() {
+                let m = &mut m[r.clone()];
+                let stored: Option<&[f32]> =
+                    if mat[i] { Some(&vt[r.clone()]) } else { src.v0t.map(|s| &s[gl * out..][..out]) };
+                match stored {
+                    Some(sv) => {
+                        vrow.copy_from_slice(sv);
+                        decay(vrow, h.beta2, pend[i]);
+                        if a.first {
+                            m.copy_from_slice(vrow);
+                        } else {
+                            update::add_assign_body::<P>(m, vrow);
+                        }
+                    }
+                    None if a.first => m.fill(0.0),
+                    None => {}
+                }
+            }
+        }
+    }
+}

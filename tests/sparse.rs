@@ -1,0 +1,280 @@
+//! The transposed first layer for sparse inputs (`cpu::sparse`): the transpose and the runs
+//! of nonzero columns exactly; a whole task's Adam steps (first step from shared sources,
+//! rows touched late, deferred decay, sums of the last step) against an f64 reference; one
+//! thread against two bit for bit; and the trainer with the path on against off.
+
+mod common;
+
+use common::*;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use reptile::cpu::mlp::{self, Accumulate, AdamFrom, AdamStep, Sparse0, Workspace};
+use reptile::cpu::sparse::{self, SparseFirst, Src};
+use reptile::{
+    Activation, AdamMoments, InnerLoop, InnerOptimizer, Loss, MlpSpec, Model, ReptileConfig, Targets, TaskBatch,
+    Trainer,
+};
+use std::borrow::Cow;
+
+#[test]
+fn transpose_moves_every_value() {
+    let mut r = rng(70);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for (rows, cols) in [(1usize, 1usize), (8, 8), (13, 29), (256, 784), (40, 17), (3, 100)] {
+        let src = uniform_vec(&mut r, rows * cols, -1.0, 1.0);
+        for threads in [1, 2] {
+            let mut dst = vec![f32::NAN; rows * cols];
+            if threads == 2 {
+                pool.install(|| sparse::transpose(rows, cols, &src, &mut dst));
+            } else {
+                sparse::transpose(rows, cols, &src, &mut dst);
+            }
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(dst[j * rows + i].to_bits(), src[i * cols + j].to_bits(), "{rows}×{cols} ({i}, {j})");
+                }
+            }
+        }
+    }
+}
+
+/// `points × inp` inputs in (0, 1], with the columns marked in `blank` zero in every point and
+/// a few more single zeros.
+fn sparse_x(r: &mut ChaCha8Rng, points: usize, inp: usize, blank: &[bool]) -> Vec<f32> {
+    (0..points * inp)
+        .map(|k| if blank[k % inp] || r.random_range(0..10) == 0 { 0.0 } else { r.random_range(0.05f32..1.0) })
+        .collect()
+}
+
+/// Random blank columns: stretches of about `frac` of the columns.
+fn blank_columns(r: &mut ChaCha8Rng, inp: usize, frac: f64) -> Vec<bool> {
+    let mut blank = vec![false; inp];
+    let mut i = 0;
+    while i < inp {
+        let len = r.random_range(1..12usize);
+        let on = r.random_bool(frac);
+        for b in blank.iter_mut().skip(i).take(len) {
+            *b = on;
+        }
+        i += len;
+    }
+    blank
+}
+
+#[test]
+fn runs_cover_exactly_the_nonzero_columns() {
+    let mut r = rng(71);
+    let (mut mask, mut runs) = (Vec::new(), Vec::new());
+    for inp in [1usize, 7, 64, 100, 784] {
+        for points in [1usize, 3, 10] {
+            let blank = blank_columns(&mut r, inp, 0.5);
+            let x = sparse_x(&mut r, points, inp, &blank);
+            sparse::nonzero_runs(&x, points, inp, &mut mask, &mut runs);
+            let mut covered = vec![false; inp];
+            let mut last = 0;
+            for &(a, b) in &runs {
+                assert!(a < b && a as usize >= last && b as usize <= inp, "{inp}: runs {runs:?} sorted and disjoint");
+                // A run starts and ends on a nonzero column.
+                let nonzero = |c: usize| (0..points).any(|p| x[p * inp + c] != 0.0);
+                assert!(nonzero(a as usize) && nonzero(b as usize - 1), "{inp}: run {a}..{b} ends on zeros");
+                covered[a as usize..b as usize].iter_mut().for_each(|c| *c = true);
+                last = b as usize;
+            }
+            for c in 0..inp {
+                if !covered[c] {
+                    assert!((0..points).all(|p| x[p * inp + c] == 0.0), "{inp}: nonzero column {c} outside the runs");
+                }
+            }
+        }
+    }
+}
+
+/// `batches` Adam (β1 = 0) steps in f64 from θ and moments `v0`, step counts `t0 + 1..`.
+#[allow(clippy::too_many_arguments)]
+fn ref_adam_batches(
+    spec: &MlpSpec,
+    theta: &[f32],
+    v0: &[f32],
+    batches: &[(Vec<f32>, OwnedTargets)],
+    points: usize,
+    lr: f64,
+    beta2: f64,
+    eps: f64,
+    t0: u64,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut th, mut v) = (to_f64(theta), to_f64(v0));
+    for (s, (x, t)) in batches.iter().enumerate() {
+        let vals = t.values_f64();
+        let (_, g) = ref_loss_grad(spec, &th, &to_f64(x), t.reference(&vals), points);
+        let lr_t = lr * (1.0 - beta2.powi((t0 + s as u64 + 1) as i32)).sqrt();
+        for ((th, v), g) in th.iter_mut().zip(v.iter_mut()).zip(&g) {
+            *v = beta2 * *v + (1.0 - beta2) * g * g;
+            *th -= lr_t * g / (v.sqrt() + eps);
+        }
+    }
+    (th, v)
+}
+
+/// One task of `batches.len()` Adam steps with `W_0` on the transposed path, as the trainer
+/// runs it: the first step from θ and `v0`, the last adding `θ' − θ` and `v` to sums (first
+/// task: written). Returns the sums in θ's layout.
+fn sparse_task(
+    spec: &MlpSpec,
+    theta: &[f32],
+    v0: &[f32],
+    batches: &[(Vec<f32>, OwnedTargets)],
+    points: usize,
+    lr: f32,
+    t0: u64,
+) -> (Vec<f32>, Vec<f32>) {
+    let (p, inp, out) = (spec.num_params(), spec.in_dim(), spec.widths()[1]);
+    let w0 = 0..inp * out;
+    let (mut w0t, mut v0t) = (vec![0.0; inp * out], vec![0.0; inp * out]);
+    sparse::transpose(out, inp, &theta[w0.clone()], &mut w0t);
+    sparse::transpose(out, inp, &v0[w0.clone()], &mut v0t);
+    let src = Src { w0t: &w0t, v0t: Some(&v0t) };
+    let mut state = SparseFirst::new(inp, out);
+    state.begin();
+    let mut ws = Workspace::new(spec, points);
+    // θ' and v hold NaN where the path must not read them (W_0, and everything before the
+    // first step writes it).
+    let (mut tp, mut v) = (vec![f32::NAN; p], vec![f32::NAN; p]);
+    let (mut d, mut m) = (vec![f32::NAN; p], vec![f32::NAN; p]);
+    let (mut mask, mut runs) = (Vec::new(), Vec::new());
+    let mut zs = vec![0.0; points * out];
+    let (beta2, eps) = (0.999f32, 1e-8f32);
+    for (s, (x, t)) in batches.iter().enumerate() {
+        let first = s == 0;
+        let th: &[f32] = if first { theta } else { &tp };
+        sparse::nonzero_runs(x, points, inp, &mut mask, &mut runs);
+        let (z0, _) = ws.z0_and_scratch(spec, points);
+        state.forward(src, x, points, &runs, &th[inp * out..][..out], z0, &mut zs);
+        let th = th.to_vec();
+        mlp::forward_continue(spec, &th, points, &mut ws);
+        mlp::loss_grad(spec, t.tgt(), points, &mut ws);
+        let lr_t = (lr as f64 * (1.0 - (beta2 as f64).powi((t0 + s as u64 + 1) as i32)).sqrt()) as f32;
+        let step = AdamStep { lr_t, beta2, eps };
+        let from = first.then_some(AdamFrom { theta, v: Some(v0) });
+        let acc = (s + 1 == batches.len()).then(|| Accumulate {
+            base: theta,
+            delta: &mut d,
+            moments: Some(&mut m),
+            first: true,
+        });
+        let sp = Sparse0 { state: &mut state, src, runs: &runs };
+        mlp::backward_adam_sparse(spec, &mut tp, x, points, &mut ws, &mut v, step, from, acc, sp);
+    }
+    // The sums of W_0 come back transposed.
+    for s in [&mut d, &mut m] {
+        let t = s[w0.clone()].to_vec();
+        sparse::transpose(inp, out, &t, &mut s[w0.clone()]);
+    }
+    (d, m)
+}
+
+#[test]
+fn task_on_the_transposed_layer_matches_f64_reference() {
+    let mut r = rng(72);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let cases = [
+        (vec![97usize, 24, 5], Activation::Relu, Loss::SoftmaxCrossEntropy, 10usize),
+        (vec![160, 40, 16, 3], Activation::Tanh, Loss::Mse, 7),
+        (vec![200, 300, 4], Activation::Relu, Loss::SoftmaxCrossEntropy, 5),
+        (vec![64, 8, 2], Activation::Tanh, Loss::SoftmaxCrossEntropy, 3),
+    ];
+    for (widths, act, loss, points) in cases {
+        let spec = MlpSpec::new(&widths, act, loss).unwrap();
+        let (p, inp) = (spec.num_params(), widths[0]);
+        let theta = uniform_vec(&mut r, p, -0.3, 0.3);
+        let v0 = uniform_vec(&mut r, p, 1e-5, 1e-3);
+        // Each step blanks different columns: some rows are first touched late, some skipped
+        // after being touched (deferred decay), some never touched.
+        let steps = 5usize;
+        let never = blank_columns(&mut r, inp, 0.3);
+        let batches: Vec<(Vec<f32>, OwnedTargets)> = (0..steps)
+            .map(|_| {
+                let blank: Vec<bool> =
+                    blank_columns(&mut r, inp, 0.5).iter().zip(&never).map(|(a, b)| *a || *b).collect();
+                (sparse_x(&mut r, points, inp, &blank), OwnedTargets::random(&mut r, &spec, points))
+            })
+            .collect();
+        let (lr, t0) = (3e-3f32, 7u64);
+        let (want_t, want_v) = ref_adam_batches(&spec, &theta, &v0, &batches, points, lr as f64, 0.999, 1e-8, t0);
+        let want_d: Vec<f64> = want_t.iter().zip(&theta).map(|(a, &b)| a - b as f64).collect();
+        let (d, m) = sparse_task(&spec, &theta, &v0, &batches, points, lr, t0);
+        let what = format!("{widths:?}");
+        // The updates are lr·g/(√v + ε) ≈ lr·sign(g) in size: errors relative to lr.
+        assert_close(&d, &want_d, 1e-4 * lr as f64, 1e-3, &format!("{what}: θ' − θ"));
+        assert_close(&m, &want_v, 1e-12, 1e-4, &format!("{what}: v"));
+        assert!(d.iter().any(|&x| x != 0.0), "{what}: a real step");
+        // Never-touched columns of W_0: no move, and v decayed by β2 per step.
+        let out = widths[1];
+        for (c, _) in never.iter().enumerate().filter(|(_, b)| **b) {
+            for o in 0..out {
+                let k = o * inp + c;
+                assert_eq!(d[k], 0.0, "{what}: blank column {c} moved");
+                let want = v0[k] as f64 * 0.999f64.powi(steps as i32);
+                assert!((m[k] as f64 - want).abs() <= 1e-6 * want, "{what}: blank column {c}: v {} vs {want}", m[k]);
+            }
+        }
+        // Two threads (the passes in halves) give the same bits.
+        let (d2, m2) = pool.install(|| sparse_task(&spec, &theta, &v0, &batches, points, lr, t0));
+        assert_bits_eq(&d2, &d, &format!("{what}: 2 threads, delta"));
+        assert_bits_eq(&m2, &m, &format!("{what}: 2 threads, moments"));
+    }
+}
+
+fn assert_bits_eq(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+        panic!("{what}: [{i}] {} vs {}", got[i], want[i]);
+    }
+}
+
+/// The trainer takes the transposed path for a first layer that suits it (784 × 256 here,
+/// sparse inputs) and ends where the dense path ends, to rounding, with carried moments.
+#[test]
+fn trainer_with_transposed_first_layer_matches_dense() {
+    let mut r = rng(73);
+    let spec = MlpSpec::new(&[784, 256, 32, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
+    assert!(sparse::suits(&spec));
+    let (tasks, points) = (5usize, 20usize);
+    let batches: Vec<TaskBatch<'static>> = (0..3)
+        .map(|_| {
+            let x: Vec<f32> = (0..tasks)
+                .flat_map(|_| {
+                    let blank = blank_columns(&mut r, 784, 0.5);
+                    sparse_x(&mut r, points, 784, &blank)
+                })
+                .collect();
+            let y = labels(&mut r, tasks * points, 5);
+            TaskBatch::new(&spec, tasks, points, x, Targets::Labels(Cow::Owned(y))).unwrap()
+        })
+        .collect();
+    let model = Model::new(spec.clone(), 3);
+    let config = ReptileConfig {
+        inner_optimizer: InnerOptimizer::Adam { beta2: 0.999, eps: 1e-8 },
+        train_moments: AdamMoments::Carry,
+        train: InnerLoop { lr: 0.003, steps: 5, batch_size: 10 },
+        eval: InnerLoop { lr: 0.003, steps: 5, batch_size: 0 },
+        threads: 2,
+        ..ReptileConfig::sine()
+    };
+    let train = |on: bool| {
+        sparse::set_enabled(on);
+        let mut t = Trainer::new(model.clone(), config.clone()).unwrap();
+        for b in &batches {
+            t.step(b).unwrap();
+        }
+        sparse::set_enabled(true);
+        (t.model().params().to_vec(), t.adam_moments().0.to_vec())
+    };
+    let (dense_t, dense_v) = train(false);
+    let (sparse_t, sparse_v) = train(true);
+    let start = model.params();
+    let moved: Vec<f64> = dense_t.iter().zip(start).map(|(a, b)| (a - b) as f64).collect();
+    let got: Vec<f32> = sparse_t.iter().zip(start).map(|(a, b)| a - b).collect();
+    assert!(moved.iter().any(|&x| x != 0.0), "a real step");
+    assert_close(&got, &moved, 1e-6, 1e-3, "θ − θ_start, transposed vs dense");
+    assert_close(&sparse_v, &to_f64(&dense_v), 1e-14, 1e-3, "carried moments, transposed vs dense");
+}
