@@ -44,13 +44,16 @@ const MIN_WEIGHTS: usize = 1 << 16;
 
 static ENABLED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
 
-/// Whether Adam inner loops use the transposed first layer where it [`suits`] the spec (on by
-/// default; `REPTILE_SPARSE_FIRST=0` in the environment turns it off, for comparisons).
+/// Whether the trainer runs Adam inner loops on the transposed first layer where it [`suits`]
+/// the spec. Off by default: on two threads the per-iteration transposes at the trainer's
+/// boundary (θ's `W_0` and moments in, the sums out: about 1.1 ms per Omniglot iteration)
+/// cost more than the tasks save (BENCHMARKS.md); `REPTILE_SPARSE_FIRST=1` in the
+/// environment or [`set_enabled`] turns it on.
 pub fn enabled() -> bool {
     use std::sync::atomic::Ordering;
     match ENABLED.load(Ordering::Relaxed) {
         2 => {
-            let on = std::env::var("REPTILE_SPARSE_FIRST").map_or(true, |v| v != "0");
+            let on = std::env::var("REPTILE_SPARSE_FIRST").is_ok_and(|v| v == "1");
             ENABLED.store(on as u8, Ordering::Relaxed);
             on
         }
@@ -226,18 +229,20 @@ fn transpose_body<P: Policy>(rows: usize, cols: usize, src: &[f32], dst: &mut [f
     }
 }
 
-/// `dst[c·rows + r] = src[r·lds + c]` for `r < rows`, `c < cols` (`dst` `[cols × rows]`):
-/// blocks of 16 source rows (read along their length) × 8 columns, so each transposed
-/// write fills one cache line of a `dst` row.
+/// `dst[c·rows + r] = src[r·lds + c]` for `r < rows`, `c < cols` (`dst` `[cols × rows]`).
+/// Strips of 32 `dst` rows, each written from start to end as the source rows go by, 8 × 8
+/// blocks at a time: 32 lines being written at once whatever the strides (a whole `dst`
+/// column of blocks at once, 784 lines 1 KB apart for Omniglot's layer, falls into 4 of L1's
+/// 64 sets and evicts itself).
 #[inline(always)]
 fn transpose_into<P: Policy>(src: &[f32], lds: usize, rows: usize, cols: usize, dst: &mut [f32]) {
+    const STRIP: usize = 32;
     let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
-    for r0 in (0..r8).step_by(16) {
-        let hs = if r0 + 16 <= r8 { 2 } else { 1 };
-        for c0 in (0..c8).step_by(8) {
-            for h in 0..hs {
-                let r = r0 + 8 * h;
-                P::transpose8(&src[r * lds + c0..], lds, &mut dst[c0 * rows + r..], rows);
+    for c0 in (0..c8).step_by(STRIP) {
+        let c1 = (c0 + STRIP).min(c8);
+        for r in (0..r8).step_by(8) {
+            for c in (c0..c1).step_by(8) {
+                P::transpose8(&src[r * lds + c..], lds, &mut dst[c * rows + r..], rows);
             }
         }
     }
