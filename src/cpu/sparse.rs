@@ -74,7 +74,7 @@ pub fn suits(spec: &MlpSpec) -> bool {
 }
 
 /// Runs `[start, end)` of the columns of `x` (`[points × inp]`) that are nonzero in at least
-/// one point, in order, merged across gaps of at most [`GAP`] zero columns. `mask` is scratch.
+/// one point, in order, merged across gaps of at most 2 zero columns. `mask` is scratch.
 pub fn nonzero_runs(x: &[f32], points: usize, inp: usize, mask: &mut Vec<u32>, runs: &mut Vec<(u32, u32)>) {
     assert!(x.len() >= points * inp, "x length");
     mask.clear();
