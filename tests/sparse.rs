@@ -231,10 +231,13 @@ fn assert_bits_eq(got: &[f32], want: &[f32], what: &str) {
     }
 }
 
-/// The trainer takes the transposed path for a first layer that suits it (784 × 256 here,
-/// sparse inputs) and ends where the dense path ends, to rounding, with carried moments.
+/// The trainer on the transposed first layer (784 × 256 here, sparse inputs, carried
+/// moments): ends where the dense path ends, to rounding; `step` equals `task_deltas` +
+/// `apply_delta` bit for bit (the first keeps `W_0` transposed between steps, the second turns
+/// it back every time), with `model()` and `adam_moments()` read between steps; and turning
+/// the path off mid-run continues from the right state. One test: the switch is global.
 #[test]
-fn trainer_with_transposed_first_layer_matches_dense() {
+fn trainer_on_the_transposed_first_layer() {
     let mut r = rng(73);
     let spec = MlpSpec::new(&[784, 256, 32, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
     assert!(sparse::suits(&spec));
@@ -260,21 +263,38 @@ fn trainer_with_transposed_first_layer_matches_dense() {
         threads: 2,
         ..ReptileConfig::sine()
     };
-    let train = |on: bool| {
-        sparse::set_enabled(on);
-        let mut t = Trainer::new(model.clone(), config.clone()).unwrap();
-        for b in &batches {
-            t.step(b).unwrap();
-        }
+    let state = |t: &Trainer| (t.model().params().to_vec(), t.adam_moments().0.to_vec());
+    // Dense, and transposed with `step` (state read after every step).
+    sparse::set_enabled(false);
+    let mut dense = Trainer::new(model.clone(), config.clone()).unwrap();
+    sparse::set_enabled(true);
+    let mut stepped = Trainer::new(model.clone(), config.clone()).unwrap();
+    let mut split = Trainer::new(model.clone(), config.clone()).unwrap();
+    let mut switched = Trainer::new(model.clone(), config.clone()).unwrap();
+    for (k, b) in batches.iter().enumerate() {
+        sparse::set_enabled(false);
+        dense.step(b).unwrap();
+        sparse::set_enabled(k < 2);
+        switched.step(b).unwrap();
         sparse::set_enabled(true);
-        (t.model().params().to_vec(), t.adam_moments().0.to_vec())
-    };
-    let (dense_t, dense_v) = train(false);
-    let (sparse_t, sparse_v) = train(true);
+        stepped.step(b).unwrap();
+        let d = split.task_deltas(b, 0).unwrap();
+        split.apply_delta(&d).unwrap();
+        let (a, b) = (state(&stepped), state(&split));
+        assert_bits_eq(&a.0, &b.0, &format!("step {k}: θ, step vs split"));
+        assert_bits_eq(&a.1, &b.1, &format!("step {k}: moments, step vs split"));
+    }
     let start = model.params();
-    let moved: Vec<f64> = dense_t.iter().zip(start).map(|(a, b)| (a - b) as f64).collect();
-    let got: Vec<f32> = sparse_t.iter().zip(start).map(|(a, b)| a - b).collect();
-    assert!(moved.iter().any(|&x| x != 0.0), "a real step");
-    assert_close(&got, &moved, 1e-6, 1e-3, "θ − θ_start, transposed vs dense");
-    assert_close(&sparse_v, &to_f64(&dense_v), 1e-14, 1e-3, "carried moments, transposed vs dense");
+    let moved = |t: &[f32]| -> Vec<f32> { t.iter().zip(start).map(|(a, b)| a - b).collect() };
+    let (dense_t, dense_v) = state(&dense);
+    let want = to_f64(&moved(&dense_t));
+    assert!(want.iter().any(|&x| x != 0.0), "a real step");
+    for (what, t) in [("transposed", &stepped), ("switched off for the last step", &switched)] {
+        let (got_t, got_v) = state(t);
+        assert_close(&moved(&got_t), &want, 1e-6, 1e-3, &format!("θ − θ_start, {what} vs dense"));
+        assert_close(&got_v, &to_f64(&dense_v), 1e-14, 1e-3, &format!("carried moments, {what} vs dense"));
+    }
+    // The model handed out at the end is the state the accessors showed.
+    let (last_t, _) = state(&stepped);
+    assert_bits_eq(stepped.into_model().params(), &last_t, "into_model");
 }

@@ -4,10 +4,10 @@
 //! pixels are zero in all 10 points of a training minibatch, and `W_0` is 81% of the MLP's
 //! parameters.
 //!
-//! - The trainer transposes θ's `W_0` and the carried moments once per meta-iteration
-//!   ([`transpose`]) into a shared read-only source ([`Src`]) for all its tasks, and gets each
-//!   task's contribution to the sums of `W_0` back in the transposed layout (transposed back
-//!   once per iteration, after the sums over tasks).
+//! - The trainer holds `W_0` and its carried moments transposed ([`Src`], shared read-only by
+//!   all tasks of a meta-iteration) and gets each task's contribution to the sums of `W_0` back
+//!   in the transposed layout; it updates the transposed copies with the same element-wise
+//!   arithmetic as θ, and builds θ's layout ([`transpose`], exact) only when θ is looked at.
 //! - A task's rows of `W_0ᵀ` are copied from the source into its own state the first time
 //!   the task's minibatches touch them ("materialized"); untouched rows are read from the
 //!   source and never copied.
@@ -45,15 +45,13 @@ const MIN_WEIGHTS: usize = 1 << 16;
 static ENABLED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
 
 /// Whether the trainer runs Adam inner loops on the transposed first layer where it [`suits`]
-/// the spec. Off by default: on two threads the per-iteration transposes at the trainer's
-/// boundary (θ's `W_0` and moments in, the sums out: about 1.1 ms per Omniglot iteration)
-/// cost more than the tasks save (BENCHMARKS.md); `REPTILE_SPARSE_FIRST=1` in the
-/// environment or [`set_enabled`] turns it on.
+/// the spec: on by default; `REPTILE_SPARSE_FIRST=0` in the environment or [`set_enabled`]
+/// turns it off (for comparisons).
 pub fn enabled() -> bool {
     use std::sync::atomic::Ordering;
     match ENABLED.load(Ordering::Relaxed) {
         2 => {
-            let on = std::env::var("REPTILE_SPARSE_FIRST").is_ok_and(|v| v == "1");
+            let on = std::env::var("REPTILE_SPARSE_FIRST").map_or(true, |v| v != "0");
             ENABLED.store(on as u8, Ordering::Relaxed);
             on
         }

@@ -26,7 +26,7 @@ use crate::rng::{self, Purpose};
 use crate::spec::Loss;
 use crate::spec::MlpSpec;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, TryLockError};
+use std::sync::{Mutex, OnceLock, TryLockError};
 
 /// Most chunks a meta-batch is cut into (the unit of parallel work).
 pub(crate) const MAX_CHUNKS: usize = 64;
@@ -360,11 +360,21 @@ pub struct Trainer {
     candidate: AlignedVec,
     /// The carried moments' next value, swapped in when the step is accepted.
     candidate_v: AlignedVec,
-    /// θ's `W_0`, the carried moments of `W_0` and a scratch, each transposed `[in × out]`,
-    /// for the transposed first layer ([`sparse`]).
+    /// The transposed first layer ([`sparse`]): θ's `W_0` and the carried moments of `W_0`
+    /// transposed, `[in × out]` (valid when `t_valid`), their next values, and a scratch.
+    /// While training on that path they are the state itself: [`Self::step`] updates them
+    /// (the same arithmetic as on θ's layout) and leaves `model`'s and `adam_v`'s `W_0` stale
+    /// (`std_stale`); the accessors then build the layout users see on first access, once per
+    /// step (`model_cache`, `v_cache`), and `&mut` paths write it back ([`Self::materialize`]).
     w0t: AlignedVec,
     v0t: AlignedVec,
+    w0t_next: AlignedVec,
+    v0t_next: AlignedVec,
     t_scratch: AlignedVec,
+    t_valid: bool,
+    std_stale: bool,
+    model_cache: OnceLock<Model>,
+    v_cache: OnceLock<AlignedVec>,
     last: Option<StepStats>,
 }
 
@@ -420,14 +430,32 @@ impl Trainer {
             candidate_v: AlignedVec::new(),
             w0t: AlignedVec::new(),
             v0t: AlignedVec::new(),
+            w0t_next: AlignedVec::new(),
+            v0t_next: AlignedVec::new(),
             t_scratch: AlignedVec::new(),
+            t_valid: false,
+            std_stale: false,
+            model_cache: OnceLock::new(),
+            v_cache: OnceLock::new(),
             last: None,
         })
     }
 
-    /// The model (spec and current θ).
+    /// The model (spec and current θ). When meta-training runs on the transposed first layer
+    /// ([`sparse`]), the first call after a step builds θ's `W_0` from the transposed state
+    /// (one transpose, about 0.1–0.3 ms for Omniglot's 784 × 256); later calls are free.
     pub fn model(&self) -> &Model {
-        &self.model
+        if !self.std_stale {
+            return &self.model;
+        }
+        // Training on the transposed first layer: θ's W_0 is built from the transposed state
+        // on the first access after a step.
+        self.model_cache.get_or_init(|| {
+            let mut m = self.model.clone();
+            let (inp, out) = (self.model.spec().in_dim(), self.model.spec().widths()[1]);
+            sparse::transpose(inp, out, &self.w0t, &mut m.params_mut()[..inp * out]);
+            m
+        })
     }
     /// The spec.
     pub fn spec(&self) -> &MlpSpec {
@@ -435,13 +463,31 @@ impl Trainer {
     }
     /// Current θ.
     pub fn params(&self) -> &[f32] {
-        self.model.params()
+        self.model().params()
     }
     /// Replaces θ (same length, finite).
     pub fn set_params(&mut self, theta: &[f32]) -> Result<()> {
         let m = Model::from_slice(self.model.spec().clone(), theta)?;
+        self.materialize();
         self.model = m;
+        self.t_valid = false;
         Ok(())
+    }
+
+    /// Writes the transposed first layer's state back into θ's layout (`model`, `adam_v`)
+    /// when it is ahead of them (see the `w0t` field).
+    fn materialize(&mut self) {
+        if !self.std_stale {
+            return;
+        }
+        let (inp, out) = (self.model.spec().in_dim(), self.model.spec().widths()[1]);
+        sparse::transpose(inp, out, &self.w0t, &mut self.model.params_mut()[..inp * out]);
+        if self.carries_moments() {
+            sparse::transpose(inp, out, &self.v0t, &mut self.adam_v[..inp * out]);
+        }
+        self.std_stale = false;
+        self.model_cache = OnceLock::new();
+        self.v_cache = OnceLock::new();
     }
     /// The configuration.
     pub fn config(&self) -> &ReptileConfig {
@@ -482,9 +528,29 @@ impl Trainer {
     }
 
     /// Adam's running second moments `v` and step count `t` (zero until Adam steps with
-    /// carried moments have run).
+    /// carried moments have run). Built like [`Self::model`] on the transposed first layer.
     pub fn adam_moments(&self) -> (&[f32], u64) {
-        (&self.adam_v, self.adam_t)
+        if !(self.std_stale && self.carries_moments()) {
+            return (&self.adam_v, self.adam_t);
+        }
+        let v = self.v_cache.get_or_init(|| {
+            let mut v = self.adam_v.clone();
+            let (inp, out) = (self.model.spec().in_dim(), self.model.spec().widths()[1]);
+            sparse::transpose(inp, out, &self.v0t, &mut v[..inp * out]);
+            v
+        });
+        (v, self.adam_t)
+    }
+
+    /// Whether a meta-batch of `n_tasks` trains on the transposed first layer ([`sparse`]):
+    /// Reptile with Adam on the CPU task path, a first layer that suits it, and the path on.
+    fn uses_transposed(&self, n_tasks: usize) -> bool {
+        !self.uses_lanes(n_tasks)
+            && self.config.outer == OuterRule::Reptile
+            && self.config.train.steps > 0
+            && matches!(self.config.inner_optimizer, InnerOptimizer::Adam { .. })
+            && sparse::enabled()
+            && sparse::suits(self.model.spec())
     }
 
     /// Whether meta-training tasks start from (and update) the running Adam moments.
@@ -513,7 +579,8 @@ impl Trainer {
     }
 
     /// Gives up the trainer, returning the model.
-    pub fn into_model(self) -> Model {
+    pub fn into_model(mut self) -> Model {
+        self.materialize();
         self.model
     }
 
@@ -526,7 +593,14 @@ impl Trainer {
             return self.apply_delta(&sum);
         }
         let mut sum = std::mem::replace(&mut self.sum, DeltaSum::zeros(0));
-        let r = self.compute_deltas(batch, 0, &mut sum).and_then(|()| self.apply_delta(&sum));
+        // On the transposed first layer the sums of W_0 stay transposed and update the
+        // transposed state directly (`apply`).
+        let r = self.compute_deltas(batch, 0, &mut sum, true).and_then(|t| {
+            if !t {
+                self.materialize();
+            }
+            self.apply(&sum, t)
+        });
         self.sum = sum;
         r
     }
@@ -541,13 +615,22 @@ impl Trainer {
             return Ok(r?);
         }
         let mut out = DeltaSum::zeros(self.model.spec().num_params());
-        self.compute_deltas(batch, task_index_offset, &mut out)?;
+        self.compute_deltas(batch, task_index_offset, &mut out, false)?;
         Ok(out)
     }
 
     /// Second half of a split step: `θ ← θ + ε_t·sum/tasks` with an externally reduced sum,
     /// then the iteration count advances. `step` is exactly `task_deltas` + `apply_delta`.
     pub fn apply_delta(&mut self, delta: &DeltaSum) -> Result<StepStats> {
+        self.materialize();
+        self.apply(delta, false)
+    }
+
+    /// [`Self::apply_delta`]; with `w0_transposed`, the sums of `W_0` are in the transposed
+    /// layout and update the transposed state (`w0t`, `v0t`) instead of θ's `W_0`, which is
+    /// left stale (see the `w0t` field). Otherwise θ's layout must be current.
+    fn apply(&mut self, delta: &DeltaSum, w0_transposed: bool) -> Result<StepStats> {
+        debug_assert!(w0_transposed || !self.std_stale, "θ's layout must be current");
         let p = self.model.spec().num_params();
         if delta.sum.len() != p {
             return Err(Error::ShapeMismatch(format!("delta has {} values, θ has {p}", delta.sum.len())));
@@ -581,9 +664,33 @@ impl Trainer {
             None
         };
         let (cand, theta, sum) = (&mut self.candidate[..], self.model.params(), &delta.sum[..]);
+        // With the sums of W_0 transposed: the transposed state, element by element as θ's
+        // layout would be, then the other parameters (W_0 comes first in θ).
+        let n0 = if w0_transposed { self.model.spec().in_dim() * self.model.spec().widths()[1] } else { 0 };
+        let (w0t_next, v0t_next, w0t) = (&mut self.w0t_next, &mut self.v0t_next, &self.w0t);
+        let go = || {
+            let mut ok = true;
+            let moments = match moments {
+                Some((cv, ms, inv)) if n0 > 0 => {
+                    v0t_next.resize(n0, 0.0);
+                    Some((&mut cv[n0..], &ms[n0..], inv, Some((&mut v0t_next[..], &ms[..n0]))))
+                }
+                Some((cv, ms, inv)) => Some((cv, ms, inv, None)),
+                None => None,
+            };
+            let (tail_m, w0_m) = match moments {
+                Some((cv, ms, inv, w)) => (Some((cv, ms, inv)), w.map(|(v, m)| (v, m, inv))),
+                None => (None, None),
+            };
+            if n0 > 0 {
+                w0t_next.resize(n0, 0.0);
+                ok &= apply_par(w0t_next, w0t, &sum[..n0], scale, w0_m);
+            }
+            ok & apply_par(&mut cand[n0..], &theta[n0..], &sum[n0..], scale, tail_m)
+        };
         let finite = match &self.pool {
-            Some(pool) if p >= 2 * APPLY_GRAIN => pool.install(|| apply_par(cand, theta, sum, scale, moments)),
-            _ => apply_par(cand, theta, sum, scale, moments),
+            Some(pool) if p >= 2 * APPLY_GRAIN => pool.install(go),
+            _ => go(),
         };
         if !finite {
             let reason = match delta.sum.iter().position(|v| !v.is_finite()) {
@@ -600,13 +707,37 @@ impl Trainer {
             self.adam_t += self.config.train.steps as u64;
         }
         std::mem::swap(&mut self.candidate, self.model.params_vec_mut());
+        if w0_transposed {
+            std::mem::swap(&mut self.w0t, &mut self.w0t_next);
+            if carry {
+                std::mem::swap(&mut self.v0t, &mut self.v0t_next);
+            }
+            self.std_stale = true;
+            self.model_cache = OnceLock::new();
+            self.v_cache = OnceLock::new();
+        } else {
+            self.t_valid = false;
+        }
         self.iteration += 1;
         let stats = StepStats { iteration: it, epsilon: eps, tasks: delta.tasks, loss_before: lb, loss_after: la };
         self.last = Some(stats);
         Ok(stats)
     }
 
-    fn compute_deltas(&mut self, batch: &TaskBatch<'_>, offset: u64, out: &mut DeltaSum) -> Result<()> {
+    /// Runs the inner loops of `batch` into `out`. Returns whether the sums of `W_0` were left
+    /// in the transposed layout (the transposed first layer with `keep_transposed`; otherwise
+    /// they are turned back into θ's layout).
+    fn compute_deltas(
+        &mut self,
+        batch: &TaskBatch<'_>,
+        offset: u64,
+        out: &mut DeltaSum,
+        keep_transposed: bool,
+    ) -> Result<bool> {
+        let transposed = self.uses_transposed(batch.n_tasks());
+        if !transposed {
+            self.materialize();
+        }
         let spec = self.model.spec();
         batch.check_spec(spec)?;
         let m = batch.n_points();
@@ -662,15 +793,10 @@ impl Trainer {
         // The transposed first layer (`cpu::sparse`): θ's W_0 (and its carried moments)
         // transposed once for all tasks; the tasks' sums of W_0 come back transposed and are
         // turned back below.
-        let transposed = !use_lanes
-            && !fomaml
-            && inner.steps > 0
-            && matches!(opt, InnerOptimizer::Adam { .. })
-            && sparse::enabled()
-            && sparse::suits(spec);
         let (inp, out0) = (spec.in_dim(), spec.widths()[1]);
         let w0 = spec.weight_offset(0)..spec.weight_offset(0) + inp * out0;
-        if transposed {
+        if transposed && !self.t_valid {
+            debug_assert!(!self.std_stale, "a stale θ layout implies a valid transposed state");
             let (theta, w0t, v0t, adam_v) = (self.model.params(), &mut self.w0t, &mut self.v0t, &self.adam_v);
             let mut go = || {
                 w0t.resize(inp * out0, 0.0);
@@ -684,6 +810,7 @@ impl Trainer {
                 Some(pool) => pool.install(go),
                 None => go(),
             }
+            self.t_valid = true;
         }
         let src0 = transposed.then(|| Src { w0t: &self.w0t[..], v0t: carry.then(|| &self.v0t[..]) });
         let theta = self.model.params();
@@ -784,7 +911,7 @@ impl Trainer {
             Some(pool) if nc > 1 => pool.install(|| tree.node(0, nc, &mut out.sum, &mut out.moments_sum, parts)),
             _ => tree.node(0, nc, &mut out.sum, &mut out.moments_sum, parts),
         };
-        if transposed {
+        if transposed && !keep_transposed {
             // The sums of W_0 back into θ's layout.
             let (sum, msum, scratch) = (&mut out.sum, &mut out.moments_sum, &mut self.t_scratch);
             let go = || {
@@ -802,7 +929,7 @@ impl Trainer {
         out.tasks = n as u64;
         out.loss_before_sum = lb;
         out.loss_after_sum = la;
-        Ok(())
+        Ok(transposed && keep_transposed)
     }
 
     /// The thread pool, if more than one thread.
