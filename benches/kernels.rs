@@ -9,6 +9,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use reptile::cpu::aligned::AlignedVec;
 use reptile::cpu::mlp::{self, Tgt, Workspace};
+use reptile::cpu::sparse;
 use reptile::cpu::update;
 use reptile::workloads::sine::SineTasks;
 use reptile::{Activation, Loss, MlpSpec, Model, ReptileConfig, Trainer};
@@ -202,6 +203,44 @@ fn bench_omniglot_step(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("adam_fused", points), &points, |b, _| b.iter(&mut fused));
         let t = time_per_call(1.0, &mut fused);
         line(&format!("omniglot Adam step, fused next forward, aligned, {points} points"), t, flops, 1.0, "task-steps");
+        // The step on the transposed first layer (`cpu::sparse`), as training runs it after a
+        // task's first step, on drawing-like inputs: ink only inside a centred disc of radius
+        // 11 px (48% of the pixels, about the share of columns Omniglot's minibatches touch),
+        // so the blank columns are skipped. FLOPs counted as for the dense step.
+        let xs: Vec<f32> = (0..points * 784)
+            .map(|k| {
+                let (r, c) = ((k % 784) / 28, k % 28);
+                let d2 = (r as i32 - 14).pow(2) + (c as i32 - 14).pow(2);
+                if d2 <= 121 && (k * 7919) % 3 == 0 { ((k * 31) % 97) as f32 / 97.0 } else { 0.0 }
+            })
+            .collect();
+        let (mut w0t, mut v0t) = (vec![0.0f32; 784 * 256], vec![0.0f32; 784 * 256]);
+        sparse::transpose(256, 784, &theta_a[..784 * 256], &mut w0t);
+        sparse::transpose(256, 784, &v_a[..784 * 256], &mut v0t);
+        let src = sparse::Src { w0t: &w0t, v0t: Some(&v0t) };
+        let mut state = sparse::SparseFirst::new(784, 256);
+        state.begin();
+        let (mut mask, mut runs) = (Vec::new(), Vec::new());
+        let mut zs = vec![0.0f32; points * 256];
+        let mut sparse_step = || {
+            sparse::nonzero_runs(&xs, points, 784, &mut mask, &mut runs);
+            let (z0, _) = ws.z0_and_scratch(&spec, points);
+            state.forward(src, &xs, points, &runs, &theta_a[784 * 256..784 * 256 + 256], z0, &mut zs);
+            mlp::forward_continue(&spec, &theta_a, points, &mut ws);
+            mlp::loss_grad(&spec, Tgt::Labels(&labels), points, &mut ws);
+            let sp = mlp::Sparse0 { state: &mut state, src, runs: &runs };
+            mlp::backward_adam_sparse(&spec, &mut theta_a, &xs, points, &mut ws, &mut v_a, step, None, None, sp);
+            black_box(&theta_a);
+        };
+        g.bench_with_input(BenchmarkId::new("adam_sparse", points), &points, |b, _| b.iter(&mut sparse_step));
+        let t = time_per_call(1.0, &mut sparse_step);
+        line(
+            &format!("omniglot Adam step, transposed first layer, 48% ink disc, {points} points"),
+            t,
+            flops,
+            1.0,
+            "task-steps",
+        );
     }
     g.finish();
 }
