@@ -224,13 +224,6 @@ fn task_on_the_transposed_layer_matches_f64_reference() {
     }
 }
 
-fn assert_bits_eq(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
-        panic!("{what}: [{i}] {} vs {}", got[i], want[i]);
-    }
-}
-
 /// The trainer on the transposed first layer (784 × 256 here, sparse inputs, carried
 /// moments): ends where the dense path ends, to rounding; `step` equals `task_deltas` +
 /// `apply_delta` bit for bit (the first keeps `W_0` transposed between steps, the second turns

@@ -36,10 +36,9 @@ pub(crate) struct TaskWorker {
     /// Adam's second moments and step count for the task in progress.
     pub adam_v: AlignedVec,
     pub adam_t: u64,
-    /// The first layer on the transposed path ([`sparse`]) during a [`Self::run`] that uses
-    /// it (`sparse_on`), with the runs of nonzero input columns of the current minibatch.
+    /// The first layer on the transposed path ([`sparse`]), for a [`Self::run`] given a
+    /// transposed source, with the runs of nonzero input columns of the current minibatch.
     sparse: Option<SparseFirst>,
-    sparse_on: bool,
     runs: Vec<(u32, u32)>,
     mask: Vec<u32>,
 }
@@ -120,7 +119,6 @@ impl TaskWorker {
             adam_v: AlignedVec::new(),
             adam_t: 0,
             sparse: None,
-            sparse_on: false,
             runs: Vec::new(),
             mask: Vec::new(),
         }
@@ -233,7 +231,7 @@ impl TaskWorker {
         next: Option<usize>,
         src0: Option<Src<'_>>,
     ) -> f32 {
-        if let (true, Some(src)) = (self.sparse_on, src0) {
+        if let Some(src) = src0 {
             return self.sparse_step(spec, src, b, labels, lr, from, acc);
         }
         let xb = &self.xb[..b * spec.in_dim()];
@@ -368,9 +366,8 @@ impl TaskWorker {
         // The first layer on the transposed path: with the caller's transposed source, for an
         // Adam run that starts from sources and fuses its sums into the last step (the sums
         // of W_0 come back transposed), without FOMAML's copy of θ' before the last step.
-        self.sparse_on = src0.is_some();
         assert!(
-            !self.sparse_on || (from.is_some() && acc.is_some() && !keep_prev && sparse::suits(spec)),
+            src0.is_none() || (from.is_some() && acc.is_some() && !keep_prev && sparse::suits(spec)),
             "the transposed first layer needs an Adam run from sources with fused sums"
         );
         if let Some(src) = &src0 {
@@ -442,7 +439,6 @@ impl TaskWorker {
         }
         if let Some(src) = src0 {
             self.sparse_forward_at_theta_p(spec, src, b0);
-            self.sparse_on = false;
         } else if self.z0_ready == Some(b0) {
             mlp::forward_continue(spec, &self.theta_p, b0, &mut self.ws);
         } else {

@@ -595,12 +595,7 @@ impl Trainer {
         let mut sum = std::mem::replace(&mut self.sum, DeltaSum::zeros(0));
         // On the transposed first layer the sums of W_0 stay transposed and update the
         // transposed state directly (`apply`).
-        let r = self.compute_deltas(batch, 0, &mut sum, true).and_then(|t| {
-            if !t {
-                self.materialize();
-            }
-            self.apply(&sum, t)
-        });
+        let r = self.compute_deltas(batch, 0, &mut sum, true).and_then(|t| self.apply(&sum, t));
         self.sum = sum;
         r
     }
@@ -669,19 +664,14 @@ impl Trainer {
         let n0 = if w0_transposed { self.model.spec().in_dim() * self.model.spec().widths()[1] } else { 0 };
         let (w0t_next, v0t_next, w0t) = (&mut self.w0t_next, &mut self.v0t_next, &self.w0t);
         let go = || {
-            let mut ok = true;
-            let moments = match moments {
+            let (tail_m, w0_m) = match moments {
                 Some((cv, ms, inv)) if n0 > 0 => {
                     v0t_next.resize(n0, 0.0);
-                    Some((&mut cv[n0..], &ms[n0..], inv, Some((&mut v0t_next[..], &ms[..n0]))))
+                    (Some((&mut cv[n0..], &ms[n0..], inv)), Some((&mut v0t_next[..], &ms[..n0], inv)))
                 }
-                Some((cv, ms, inv)) => Some((cv, ms, inv, None)),
-                None => None,
+                m => (m, None),
             };
-            let (tail_m, w0_m) = match moments {
-                Some((cv, ms, inv, w)) => (Some((cv, ms, inv)), w.map(|(v, m)| (v, m, inv))),
-                None => (None, None),
-            };
+            let mut ok = true;
             if n0 > 0 {
                 w0t_next.resize(n0, 0.0);
                 ok &= apply_par(w0t_next, w0t, &sum[..n0], scale, w0_m);
@@ -693,12 +683,17 @@ impl Trainer {
             _ => go(),
         };
         if !finite {
+            // The candidate's W_0 is in `w0t_next` when the sums of W_0 are transposed.
+            let updated: &[f32] = if n0 > 0 { &self.w0t_next } else { &[] };
             let reason = match delta.sum.iter().position(|v| !v.is_finite()) {
                 Some(i) => format!("task delta [{i}] is {}", delta.sum[i]),
-                None => {
-                    let i = self.candidate.iter().position(|v| !v.is_finite()).unwrap_or(0);
-                    format!("updated θ[{i}] is {}", self.candidate[i])
-                }
+                None => match updated.iter().position(|v| !v.is_finite()) {
+                    Some(i) => format!("updated W_0ᵀ[{i}] is {}", updated[i]),
+                    None => {
+                        let i = self.candidate[n0..].iter().position(|v| !v.is_finite()).unwrap_or(0) + n0;
+                        format!("updated θ[{i}] is {}", self.candidate[i])
+                    }
+                },
             };
             return Err(diverged(reason));
         }
@@ -791,8 +786,9 @@ impl Trainer {
         }
 
         // The transposed first layer (`cpu::sparse`): θ's W_0 (and its carried moments)
-        // transposed once for all tasks; the tasks' sums of W_0 come back transposed and are
-        // turned back below.
+        // transposed for all tasks unless the transposed state is already current (it is after
+        // a step that kept it); the tasks' sums of W_0 come back transposed and are turned back
+        // below unless the caller keeps them so.
         let (inp, out0) = (spec.in_dim(), spec.widths()[1]);
         let w0 = spec.weight_offset(0)..spec.weight_offset(0) + inp * out0;
         if transposed && !self.t_valid {
