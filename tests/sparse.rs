@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use reptile::cpu::mlp::{self, Accumulate, AdamFrom, AdamStep, Sparse0, Workspace};
 use reptile::cpu::sparse::{self, SparseFirst, Src};
 use reptile::{
-    Activation, AdamMoments, InnerLoop, InnerOptimizer, Loss, MlpSpec, Model, ReptileConfig, Targets, TaskBatch,
+    Activation, AdamMoments, Error, InnerLoop, InnerOptimizer, Loss, MlpSpec, Model, ReptileConfig, Targets, TaskBatch,
     Trainer,
 };
 use std::borrow::Cow;
@@ -116,8 +116,10 @@ fn ref_adam_batches(
 }
 
 /// One task of `batches.len()` Adam steps with `W_0` on the transposed path, as the trainer
-/// runs it: the first step from θ and `v0`, the last adding `θ' − θ` and `v` to sums (first
-/// task: written). Returns the sums in θ's layout.
+/// runs it: the first step from θ and `v0`, the last adding `θ' − θ` and `v` to sums: written
+/// (a chunk's first task), or added to `prior` (sums of earlier tasks, θ's layout). Returns
+/// the sums in θ's layout.
+#[allow(clippy::too_many_arguments)]
 fn sparse_task(
     spec: &MlpSpec,
     theta: &[f32],
@@ -126,6 +128,7 @@ fn sparse_task(
     points: usize,
     lr: f32,
     t0: u64,
+    prior: Option<(&[f32], &[f32])>,
 ) -> (Vec<f32>, Vec<f32>) {
     let (p, inp, out) = (spec.num_params(), spec.in_dim(), spec.widths()[1]);
     let w0 = 0..inp * out;
@@ -139,7 +142,16 @@ fn sparse_task(
     // θ' and v hold NaN where the path must not read them (W_0, and everything before the
     // first step writes it).
     let (mut tp, mut v) = (vec![f32::NAN; p], vec![f32::NAN; p]);
-    let (mut d, mut m) = (vec![f32::NAN; p], vec![f32::NAN; p]);
+    let (mut d, mut m) = match prior {
+        // The sums of W_0 are kept transposed.
+        Some((pd, pm)) => {
+            let (mut d, mut m) = (pd.to_vec(), pm.to_vec());
+            sparse::transpose(out, inp, &pd[w0.clone()], &mut d[w0.clone()]);
+            sparse::transpose(out, inp, &pm[w0.clone()], &mut m[w0.clone()]);
+            (d, m)
+        }
+        None => (vec![f32::NAN; p], vec![f32::NAN; p]),
+    };
     let (mut mask, mut runs) = (Vec::new(), Vec::new());
     let mut zs = vec![0.0; points * out];
     let (beta2, eps) = (0.999f32, 1e-8f32);
@@ -159,7 +171,7 @@ fn sparse_task(
             base: theta,
             delta: &mut d,
             moments: Some(&mut m),
-            first: true,
+            first: prior.is_none(),
         });
         let sp = Sparse0 { state: &mut state, src, runs: &runs };
         mlp::backward_adam_sparse(spec, &mut tp, x, points, &mut ws, &mut v, step, from, acc, sp);
@@ -201,7 +213,7 @@ fn task_on_the_transposed_layer_matches_f64_reference() {
         let (lr, t0) = (3e-3f32, 7u64);
         let (want_t, want_v) = ref_adam_batches(&spec, &theta, &v0, &batches, points, lr as f64, 0.999, 1e-8, t0);
         let want_d: Vec<f64> = want_t.iter().zip(&theta).map(|(a, &b)| a - b as f64).collect();
-        let (d, m) = sparse_task(&spec, &theta, &v0, &batches, points, lr, t0);
+        let (d, m) = sparse_task(&spec, &theta, &v0, &batches, points, lr, t0, None);
         let what = format!("{widths:?}");
         // The updates are lr·g/(√v + ε) ≈ lr·sign(g) in size: errors relative to lr.
         assert_close(&d, &want_d, 1e-4 * lr as f64, 1e-3, &format!("{what}: θ' − θ"));
@@ -218,9 +230,20 @@ fn task_on_the_transposed_layer_matches_f64_reference() {
             }
         }
         // Two threads (the passes in halves) give the same bits.
-        let (d2, m2) = pool.install(|| sparse_task(&spec, &theta, &v0, &batches, points, lr, t0));
+        let (d2, m2) = pool.install(|| sparse_task(&spec, &theta, &v0, &batches, points, lr, t0, None));
         assert_bits_eq(&d2, &d, &format!("{what}: 2 threads, delta"));
         assert_bits_eq(&m2, &m, &format!("{what}: 2 threads, moments"));
+        // A task added to earlier tasks' sums: each sum is `prior + this task's`, rounded
+        // once, on one thread and on two.
+        let (pd, pm) = (uniform_vec(&mut r, p, -1e-3, 1e-3), uniform_vec(&mut r, p, 1e-5, 1e-3));
+        let want_d: Vec<f32> = pd.iter().zip(&d).map(|(a, b)| a + b).collect();
+        let want_m: Vec<f32> = pm.iter().zip(&m).map(|(a, b)| a + b).collect();
+        for threads in [1, 2] {
+            let run = || sparse_task(&spec, &theta, &v0, &batches, points, lr, t0, Some((&pd, &pm)));
+            let (d3, m3) = if threads == 2 { pool.install(run) } else { run() };
+            assert_bits_eq(&d3, &want_d, &format!("{what}: added to sums, {threads} thread(s), delta"));
+            assert_bits_eq(&m3, &want_m, &format!("{what}: added to sums, {threads} thread(s), moments"));
+        }
     }
 }
 
@@ -229,24 +252,29 @@ fn task_on_the_transposed_layer_matches_f64_reference() {
 /// `apply_delta` bit for bit (the first keeps `W_0` transposed between steps, the second turns
 /// it back every time), with `model()` and `adam_moments()` read between steps; and turning
 /// the path off mid-run continues from the right state. One test: the switch is global.
+/// Held by the tests that flip the process-wide switch of the transposed path.
+static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `tasks` tasks of `points` sparse 784-pixel points, 5 labels.
+fn sparse_batch(r: &mut ChaCha8Rng, spec: &MlpSpec, tasks: usize, points: usize) -> TaskBatch<'static> {
+    let x: Vec<f32> = (0..tasks)
+        .flat_map(|_| {
+            let blank = blank_columns(r, 784, 0.5);
+            sparse_x(r, points, 784, &blank)
+        })
+        .collect();
+    let y = labels(r, tasks * points, 5);
+    TaskBatch::new(spec, tasks, points, x, Targets::Labels(Cow::Owned(y))).unwrap()
+}
+
 #[test]
 fn trainer_on_the_transposed_first_layer() {
+    let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let mut r = rng(73);
     let spec = MlpSpec::new(&[784, 256, 32, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
     assert!(sparse::suits(&spec));
     let (tasks, points) = (5usize, 20usize);
-    let batches: Vec<TaskBatch<'static>> = (0..3)
-        .map(|_| {
-            let x: Vec<f32> = (0..tasks)
-                .flat_map(|_| {
-                    let blank = blank_columns(&mut r, 784, 0.5);
-                    sparse_x(&mut r, points, 784, &blank)
-                })
-                .collect();
-            let y = labels(&mut r, tasks * points, 5);
-            TaskBatch::new(&spec, tasks, points, x, Targets::Labels(Cow::Owned(y))).unwrap()
-        })
-        .collect();
+    let batches: Vec<TaskBatch<'static>> = (0..3).map(|_| sparse_batch(&mut r, &spec, tasks, points)).collect();
     let model = Model::new(spec.clone(), 3);
     let config = ReptileConfig {
         inner_optimizer: InnerOptimizer::Adam { beta2: 0.999, eps: 1e-8 },
@@ -290,4 +318,60 @@ fn trainer_on_the_transposed_first_layer() {
     // The model handed out at the end is the state the accessors showed.
     let (last_t, _) = state(&stepped);
     assert_bits_eq(stepped.into_model().params(), &last_t, "into_model");
+}
+
+/// Training that blows up on the transposed path reports `Diverged` and loses nothing: θ, the
+/// carried moments and the iteration count stay at their values before the failing step
+/// (the transposed state is not advanced), and a retry fails the same way. Two ways: inputs
+/// so large that the losses overflow, and finite task deltas whose interpolation overflows in
+/// `W_0ᵀ` (ε annealed to `f32::MAX`; the reason names `W_0ᵀ`).
+#[test]
+fn divergence_on_the_transposed_path_keeps_the_state() {
+    let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    sparse::set_enabled(true);
+    let mut r = rng(74);
+    let spec = MlpSpec::new(&[784, 256, 16, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
+    assert!(sparse::suits(&spec));
+    let good = sparse_batch(&mut r, &spec, 5, 20);
+    let huge = {
+        let b = sparse_batch(&mut r, &spec, 5, 20);
+        let x: Vec<f32> = b.x().iter().map(|v| v * 1e38).collect();
+        TaskBatch::new(&spec, 5, 20, x, b.y().clone()).unwrap().into_owned()
+    };
+    let base = ReptileConfig {
+        inner_optimizer: InnerOptimizer::Adam { beta2: 0.999, eps: 1e-8 },
+        train_moments: AdamMoments::Carry,
+        train: InnerLoop { lr: 0.003, steps: 5, batch_size: 10 },
+        eps_start: 0.5,
+        eps_end: 0.5,
+        threads: 2,
+        ..ReptileConfig::sine()
+    };
+    let blows_up = ReptileConfig {
+        train: InnerLoop { lr: 1.0, ..base.train },
+        eps_end: f32::MAX,
+        planned_iters: 1,
+        ..base.clone()
+    };
+    for (config, failing, why) in [(base, &huge, "loss"), (blows_up, &good, "W_0ᵀ")] {
+        let mut tr = Trainer::new(Model::new(spec.clone(), 4), config).unwrap();
+        // One good step first (ε = 0.5), so the transposed state is in use when it fails.
+        tr.step(&good).unwrap();
+        let before = (tr.params().to_vec(), tr.adam_moments().0.to_vec(), tr.adam_moments().1);
+        assert!(before.0.iter().all(|v| v.is_finite()), "{why}: θ finite after the good step");
+        for attempt in 0..2 {
+            match tr.step(failing) {
+                Err(Error::Diverged { iteration, reason }) => {
+                    assert_eq!(iteration, 1, "{why}: iteration in the error");
+                    assert!(reason.contains(why), "{why}: reason {reason:?}");
+                }
+                other => panic!("{why}, attempt {attempt}: expected Diverged, got {other:?}"),
+            }
+            assert_eq!(tr.iteration(), 1, "{why}: iteration count unchanged");
+            assert_bits_eq(tr.params(), &before.0, &format!("{why}, attempt {attempt}: θ kept"));
+            let (v, t) = tr.adam_moments();
+            assert_bits_eq(v, &before.1, &format!("{why}, attempt {attempt}: moments kept"));
+            assert_eq!(t, before.2, "{why}: step count kept");
+        }
+    }
 }

@@ -236,7 +236,9 @@ fn xwt_rows<P: Policy>(
                 || xwt_rows::<P>(points, inp, mid, hi, x, w, bias, b),
             );
         }
-        None => gemm::xwt_p::<P>(points, inp, hi - lo, x, &w[lo * inp..hi * inp], &bias[lo..hi], zs),
+        // Entered for the instruction set: this recursion is compiled for the baseline target
+        // (see `Policy::enter`).
+        None => P::enter(|| gemm::xwt_p::<P>(points, inp, hi - lo, x, &w[lo * inp..hi * inp], &bias[lo..hi], zs)),
     }
 }
 
@@ -956,7 +958,9 @@ fn adam_rows_par<P: Policy>(
             let mut tile = [0.0f32; ADAM_TILE];
             // This piece's Z_0 columns, `[points × (hi − lo)]` (see `scatter_rows`).
             let dest = ZDest { z: zs, stride: hi - lo, col0: lo };
-            adam_rows::<P>(job, lo, hi, theta, v, from, acc, &mut tile, dest);
+            // Entered for the instruction set: this recursion is compiled for the baseline
+            // target (see `Policy::enter`).
+            P::enter(|| adam_rows::<P>(job, lo, hi, theta, v, from, acc, &mut tile, dest));
         }
     }
 }

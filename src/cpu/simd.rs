@@ -132,6 +132,14 @@ pub trait Policy: Copy {
             }
         }
     }
+    /// Runs `f` compiled for this policy's instruction set. A closure is a function of its
+    /// own: one handed to `rayon::join` by a generic kernel is compiled for the baseline
+    /// target, and so is everything inlined into it, unless it is entered through this (the
+    /// x86 policies call it from a `#[target_feature]` function it is inlined into).
+    #[inline(always)]
+    fn enter<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
     /// `C[m×n] ← (A·B) ⊙ act'(G)`, the input gradient with the hidden activation's derivative
     /// taken through the stored activation `G` (laid out like `C`): `1 − g²` for tanh, `[g > 0]`
     /// for ReLU. The default is [`Self::axpy`] then a separate pass; AVX-512 fuses it into the
@@ -159,7 +167,7 @@ pub trait Policy: Copy {
 }
 
 macro_rules! policy {
-    ($name:ident, $doc:literal, fused: $fused:literal, axpy: $axpy:path, xwt: |$p:ident, $i:ident, $o:ident, $x:ident, $w:ident, $b:ident, $z:ident| $xwt:expr $(, tanh: $tanh:path)? $(, adam: $adam:path, adam_from: $adam_from:path)? $(, axpy_act: $axpy_act:path)? $(, transpose8: $t8:path)?) => {
+    ($name:ident, $doc:literal, fused: $fused:literal, axpy: $axpy:path, xwt: |$p:ident, $i:ident, $o:ident, $x:ident, $w:ident, $b:ident, $z:ident| $xwt:expr $(, tanh: $tanh:path)? $(, adam: $adam:path, adam_from: $adam_from:path)? $(, axpy_act: $axpy_act:path)? $(, transpose8: $t8:path)? $(, features: $feat:literal)?) => {
         #[doc = $doc]
         #[derive(Clone, Copy, Debug)]
         pub struct $name;
@@ -209,6 +217,18 @@ macro_rules! policy {
                     unsafe { $t8(src, lds, dst, ldd) }
                 }
             )?
+            $(
+                #[inline(always)]
+                fn enter<R>(f: impl FnOnce() -> R) -> R {
+                    #[target_feature(enable = $feat)]
+                    #[inline]
+                    unsafe fn go<R>(f: impl FnOnce() -> R) -> R {
+                        f()
+                    }
+                    // SAFETY: as above, only reached after run-time detection.
+                    unsafe { go(f) }
+                }
+            )?
             #[inline(always)]
             fn xwt($p: usize, $i: usize, $o: usize, $x: &[f32], $w: &[f32], $b: &[f32], $z: &mut [f32]) {
                 $xwt
@@ -224,12 +244,12 @@ policy!(Avx512, "AVX-512: 32 zmm registers, 16 lanes.", fused: true, axpy: super
     // SAFETY: see above: only reached after AVX-512F/VL + FMA were detected.
     xwt: |p, i, o, x, w, b, z| unsafe { super::x86::xwt_avx512(p, i, o, x, w, b, z) }, tanh: super::x86::tanh_avx512,
     adam: super::x86::adam_avx512, adam_from: super::x86::adam_from_avx512, axpy_act: super::x86::axpy_act_avx512,
-    transpose8: super::x86::transpose8_avx);
+    transpose8: super::x86::transpose8_avx, features: "avx512f,avx512vl,avx2,fma");
 #[cfg(target_arch = "x86_64")]
 policy!(Avx2, "AVX2 + FMA: 16 ymm registers, 8 lanes.", fused: true, axpy: super::x86::axpy_avx2,
     // SAFETY: see above: only reached after AVX2 + FMA were detected.
     xwt: |p, i, o, x, w, b, z| unsafe { super::x86::xwt_avx2(p, i, o, x, w, b, z) }, tanh: super::x86::tanh_avx2,
-    transpose8: super::x86::transpose8_avx);
+    transpose8: super::x86::transpose8_avx, features: "avx2,fma");
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn base_axpy(

@@ -150,6 +150,22 @@ fn decay(v: &mut [f32], beta2: f32, d: u32) {
     });
 }
 
+/// `m ← β2^d·v` (`first`) or `m ← m + β2^d·v`, the product rounded and flushed exactly as
+/// [`decay`] does (`d ≥ 1`).
+#[inline(always)]
+fn decay_into(m: &mut [f32], v: &[f32], beta2: f32, d: u32, first: bool) {
+    let f = beta2.powi(d as i32);
+    let scaled = |x: f32| {
+        let y = x * f;
+        if y < f32::MIN_POSITIVE { 0.0 } else { y }
+    };
+    if first {
+        m.iter_mut().zip(v).for_each(|(m, &x)| *m = scaled(x));
+    } else {
+        m.iter_mut().zip(v).for_each(|(m, &x)| *m += scaled(x));
+    }
+}
+
 impl SparseFirst {
     /// State for a first layer of `inp` inputs and `out` outputs (allocates).
     pub fn new(inp: usize, out: usize) -> Self {
@@ -219,8 +235,8 @@ fn transpose_body<P: Policy>(rows: usize, cols: usize, src: &[f32], dst: &mut [f
     {
         let (d1, d2) = dst.split_at_mut(mid * rows);
         rayon::join(
-            || transpose_into::<P>(src, cols, rows, mid, d1),
-            || transpose_into::<P>(&src[mid..], cols, rows, cols - mid, d2),
+            || P::enter(|| transpose_into::<P>(src, cols, rows, mid, d1)),
+            || P::enter(|| transpose_into::<P>(&src[mid..], cols, rows, cols - mid, d2)),
         );
     } else {
         transpose_into::<P>(src, cols, rows, cols, dst);
@@ -272,8 +288,8 @@ fn forward_body<P: Policy>(
         // Two pieces of columns, each `[points × width]` in `zs`, then copied into `z`.
         let (z1, z2) = zs[..points * out].split_at_mut(points * mid);
         rayon::join(
-            || forward_cols::<P>(s, src, x, points, runs, bias, 0, mid, z1),
-            || forward_cols::<P>(s, src, x, points, runs, bias, mid, out, z2),
+            || P::enter(|| forward_cols::<P>(s, src, x, points, runs, bias, 0, mid, z1)),
+            || P::enter(|| forward_cols::<P>(s, src, x, points, runs, bias, mid, out, z2)),
         );
         for p in 0..points {
             z[p * out..][..mid].copy_from_slice(&zs[p * mid..][..mid]);
@@ -323,7 +339,8 @@ fn forward_cols<P: Policy>(
 /// One fused Adam step on the transposed layer: for each run of nonzero columns of `x`, tiles
 /// of input columns `G = X[:, cols]ᵀ·dZ` (`[cols × out]`, [`Policy::axpy`]: the columns of `X`
 /// with strides `(1, inp)` against `dZ` `[points × out]`); each row copied from the source if
-/// the task does not have it yet, its deferred decay applied, then [`Policy::adam_slice`].
+/// the task does not have it yet (read by [`Policy::adam_slice_from`] in the update itself
+/// when no decay is pending), its deferred decay applied, then [`Policy::adam_slice`].
 /// Every other column's decay count goes up by one. With `acc` (a task's last step; the sums
 /// of `W_0` in the transposed layout, `base` unused: the source is the base), every row is
 /// then added to the sums.
@@ -395,8 +412,8 @@ fn split<P: Policy>(job: Job<'_>, lo: usize, part: Part<'_>, acc: Option<Accumul
             None => (None, None),
         };
         rayon::join(
-            || adam_rows::<P>(job, lo, Part { wt: w1, vt: v1, pend: p1, mat: m1 }, a1),
-            || adam_rows::<P>(job, lo + mid, Part { wt: w2, vt: v2, pend: p2, mat: m2 }, a2),
+            || P::enter(|| adam_rows::<P>(job, lo, Part { wt: w1, vt: v1, pend: p1, mat: m1 }, a1)),
+            || P::enter(|| adam_rows::<P>(job, lo + mid, Part { wt: w2, vt: v2, pend: p2, mat: m2 }, a2)),
         );
     } else {
         adam_rows::<P>(job, lo, part, acc);
@@ -422,6 +439,14 @@ fn adam_rows<P: Policy>(job: Job<'_>, lo: usize, part: Part<'_>, acc: Option<Acc
             for (k, gi) in g.chunks_exact(out).enumerate() {
                 let (i, gl) = (r0 + k - lo, r0 + k);
                 let (w, v) = (&mut wt[i * out..][..out], &mut vt[i * out..][..out]);
+                if !mat[i] && pend[i] == 1 {
+                    // First touch, no decay pending: read the source rows in the update.
+                    let sv = src.v0t.map(|s| &s[gl * out..][..out]);
+                    P::adam_slice_from(w, &src.w0t[gl * out..][..out], gi, v, sv, h.lr_t, h.beta2, h.eps);
+                    mat[i] = true;
+                    pend[i] = 0;
+                    continue;
+                }
                 if !mat[i] {
                     w.copy_from_slice(&src.w0t[gl * out..][..out]);
                     match src.v0t {
@@ -439,8 +464,8 @@ fn adam_rows<P: Policy>(job: Job<'_>, lo: usize, part: Part<'_>, acc: Option<Acc
     }
     if let Some(mut a) = acc {
         // The sums, row by row (contiguous in the transposed layout): `δ ← θ' − θ` or
-        // `δ + (θ' − θ)`, zero for rows the task never touched; `m ← v` or `m + v`.
-        let vrow = &mut tile[..out];
+        // `δ + (θ' − θ)`, zero for rows the task never touched; `m ← v` or `m + v`, the true
+        // `v` (stored row times `β2^pend`) computed on the fly.
         for i in 0..n {
             let gl = lo + i;
             let r = i * out..(i + 1) * out;
@@ -457,15 +482,9 @@ fn adam_rows<P: Policy>(job: Job<'_>, lo: usize, part: Part<'_>, acc: Option<Acc
                 let stored: Option<&[f32]> =
                     if mat[i] { Some(&vt[r.clone()]) } else { src.v0t.map(|s| &s[gl * out..][..out]) };
                 match stored {
-                    Some(sv) => {
-                        vrow.copy_from_slice(sv);
-                        decay(vrow, h.beta2, pend[i]);
-                        if a.first {
-                            m.copy_from_slice(vrow);
-                        } else {
-                            update::add_assign_body::<P>(m, vrow);
-                        }
-                    }
+                    Some(sv) if pend[i] == 0 && a.first => m.copy_from_slice(sv),
+                    Some(sv) if pend[i] == 0 => update::add_assign_body::<P>(m, sv),
+                    Some(sv) => decay_into(m, sv, h.beta2, pend[i], a.first),
                     None if a.first => m.fill(0.0),
                     None => {}
                 }
