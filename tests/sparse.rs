@@ -251,7 +251,8 @@ fn task_on_the_transposed_layer_matches_f64_reference() {
 /// moments): ends where the dense path ends, to rounding; `step` equals `task_deltas` +
 /// `apply_delta` bit for bit (the first keeps `W_0` transposed between steps, the second turns
 /// it back every time), with `model()` and `adam_moments()` read between steps; and turning
-/// the path off mid-run continues from the right state. One test: the switch is global.
+/// the path off mid-run continues from the right state; one thread gives the bits of two. One
+/// test: the switch is global.
 /// Held by the tests that flip the process-wide switch of the transposed path.
 static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -270,10 +271,18 @@ fn sparse_batch(r: &mut ChaCha8Rng, spec: &MlpSpec, tasks: usize, points: usize)
 #[test]
 fn trainer_on_the_transposed_first_layer() {
     let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-    let mut r = rng(73);
+    // 5 tasks are summed after all have run (`meta::kept`); 18 take the chunk tree with the
+    // sums fused into each task's last step.
+    for tasks in [5, 18] {
+        trainer_case(tasks);
+    }
+}
+
+fn trainer_case(tasks: usize) {
+    let mut r = rng(73 + tasks as u64);
     let spec = MlpSpec::new(&[784, 256, 32, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
     assert!(sparse::suits(&spec));
-    let (tasks, points) = (5usize, 20usize);
+    let points = 20usize;
     let batches: Vec<TaskBatch<'static>> = (0..3).map(|_| sparse_batch(&mut r, &spec, tasks, points)).collect();
     let model = Model::new(spec.clone(), 3);
     let config = ReptileConfig {
@@ -292,6 +301,7 @@ fn trainer_on_the_transposed_first_layer() {
     let mut stepped = Trainer::new(model.clone(), config.clone()).unwrap();
     let mut split = Trainer::new(model.clone(), config.clone()).unwrap();
     let mut switched = Trainer::new(model.clone(), config.clone()).unwrap();
+    let mut one_thread = Trainer::new(model.clone(), ReptileConfig { threads: 1, ..config.clone() }).unwrap();
     for (k, b) in batches.iter().enumerate() {
         sparse::set_enabled(false);
         dense.step(b).unwrap();
@@ -299,11 +309,15 @@ fn trainer_on_the_transposed_first_layer() {
         switched.step(b).unwrap();
         sparse::set_enabled(true);
         stepped.step(b).unwrap();
+        one_thread.step(b).unwrap();
         let d = split.task_deltas(b, 0).unwrap();
         split.apply_delta(&d).unwrap();
         let (a, b) = (state(&stepped), state(&split));
-        assert_bits_eq(&a.0, &b.0, &format!("step {k}: θ, step vs split"));
-        assert_bits_eq(&a.1, &b.1, &format!("step {k}: moments, step vs split"));
+        assert_bits_eq(&a.0, &b.0, &format!("{tasks} tasks, step {k}: θ, step vs split"));
+        assert_bits_eq(&a.1, &b.1, &format!("{tasks} tasks, step {k}: moments, step vs split"));
+        let c = state(&one_thread);
+        assert_bits_eq(&c.0, &a.0, &format!("{tasks} tasks, step {k}: θ, 1 thread vs 2"));
+        assert_bits_eq(&c.1, &a.1, &format!("{tasks} tasks, step {k}: moments, 1 thread vs 2"));
     }
     let start = model.params();
     let moved = |t: &[f32]| -> Vec<f32> { t.iter().zip(start).map(|(a, b)| a - b).collect() };
@@ -312,8 +326,14 @@ fn trainer_on_the_transposed_first_layer() {
     assert!(want.iter().any(|&x| x != 0.0), "a real step");
     for (what, t) in [("transposed", &stepped), ("switched off for the last step", &switched)] {
         let (got_t, got_v) = state(t);
-        assert_close(&moved(&got_t), &want, 1e-6, 1e-3, &format!("θ − θ_start, {what} vs dense"));
-        assert_close(&got_v, &to_f64(&dense_v), 1e-14, 1e-3, &format!("carried moments, {what} vs dense"));
+        assert_close(&moved(&got_t), &want, 1e-6, 1e-3, &format!("{tasks} tasks: θ − θ_start, {what} vs dense"));
+        assert_close(
+            &got_v,
+            &to_f64(&dense_v),
+            1e-14,
+            1e-3,
+            &format!("{tasks} tasks: carried moments, {what} vs dense"),
+        );
     }
     // The model handed out at the end is the state the accessors showed.
     let (last_t, _) = state(&stepped);

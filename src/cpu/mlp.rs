@@ -841,6 +841,7 @@ fn adam_span<P: Policy>(
             g,
             &mut v[span.clone()],
             f.v.map(|src| &src[span.clone()]),
+            1.0,
             h.lr_t,
             h.beta2,
             h.eps,

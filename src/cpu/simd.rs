@@ -100,8 +100,10 @@ pub trait Policy: Copy {
     #[allow(clippy::too_many_arguments)]
     fn xwt(points: usize, inp: usize, out: usize, x: &[f32], w: &[f32], bias: &[f32], z: &mut [f32]);
     /// [`Self::adam_slice`] out of place for a task's first step: θ from `src_theta`, `v` from
-    /// `src_v` (zeros when `None`), results into `theta` and `v`. The default copies and then
-    /// updates in place; AVX-512 reads the sources directly (bit-identical).
+    /// `src_v` (zeros when `None`) times `vscale` (a deferred decay `β2^d`: the product
+    /// rounded, subnormal results taken as zero, as [`super::sparse`] decays rows; `1.0`: `v`
+    /// as it is), results into `theta` and `v`. The default copies, decays and then updates in
+    /// place; AVX-512 reads the sources directly (bit-identical).
     #[allow(clippy::too_many_arguments)]
     fn adam_slice_from(
         theta: &mut [f32],
@@ -109,12 +111,17 @@ pub trait Policy: Copy {
         g: &[f32],
         v: &mut [f32],
         src_v: Option<&[f32]>,
+        vscale: f32,
         lr_t: f32,
         beta2: f32,
         eps: f32,
     ) {
         theta.copy_from_slice(src_theta);
         match src_v {
+            Some(s) if vscale != 1.0 => v.iter_mut().zip(s).for_each(|(v, &x)| {
+                let y = x * vscale;
+                *v = if y < f32::MIN_POSITIVE { 0.0 } else { y };
+            }),
             Some(s) => v.copy_from_slice(s),
             None => v.fill(0.0),
         }
@@ -198,9 +205,9 @@ macro_rules! policy {
                     unsafe { $adam(theta, g, v, lr_t, beta2, eps) }
                 }
                 #[inline(always)]
-                fn adam_slice_from(theta: &mut [f32], src_theta: &[f32], g: &[f32], v: &mut [f32], src_v: Option<&[f32]>, lr_t: f32, beta2: f32, eps: f32) {
+                fn adam_slice_from(theta: &mut [f32], src_theta: &[f32], g: &[f32], v: &mut [f32], src_v: Option<&[f32]>, vscale: f32, lr_t: f32, beta2: f32, eps: f32) {
                     // SAFETY: as above, only reached after run-time detection.
-                    unsafe { $adam_from(theta, src_theta, g, v, src_v, lr_t, beta2, eps) }
+                    unsafe { $adam_from(theta, src_theta, g, v, src_v, vscale, lr_t, beta2, eps) }
                 }
             )?
             $(

@@ -197,6 +197,27 @@ impl SparseFirst {
         assert!(src.v0t.is_none_or(|v| v.len() == n), "transposed moments length");
     }
 
+    /// This task's contribution, after its last step, to the sums of rows `rows` of `W_0ᵀ`
+    /// (`delta` and `moments` hold exactly those rows, `[rows.len() × out]`): written when
+    /// `first`, added otherwise; the same arithmetic as the sums fused into the last step of
+    /// [`super::mlp::backward_adam_sparse`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn add_sums(
+        &self,
+        src: Src<'_>,
+        rows: std::ops::Range<usize>,
+        beta2: f32,
+        delta: &mut [f32],
+        moments: Option<&mut [f32]>,
+        first: bool,
+    ) {
+        self.check_src(&src);
+        let n = rows.len() * self.out;
+        assert!(rows.end <= self.inp, "rows out of range");
+        assert!(delta.len() == n && moments.as_ref().is_none_or(|m| m.len() == n), "sums length");
+        sums_d(self, src, rows, beta2, delta, moments, first);
+    }
+
     /// `Z_0 ← b_0 + X·W_0ᵀ` over the `runs` of nonzero columns of `x` (`[points × inp]`), into
     /// `z` (`[points × out]`); `zs` (as long as `z`) holds the halves of a split pass.
     #[allow(clippy::too_many_arguments)]
@@ -339,8 +360,8 @@ fn forward_cols<P: Policy>(
 /// One fused Adam step on the transposed layer: for each run of nonzero columns of `x`, tiles
 /// of input columns `G = X[:, cols]ᵀ·dZ` (`[cols × out]`, [`Policy::axpy`]: the columns of `X`
 /// with strides `(1, inp)` against `dZ` `[points × out]`); each row copied from the source if
-/// the task does not have it yet (read by [`Policy::adam_slice_from`] in the update itself
-/// when no decay is pending), its deferred decay applied, then [`Policy::adam_slice`].
+/// the task does not have it yet (read by [`Policy::adam_slice_from`] in the update itself,
+/// deferred decay included), its deferred decay applied, then [`Policy::adam_slice`].
 /// Every other column's decay count goes up by one. With `acc` (a task's last step; the sums
 /// of `W_0` in the transposed layout, `base` unused: the source is the base), every row is
 /// then added to the sums.
@@ -369,6 +390,80 @@ pub(crate) fn adam_p<P: Policy>(
         "sums length"
     );
     split::<P>(job, 0, part, acc);
+}
+
+/// A task's final rows of `W_0ᵀ` for the sums: input columns `lo..lo + pend.len()`.
+struct SumRows<'a> {
+    wt: &'a [f32],
+    vt: &'a [f32],
+    pend: &'a [u32],
+    mat: &'a [bool],
+}
+
+/// A task's contribution to the sums of rows `lo..lo + n` of `W_0ᵀ` (`delta`, `moments`:
+/// exactly those rows, `[n × out]`), row by row (contiguous in the transposed layout):
+/// `δ ← θ' − θ` or `δ + (θ' − θ)`, zero for rows the task never touched; `m ← v` or `m + v`,
+/// the true `v` (stored row times `β2^pend`) computed on the fly.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn sums_rows<P: Policy>(
+    src: Src<'_>,
+    out: usize,
+    lo: usize,
+    rows: SumRows<'_>,
+    beta2: f32,
+    delta: &mut [f32],
+    mut moments: Option<&mut [f32]>,
+    first: bool,
+) {
+    let SumRows { wt, vt, pend, mat } = rows;
+    for i in 0..pend.len() {
+        let gl = lo + i;
+        let r = i * out..(i + 1) * out;
+        let base = &src.w0t[gl * out..][..out];
+        let d = &mut delta[r.clone()];
+        match (mat[i], first) {
+            (true, true) => update::delta_body::<P>(d, &wt[r.clone()], base),
+            (true, false) => update::accumulate_body::<P>(d, &wt[r.clone()], base),
+            (false, true) => d.fill(0.0),
+            (false, false) => {}
+        }
+        if let Some(m) = moments.as_deref_mut() {
+            let m = &mut m[r.clone()];
+            let stored: Option<&[f32]> =
+                if mat[i] { Some(&vt[r.clone()]) } else { src.v0t.map(|s| &s[gl * out..][..out]) };
+            match stored {
+                Some(sv) if pend[i] == 0 && first => m.copy_from_slice(sv),
+                Some(sv) if pend[i] == 0 => update::add_assign_body::<P>(m, sv),
+                Some(sv) => decay_into(m, sv, beta2, pend[i], first),
+                None if first => m.fill(0.0),
+                None => {}
+            }
+        }
+    }
+}
+
+dispatch! { fn sums_d(s: &SparseFirst, src: Src<'_>, rows: std::ops::Range<usize>, beta2: f32, delta: &mut [f32], moments: Option<&mut [f32]>, first: bool) => sums_body }
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn sums_body<P: Policy>(
+    s: &SparseFirst,
+    src: Src<'_>,
+    rows: std::ops::Range<usize>,
+    beta2: f32,
+    delta: &mut [f32],
+    moments: Option<&mut [f32]>,
+    first: bool,
+) {
+    let (out, r) = (s.out, rows.clone());
+    let part = SumRows {
+        wt: &s.wt[r.start * out..r.end * out],
+        vt: &s.vt[r.start * out..r.end * out],
+        pend: &s.pend[r.clone()],
+        mat: &s.mat[r],
+    };
+    sums_rows::<P>(src, out, rows.start, part, beta2, delta, moments, first);
 }
 
 /// What every piece of [`adam_p`] shares.
@@ -439,21 +534,15 @@ fn adam_rows<P: Policy>(job: Job<'_>, lo: usize, part: Part<'_>, acc: Option<Acc
             for (k, gi) in g.chunks_exact(out).enumerate() {
                 let (i, gl) = (r0 + k - lo, r0 + k);
                 let (w, v) = (&mut wt[i * out..][..out], &mut vt[i * out..][..out]);
-                if !mat[i] && pend[i] == 1 {
-                    // First touch, no decay pending: read the source rows in the update.
+                if !mat[i] {
+                    // First touch: the source rows read in the update itself, the moments
+                    // with their deferred decay.
                     let sv = src.v0t.map(|s| &s[gl * out..][..out]);
-                    P::adam_slice_from(w, &src.w0t[gl * out..][..out], gi, v, sv, h.lr_t, h.beta2, h.eps);
+                    let f = if pend[i] > 1 { h.beta2.powi(pend[i] as i32 - 1) } else { 1.0 };
+                    P::adam_slice_from(w, &src.w0t[gl * out..][..out], gi, v, sv, f, h.lr_t, h.beta2, h.eps);
                     mat[i] = true;
                     pend[i] = 0;
                     continue;
-                }
-                if !mat[i] {
-                    w.copy_from_slice(&src.w0t[gl * out..][..out]);
-                    match src.v0t {
-                        Some(s) => v.copy_from_slice(&s[gl * out..][..out]),
-                        None => v.fill(0.0),
-                    }
-                    mat[i] = true;
                 }
                 decay(v, h.beta2, pend[i] - 1);
                 pend[i] = 0;
@@ -463,32 +552,7 @@ fn adam_rows<P: Policy>(job: Job<'_>, lo: usize, part: Part<'_>, acc: Option<Acc
         }
     }
     if let Some(mut a) = acc {
-        // The sums, row by row (contiguous in the transposed layout): `δ ← θ' − θ` or
-        // `δ + (θ' − θ)`, zero for rows the task never touched; `m ← v` or `m + v`, the true
-        // `v` (stored row times `β2^pend`) computed on the fly.
-        for i in 0..n {
-            let gl = lo + i;
-            let r = i * out..(i + 1) * out;
-            let base = &src.w0t[gl * out..][..out];
-            let d = &mut a.delta[r.clone()];
-            match (mat[i], a.first) {
-                (true, true) => update::delta_body::<P>(d, &wt[r.clone()], base),
-                (true, false) => update::accumulate_body::<P>(d, &wt[r.clone()], base),
-                (false, true) => d.fill(0.0),
-                (false, false) => {}
-            }
-            if let Some(m) = a.moments.as_deref_mut() {
-                let m = &mut m[r.clone()];
-                let stored: Option<&[f32]> =
-                    if mat[i] { Some(&vt[r.clone()]) } else { src.v0t.map(|s| &s[gl * out..][..out]) };
-                match stored {
-                    Some(sv) if pend[i] == 0 && a.first => m.copy_from_slice(sv),
-                    Some(sv) if pend[i] == 0 => update::add_assign_body::<P>(m, sv),
-                    Some(sv) => decay_into(m, sv, h.beta2, pend[i], a.first),
-                    None if a.first => m.fill(0.0),
-                    None => {}
-                }
-            }
-        }
+        let moments = a.moments.as_deref_mut();
+        sums_rows::<P>(src, out, lo, SumRows { wt, vt, pend, mat }, h.beta2, a.delta, moments, a.first);
     }
 }

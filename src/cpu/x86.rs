@@ -829,12 +829,14 @@ pub unsafe fn adam_avx512(theta: &mut [f32], g: &[f32], v: &mut [f32], lr_t: f32
     assert!(g.len() == n && v.len() == n, "adam lengths");
     let (tp, vp) = (theta.as_mut_ptr(), v.as_mut_ptr());
     // SAFETY: same contract; reading and writing the same θ and v positions in place.
-    unsafe { adam_avx512_raw(n, tp, tp, g.as_ptr(), vp, vp, lr_t, beta2, eps) }
+    unsafe { adam_avx512_raw(n, tp, tp, g.as_ptr(), vp, 1.0, vp, lr_t, beta2, eps) }
 }
 
 /// [`adam_avx512`] out of place, for the first step of a task: reads θ from `src_theta` and
-/// `v` from `src_v` (zeros when `None`), writes both to `theta` and `v`. The same arithmetic
-/// as copying first and updating in place (bit-identical), without the copy pass.
+/// `v` from `src_v` (zeros when `None`) times `vscale` (a deferred decay `β2^d`: the product
+/// rounded, subnormal results taken as zero; `1.0`: `v` as it is), writes both to `theta` and
+/// `v`. The same arithmetic as copying (and decaying) first and updating in place
+/// (bit-identical), without the copy pass.
 ///
 /// # Safety
 /// The CPU must support AVX-512F/VL and FMA.
@@ -847,6 +849,7 @@ pub unsafe fn adam_from_avx512(
     g: &[f32],
     v: &mut [f32],
     src_v: Option<&[f32]>,
+    vscale: f32,
     lr_t: f32,
     beta2: f32,
     eps: f32,
@@ -858,12 +861,24 @@ pub unsafe fn adam_from_avx512(
     // SAFETY: lengths checked above; the sources are shared borrows distinct from the
     // mutably borrowed destinations.
     unsafe {
-        adam_avx512_raw(n, src_theta.as_ptr(), theta.as_mut_ptr(), g.as_ptr(), vin, v.as_mut_ptr(), lr_t, beta2, eps)
+        adam_avx512_raw(
+            n,
+            src_theta.as_ptr(),
+            theta.as_mut_ptr(),
+            g.as_ptr(),
+            vin,
+            vscale,
+            v.as_mut_ptr(),
+            lr_t,
+            beta2,
+            eps,
+        )
     }
 }
 
-/// The Adam loop over raw pointers: θ and `v` read from `tin`/`vin` (`vin` null = zeros) and
-/// written to `tout`/`vout` (which may equal the inputs).
+/// The Adam loop over raw pointers: θ and `v` read from `tin`/`vin` (`vin` null = zeros; `v`
+/// times `vscale` unless that is 1, see [`adam_from_avx512`]) and written to `tout`/`vout`
+/// (which may equal the inputs).
 ///
 /// # Safety
 /// AVX-512F/VL + FMA; every pointer covers `n` floats.
@@ -876,6 +891,7 @@ unsafe fn adam_avx512_raw(
     tout: *mut f32,
     gp: *const f32,
     vin: *const f32,
+    vscale: f32,
     vout: *mut f32,
     lr_t: f32,
     beta2: f32,
@@ -905,13 +921,23 @@ unsafe fn adam_avx512_raw(
         let r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, two));
         (_mm512_fnmadd_ps(_mm512_mul_ps(lr, g), r, t), vn)
     };
+    // The deferred decay `β2^d·v` as `sparse::decay` rounds it: one product, subnormal results
+    // (ordered compare: NaN stays NaN) taken as zero.
+    let (scaled, vs) = (vscale != 1.0, _mm512_set1_ps(vscale));
+    let decay = |v: __m512| -> __m512 {
+        if !scaled {
+            return v;
+        }
+        let y = _mm512_mul_ps(v, vs);
+        _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(y, tiny), _mm512_setzero_ps())
+    };
     let mut i = 0;
     // SAFETY: full-width accesses stay below i + 16 ≤ n; the tail's masked lanes below n
     // (masked-off lanes are neither read nor written).
     unsafe {
         let zero = vin.is_null();
         while i + 16 <= n {
-            let v = if zero { _mm512_setzero_ps() } else { _mm512_loadu_ps(vin.add(i)) };
+            let v = if zero { _mm512_setzero_ps() } else { decay(_mm512_loadu_ps(vin.add(i))) };
             let (t, vn) = step(_mm512_loadu_ps(tin.add(i)), _mm512_loadu_ps(gp.add(i)), v);
             _mm512_storeu_ps(tout.add(i), t);
             _mm512_storeu_ps(vout.add(i), vn);
@@ -920,7 +946,7 @@ unsafe fn adam_avx512_raw(
         if i < n {
             let mask: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
             let ld = |p: *const f32| _mm512_maskz_loadu_ps(mask, p);
-            let v = if zero { _mm512_setzero_ps() } else { ld(vin.add(i)) };
+            let v = if zero { _mm512_setzero_ps() } else { decay(ld(vin.add(i))) };
             let (t, vn) = step(ld(tin.add(i)), ld(gp.add(i)), v);
             _mm512_mask_storeu_ps(tout.add(i), mask, t);
             _mm512_mask_storeu_ps(vout.add(i), mask, vn);
@@ -949,6 +975,49 @@ mod tests {
         }
         for q in 0..16 {
             assert_eq!(out[REDUCE16_SLOT[q]], (q + 1) as f32 * 68.0, "input {q}");
+        }
+    }
+
+    /// The out-of-place update with a deferred decay equals copying, decaying (`x·f`, subnormal
+    /// results as zero) and updating in place, bit for bit, full vectors and a masked tail;
+    /// moments near the subnormal boundary and a NaN included.
+    #[test]
+    fn adam_from_with_decay_is_copy_decay_update() {
+        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl")) {
+            eprintln!("skipped: no AVX-512 on this CPU");
+            return;
+        }
+        let n = 37;
+        let src_t: Vec<f32> = (0..n).map(|i| ((i * 7919 % 113) as f32 - 56.0) * 0.013).collect();
+        let g: Vec<f32> = (0..n).map(|i| ((i * 104729 % 97) as f32 - 48.0) * 3.1e-3).collect();
+        let mut src_v: Vec<f32> = (0..n).map(|i| 1e-6 * (1.0 + (i * 31 % 17) as f32)).collect();
+        src_v[3] = 1.176e-38; // normal, decays below f32::MIN_POSITIVE
+        let mut g = g;
+        g[3] = 4e-18; // (1 − β2)·g² ≈ 1.6e-38: a subnormal decayed v would show in the sum
+        src_v[5] = 0.0;
+        src_v[8] = f32::NAN;
+        for f in [1.0f32, 0.999, 0.999f32.powi(4)] {
+            let (mut t1, mut v1) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+            // SAFETY: AVX-512F/VL detected above (FMA comes with it on every such CPU).
+            unsafe { adam_from_avx512(&mut t1, &src_t, &g, &mut v1, Some(&src_v), f, 1e-3, 0.999, 1e-8) };
+            let mut t2 = src_t.clone();
+            let mut v2: Vec<f32> = src_v
+                .iter()
+                .map(|&x| {
+                    if f == 1.0 {
+                        return x;
+                    }
+                    let y = x * f;
+                    if y < f32::MIN_POSITIVE { 0.0 } else { y }
+                })
+                .collect();
+            // SAFETY: as above.
+            unsafe { adam_avx512(&mut t2, &g, &mut v2, 1e-3, 0.999, 1e-8) };
+            for i in 0..n {
+                assert_eq!(t1[i].to_bits(), t2[i].to_bits(), "f {f}: θ[{i}] {} vs {}", t1[i], t2[i]);
+                assert_eq!(v1[i].to_bits(), v2[i].to_bits(), "f {f}: v[{i}] {} vs {}", v1[i], v2[i]);
+            }
+            assert!(t1[0] != src_t[0], "a real step");
         }
     }
 }

@@ -145,6 +145,11 @@ impl TaskWorker {
         }
     }
 
+    /// The transposed first layer of the last [`Self::run`] given a transposed source.
+    pub fn sparse_state(&self) -> Option<&SparseFirst> {
+        self.sparse.as_ref()
+    }
+
     /// Grows to hold minibatches of `cap` points.
     pub fn ensure(&mut self, spec: &MlpSpec, cap: usize) {
         if self.ws.capacity() < cap {
@@ -334,10 +339,10 @@ impl TaskWorker {
     /// Omniglot's 247k parameters these copies cost as much as a step's update).
     ///
     /// With `src0` (θ's `W_0` and those moments transposed, [`sparse::Src`]) and all of: such
-    /// a first step, fused sums, no FOMAML copy, and a first layer that [`sparse::suits`] the
-    /// transposed path, `W_0` runs on that path ([`crate::cpu::sparse`]): `acc`'s `W_0` range
+    /// a first step, no FOMAML copy, and a first layer that [`sparse::suits`] the transposed
+    /// path, `W_0` runs on that path ([`crate::cpu::sparse`]): `acc`'s `W_0` range, if any,
     /// then receives the task's sums in the transposed layout `[in × out]`, and θ' and `v`
-    /// hold no `W_0` afterwards.
+    /// hold no `W_0` afterwards (the task's `W_0ᵀ` is in [`Self::sparse_state`]).
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &mut self,
@@ -364,11 +369,13 @@ impl TaskWorker {
             _ => None,
         };
         // The first layer on the transposed path: with the caller's transposed source, for an
-        // Adam run that starts from sources and fuses its sums into the last step (the sums
-        // of W_0 come back transposed), without FOMAML's copy of θ' before the last step.
+        // Adam run that starts from sources, without FOMAML's copy of θ' before the last step;
+        // sums fused into the last step come back transposed for W_0, and without sums the
+        // task's final state stays here ([`Self::sparse_state`], `theta_p` and `adam_v` past
+        // W_0) for the caller to sum.
         assert!(
-            src0.is_none() || (from.is_some() && acc.is_some() && !keep_prev && sparse::suits(spec)),
-            "the transposed first layer needs an Adam run from sources with fused sums"
+            src0.is_none() || (from.is_some() && !keep_prev && sparse::suits(spec)),
+            "the transposed first layer needs an Adam run from sources"
         );
         if let Some(src) = &src0 {
             let (inp, out) = (spec.in_dim(), spec.widths()[1]);

@@ -4,6 +4,7 @@
 mod config;
 mod eval;
 mod inner;
+mod kept;
 mod lanes;
 mod tasks;
 mod trainer;

@@ -5,7 +5,9 @@
 //! independent of the thread count. Each chunk sums its tasks' deltas in task order; the chunk
 //! sums are then added along a fixed binary tree over the chunks (`Tree`). Each task's
 //! minibatch order comes from its own random stream keyed by (seed, iteration, task). So θ is
-//! bit-identical for any number of threads.
+//! bit-identical for any number of threads. (Meta-batches of at most 16 tasks on the
+//! transposed first layer sum their tasks in task order instead, after all have run, see
+//! `meta::kept`; also set by `n` alone.)
 //! (Two things vary with the threads without changing any bit: a one-task chunk may add its
 //! task straight into its finished left neighbour's sum instead of a buffer added afterwards,
 //! see `Tree::node_fused`; and large layers cut their products into row pieces that an idle
@@ -13,6 +15,7 @@
 
 use super::config::{AdamMoments, InnerOptimizer, OuterRule, ReptileConfig};
 use super::inner::{MomentsStart, TaskWorker};
+use super::kept;
 use super::lanes::LaneWorker;
 use super::tasks::TaskBatch;
 use crate::cpu::aligned::AlignedVec;
@@ -765,6 +768,8 @@ impl Trainer {
                 w.get_mut().unwrap_or_else(|e| e.into_inner()).ensure(spec, cap);
             }
         } else {
+            // One worker per thread; on the transposed path with few tasks, one per task (`kept`).
+            let nw = if transposed && n <= kept::MAX_TASKS { nw.max(n) } else { nw };
             if self.workers.len() < nw {
                 self.workers.resize_with(nw, || Mutex::new(TaskWorker::new(spec, cap)));
             }
@@ -894,18 +899,51 @@ impl Trainer {
         // count), the adds run in parallel as soon as both halves are done, and each partial
         // is mostly summed on the core that wrote it. The leftmost leaf writes straight into
         // the output; chunk c > 0 of a right subtree starts in `partials[c]`.
-        if self.partials.len() < nc {
-            self.partials.resize_with(nc, AlignedVec::new);
-        }
-        self.partials[1..nc].iter_mut().for_each(|v| v.resize(width, 0.0));
+        //
+        // On the transposed first layer with at most `kept::MAX_TASKS` tasks, the tasks keep
+        // their final states instead and are summed afterwards in task order (`kept`).
         let par = self.pool.is_some();
-        let tree = Tree { run_chunk: &run_chunk, p, carry, par, single: !use_lanes && units == nc };
-        let parts = &mut self.partials[1..nc];
-        let (lb, la) = match &self.pool {
-            // One chunk (serial Reptile) runs on the calling thread: handing it to the pool
-            // would cost a cross-thread wake-up per step.
-            Some(pool) if nc > 1 => pool.install(|| tree.node(0, nc, &mut out.sum, &mut out.moments_sum, parts)),
-            _ => tree.node(0, nc, &mut out.sum, &mut out.moments_sum, parts),
+        let (lb, la) = if let Some(src) = src0.filter(|_| n <= kept::MAX_TASKS) {
+            let run_task = |i: usize| -> (f64, f64) {
+                let mut w = workers[i].lock().unwrap_or_else(|e| e.into_inner());
+                let mut rng = stream(i);
+                let (x, y) = batch.task_slices(i);
+                w.set_optimizer_deferred(opt, if carry { adam_t } else { 0 });
+                let moments = if carry { MomentsStart::From(&adam_v[..]) } else { MomentsStart::Zero };
+                let (b0, a0) = w.run(spec, theta, x, y, m, &inner, None, false, moments, &mut rng, None, Some(src));
+                (b0 as f64, a0 as f64)
+            };
+            let mut go = || {
+                use rayon::prelude::*;
+                let losses: Vec<(f64, f64)> =
+                    if par { (0..n).into_par_iter().map(run_task).collect() } else { (0..n).map(run_task).collect() };
+                let guards: Vec<_> = workers[..n].iter().map(|w| w.lock().unwrap_or_else(|e| e.into_inner())).collect();
+                let states: Vec<&TaskWorker> = guards.iter().map(|g| &**g).collect();
+                let beta2 = match opt {
+                    InnerOptimizer::Adam { beta2, .. } => beta2,
+                    InnerOptimizer::Sgd => unreachable!("the transposed path is Adam's"),
+                };
+                let msum = carry.then_some(&mut out.moments_sum[..]);
+                kept::reduce(theta, src, inp * out0, out0, beta2, &states, &mut out.sum, msum, par);
+                losses.iter().fold((0.0, 0.0), |(b, a), l| (b + l.0, a + l.1))
+            };
+            match &self.pool {
+                Some(pool) => pool.install(go),
+                None => go(),
+            }
+        } else {
+            if self.partials.len() < nc {
+                self.partials.resize_with(nc, AlignedVec::new);
+            }
+            self.partials[1..nc].iter_mut().for_each(|v| v.resize(width, 0.0));
+            let tree = Tree { run_chunk: &run_chunk, p, carry, par, single: !use_lanes && units == nc };
+            let parts = &mut self.partials[1..nc];
+            match &self.pool {
+                // One chunk (serial Reptile) runs on the calling thread: handing it to the pool
+                // would cost a cross-thread wake-up per step.
+                Some(pool) if nc > 1 => pool.install(|| tree.node(0, nc, &mut out.sum, &mut out.moments_sum, parts)),
+                _ => tree.node(0, nc, &mut out.sum, &mut out.moments_sum, parts),
+            }
         };
         if transposed && !keep_transposed {
             // The sums of W_0 back into θ's layout.
