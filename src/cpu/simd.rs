@@ -118,10 +118,7 @@ pub trait Policy: Copy {
     ) {
         theta.copy_from_slice(src_theta);
         match src_v {
-            Some(s) if vscale != 1.0 => v.iter_mut().zip(s).for_each(|(v, &x)| {
-                let y = x * vscale;
-                *v = if y < f32::MIN_POSITIVE { 0.0 } else { y };
-            }),
+            Some(s) if vscale != 1.0 => v.iter_mut().zip(s).for_each(|(v, &x)| *v = super::update::decayed(x, vscale)),
             Some(s) => v.copy_from_slice(s),
             None => v.fill(0.0),
         }

@@ -8,9 +8,9 @@
 //!   all tasks of a meta-iteration) and gets each task's contribution to the sums of `W_0` back
 //!   in the transposed layout; it updates the transposed copies with the same element-wise
 //!   arithmetic as θ, and builds θ's layout ([`transpose`], exact) only when θ is looked at.
-//! - A task's rows of `W_0ᵀ` are copied from the source into its own state the first time
-//!   the task's minibatches touch them ("materialized"); untouched rows are read from the
-//!   source and never copied.
+//! - A task's rows of `W_0ᵀ` enter its own state ("materialized") in the first update that
+//!   touches them, which reads them from the source; untouched rows are read from the source
+//!   and never copied.
 //! - Forward: `Z_0 = b_0 + Σ_runs X[:, run]·Wᵀ[run, :]`, one product per run of nonzero
 //!   columns ([`nonzero_runs`]) and per stretch of rows that live in the same place.
 //! - Backward fused with Adam (β1 = 0): a zero column's gradient is exactly zero, so its
@@ -137,32 +137,31 @@ fn half(n: usize) -> Option<usize> {
     (mid >= 8 && n - mid >= 8).then_some(mid)
 }
 
+/// `β2^d`, the factor of `d` deferred decays.
+#[inline(always)]
+fn factor(beta2: f32, d: u32) -> f32 {
+    beta2.powi(d as i32)
+}
+
 /// `v ← β2^d·v` with subnormal results stored as zero (`d = 0` leaves `v` as it is).
 #[inline(always)]
 fn decay(v: &mut [f32], beta2: f32, d: u32) {
     if d == 0 {
         return;
     }
-    let f = beta2.powi(d as i32);
-    v.iter_mut().for_each(|x| {
-        let y = *x * f;
-        *x = if y < f32::MIN_POSITIVE { 0.0 } else { y };
-    });
+    let f = factor(beta2, d);
+    v.iter_mut().for_each(|x| *x = update::decayed(*x, f));
 }
 
 /// `m ← β2^d·v` (`first`) or `m ← m + β2^d·v`, the product rounded and flushed exactly as
 /// [`decay`] does (`d ≥ 1`).
 #[inline(always)]
 fn decay_into(m: &mut [f32], v: &[f32], beta2: f32, d: u32, first: bool) {
-    let f = beta2.powi(d as i32);
-    let scaled = |x: f32| {
-        let y = x * f;
-        if y < f32::MIN_POSITIVE { 0.0 } else { y }
-    };
+    let f = factor(beta2, d);
     if first {
-        m.iter_mut().zip(v).for_each(|(m, &x)| *m = scaled(x));
+        m.iter_mut().zip(v).for_each(|(m, &x)| *m = update::decayed(x, f));
     } else {
-        m.iter_mut().zip(v).for_each(|(m, &x)| *m += scaled(x));
+        m.iter_mut().zip(v).for_each(|(m, &x)| *m += update::decayed(x, f));
     }
 }
 
@@ -215,7 +214,14 @@ impl SparseFirst {
         let n = rows.len() * self.out;
         assert!(rows.end <= self.inp, "rows out of range");
         assert!(delta.len() == n && moments.as_ref().is_none_or(|m| m.len() == n), "sums length");
-        sums_d(self, src, rows, beta2, delta, moments, first);
+        let (out, r) = (self.out, rows.clone());
+        let part = SumRows {
+            wt: &self.wt[r.start * out..r.end * out],
+            vt: &self.vt[r.start * out..r.end * out],
+            pend: &self.pend[r.clone()],
+            mat: &self.mat[r],
+        };
+        sums_d(src, out, rows.start, part, beta2, delta, moments, first);
     }
 
     /// `Z_0 ← b_0 + X·W_0ᵀ` over the `runs` of nonzero columns of `x` (`[points × inp]`), into
@@ -359,9 +365,10 @@ fn forward_cols<P: Policy>(
 
 /// One fused Adam step on the transposed layer: for each run of nonzero columns of `x`, tiles
 /// of input columns `G = X[:, cols]ᵀ·dZ` (`[cols × out]`, [`Policy::axpy`]: the columns of `X`
-/// with strides `(1, inp)` against `dZ` `[points × out]`); each row copied from the source if
-/// the task does not have it yet (read by [`Policy::adam_slice_from`] in the update itself,
-/// deferred decay included), its deferred decay applied, then [`Policy::adam_slice`].
+/// with strides `(1, inp)` against `dZ` `[points × out]`); a row the task does not have yet
+/// is updated out of place from the source ([`Policy::adam_slice_from`], its deferred decay
+/// applied to the source moments), a row it has gets its deferred decay and then
+/// [`Policy::adam_slice`].
 /// Every other column's decay count goes up by one. With `acc` (a task's last step; the sums
 /// of `W_0` in the transposed layout, `base` unused: the source is the base), every row is
 /// then added to the sums.
@@ -443,28 +450,7 @@ fn sums_rows<P: Policy>(
     }
 }
 
-dispatch! { fn sums_d(s: &SparseFirst, src: Src<'_>, rows: std::ops::Range<usize>, beta2: f32, delta: &mut [f32], moments: Option<&mut [f32]>, first: bool) => sums_body }
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn sums_body<P: Policy>(
-    s: &SparseFirst,
-    src: Src<'_>,
-    rows: std::ops::Range<usize>,
-    beta2: f32,
-    delta: &mut [f32],
-    moments: Option<&mut [f32]>,
-    first: bool,
-) {
-    let (out, r) = (s.out, rows.clone());
-    let part = SumRows {
-        wt: &s.wt[r.start * out..r.end * out],
-        vt: &s.vt[r.start * out..r.end * out],
-        pend: &s.pend[r.clone()],
-        mat: &s.mat[r],
-    };
-    sums_rows::<P>(src, out, rows.start, part, beta2, delta, moments, first);
-}
+dispatch! { fn sums_d(src: Src<'_>, out: usize, lo: usize, rows: SumRows<'_>, beta2: f32, delta: &mut [f32], moments: Option<&mut [f32]>, first: bool) => sums_rows }
 
 /// What every piece of [`adam_p`] shares.
 #[derive(Clone, Copy)]
@@ -538,7 +524,7 @@ fn adam_rows<P: Policy>(job: Job<'_>, lo: usize, part: Part<'_>, acc: Option<Acc
                     // First touch: the source rows read in the update itself, the moments
                     // with their deferred decay.
                     let sv = src.v0t.map(|s| &s[gl * out..][..out]);
-                    let f = if pend[i] > 1 { h.beta2.powi(pend[i] as i32 - 1) } else { 1.0 };
+                    let f = if pend[i] > 1 { factor(h.beta2, pend[i] - 1) } else { 1.0 };
                     P::adam_slice_from(w, &src.w0t[gl * out..][..out], gi, v, sv, f, h.lr_t, h.beta2, h.eps);
                     mat[i] = true;
                     pend[i] = 0;

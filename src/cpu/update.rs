@@ -82,6 +82,14 @@ pub fn adam_g_min(beta2: f32) -> f32 {
     (g * (1.0 + 1e-6)) as f32
 }
 
+/// `x·f` rounded once, a subnormal result stored as zero (ordered compare: NaN stays NaN): one
+/// element of a deferred decay `β2^d·v` (see [`super::sparse`]).
+#[inline(always)]
+pub(crate) fn decayed(x: f32, f: f32) -> f32 {
+    let y = x * f;
+    if y < f32::MIN_POSITIVE { 0.0 } else { y }
+}
+
 /// One Adam step with β1 = 0 on θ: `v ← β2·v + (1 − β2)·g²`, `θ ← θ − lr_t·g/(√v + ε)`, where
 /// the caller folds the bias correction into `lr_t = α·√(1 − β2^t)`.
 ///

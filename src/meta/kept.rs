@@ -6,7 +6,8 @@
 //! Why: Omniglot's net has 247k parameters and carries Adam moments, so each task's sums are
 //! 2 MB. Fused into each task's last step and added along the trainer's chunk tree, every task
 //! writes a 2 MB partial and the tree reads and rewrites one per addition, about 30 MB of
-//! traffic per meta-batch of 5. Here each task's state is read once and each sum written once.
+//! traffic per meta-batch of 5 by count. Here each task's state is read once and each sum
+//! written once.
 //!
 //! The sums are `((δ_0 + δ_1) + δ_2) + …` element by element in task order (a different order
 //! from the tree's, which is set by `n` alone as well), so θ does not depend on the thread

@@ -755,6 +755,9 @@ impl Trainer {
         let cap = b.max(tail.unwrap_or(0)).max(m.min(b));
         let n = batch.n_tasks();
         let use_lanes = self.uses_lanes(n);
+        // On the transposed first layer with few tasks, every task keeps its final state in a
+        // worker of its own and the tasks are summed afterwards (`kept`).
+        let kept_states = transposed && n <= kept::MAX_TASKS;
         // Work units: single tasks, or groups of 16 consecutive tasks on the lane path; a
         // chunk is a fixed run of consecutive units, set by n alone.
         let units = if use_lanes { n.div_ceil(LANES) } else { n };
@@ -768,8 +771,8 @@ impl Trainer {
                 w.get_mut().unwrap_or_else(|e| e.into_inner()).ensure(spec, cap);
             }
         } else {
-            // One worker per thread; on the transposed path with few tasks, one per task (`kept`).
-            let nw = if transposed && n <= kept::MAX_TASKS { nw.max(n) } else { nw };
+            // One worker per thread, or one per task for `kept_states`.
+            let nw = if kept_states { nw.max(n) } else { nw };
             if self.workers.len() < nw {
                 self.workers.resize_with(nw, || Mutex::new(TaskWorker::new(spec, cap)));
             }
@@ -821,6 +824,11 @@ impl Trainer {
             rng::stream(seed, Purpose::InnerShuffle, index)
         };
         let (workers, lane_workers) = (&self.workers, &self.lane_workers);
+        // A task's optimizer state on its worker, and where its moments start.
+        let start_task = |w: &mut TaskWorker| {
+            w.set_optimizer_deferred(opt, if carry { adam_t } else { 0 });
+            if carry { MomentsStart::From(&adam_v[..]) } else { MomentsStart::Zero }
+        };
         // A chunk sums its tasks' deltas into `acc` and, with carried moments, their final `v`
         // into `acc_v` (empty otherwise).
         let run_chunk = |c: usize, acc: &mut [f32], acc_v: &mut [f32], add: bool| -> (f64, f64) {
@@ -869,8 +877,7 @@ impl Trainer {
                 for i in start..end {
                     let mut rng = stream(i);
                     let (x, y) = batch.task_slices(i);
-                    w.set_optimizer_deferred(opt, if carry { adam_t } else { 0 });
-                    let moments = if carry { MomentsStart::From(&adam_v[..]) } else { MomentsStart::Zero };
+                    let moments = start_task(w);
                     // The chunk's first task writes its delta (and moments); the others add
                     // theirs. Reptile hands the sums to the run (fused into the last Adam
                     // step); FOMAML's base is the worker's own θ' before its last step, known
@@ -900,16 +907,15 @@ impl Trainer {
         // is mostly summed on the core that wrote it. The leftmost leaf writes straight into
         // the output; chunk c > 0 of a right subtree starts in `partials[c]`.
         //
-        // On the transposed first layer with at most `kept::MAX_TASKS` tasks, the tasks keep
-        // their final states instead and are summed afterwards in task order (`kept`).
+        // With `kept_states`, the tasks keep their final states instead and are summed
+        // afterwards in task order (`kept`).
         let par = self.pool.is_some();
-        let (lb, la) = if let Some(src) = src0.filter(|_| n <= kept::MAX_TASKS) {
+        let (lb, la) = if let Some(src) = src0.filter(|_| kept_states) {
             let run_task = |i: usize| -> (f64, f64) {
                 let mut w = workers[i].lock().unwrap_or_else(|e| e.into_inner());
                 let mut rng = stream(i);
                 let (x, y) = batch.task_slices(i);
-                w.set_optimizer_deferred(opt, if carry { adam_t } else { 0 });
-                let moments = if carry { MomentsStart::From(&adam_v[..]) } else { MomentsStart::Zero };
+                let moments = start_task(&mut w);
                 let (b0, a0) = w.run(spec, theta, x, y, m, &inner, None, false, moments, &mut rng, None, Some(src));
                 (b0 as f64, a0 as f64)
             };
