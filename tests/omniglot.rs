@@ -135,6 +135,44 @@ fn rotations_turn_counter_clockwise_and_compose() {
 }
 
 #[test]
+fn mirrored_orientations_flip_left_to_right_then_turn() {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let img: Vec<f32> = (0..PIXELS).map(|_| rng.random_range(0.1f32..1.0)).collect();
+    // Orientation 4 is the mirror image: pixel (y, x) comes from (y, 27 − x).
+    let mut m = vec![0.0f32; PIXELS];
+    omniglot::rotate(&img, 4, &mut m);
+    for y in 0..SIDE {
+        for x in 0..SIDE {
+            assert_eq!(m[y * SIDE + x], img[y * SIDE + SIDE - 1 - x], "mirror at ({y},{x})");
+        }
+    }
+    // Orientation 4 + q is the mirror image turned by q quarter turns, and mirroring twice is
+    // the identity.
+    let mut want = vec![0.0f32; PIXELS];
+    let mut got = vec![0.0f32; PIXELS];
+    for q in 0..4u8 {
+        omniglot::rotate(&m, q, &mut want);
+        omniglot::rotate(&img, 4 + q, &mut got);
+        assert_eq!(got, want, "orientation {}", 4 + q);
+    }
+    omniglot::rotate(&m, 4, &mut got);
+    assert_eq!(got, img, "mirroring twice");
+    // The 8 orientations of a random image are 8 different images.
+    let all: Vec<Vec<f32>> = (0..8u8)
+        .map(|q| {
+            let mut o = vec![0.0f32; PIXELS];
+            omniglot::rotate(&img, q, &mut o);
+            o
+        })
+        .collect();
+    for i in 0..8 {
+        for j in 0..i {
+            assert_ne!(all[i], all[j], "orientations {i} and {j} coincide");
+        }
+    }
+}
+
+#[test]
 fn sampler_draws_distinct_classes_and_disjoint_support_and_query() {
     let Some(d) = data() else { return };
     let (train, _) = d.split(Split::Standard);
@@ -404,6 +442,38 @@ fn affine_sampler_draws_the_same_classes_rotated_and_rejects_bad_ranges() {
     }
     for (deg, sc) in [(-1.0f32, 0.0f32), (46.0, 0.0), (0.0, 0.5), (f32::NAN, 0.0)] {
         assert!(FewShot::new(d, &train, 9).unwrap().with_affine(deg, sc).is_err(), "affine ({deg}, {sc}) accepted");
+    }
+}
+
+#[test]
+fn mirror_classes_double_the_training_classes_and_draw_mirrored_drawings() {
+    let Some(d) = data() else { return };
+    let (train, _) = d.split(Split::Standard);
+    let spec = spec(5);
+    let plain = FewShot::new(d, &train, 11).unwrap();
+    let mut s = FewShot::new(d, &train, 11).unwrap().with_mirror(true);
+    assert_eq!(s.num_classes(), 8 * STANDARD_TRAIN_CHARS);
+    // Off again: the protocol's classes, and the same tasks as a sampler that never had them.
+    let mut off = s.clone().with_mirror(false);
+    assert_eq!(off.num_classes(), plain.num_classes());
+    assert_eq!(off.sample(&spec, 3, 5, 2, 1).unwrap().0, plain.clone().sample(&spec, 3, 5, 2, 1).unwrap().0);
+    let (sup, _, classes) = s.sample(&spec, 200, 5, 2, 0).unwrap();
+    let mirrored = classes.iter().flatten().filter(|&&(_, q)| q >= 4).count();
+    // 1000 classes drawn, each mirrored with probability 1/2: far from 0 and from 1000.
+    assert!((350..=650).contains(&mirrored), "{mirrored} of 1000 classes mirrored");
+    // Every support drawing is one of its character's 20 drawings in the class's orientation.
+    let Targets::Labels(ls) = sup.y() else { panic!("labels expected") };
+    let mut img = vec![0.0f32; PIXELS];
+    for t in 0..200 {
+        for r in 0..10 {
+            let (c, q) = classes[t][ls[t * 10 + r] as usize];
+            let x = &sup.x()[(t * 10 + r) * PIXELS..][..PIXELS];
+            let found = (0..20).any(|dr| {
+                d.image(c, dr, q, &mut img);
+                img == x
+            });
+            assert!(found, "task {t} row {r}: not a drawing of character {c} in orientation {q}");
+        }
     }
 }
 

@@ -69,6 +69,14 @@ pub struct OmniglotArgs {
     /// 1 ± this (before the shift; 0 = off).
     #[arg(long, default_value_t = 0.0)]
     train_scale: f32,
+    /// Training-task augmentation: add each meta-training character's mirror image, in its 4
+    /// rotations, as 4 more classes (8 per character; evaluation keeps the protocol's 4).
+    #[arg(long)]
+    train_mirror: bool,
+    /// Training-task augmentation: turn each class of each meta-training task by a random
+    /// angle of up to this many degrees either way, the same for all its drawings (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    train_class_rotate: f32,
     /// Test-time support augmentation: adapt on every support drawing in all its translations
     /// by up to this many pixels per axis ((2s+1)² copies; the query is never touched; 0 = off).
     #[arg(long, default_value_t = 0)]
@@ -111,6 +119,10 @@ pub struct OmniglotArgs {
     /// Outer step size at the end.
     #[arg(long, default_value_t = 0.0)]
     eps_end: f32,
+    /// Tail averaging: the model kept is the mean of θ after each of the last this many
+    /// iterations (0 = θ after the last one).
+    #[arg(long, default_value_t = 0)]
+    average_last: u64,
     /// Adaptation steps at evaluation.
     #[arg(long, default_value_t = 50)]
     eval_steps: usize,
@@ -263,7 +275,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     let mut trainer = Trainer::new(model, config.clone())?;
     trainer.set_device(a.device)?;
     println!(
-        "reptile omniglot: {}-way {}-shot, MLP {:?} ReLU ({} parameters), {} iterations of {} tasks × {} shots, k = {}, {:?} α = {}, ε {} → {}, training shifts ±{} px, rotations ±{}°, scales ±{}, {} threads",
+        "reptile omniglot: {}-way {}-shot, MLP {:?} ReLU ({} parameters), {} iterations of {} tasks × {} shots, k = {}, {:?} α = {}, ε {} → {}, training shifts ±{} px, rotations ±{}°, scales ±{}{}, {} threads",
         a.ways,
         a.shots,
         widths,
@@ -279,11 +291,14 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         a.train_shift,
         a.train_rotate,
         a.train_scale,
+        if a.train_mirror { ", mirrored classes" } else { "" },
         trainer.threads()
     );
     let mut train_tasks = FewShot::new(&data, &train_chars, a.seed)?
         .with_shift(a.train_shift)?
-        .with_affine(a.train_rotate, a.train_scale)?;
+        .with_affine(a.train_rotate, a.train_scale)?
+        .with_mirror(a.train_mirror)
+        .with_class_rotation(a.train_class_rotate)?;
     // Fixed monitoring tasks, so the curve compares like with like.
     let mon_test =
         FewShot::new(&data, &test_chars, a.seed ^ 0x7E57)?.eval_tasks(&spec, a.eval_tasks, a.ways, a.shots, a.query)?;
@@ -317,6 +332,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     let t0 = Instant::now();
     let mut monitor_s = 0.0;
     let mut running = f32::NAN;
+    let mut mean = vec![0.0f64; if a.average_last > 0 { spec.num_params() } else { 0 }];
     std::thread::scope(|scope| -> reptile::Result<()> {
         // The next meta-batch is sampled on a thread of its own while the trainer's pool
         // runs this one (the same batches in the same order: the sampler has its own random
@@ -338,6 +354,11 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
             let batch =
                 rx.recv().map_err(|_| reptile::Error::InvalidArgument("the task sampler thread stopped".into()))??;
             let s = trainer.step(&batch)?;
+            if i + a.average_last >= a.iterations {
+                for (m, &p) in mean.iter_mut().zip(trainer.params()) {
+                    *m += p as f64;
+                }
+            }
             running = if running.is_nan() { s.loss_after } else { 0.98 * running + 0.02 * s.loss_after };
             if (i + 1) % 16 == 0 || i + 1 == a.iterations {
                 pb.set_position(i + 1);
@@ -356,6 +377,11 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     })?;
     // Training time excludes the periodic evaluations.
     let train_total = t0.elapsed().as_secs_f64() - monitor_s;
+    if a.average_last > 0 && a.iterations > 0 {
+        let k = a.average_last.min(a.iterations) as f64;
+        let theta: Vec<f32> = mean.iter().map(|&m| (m / k) as f32).collect();
+        trainer.set_params(&theta)?;
+    }
     pb.finish_and_clear();
     let mut written = Vec::new();
     if !eval_only {
@@ -420,7 +446,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         "ways": a.ways, "shots": a.shots, "train_shots": a.train_shots, "query": a.query,
         "iterations": a.iterations, "train_seconds": train_total, "spec": spec, "config": config,
         "init": a.init, "final_tasks": a.final_tasks.max(1), "accuracy": acc, "ci95": ci, "eval_seconds": eval_s,
-        "train_shift": a.train_shift, "train_rotate": a.train_rotate, "train_scale": a.train_scale,
+        "train_shift": a.train_shift, "train_rotate": a.train_rotate, "train_scale": a.train_scale, "train_mirror": a.train_mirror, "train_class_rotate": a.train_class_rotate,
         "eval_support_shift": a.eval_support_shift, "eval_query_shift": a.eval_query_shift,
     });
     let sp = a.out.join("summary.json");

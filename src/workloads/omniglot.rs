@@ -18,6 +18,8 @@
 //! the first 1200 characters of that order meta-train, the remaining 423 meta-test.
 //! [`Split::Alphabets`] (stricter): background alphabets train, evaluation alphabets test.
 //! Every character becomes 4 classes by rotation by 0°, 90°, 180°, 270° (counter-clockwise).
+//! Meta-training may add 4 more per character, its mirror image in the same 4 rotations
+//! ([`FewShot::with_mirror`], off by default; evaluation classes are always the 4 rotations).
 
 use crate::error::{Error, Result};
 use crate::meta::{EvalTasks, Targets, TaskBatch};
@@ -135,10 +137,12 @@ impl Omniglot {
         &self.pixels[(character * DRAWINGS + drawing) * PIXELS..][..PIXELS]
     }
 
-    /// One drawing rotated counter-clockwise by `quarter_turns`·90°, as values in [0, 1].
-    pub fn image(&self, character: usize, drawing: usize, quarter_turns: u8, out: &mut [f32]) {
+    /// One drawing rotated counter-clockwise by `orientation`·90°, as values in [0, 1].
+    /// Orientations 4–7 are the drawing mirrored left to right, then rotated by
+    /// `(orientation − 4)`·90° (the 8 symmetries of the square; see [`rotate`]).
+    pub fn image(&self, character: usize, drawing: usize, orientation: u8, out: &mut [f32]) {
         let src = self.image_bytes(character, drawing);
-        let table = &rotation_tables()[(quarter_turns % 4) as usize];
+        let table = &rotation_tables()[(orientation % 8) as usize];
         // Gather the bytes first, then convert in a loop the compiler vectorizes.
         let mut bytes = [0u8; PIXELS];
         for (b, &j) in bytes.iter_mut().zip(table.iter()) {
@@ -323,20 +327,23 @@ pub fn downsample(ink: &[u8]) -> [u8; PIXELS] {
     out
 }
 
-/// The source pixel `(y, x)` shown at output `(r, c)` after `q` counter-clockwise quarter turns.
+/// The source pixel `(y, x)` shown at output `(r, c)` after `q % 4` counter-clockwise quarter
+/// turns of the drawing, mirrored left to right first when `q % 8 ≥ 4`.
 fn rotated_source(r: usize, c: usize, q: u8) -> (usize, usize) {
     let n = SIDE - 1;
-    match q % 4 {
+    let (y, x) = match q % 4 {
         0 => (r, c),
         1 => (c, n - r),
         2 => (n - r, n - c),
         _ => (n - c, r),
-    }
+    };
+    if q % 8 >= 4 { (y, n - x) } else { (y, x) }
 }
 
-/// For each quarter-turn count, the source index shown at every output pixel.
-fn rotation_tables() -> &'static [[u16; PIXELS]; 4] {
-    static T: std::sync::OnceLock<[[u16; PIXELS]; 4]> = std::sync::OnceLock::new();
+/// For each orientation (quarter turns, plus 4 when mirrored), the source index shown at
+/// every output pixel.
+fn rotation_tables() -> &'static [[u16; PIXELS]; 8] {
+    static T: std::sync::OnceLock<[[u16; PIXELS]; 8]> = std::sync::OnceLock::new();
     T.get_or_init(|| {
         std::array::from_fn(|q| {
             std::array::from_fn(|i| {
@@ -347,7 +354,8 @@ fn rotation_tables() -> &'static [[u16; PIXELS]; 4] {
     })
 }
 
-/// Rotates a 28×28 image counter-clockwise by `q`·90°.
+/// Rotates a 28×28 image counter-clockwise by `q`·90°; for `q % 8` in 4–7, mirrors it left
+/// to right first and then rotates it by `(q − 4)`·90°.
 pub fn rotate(src: &[f32], q: u8, out: &mut [f32]) {
     for (i, o) in out[..PIXELS].iter_mut().enumerate() {
         let (y, x) = rotated_source(i / SIDE, i % SIDE, q);
@@ -355,11 +363,14 @@ pub fn rotate(src: &[f32], q: u8, out: &mut [f32]) {
     }
 }
 
-/// N-way K-shot task sampler over a set of characters, each in 4 rotations (classes).
+/// N-way K-shot task sampler over a set of characters, each in 4 rotations (classes), or
+/// in 8 orientations with [`FewShot::with_mirror`].
 #[derive(Clone, Debug)]
 pub struct FewShot<'d> {
     data: &'d Omniglot,
-    /// (character, quarter turns).
+    /// The characters drawn from, as given.
+    characters: Vec<usize>,
+    /// (character, orientation: quarter turns, plus 4 when mirrored).
     classes: Vec<(usize, u8)>,
     rng: Rng,
     /// Largest random translation (pixels, each axis) applied to every sampled drawing.
@@ -368,9 +379,17 @@ pub struct FewShot<'d> {
     /// every sampled drawing before the translation.
     rotate: f32,
     scale: f32,
+    /// Largest random rotation (radians, either way) drawn once per class in each task and
+    /// applied to all of that class's drawings (a new class, not an augmented drawing).
+    class_rotate: f32,
 }
 
-/// Sampled tasks: per task, the classes drawn (character index, quarter turns) in label order.
+/// Every character in orientations `0..per`, character by character.
+fn orientations(characters: &[usize], per: u8) -> Vec<(usize, u8)> {
+    characters.iter().flat_map(|&c| (0..per).map(move |q| (c, q))).collect()
+}
+
+/// Sampled tasks: per task, the classes drawn (character index, orientation) in label order.
 pub type TaskClasses = Vec<Vec<(usize, u8)>>;
 
 impl<'d> FewShot<'d> {
@@ -379,8 +398,28 @@ impl<'d> FewShot<'d> {
         if let Some(&c) = characters.iter().find(|&&c| c >= data.num_characters()) {
             return Err(Error::InvalidArgument(format!("character {c} out of range 0..{}", data.num_characters())));
         }
-        let classes = characters.iter().flat_map(|&c| (0..4u8).map(move |q| (c, q))).collect();
-        Ok(FewShot { data, classes, rng: rng::stream(seed, Purpose::Tasks, 1), shift: 0, rotate: 0.0, scale: 0.0 })
+        let classes = orientations(characters, 4);
+        Ok(FewShot {
+            data,
+            characters: characters.to_vec(),
+            classes,
+            rng: rng::stream(seed, Purpose::Tasks, 1),
+            shift: 0,
+            rotate: 0.0,
+            scale: 0.0,
+            class_rotate: 0.0,
+        })
+    }
+
+    /// Adds the mirror image (left to right) of every character, in the same 4 rotations, as
+    /// 4 more classes: 8 classes per character, orientations `0..8` of [`Omniglot::image`].
+    /// A task-level augmentation for meta-training (a mirrored character is a new class,
+    /// never the same one), so the sampler has twice the classes to draw tasks from.
+    /// `false` (the default) keeps the protocol's 4 rotations; the order of the classes is
+    /// then unchanged, and so are the tasks drawn for a seed.
+    pub fn with_mirror(mut self, mirror: bool) -> Self {
+        self.classes = orientations(&self.characters, if mirror { 8 } else { 4 });
+        self
     }
 
     /// Translates every drawing this sampler returns by a random offset in `−max..=max`
@@ -409,7 +448,21 @@ impl<'d> FewShot<'d> {
         Ok(self)
     }
 
-    /// Number of classes (4 per character).
+    /// Turns every class of every task this sampler draws by a random angle in `±degrees`,
+    /// one angle per class and task, the same for all of that class's drawings: a task-level
+    /// augmentation for meta-training (the turned character is a new class; compare
+    /// [`Self::with_affine`], which moves each drawing on its own). Applied with the
+    /// per-drawing rotation and scale, before any translation. `0` (the default) draws no
+    /// random numbers for it.
+    pub fn with_class_rotation(mut self, degrees: f32) -> Result<Self> {
+        if !(0.0..=180.0).contains(&degrees) {
+            return Err(Error::InvalidArgument(format!("class rotation needs 0 ≤ degrees ≤ 180, got {degrees}")));
+        }
+        self.class_rotate = degrees.to_radians();
+        Ok(self)
+    }
+
+    /// Number of classes (4 per character, 8 with [`Self::with_mirror`]).
     pub fn num_classes(&self) -> usize {
         self.classes.len()
     }
@@ -449,6 +502,11 @@ impl<'d> FewShot<'d> {
                 index::sample(&mut self.rng, self.classes.len(), ways).into_iter().map(|i| self.classes[i]).collect();
             picked.shuffle(&mut self.rng);
             for (label, &(c, q)) in picked.iter().enumerate() {
+                let turn = if self.class_rotate > 0.0 {
+                    self.rng.random_range(-self.class_rotate..=self.class_rotate)
+                } else {
+                    0.0
+                };
                 let draws = index::sample(&mut self.rng, DRAWINGS, shots + query).into_vec();
                 for (j, &d) in draws.iter().enumerate() {
                     let (buf, lab, row) = if j < shots {
@@ -458,10 +516,10 @@ impl<'d> FewShot<'d> {
                     };
                     let img = &mut buf[row * PIXELS..][..PIXELS];
                     self.data.image(c, d, q, img);
-                    if self.rotate > 0.0 || self.scale > 0.0 {
+                    if self.rotate > 0.0 || self.scale > 0.0 || turn != 0.0 {
                         let a = if self.rotate > 0.0 { self.rng.random_range(-self.rotate..=self.rotate) } else { 0.0 };
                         let z = if self.scale > 0.0 { self.rng.random_range(-self.scale..=self.scale) } else { 0.0 };
-                        rotate_scale(img, a, 1.0 + z);
+                        rotate_scale(img, turn + a, 1.0 + z);
                     }
                     if self.shift > 0 {
                         let s = self.shift as i32;
