@@ -73,10 +73,6 @@ pub struct OmniglotArgs {
     /// rotations, as 4 more classes (8 per character; evaluation keeps the protocol's 4).
     #[arg(long)]
     train_mirror: bool,
-    /// Training-task augmentation: turn each class of each meta-training task by a random
-    /// angle of up to this many degrees either way, the same for all its drawings (0 = off).
-    #[arg(long, default_value_t = 0.0)]
-    train_class_rotate: f32,
     /// Test-time support augmentation: adapt on every support drawing in all its translations
     /// by up to this many pixels per axis ((2s+1)² copies; the query is never touched; 0 = off).
     #[arg(long, default_value_t = 0)]
@@ -297,8 +293,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     let mut train_tasks = FewShot::new(&data, &train_chars, a.seed)?
         .with_shift(a.train_shift)?
         .with_affine(a.train_rotate, a.train_scale)?
-        .with_mirror(a.train_mirror)
-        .with_class_rotation(a.train_class_rotate)?;
+        .with_mirror(a.train_mirror);
     // Fixed monitoring tasks, so the curve compares like with like.
     let mon_test =
         FewShot::new(&data, &test_chars, a.seed ^ 0x7E57)?.eval_tasks(&spec, a.eval_tasks, a.ways, a.shots, a.query)?;
@@ -446,7 +441,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         "ways": a.ways, "shots": a.shots, "train_shots": a.train_shots, "query": a.query,
         "iterations": a.iterations, "train_seconds": train_total, "spec": spec, "config": config,
         "init": a.init, "final_tasks": a.final_tasks.max(1), "accuracy": acc, "ci95": ci, "eval_seconds": eval_s,
-        "train_shift": a.train_shift, "train_rotate": a.train_rotate, "train_scale": a.train_scale, "train_mirror": a.train_mirror, "train_class_rotate": a.train_class_rotate,
+        "train_shift": a.train_shift, "train_rotate": a.train_rotate, "train_scale": a.train_scale, "train_mirror": a.train_mirror,
         "eval_support_shift": a.eval_support_shift, "eval_query_shift": a.eval_query_shift,
     });
     let sp = a.out.join("summary.json");

@@ -379,9 +379,6 @@ pub struct FewShot<'d> {
     /// every sampled drawing before the translation.
     rotate: f32,
     scale: f32,
-    /// Largest random rotation (radians, either way) drawn once per class in each task and
-    /// applied to all of that class's drawings (a new class, not an augmented drawing).
-    class_rotate: f32,
 }
 
 /// Every character in orientations `0..per`, character by character.
@@ -407,7 +404,6 @@ impl<'d> FewShot<'d> {
             shift: 0,
             rotate: 0.0,
             scale: 0.0,
-            class_rotate: 0.0,
         })
     }
 
@@ -445,20 +441,6 @@ impl<'d> FewShot<'d> {
         }
         self.rotate = degrees.to_radians();
         self.scale = scale;
-        Ok(self)
-    }
-
-    /// Turns every class of every task this sampler draws by a random angle in `±degrees`,
-    /// one angle per class and task, the same for all of that class's drawings: a task-level
-    /// augmentation for meta-training (the turned character is a new class; compare
-    /// [`Self::with_affine`], which moves each drawing on its own). Applied with the
-    /// per-drawing rotation and scale, before any translation. `0` (the default) draws no
-    /// random numbers for it.
-    pub fn with_class_rotation(mut self, degrees: f32) -> Result<Self> {
-        if !(0.0..=180.0).contains(&degrees) {
-            return Err(Error::InvalidArgument(format!("class rotation needs 0 ≤ degrees ≤ 180, got {degrees}")));
-        }
-        self.class_rotate = degrees.to_radians();
         Ok(self)
     }
 
@@ -502,11 +484,6 @@ impl<'d> FewShot<'d> {
                 index::sample(&mut self.rng, self.classes.len(), ways).into_iter().map(|i| self.classes[i]).collect();
             picked.shuffle(&mut self.rng);
             for (label, &(c, q)) in picked.iter().enumerate() {
-                let turn = if self.class_rotate > 0.0 {
-                    self.rng.random_range(-self.class_rotate..=self.class_rotate)
-                } else {
-                    0.0
-                };
                 let draws = index::sample(&mut self.rng, DRAWINGS, shots + query).into_vec();
                 for (j, &d) in draws.iter().enumerate() {
                     let (buf, lab, row) = if j < shots {
@@ -516,10 +493,10 @@ impl<'d> FewShot<'d> {
                     };
                     let img = &mut buf[row * PIXELS..][..PIXELS];
                     self.data.image(c, d, q, img);
-                    if self.rotate > 0.0 || self.scale > 0.0 || turn != 0.0 {
+                    if self.rotate > 0.0 || self.scale > 0.0 {
                         let a = if self.rotate > 0.0 { self.rng.random_range(-self.rotate..=self.rotate) } else { 0.0 };
                         let z = if self.scale > 0.0 { self.rng.random_range(-self.scale..=self.scale) } else { 0.0 };
-                        rotate_scale(img, turn + a, 1.0 + z);
+                        rotate_scale(img, a, 1.0 + z);
                     }
                     if self.shift > 0 {
                         let s = self.shift as i32;
