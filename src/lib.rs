@@ -52,7 +52,7 @@ pub mod workloads;
 pub use error::{Error, Result};
 pub use meta::{
     AdamMoments, DeltaSum, Device, EvalReport, EvalTasks, InnerLoop, InnerOptimizer, OuterRule, ReptileConfig,
-    StepStats, Targets, TaskBatch, Trainer,
+    StepStats, TailMean, Targets, TaskBatch, Trainer,
 };
 pub use params::Model;
 pub use spec::{Activation, Loss, MlpSpec};

@@ -7,7 +7,7 @@ use reptile::io::{checkpoint, plot};
 use reptile::workloads::omniglot::{self, FewShot, Omniglot, PIXELS, Split};
 use reptile::{
     Activation, AdamMoments, EvalReport, EvalTasks, InnerLoop, InnerOptimizer, Loss, MlpSpec, Model, ReptileConfig,
-    Targets, TaskBatch, Trainer,
+    TailMean, Targets, TaskBatch, Trainer,
 };
 use std::path::PathBuf;
 use std::time::Instant;
@@ -30,9 +30,10 @@ pub enum OptArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum MomentsArg {
-    /// Adam's moments carry over from task to task during meta-training (the paper's code).
+    /// Tasks start Adam from the second moments meta-training carries from task to task (in
+    /// training: the paper's code).
     Carry,
-    /// Every training task starts Adam from zero.
+    /// Every task starts Adam from zero (at evaluation: the paper's code).
     Reset,
 }
 
@@ -71,7 +72,7 @@ pub struct OmniglotArgs {
     train_scale: f32,
     /// Training-task augmentation: add each meta-training character's mirror image, in its 4
     /// rotations, as 4 more classes (8 per character; evaluation keeps the protocol's 4).
-    #[arg(long)]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     train_mirror: bool,
     /// Test-time support augmentation: adapt on every support drawing in all its translations
     /// by up to this many pixels per axis ((2s+1)² copies; the query is never touched; 0 = off).
@@ -100,8 +101,14 @@ pub struct OmniglotArgs {
     /// With Adam: moments during meta-training (evaluation always starts from zero).
     #[arg(long, value_enum, default_value = "carry")]
     train_moments: MomentsArg,
-    /// Inner step size (the paper: 0.001 with Adam; 0.003 measured better for the MLP).
-    #[arg(long, default_value_t = 0.003)]
+    /// With Adam: moments at evaluation. `carry` starts every evaluation task from the moments
+    /// meta-training carried up to now; it needs `--train-moments carry` and training in this
+    /// run (checkpoints hold no moments).
+    #[arg(long, value_enum, default_value = "reset")]
+    eval_moments: MomentsArg,
+    /// Inner step size (the paper: 0.001 with Adam; 0.002 measured best for the MLP over
+    /// 100,000 iterations, see BENCHMARKS.md).
+    #[arg(long, default_value_t = 0.002)]
     inner_lr: f32,
     /// Inner steps per task (default as in the paper: 5 for up to 5 ways, 10 above).
     #[arg(long)]
@@ -115,13 +122,14 @@ pub struct OmniglotArgs {
     /// Outer step size at the end.
     #[arg(long, default_value_t = 0.0)]
     eps_end: f32,
-    /// Tail averaging: the model kept is the mean of θ after each of the last this many
-    /// iterations (0 = θ after the last one).
-    #[arg(long, default_value_t = 0)]
-    average_last: u64,
-    /// Adaptation steps at evaluation.
-    #[arg(long, default_value_t = 50)]
-    eval_steps: usize,
+    /// Tail averaging: the model kept (checkpoint, final evaluation) is the mean of θ after
+    /// each of the last this fraction of the iterations (0 = θ after the last one).
+    #[arg(long, default_value_t = 0.4)]
+    average_tail: f64,
+    /// Adaptation steps at evaluation (default: 5 for 1-shot, as many as meta-training's
+    /// inner steps; 50 for more shots, as in the paper).
+    #[arg(long)]
+    eval_steps: Option<usize>,
     /// Adaptation minibatch at evaluation, 0 = the whole support set (default as in the
     /// paper: 5 for up to 5 ways, 10 above).
     #[arg(long)]
@@ -209,6 +217,23 @@ fn acc_line(r: &EvalReport) -> (f32, f32) {
 }
 
 pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
+    if !(0.0..=1.0).contains(&a.average_tail) {
+        return Err(reptile::Error::InvalidArgument(format!(
+            "--average-tail is a fraction of the iterations in [0, 1], got {}",
+            a.average_tail
+        )));
+    }
+    if matches!(a.eval_moments, MomentsArg::Carry)
+        && (a.iterations == 0
+            || matches!(a.train_moments, MomentsArg::Reset)
+            || matches!(a.inner_optimizer, OptArg::Sgd))
+    {
+        return Err(reptile::Error::InvalidArgument(
+            "--eval-moments carry needs Adam with --train-moments carry and --iterations > 0: \
+             the moments come from training in this run (checkpoints hold no moments)"
+                .into(),
+        ));
+    }
     let dir = a.data.clone().or_else(Omniglot::find_data_dir).ok_or_else(|| {
         reptile::Error::InvalidArgument(
             "Omniglot zips not found: pass --data DIR (holding images_background.zip and images_evaluation.zip) \
@@ -236,13 +261,14 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     let inner_steps = a.inner_steps.unwrap_or(if wide { 10 } else { 5 });
     let inner_batch = a.inner_batch.unwrap_or(if wide { 20 } else { 10 });
     let eval_batch = a.eval_batch.unwrap_or(if wide { 10 } else { 5 });
+    let eval_steps = a.eval_steps.unwrap_or(if a.shots == 1 { inner_steps } else { 50 });
     let mut widths = vec![PIXELS];
     widths.extend(&a.hidden);
     widths.push(a.ways);
     let spec = MlpSpec::new(&widths, Activation::Relu, Loss::SoftmaxCrossEntropy)?;
     let config = ReptileConfig {
         train: InnerLoop { lr: a.inner_lr, steps: inner_steps, batch_size: inner_batch },
-        eval: InnerLoop { lr: a.eval_lr.unwrap_or(a.inner_lr), steps: a.eval_steps, batch_size: eval_batch },
+        eval: InnerLoop { lr: a.eval_lr.unwrap_or(a.inner_lr), steps: eval_steps, batch_size: eval_batch },
         meta_batch: a.meta_batch,
         eps_start: a.eps_start,
         eps_end: a.eps_end,
@@ -257,7 +283,10 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
             MomentsArg::Carry => AdamMoments::Carry,
             MomentsArg::Reset => AdamMoments::Reset,
         },
-        eval_moments: AdamMoments::Reset,
+        eval_moments: match a.eval_moments {
+            MomentsArg::Carry => AdamMoments::Carry,
+            MomentsArg::Reset => AdamMoments::Reset,
+        },
         ..ReptileConfig::sine()
     };
     let model = match &a.init {
@@ -327,7 +356,8 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     let t0 = Instant::now();
     let mut monitor_s = 0.0;
     let mut running = f32::NAN;
-    let mut mean = vec![0.0f64; if a.average_last > 0 { spec.num_params() } else { 0 }];
+    let window = (a.average_tail * a.iterations as f64).round() as u64;
+    let mut tail = TailMean::new(spec.num_params(), a.iterations, window);
     std::thread::scope(|scope| -> reptile::Result<()> {
         // The next meta-batch is sampled on a thread of its own while the trainer's pool
         // runs this one (the same batches in the same order: the sampler has its own random
@@ -349,10 +379,8 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
             let batch =
                 rx.recv().map_err(|_| reptile::Error::InvalidArgument("the task sampler thread stopped".into()))??;
             let s = trainer.step(&batch)?;
-            if i + a.average_last >= a.iterations {
-                for (m, &p) in mean.iter_mut().zip(trainer.params()) {
-                    *m += p as f64;
-                }
+            if tail.covers(i + 1) {
+                tail.observe(i + 1, trainer.params())?;
             }
             running = if running.is_nan() { s.loss_after } else { 0.98 * running + 0.02 * s.loss_after };
             if (i + 1) % 16 == 0 || i + 1 == a.iterations {
@@ -372,10 +400,9 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     })?;
     // Training time excludes the periodic evaluations.
     let train_total = t0.elapsed().as_secs_f64() - monitor_s;
-    if a.average_last > 0 && a.iterations > 0 {
-        let k = a.average_last.min(a.iterations) as f64;
-        let theta: Vec<f32> = mean.iter().map(|&m| (m / k) as f32).collect();
+    if let Some(theta) = tail.mean() {
         trainer.set_params(&theta)?;
+        println!("keeping the mean of θ over the last {} iterations", tail.count());
     }
     pb.finish_and_clear();
     let mut written = Vec::new();
@@ -441,7 +468,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         "ways": a.ways, "shots": a.shots, "train_shots": a.train_shots, "query": a.query,
         "iterations": a.iterations, "train_seconds": train_total, "spec": spec, "config": config,
         "init": a.init, "final_tasks": a.final_tasks.max(1), "accuracy": acc, "ci95": ci, "eval_seconds": eval_s,
-        "train_shift": a.train_shift, "train_rotate": a.train_rotate, "train_scale": a.train_scale, "train_mirror": a.train_mirror,
+        "average_tail": a.average_tail, "train_shift": a.train_shift, "train_rotate": a.train_rotate, "train_scale": a.train_scale, "train_mirror": a.train_mirror,
         "eval_support_shift": a.eval_support_shift, "eval_query_shift": a.eval_query_shift,
     });
     let sp = a.out.join("summary.json");
