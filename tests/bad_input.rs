@@ -381,6 +381,70 @@ fn checkpoint_round_trip() {
     assert_bits_eq(a.params(), b.params(), "resumed θ");
 }
 
+/// Adam with carried moments: checkpoints keep the moments, a trainer resumed from them steps
+/// bit-identically, and bad moments are clear errors.
+#[test]
+fn checkpoint_keeps_adam_moments() {
+    let dir = TempDir::new("moments");
+    let spec = mse(&[1, 16, 16, 1]);
+    let cfg = ReptileConfig {
+        inner_optimizer: reptile::InnerOptimizer::ADAM,
+        train_moments: reptile::AdamMoments::Carry,
+        eval_moments: reptile::AdamMoments::Carry,
+        ..sine_cfg()
+    };
+    let mut a = Trainer::new(Model::new(spec.clone(), 3), cfg.clone()).unwrap();
+    let mut tasks = SineTasks::new(31);
+    for _ in 0..6 {
+        a.step(&tasks.train_batch(&spec, 2).unwrap()).unwrap();
+    }
+    let (v, t) = (a.adam_moments().0.to_vec(), a.adam_moments().1);
+    assert!(t > 0 && v.iter().filter(|x| **x > 0.0).count() > v.len() / 2, "moments after training: t = {t}");
+    let path = dir.path("adam.safetensors");
+    checkpoint::save_with_moments(&path, a.model(), Some(a.config()), a.iteration(), Some((&v, t))).unwrap();
+    let c = checkpoint::load_expecting(&path, &spec).unwrap();
+    let (cv, ct) = c.adam_moments.clone().expect("moments saved");
+    assert_eq!(ct, t);
+    assert_bits_eq(&cv, &v, "moments after round trip");
+    // A checkpoint without moments loads with none.
+    checkpoint::save(&dir.path("plain.safetensors"), a.model(), None, 0).unwrap();
+    assert_eq!(checkpoint::load(&dir.path("plain.safetensors")).unwrap().adam_moments, None);
+    // Resumed with the moments: the same steps and θ; without them: another θ.
+    let mut b = Trainer::new(c.model.clone(), c.config.clone().unwrap()).unwrap();
+    b.set_iteration(c.iteration);
+    b.set_adam_moments(&cv, ct).unwrap();
+    let mut fresh = Trainer::new(c.model.clone(), c.config.clone().unwrap()).unwrap();
+    fresh.set_iteration(c.iteration);
+    let mut tasks = SineTasks::new(32);
+    for _ in 0..3 {
+        let batch = tasks.train_batch(&spec, 2).unwrap();
+        assert_eq!(a.step(&batch).unwrap(), b.step(&batch).unwrap());
+        fresh.step(&batch).unwrap();
+    }
+    assert_bits_eq(a.params(), b.params(), "θ resumed with moments");
+    assert_ne!(a.params(), fresh.params(), "the moments change the steps");
+    // Evaluation from the carried moments differs from evaluation from zero.
+    let eval = tasks.eval_tasks(&spec, 4, 10).unwrap();
+    let with = b.evaluate(&eval).unwrap();
+    let mut reset_cfg = b.config().clone();
+    reset_cfg.eval_moments = reptile::AdamMoments::Reset;
+    let r = Trainer::new(b.model().clone(), reset_cfg).unwrap().evaluate(&eval).unwrap();
+    assert_ne!(with.mean_loss(with.last()), r.mean_loss(r.last()), "carried vs reset moments at evaluation");
+    // Bad moments: wrong length, NaN, negative — on the trainer and in a file.
+    assert_err!(b.set_adam_moments(&v[1..], t), Error::InvalidArgument(_));
+    assert_err!(
+        checkpoint::save_with_moments(&path, b.model(), None, 0, Some((&v[1..], t))),
+        Error::InvalidArgument(_)
+    );
+    for bad in [f32::NAN, f32::INFINITY, -1.0] {
+        let mut w = v.clone();
+        w[7] = bad;
+        assert_err!(b.set_adam_moments(&w, t), Error::InvalidArgument(_));
+        let bytes = checkpoint::to_bytes_with_moments(b.model(), None, 0, Some((&w, t))).unwrap();
+        assert!(is_format(checkpoint::from_bytes(&bytes)), "moment {bad} in a file");
+    }
+}
+
 fn is_format(r: reptile::Result<checkpoint::Checkpoint>) -> bool {
     matches!(r, Err(Error::Format { .. }))
 }

@@ -61,6 +61,9 @@ fn bad_input_exits_nonzero_with_a_message() {
         &["eval", "--checkpoint", "/nonexistent/x.safetensors"],
         &["bench", "--seconds", "-1"],
         &["omniglot", "--data", "/nonexistent", "--iterations", "1"],
+        &["omniglot", "--average-tail", "1.5", "--iterations", "1"],
+        &["omniglot", "--eval-moments", "carry", "--iterations", "0"],
+        &["omniglot", "--eval-moments", "carry", "--train-moments", "reset", "--iterations", "1"],
     ] {
         let out = reptile(args);
         assert!(!out.status.success(), "{args:?} succeeded");
@@ -96,6 +99,8 @@ fn omniglot_trains_then_evaluates_its_checkpoint() {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     assert!(text.contains("GFLOP/s"), "{text}");
+    // The default tail average: θ's mean over the last 40% of the 40 iterations.
+    assert!(text.contains("keeping the mean of θ over the last 16 iterations"), "{text}");
     // Evaluation only, on 5-shot tasks, from the checkpoint, with the support augmented by
     // ±1 px shifts and each query scored over its 9 views within ±1 px (300 tasks: two blocks
     // of the blocked evaluation): no new checkpoint or plot.

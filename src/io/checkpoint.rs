@@ -3,8 +3,10 @@
 //! Tensors `layers.{i}.weight` (`[out, in]`, f32) and `layers.{i}.bias` (`[out]`, f32) — the
 //! names and shapes of PyTorch's `nn.Linear` — plus string metadata: `format`
 //! (`reptile-checkpoint-v1`), `spec` (JSON of the [`MlpSpec`]), `iteration`, and `config`
-//! (JSON of the [`ReptileConfig`]) when saved from a trainer. Loading checks every name,
-//! dtype and shape against the spec and rejects anything else with [`Error::Format`].
+//! (JSON of the [`ReptileConfig`]) when saved from a trainer. Optionally Adam's carried
+//! second moments: tensor `adam.v` (`[num_params]`, f32, θ's layout) with metadata `adam_t`
+//! (Adam steps taken). Loading checks every name, dtype and shape against the spec (and the
+//! moments for being finite and non-negative) and rejects anything else with [`Error::Format`].
 
 use crate::error::{Error, Result};
 use crate::meta::ReptileConfig;
@@ -16,6 +18,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 const FORMAT: &str = "reptile-checkpoint-v1";
+/// Name of the optional tensor of Adam's carried second moments.
+const MOMENTS: &str = "adam.v";
 
 /// What a checkpoint holds.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,11 +30,34 @@ pub struct Checkpoint {
     pub config: Option<ReptileConfig>,
     /// Completed outer iterations.
     pub iteration: u64,
+    /// Adam's carried second moments `v` (θ's layout) and step count `t`, if saved.
+    pub adam_moments: Option<(Vec<f32>, u64)>,
 }
 
 /// Serializes a checkpoint to bytes.
 pub fn to_bytes(model: &Model, config: Option<&ReptileConfig>, iteration: u64) -> Result<Vec<u8>> {
+    to_bytes_with_moments(model, config, iteration, None)
+}
+
+/// Serializes a checkpoint with Adam's carried second moments `(v, t)` (`v` in θ's layout,
+/// as [`crate::Trainer::adam_moments`] returns them) when given.
+pub fn to_bytes_with_moments(
+    model: &Model,
+    config: Option<&ReptileConfig>,
+    iteration: u64,
+    moments: Option<(&[f32], u64)>,
+) -> Result<Vec<u8>> {
     let spec = model.spec();
+    if let Some((v, _)) = moments
+        && v.len() != spec.num_params()
+    {
+        return Err(Error::InvalidArgument(format!(
+            "Adam moments hold {} values, the model {} parameters",
+            v.len(),
+            spec.num_params()
+        )));
+    }
+    let vbytes: Vec<u8> = moments.map(|(v, _)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).unwrap_or_default();
     let bytes: Vec<u8> = model.params().iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut tensors = Vec::new();
     for l in 0..spec.num_layers() {
@@ -42,8 +69,16 @@ pub fn to_bytes(model: &Model, config: Option<&ReptileConfig>, iteration: u64) -
         tensors.push((format!("layers.{l}.weight"), w.map_err(fail)?));
         tensors.push((format!("layers.{l}.bias"), b.map_err(fail)?));
     }
+    if let Some((v, _)) = moments {
+        let t = TensorView::new(Dtype::F32, vec![v.len()], &vbytes)
+            .map_err(|e| Error::format(None, format!("cannot serialize the Adam moments: {e}")))?;
+        tensors.push((MOMENTS.to_string(), t));
+    }
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
+    if let Some((_, t)) = moments {
+        meta.insert("adam_t".to_string(), t.to_string());
+    }
     meta.insert("spec".to_string(), serde_json::to_string(spec).expect("spec serializes"));
     meta.insert("iteration".to_string(), iteration.to_string());
     if let Some(c) = config {
@@ -54,7 +89,18 @@ pub fn to_bytes(model: &Model, config: Option<&ReptileConfig>, iteration: u64) -
 
 /// Writes a checkpoint atomically (to a temporary file beside `path`, then renamed).
 pub fn save(path: &Path, model: &Model, config: Option<&ReptileConfig>, iteration: u64) -> Result<()> {
-    let bytes = to_bytes(model, config, iteration)?;
+    save_with_moments(path, model, config, iteration, None)
+}
+
+/// [`save`] with Adam's carried second moments (see [`to_bytes_with_moments`]).
+pub fn save_with_moments(
+    path: &Path,
+    model: &Model,
+    config: Option<&ReptileConfig>,
+    iteration: u64,
+    moments: Option<(&[f32], u64)>,
+) -> Result<()> {
+    let bytes = to_bytes_with_moments(model, config, iteration, moments)?;
     let tmp = path.with_extension("safetensors.tmp");
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
@@ -107,7 +153,8 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint> {
         .map(|s| serde_json::from_str::<ReptileConfig>(s).map_err(|e| bad(format!("bad config metadata: {e}"))))
         .transpose()?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("damaged tensor data: {e}")))?;
-    if st.len() != 2 * spec.num_layers() {
+    let has_moments = st.names().iter().any(|n| *n == MOMENTS);
+    if st.len() != 2 * spec.num_layers() + has_moments as usize {
         return Err(bad(format!("{} tensors, spec {:?} needs {}", st.len(), spec.widths(), 2 * spec.num_layers())));
     }
     let mut theta = vec![0.0f32; spec.num_params()];
@@ -127,6 +174,29 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint> {
             }
         }
     }
+    let adam_moments = if has_moments {
+        let t = st.tensor(MOMENTS).map_err(|e| bad(format!("tensor {MOMENTS}: {e}")))?;
+        if t.dtype() != Dtype::F32 || t.shape() != [spec.num_params()] {
+            return Err(bad(format!(
+                "tensor {MOMENTS} is {:?} {:?}, expected F32 [{}]",
+                t.dtype(),
+                t.shape(),
+                spec.num_params()
+            )));
+        }
+        let v: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        if let Some(i) = v.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
+            return Err(bad(format!("Adam moment {i} is {}, expected finite and ≥ 0", v[i])));
+        }
+        let steps = meta
+            .get("adam_t")
+            .ok_or_else(|| bad(format!("tensor {MOMENTS} without adam_t metadata")))?
+            .parse::<u64>()
+            .map_err(|e| bad(format!("bad adam_t: {e}")))?;
+        Some((v, steps))
+    } else {
+        None
+    };
     let model = Model::from_params(spec, theta).map_err(|e| bad(format!("parameters: {e}")))?;
-    Ok(Checkpoint { model, config, iteration })
+    Ok(Checkpoint { model, config, iteration, adam_moments })
 }

@@ -477,6 +477,27 @@ impl Trainer {
         Ok(())
     }
 
+    /// Replaces Adam's carried second moments `v` (θ's layout, finite, ≥ 0) and step count
+    /// `t`, e.g. from a checkpoint, so that meta-training continues from them and evaluation
+    /// with [`AdamMoments::Carry`] starts from them.
+    pub fn set_adam_moments(&mut self, v: &[f32], t: u64) -> Result<()> {
+        if v.len() != self.adam_v.len() {
+            return Err(Error::InvalidArgument(format!(
+                "Adam moments hold {} values, the model {} parameters",
+                v.len(),
+                self.adam_v.len()
+            )));
+        }
+        if let Some(i) = v.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
+            return Err(Error::InvalidArgument(format!("Adam moment {i} is {}, expected finite and ≥ 0", v[i])));
+        }
+        self.materialize();
+        self.adam_v.copy_from_slice(v);
+        self.adam_t = t;
+        self.t_valid = false;
+        Ok(())
+    }
+
     /// Writes the transposed first layer's state back into θ's layout (`model`, `adam_v`)
     /// when it is ahead of them (see the `w0t` field).
     fn materialize(&mut self) {
