@@ -153,7 +153,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint> {
         .map(|s| serde_json::from_str::<ReptileConfig>(s).map_err(|e| bad(format!("bad config metadata: {e}"))))
         .transpose()?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("damaged tensor data: {e}")))?;
-    let has_moments = st.names().iter().any(|n| *n == MOMENTS);
+    let has_moments = st.names().contains(&MOMENTS);
     if st.len() != 2 * spec.num_layers() + has_moments as usize {
         return Err(bad(format!("{} tensors, spec {:?} needs {}", st.len(), spec.widths(), 2 * spec.num_layers())));
     }
