@@ -37,6 +37,15 @@ pub enum MomentsArg {
     Reset,
 }
 
+impl From<MomentsArg> for AdamMoments {
+    fn from(m: MomentsArg) -> Self {
+        match m {
+            MomentsArg::Carry => AdamMoments::Carry,
+            MomentsArg::Reset => AdamMoments::Reset,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct OmniglotArgs {
     /// Folder holding images_background.zip and images_evaluation.zip (default:
@@ -98,7 +107,7 @@ pub struct OmniglotArgs {
     /// Inner-loop optimizer.
     #[arg(long, value_enum, default_value = "adam")]
     inner_optimizer: OptArg,
-    /// With Adam: moments during meta-training (evaluation always starts from zero).
+    /// With Adam: moments during meta-training (see `--eval-moments` for evaluation).
     #[arg(long, value_enum, default_value = "carry")]
     train_moments: MomentsArg,
     /// With Adam: moments at evaluation. `carry` (measured better for the MLP) starts every
@@ -269,17 +278,10 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
             OptArg::Sgd => InnerOptimizer::Sgd,
             OptArg::Adam => InnerOptimizer::ADAM,
         },
-        train_moments: match a.train_moments {
-            MomentsArg::Carry => AdamMoments::Carry,
-            MomentsArg::Reset => AdamMoments::Reset,
-        },
-        eval_moments: match a.eval_moments {
-            MomentsArg::Carry => AdamMoments::Carry,
-            MomentsArg::Reset => AdamMoments::Reset,
-        },
+        train_moments: a.train_moments.into(),
+        eval_moments: a.eval_moments.into(),
         ..ReptileConfig::sine()
     };
-    let carry = config.inner_optimizer != InnerOptimizer::Sgd && config.train_moments == AdamMoments::Carry;
     let (model, moments) = match &a.init {
         Some(path) => {
             let c = checkpoint::load_expecting(path, &spec)?;
@@ -296,6 +298,8 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         }
         None => (Model::new(spec.clone(), a.seed), None),
     };
+    let mut trainer = Trainer::new(model, config.clone())?;
+    let carry = trainer.carries_moments();
     if config.eval_moments == AdamMoments::Carry && (!carry || (a.iterations == 0 && moments.is_none())) {
         return Err(reptile::Error::InvalidArgument(
             "--eval-moments carry needs Adam with --train-moments carry, and moments from training: \
@@ -304,7 +308,6 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
                 .into(),
         ));
     }
-    let mut trainer = Trainer::new(model, config.clone())?;
     if let (Some((v, t)), true) = (&moments, carry) {
         trainer.set_adam_moments(v, *t)?;
     }
@@ -389,6 +392,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
             let batch =
                 rx.recv().map_err(|_| reptile::Error::InvalidArgument("the task sampler thread stopped".into()))??;
             let s = trainer.step(&batch)?;
+            // Only inside the window: on the transposed first layer, `params` builds θ's layout.
             if tail.covers(i + 1) {
                 tail.observe(i + 1, trainer.params())?;
             }

@@ -154,8 +154,9 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint> {
         .transpose()?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("damaged tensor data: {e}")))?;
     let has_moments = st.names().contains(&MOMENTS);
-    if st.len() != 2 * spec.num_layers() + has_moments as usize {
-        return Err(bad(format!("{} tensors, spec {:?} needs {}", st.len(), spec.widths(), 2 * spec.num_layers())));
+    let want = 2 * spec.num_layers() + has_moments as usize;
+    if st.len() != want {
+        return Err(bad(format!("{} tensors, spec {:?} needs {want}", st.len(), spec.widths())));
     }
     let mut theta = vec![0.0f32; spec.num_params()];
     for l in 0..spec.num_layers() {

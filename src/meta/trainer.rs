@@ -577,8 +577,9 @@ impl Trainer {
             && sparse::suits(self.model.spec())
     }
 
-    /// Whether meta-training tasks start from (and update) the running Adam moments.
-    fn carries_moments(&self) -> bool {
+    /// Whether meta-training tasks start from (and update) the running Adam moments: Adam
+    /// with [`AdamMoments::Carry`] for training.
+    pub fn carries_moments(&self) -> bool {
         matches!(self.config.inner_optimizer, InnerOptimizer::Adam { .. })
             && self.config.train_moments == AdamMoments::Carry
     }
