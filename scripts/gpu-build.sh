@@ -22,4 +22,7 @@ for line in sys.stdin:
     # Debug info stripped: the carry limit is 64 MiB for the whole tree.
     objcopy --strip-debug "$exe" "$out/$name"
 done
+# The CLI, for `reptile sine --device cuda:0` there.
+cargo build --release --bin reptile
+objcopy --strip-debug target/release/reptile "$out/reptile"
 ls -la "$out"

@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # The GPU checks, as one prepared call on a machine with an NVIDIA GPU and the CUDA toolkit
-# (compute-sanitizer, ptxas, NVRTC). Runs the test binaries that scripts/gpu-build.sh put in
-# .gpu-bin/ (or $1), and prints a short table last:
+# (compute-sanitizer, ptxas, NVRTC, ncu). Runs the binaries that scripts/gpu-build.sh put in
+# .gpu-bin/ (or $1), each step under its own time limit, and prints a short table last:
 #   1. the CUDA tests with REPTILE_REQUIRE_GPU=1 (CPU vs GPU agreement, every kernel);
-#   2. NVRTC + ptxas on the real toolkit (REPTILE_REQUIRE_NVRTC=1);
-#   3. compute-sanitizer memcheck and racecheck on a small case;
-#   4. the GPU benchmarks (sine meta-step, interpolation vs D2D copy, the sine demo).
+#   2. the GPU benchmarks (sine meta-step at three block sizes, interpolation vs D2D copy,
+#      the Omniglot MLP on the tiled path, the sine demo);
+#   3. the CLI's sine demo on the GPU (`reptile sine --device cuda:0`), timed;
+#   4. NVRTC + ptxas on the real toolkit (REPTILE_REQUIRE_NVRTC=1);
+#   5. compute-sanitizer memcheck and racecheck on a small case;
+#   6. ncu on one launch of the fused kernel and of the tiled forward kernel.
+# Logs go to $OUT/logs.tgz (refreshed after every step, so a run cut short still returns what
+# it did) and the table to $OUT/summary.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-.gpu-bin}
 out=${OUT:-/tmp/gpu-check}
+logs=$(mktemp -d)
 mkdir -p "$out"
 export REPTILE_REQUIRE_GPU=1
 
@@ -24,32 +30,59 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so\.13'; then
     done
 fi
 export PATH="$PATH:/usr/local/cuda/bin"
-nvidia-smi -L || true
+{
+    nvidia-smi -L
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.draw,temperature.gpu --format=csv
+} 2>&1 | tee "$logs/nvidia-smi.log"
 
 declare -a rows
-step() { # name, command...
-    local name=$1
-    shift
-    local t0=$SECONDS rc=0
-    echo "=== $name: $*"
-    "$@" >"$out/$name.log" 2>&1 || rc=$?
-    tail -n 40 "$out/$name.log"
-    rows+=("$(printf '%-28s %-6s %4ss' "$name" "$([[ $rc -eq 0 ]] && echo ok || echo FAIL:$rc)" $((SECONDS - t0)))")
+step() { # name, seconds allowed, command...
+    local name=$1 limit=$2
+    shift 2
+    local t0 rc=0
+    t0=$(date +%s.%N)
+    echo "=== $name (limit ${limit}s): $*"
+    timeout -k 5 "$limit" "$@" >"$logs/$name.log" 2>&1 || rc=$?
+    local dt
+    dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+    tail -n 12 "$logs/$name.log"
+    local verdict=ok
+    [[ $rc -eq 0 ]] || verdict="FAIL:$rc"
+    [[ $rc -eq 124 || $rc -eq 137 ]] && verdict="TIMEOUT"
+    rows+=("$(printf '%-14s %-8s %7.2fs' "$name" "$verdict" "$dt")")
+    tar -czf "$out/logs.tgz" -C "$logs" . 2>/dev/null
 }
 
-step probe "$bin/cuda_probe" --nocapture
-step gpu-tests "$bin/cuda_gpu" --test-threads=1
-step nvrtc-ptxas env REPTILE_REQUIRE_NVRTC=1 REPTILE_PTXAS="$(command -v ptxas || echo ptxas)" "$bin/cuda_nvrtc" --nocapture
-if command -v compute-sanitizer >/dev/null; then
-    step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$bin/cuda_gpu" sanitizer_small_case --exact
-    step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$bin/cuda_gpu" sanitizer_small_case --exact
-else
-    rows+=("compute-sanitizer            MISSING")
+step probe 30 "$bin/cuda_probe" --nocapture
+step gpu-tests 120 "$bin/cuda_gpu" --test-threads=1 --nocapture
+step benchmarks 120 "$bin/cuda_gpu" --ignored gpu_benchmarks --exact --nocapture
+if [[ -x $bin/reptile ]]; then
+    step cli-sine 90 "$bin/reptile" sine --device cuda:0 --quiet --out "$logs/sine-cuda"
 fi
-step benchmarks "$bin/cuda_gpu" --ignored gpu_benchmarks --exact --nocapture
+step nvrtc-ptxas 60 env REPTILE_REQUIRE_NVRTC=1 REPTILE_PTXAS="$(command -v ptxas || echo ptxas)" "$bin/cuda_nvrtc" --nocapture
+if command -v compute-sanitizer >/dev/null; then
+    step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 1 "$bin/cuda_gpu" sanitizer_small_case --exact
+    step racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 1 "$bin/cuda_gpu" sanitizer_small_case --exact
+else
+    rows+=("compute-sanitizer MISSING")
+fi
+if command -v ncu >/dev/null; then
+    step ncu 90 ncu --clock-control none -k 'regex:reptile_fused_inner|reptile_tiled_forward' --launch-count 2 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis \
+        --section MemoryWorkloadAnalysis --section WarpStateStats \
+        "$bin/cuda_gpu" --ignored profile_case --exact --nocapture
+else
+    rows+=("ncu            MISSING")
+fi
 
-echo
-echo "=== summary ($(date -u +%F))"
-printf '%s\n' "${rows[@]}"
-grep -hE '^(device|fused inner loop|  with uploads|tiled inner loop|interpolation|sine demo)' "$out/benchmarks.log" 2>/dev/null
-grep -hE '^\| reptile_' "$out/nvrtc-ptxas.log" 2>/dev/null
+{
+    echo
+    echo "=== summary ($(date -u +%F))"
+    printf '%s\n' "${rows[@]}"
+    grep -hE '^(device|fused inner loop|  with uploads|tiled inner loop|interpolation|sine demo)' "$logs/benchmarks.log" 2>/dev/null
+    grep -hE '^inner loops' "$logs/gpu-tests.log" 2>/dev/null
+    grep -hE 'test result|^reptile sine|final|meta-test|wall|after' "$logs/cli-sine.log" 2>/dev/null | head -8
+    grep -hE '^\| reptile_' "$logs/nvrtc-ptxas.log" 2>/dev/null
+    grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$logs/memcheck.log" "$logs/racecheck.log" 2>/dev/null
+} | tee "$out/summary.txt"
+tar -czf "$out/logs.tgz" -C "$logs" . 2>/dev/null

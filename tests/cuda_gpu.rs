@@ -92,12 +92,15 @@ fn fused_kernel_matches_cpu_on_random_specs() {
             Err(CudaError::Unsupported(why)) => println!("{what}: fused path skipped: {why}"),
             Err(e) => panic!("{what}: {e}"),
         }
+        // The fused kernel at several block sizes: its results must not depend on blockDim.
+        gpu.set_fused_block([256, 128, 512, 64, 1024][case as usize % 5]).unwrap();
         for path in paths {
             let (d_gpu, l_gpu) = gpu.inner_deltas(path, &spec, &theta, &x, y, m, &plan, lr, fomaml).unwrap();
             worst = worst.max(assert_close(&format!("{what} {path:?} delta"), &d_gpu, &d_ref, 5e-5, 1e-3));
             assert_close(&format!("{what} {path:?} losses"), &l_gpu, &l_ref, 1e-5, 1e-3);
         }
     }
+    assert!(gpu.set_fused_block(100).is_err() && gpu.set_fused_block(2048).is_err());
     println!("inner loops (fused and tiled), GPU vs CPU: worst |Δ| = {worst:e}");
 }
 
@@ -204,15 +207,22 @@ fn gpu_benchmarks() {
         let batch = SineTasks::new(1).train_batch(&spec, n).unwrap();
         let Targets::Values(y) = batch.y() else { unreachable!() };
         let plan = MinibatchPlan::training(n, 50, &config.train, OuterRule::Reptile, 0, 0, 0).unwrap();
-        let secs =
-            gpu.time_fused_kernel(&spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, config.train.lr, 20).unwrap();
         let flops = n as f64 * (5.0 * spec.step_flops(10) as f64 + spec.forward_flops(10) as f64);
-        rows.push(format!(
-            "fused inner loop sine k=5 n={n}: {:.3} ms, {:.2} TFLOP/s = {:.1}% of FP32 peak (target ≥ 25% at n ≥ 4096)",
-            secs * 1e3,
-            flops / secs / 1e12,
-            100.0 * flops / secs / PEAK
-        ));
+        for block in [128u32, 256, 512] {
+            gpu.set_fused_block(block).unwrap();
+            let secs = gpu
+                .time_fused_kernel(&spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, config.train.lr, 20)
+                .unwrap();
+            rows.push(format!(
+                "fused inner loop sine k=5 n={n} block={block}: {:.3} ms, {:.1} M task-steps/s, {:.2} TFLOP/s = {:.1}% \
+                 of FP32 peak (target ≥ 25% at n ≥ 4096)",
+                secs * 1e3,
+                n as f64 * 5.0 / secs / 1e6,
+                flops / secs / 1e12,
+                100.0 * flops / secs / PEAK
+            ));
+        }
+        gpu.set_fused_block(reptile::cuda::backend::FUSED_BLOCK).unwrap();
         let tiled = gpu
             .time_inner(Path::Tiled, &spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, config.train.lr, 5)
             .unwrap();
@@ -302,6 +312,33 @@ fn resident_sine_loop_matches_the_cpu_reference() {
     let run = gpu.train_sine_resident(&spec, &theta, &config, 2, 1, 0, 5, false).unwrap();
     assert!(run.diverged && run.iteration == 0);
     assert_eq!(run.theta, theta);
+}
+
+/// One launch of each hot kernel at benchmark size, for a profiler (`ncu --launch-count`) in
+/// scripts/gpu-check.sh: the fused inner loop on the sine net (n = 4096, k = 5) and the tiled
+/// path on the Omniglot MLP (n = 64).
+#[test]
+#[ignore = "profiling case: run explicitly on a GPU"]
+fn profile_case() {
+    let Some(mut gpu) = backend() else { return };
+    gpu.set_poison_outputs(false);
+    let spec = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap();
+    let config = ReptileConfig::sine();
+    let theta = Model::new(spec.clone(), 0).into_params();
+    let n = 4096;
+    let batch = SineTasks::new(1).train_batch(&spec, n).unwrap();
+    let Targets::Values(y) = batch.y() else { unreachable!() };
+    let plan = MinibatchPlan::training(n, 50, &config.train, OuterRule::Reptile, 0, 0, 0).unwrap();
+    gpu.time_fused_kernel(&spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, config.train.lr, 1).unwrap();
+    let omni = MlpSpec::new(&[784, 256, 128, 64, 64, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
+    let otheta = Model::new(omni.clone(), 0).into_params();
+    let n = 64;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let x: Vec<f32> = (0..n * 10 * 784).map(|_| rng.random_range(0.0f32..1.0)).collect();
+    let lab: Vec<u32> = (0..n * 10).map(|i| (i % 5) as u32).collect();
+    let inner = InnerLoop { lr: 0.001, steps: 5, batch_size: 10 };
+    let plan = MinibatchPlan::training(n, 10, &inner, OuterRule::Reptile, 0, 0, 0).unwrap();
+    gpu.inner_deltas(Path::Tiled, &omni, &otheta, &x, Tgt::Labels(&lab), 10, &plan, 0.001, false).unwrap();
 }
 
 /// A small case for compute-sanitizer (memcheck, racecheck) in scripts/gpu-check.sh: both

@@ -76,6 +76,7 @@ pub struct CudaBackend {
     interpolate: CudaFunction,
     by_name: HashMap<&'static str, CudaFunction>,
     path_override: Option<Path>,
+    fused_block: u32,
     smem_attr: usize,
     poison: bool,
     bufs: Buffers,
@@ -210,6 +211,7 @@ impl CudaBackend {
                 interpolate,
                 by_name,
                 path_override: None,
+                fused_block: FUSED_BLOCK,
                 smem_attr: 48 * 1024,
                 poison: false,
                 bufs: Buffers::default(),
@@ -259,6 +261,20 @@ impl CudaBackend {
     /// Forces a path (`None`: pick from the spec), e.g. to test or time both.
     pub fn set_path_override(&mut self, path: Option<Path>) {
         self.path_override = path;
+    }
+
+    /// Threads per block of the fused kernel in [`Self::task_deltas`] and [`Self::inner_deltas`]
+    /// (default [`FUSED_BLOCK`]): a multiple of 32, at most 1024. The results do not depend on
+    /// it (each phase loops over its items with stride `blockDim.x`); its speed does, through
+    /// how many blocks share a multiprocessor.
+    pub fn set_fused_block(&mut self, threads: u32) -> CudaResult<()> {
+        if threads == 0 || threads % 32 != 0 || threads > 1024 {
+            return Err(CudaError::InvalidArgument(format!(
+                "fused block of {threads} threads: must be a positive multiple of 32, at most 1024"
+            )));
+        }
+        self.fused_block = threads;
+        Ok(())
     }
 
     /// Waits for all queued work.
@@ -568,7 +584,7 @@ impl CudaBackend {
         let b = &mut self.bufs;
         let cfg = LaunchConfig {
             grid_dim: (params.n_tasks as u32, 1, 1),
-            block_dim: (FUSED_BLOCK, 1, 1),
+            block_dim: (self.fused_block, 1, 1),
             shared_mem_bytes: smem as u32,
         };
         let mut l = s.launch_builder(&self.fused);
