@@ -16,9 +16,9 @@
 // Largest number of linear layers the kernels accept (widths has one more entry).
 #define REPTILE_MAX_LAYERS 8
 
-// Points per thread in the register-blocked products of the fused kernel: a thread owns one
-// output (or input) column for up to REPTILE_PT consecutive minibatch points, so each weight
-// read from shared memory feeds REPTILE_PT multiply-adds.
+// Side of the fused kernel's register tiles: a thread computes REPTILE_PT outputs (or inputs)
+// × REPTILE_PT points (or inputs), so each value read from shared memory feeds REPTILE_PT
+// multiply-adds.
 #define REPTILE_PT 4
 
 // Activation and loss codes (match src/cuda/plan.rs).

@@ -15,17 +15,21 @@
 // of reduction scratch. Global memory is read for θ at the start, the minibatch points of each
 // step and the index lists, and written once at the end.
 //
-// Work mapping (llm.c style: each phase is a flat loop `for (e = tid; e < items; e += blockDim)`
-// with the item → (row, column) map chosen so a warp reads shared memory without bank
-// conflicts, and __syncthreads between phases):
-//   forward, layer l:  item = (output o, chunk of REPTILE_PT points); o is the fast index, so
-//                      a warp reads 32 consecutive rows of W at the odd padded stride (32 banks)
-//                      and broadcasts the activation A[p, i]; one W read feeds PT FMAs.
+// Work mapping (llm.c style: each phase is a flat loop over its items with stride blockDim,
+// the item → (row, column) map chosen so a warp reads shared memory without bank conflicts,
+// and __syncthreads between phases). The three products use REPTILE_PT × REPTILE_PT register
+// tiles, so each value read from shared memory feeds REPTILE_PT FMAs:
+//   forward, layer l:  tile = 4 outputs {ot + r·To} (strided: a warp reads consecutive rows of
+//                      W at the odd padded stride, 32 banks) × 4 consecutive points (A reads
+//                      are broadcasts). Layers with fewer than 32 tiles split each tile's sum
+//                      over S lanes (fused_split) and combine them with warp shuffles.
 //   loss (MSE):        item = output element (p, j); loss partial sums reduced by warp shuffles.
 //   loss (CE):         item = point p (max, Σexp, gradient over the point's outputs).
-//   backward dA:       item = (input i, chunk of PT points); i fast ⇒ W row reads contiguous.
-//   backward dW + SGD: item = weight (o, i) with i fast (contiguous W row), or bias o; each
-//                      computes Σ_p dZ[p,o]·A[p,i] and updates θ' in place after dA has read W.
+//   backward dA:       tile = 4 inputs {it + c·Ti} (consecutive across a warp: contiguous W row
+//                      reads) × 4 consecutive points, same split rule.
+//   backward dW + SGD: tile = 4 outputs × 4 inputs, it fast; sums over the minibatch's points
+//                      and updates its 16 weights in place after dA has read W; biases one
+//                      thread per output.
 // Requirements: blockDim.x a multiple of 32 (≤ 1024); dynamic shared memory as `FusedLayout`.
 
 #include "common.cuh"
@@ -155,9 +159,54 @@ __device__ __forceinline__ void fused_gather(const FusedParams& P, const FusedSm
     }
 }
 
+// Lanes that share one output tile (split over the reduction dimension K): 1 when the tiles
+// fill at least a warp, else the largest power of two ≤ 32 with items·S ≤ blockDim and S ≤ K.
+// Uniform across the block (depends on shapes and blockDim only).
+__device__ __forceinline__ int fused_split(int items, int K) {
+    if (items >= 32) return 1;
+    int S = 1;
+    while (S < 32 && items * S * 2 <= (int)blockDim.x && S * 2 <= K) S *= 2;
+    return S;
+}
+
+// Sums each of the 16 accumulators over the S lanes of its group (S a power of two ≤ 32,
+// groups aligned in the warp). Every lane of the warp must call it.
+__device__ __forceinline__ void fused_group_sum(float acc[REPTILE_PT][REPTILE_PT], int S) {
+    for (int off = S >> 1; off > 0; off >>= 1) {
+        REPTILE_UNROLL
+        for (int r = 0; r < REPTILE_PT; ++r) {
+            REPTILE_UNROLL
+            for (int q = 0; q < REPTILE_PT; ++q) acc[r][q] += __shfl_xor_sync(0xffffffffu, acc[r][q], off);
+        }
+    }
+}
+
+// The REPTILE_PT × REPTILE_PT register tile shared by the forward and input-gradient products:
+// acc[r][q] += Σ_{k = s, s+S, … < K} M[moff[r] + k·mk] · X[xoff[q] + k], in increasing k
+// (fmaf(X, M, acc), the CPU path's order when S = 1). Each M and X read feeds REPTILE_PT FMAs.
+__device__ __forceinline__ void fused_tile(const float* M, const int moff[REPTILE_PT], int mk, const float* X, const int xoff[REPTILE_PT],
+                                           int K, int s, int S, float acc[REPTILE_PT][REPTILE_PT]) {
+    for (int k = s; k < K; k += S) {
+        float m[REPTILE_PT], xv[REPTILE_PT];
+        REPTILE_UNROLL
+        for (int r = 0; r < REPTILE_PT; ++r) m[r] = M[moff[r] + k * mk];
+        REPTILE_UNROLL
+        for (int q = 0; q < REPTILE_PT; ++q) xv[q] = X[xoff[q] + k];
+        REPTILE_UNROLL
+        for (int r = 0; r < REPTILE_PT; ++r) {
+            REPTILE_UNROLL
+            for (int q = 0; q < REPTILE_PT; ++q) acc[r][q] = fmaf(xv[q], m[r], acc[r][q]);
+        }
+    }
+}
+
 // Forward pass over the gathered minibatch: A_l = act(A_{l−1}·W_lᵀ + b_l), last layer linear.
+// Work map: a thread owns a tile of 4 outputs {ot + r·To} (strided, so a warp's W reads hit
+// consecutive rows at the odd stride: no bank conflicts) × 4 consecutive points (A reads are
+// warp broadcasts); item = chunk·To + ot. Layers with fewer than 32 tiles (e.g. a 1-output
+// head) split each tile's reduction over S lanes and combine them with shuffles.
 __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedSmem& S, int bs) {
-    const int L = P.n_layers, nchunk = (bs + REPTILE_PT - 1) / REPTILE_PT;
+    const int L = P.n_layers, Tp = (bs + REPTILE_PT - 1) / REPTILE_PT;
     for (int l = 0; l < L; ++l) {
         const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
         const float* a_prev = l == 0 ? S.xb : S.acts + S.act_off(l - 1) * P.idx_stride;
@@ -165,23 +214,48 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
         const float* W = S.theta + S.w_off(l);
         const float* bias = S.theta + S.b_off(l);
         const bool hidden = l + 1 < L;
-        for (int e = threadIdx.x; e < out * nchunk; e += blockDim.x) {
-            const int o = e % out, p0 = (e / out) * REPTILE_PT;
-            const int np = bs - p0 < REPTILE_PT ? bs - p0 : REPTILE_PT;
-            float acc[REPTILE_PT];
-            for (int q = 0; q < REPTILE_PT; ++q) acc[q] = 0.0f;
-            const float* wrow = W + o * ldw;
-            for (int i = 0; i < in; ++i) {
-                const float w = wrow[i];
-                for (int q = 0; q < REPTILE_PT; ++q) {
-                    // Rows past the minibatch read row p0 again (in bounds) and are not stored.
-                    const int p = q < np ? p0 + q : p0;
-                    acc[q] = fmaf(a_prev[p * in + i], w, acc[q]);
-                }
+        const int To = (out + REPTILE_PT - 1) / REPTILE_PT, items = To * Tp;
+        const int split = fused_split(items, in);
+        int sh = 0;
+        while ((1 << sh) < split) ++sh;
+        const int total = items << sh;
+        for (int base = 0; base < total; base += blockDim.x) {
+            const int e = base + threadIdx.x;
+            const bool active = e < total;
+            const int item = active ? e >> sh : 0, sl = e & (split - 1);
+            const int ot = item % To, p0 = (item / To) * REPTILE_PT;
+            int woff[REPTILE_PT], xoff[REPTILE_PT];
+            REPTILE_UNROLL
+            for (int r = 0; r < REPTILE_PT; ++r) {
+                const int o = ot + r * To;
+                woff[r] = (o < out ? o : ot) * ldw;  // out-of-range rows re-read row ot, never stored
             }
-            for (int q = 0; q < np; ++q) {
-                const float v = bias[o] + acc[q];
-                z[(p0 + q) * out + o] = hidden ? reptile_act(P.act, v) : v;
+            REPTILE_UNROLL
+            for (int q = 0; q < REPTILE_PT; ++q) {
+                const int p = p0 + q;
+                xoff[q] = (p < bs ? p : p0) * in;
+            }
+            float acc[REPTILE_PT][REPTILE_PT];
+            REPTILE_UNROLL
+            for (int r = 0; r < REPTILE_PT; ++r) {
+                REPTILE_UNROLL
+                for (int q = 0; q < REPTILE_PT; ++q) acc[r][q] = 0.0f;
+            }
+            if (active) fused_tile(W, woff, 1, a_prev, xoff, in, sl, split, acc);
+            if (split > 1) fused_group_sum(acc, split);
+            if (active && sl == 0) {
+                REPTILE_UNROLL
+                for (int r = 0; r < REPTILE_PT; ++r) {
+                    const int o = ot + r * To;
+                    REPTILE_UNROLL
+                    for (int q = 0; q < REPTILE_PT; ++q) {
+                        const int p = p0 + q;
+                        if (o < out && p < bs) {
+                            const float v = bias[o] + acc[r][q];
+                            z[p * out + o] = hidden ? reptile_act(P.act, v) : v;
+                        }
+                    }
+                }
             }
         }
         __syncthreads();
@@ -229,8 +303,12 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
 
 // Backward pass fused with SGD: per layer from the last, dA_{l−1} = (dZ_l·W_l) ⊙ act'(A_{l−1})
 // from W_l before the update, then W_l −= α·dZ_lᵀ·A_{l−1}, b_l −= α·Σ_p dZ_l.
+// Work map: dA: a thread owns 4 inputs {it + c·Ti} (consecutive across the warp: W row reads
+// without bank conflicts) × 4 consecutive points, with the same split rule as the forward
+// pass; dW + SGD: a thread owns 4 outputs {ot + r·To} × 4 inputs {it + c·Ti}, it fast, sums over
+// the minibatch's points and updates its 16 weights in place; biases: one thread per output.
 __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const FusedSmem& S, int bs) {
-    const int nchunk = (bs + REPTILE_PT - 1) / REPTILE_PT;
+    const int Tp = (bs + REPTILE_PT - 1) / REPTILE_PT;
     float* gcur = S.g0;
     float* gnext = S.g1;
     for (int l = P.n_layers - 1; l >= 0; --l) {
@@ -238,39 +316,97 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
         const float* a_prev = l == 0 ? S.xb : S.acts + S.act_off(l - 1) * P.idx_stride;
         float* W = S.theta + S.w_off(l);
         float* bias = S.theta + S.b_off(l);
+        const int Ti = (in + REPTILE_PT - 1) / REPTILE_PT, To = (out + REPTILE_PT - 1) / REPTILE_PT;
         if (l > 0) {
-            for (int e = threadIdx.x; e < in * nchunk; e += blockDim.x) {
-                const int i = e % in, p0 = (e / in) * REPTILE_PT;
-                const int np = bs - p0 < REPTILE_PT ? bs - p0 : REPTILE_PT;
-                float acc[REPTILE_PT];
-                for (int q = 0; q < REPTILE_PT; ++q) acc[q] = 0.0f;
-                for (int o = 0; o < out; ++o) {
-                    const float w = W[o * ldw + i];
-                    for (int q = 0; q < REPTILE_PT; ++q) {
-                        const int p = q < np ? p0 + q : p0;
-                        acc[q] = fmaf(gcur[p * out + o], w, acc[q]);
-                    }
+            const int items = Ti * Tp;
+            const int split = fused_split(items, out);
+            int sh = 0;
+            while ((1 << sh) < split) ++sh;
+            const int total = items << sh;
+            for (int base = 0; base < total; base += blockDim.x) {
+                const int e = base + threadIdx.x;
+                const bool active = e < total;
+                const int item = active ? e >> sh : 0, sl = e & (split - 1);
+                const int it = item % Ti, p0 = (item / Ti) * REPTILE_PT;
+                int woff[REPTILE_PT], xoff[REPTILE_PT];
+                REPTILE_UNROLL
+                for (int c = 0; c < REPTILE_PT; ++c) {
+                    const int i = it + c * Ti;
+                    woff[c] = i < in ? i : it;
                 }
-                for (int q = 0; q < np; ++q) {
+                REPTILE_UNROLL
+                for (int q = 0; q < REPTILE_PT; ++q) {
                     const int p = p0 + q;
-                    gnext[p * in + i] = acc[q] * reptile_act_grad(P.act, a_prev[p * in + i]);
+                    xoff[q] = (p < bs ? p : p0) * out;
+                }
+                float acc[REPTILE_PT][REPTILE_PT];
+                REPTILE_UNROLL
+                for (int c = 0; c < REPTILE_PT; ++c) {
+                    REPTILE_UNROLL
+                    for (int q = 0; q < REPTILE_PT; ++q) acc[c][q] = 0.0f;
+                }
+                if (active) fused_tile(W, woff, ldw, gcur, xoff, out, sl, split, acc);
+                if (split > 1) fused_group_sum(acc, split);
+                if (active && sl == 0) {
+                    REPTILE_UNROLL
+                    for (int c = 0; c < REPTILE_PT; ++c) {
+                        const int i = it + c * Ti;
+                        REPTILE_UNROLL
+                        for (int q = 0; q < REPTILE_PT; ++q) {
+                            const int p = p0 + q;
+                            if (i < in && p < bs) gnext[p * in + i] = acc[c][q] * reptile_act_grad(P.act, a_prev[p * in + i]);
+                        }
+                    }
                 }
             }
             __syncthreads();  // every dA read W_l before any thread updates it
         }
         const float nlr = -P.lr;
-        for (int e = threadIdx.x; e < out * in + out; e += blockDim.x) {
-            if (e < out * in) {
-                const int o = e / in, i = e - o * in;
-                float g = 0.0f;
-                for (int p = 0; p < bs; ++p) g = fmaf(gcur[p * out + o], a_prev[p * in + i], g);
-                W[o * ldw + i] += nlr * g;
-            } else {
-                const int o = e - out * in;
-                float g = 0.0f;
-                for (int p = 0; p < bs; ++p) g += gcur[p * out + o];
-                bias[o] += nlr * g;
+        for (int e = threadIdx.x; e < To * Ti; e += blockDim.x) {
+            const int ot = e / Ti, it = e - ot * Ti;
+            int goff[REPTILE_PT], aoff[REPTILE_PT];
+            REPTILE_UNROLL
+            for (int r = 0; r < REPTILE_PT; ++r) {
+                const int o = ot + r * To;
+                goff[r] = o < out ? o : ot;
             }
+            REPTILE_UNROLL
+            for (int c = 0; c < REPTILE_PT; ++c) {
+                const int i = it + c * Ti;
+                aoff[c] = i < in ? i : it;
+            }
+            float acc[REPTILE_PT][REPTILE_PT];
+            REPTILE_UNROLL
+            for (int r = 0; r < REPTILE_PT; ++r) {
+                REPTILE_UNROLL
+                for (int c = 0; c < REPTILE_PT; ++c) acc[r][c] = 0.0f;
+            }
+            for (int p = 0; p < bs; ++p) {
+                float g[REPTILE_PT], a[REPTILE_PT];
+                REPTILE_UNROLL
+                for (int r = 0; r < REPTILE_PT; ++r) g[r] = gcur[p * out + goff[r]];
+                REPTILE_UNROLL
+                for (int c = 0; c < REPTILE_PT; ++c) a[c] = a_prev[p * in + aoff[c]];
+                REPTILE_UNROLL
+                for (int r = 0; r < REPTILE_PT; ++r) {
+                    REPTILE_UNROLL
+                    for (int c = 0; c < REPTILE_PT; ++c) acc[r][c] = fmaf(g[r], a[c], acc[r][c]);
+                }
+            }
+            REPTILE_UNROLL
+            for (int r = 0; r < REPTILE_PT; ++r) {
+                const int o = ot + r * To;
+                REPTILE_UNROLL
+                for (int c = 0; c < REPTILE_PT; ++c) {
+                    const int i = it + c * Ti;
+                    if (o < out && i < in) W[o * ldw + i] += nlr * acc[r][c];
+                }
+            }
+        }
+        for (int o = threadIdx.x; o < out; o += blockDim.x) {
+            float g = 0.0f;
+            for (int p = 0; p < bs; ++p) g += gcur[p * out + o];
+            bias[o] += nlr * g;
         }
         __syncthreads();  // θ' of layer l final, gcur free for reuse
         float* t = gcur;

@@ -7,9 +7,10 @@
 // reproducible run to run.
 //
 // Two launches, both memory-bound and coalesced:
-//   reptile_chunk_sums   grid (⌈P/blockDim⌉, nc): thread j of block column c sums column j of
-//                        the chunk's rows of delta [n × P]; a warp reads 32 consecutive floats
-//                        of each row, so every row is streamed once, fully coalesced.
+//   reptile_chunk_sums   grid (⌈P/2/blockDim⌉, nc): thread j of block column c sums columns j
+//                        and j + ⌈P/2⌉ of the chunk's rows of delta [n × P]; a warp reads 32
+//                        consecutive floats of each row twice over, so every row is streamed
+//                        once, fully coalesced.
 //   reptile_interpolate  grid ⌈P/blockDim⌉: thread j adds the nc chunk sums of column j in
 //                        order, writes sum[j] (optional, for split steps) and
 //                        out[j] = fma(scale, sum, θ[j]) with scale = ε/n, and raises *bad when a
@@ -19,13 +20,42 @@
 
 extern "C" __global__ void reptile_chunk_sums(const float* __restrict__ delta, int n, int num_params, int nc,
                                               float* __restrict__ partial) {
-    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    // Each thread owns two columns, j and j + half (half = ⌈P/2⌉), over a grid-stride loop, so
+    // any grid works; the host launches ⌈half/blockDim⌉ column blocks, which keeps the whole
+    // grid (half·nc threads) resident in one wave on large GPUs. Rows are loaded UNR at a time
+    // (2·UNR independent loads in flight) and then added in task order, so the sum is
+    // bit-identical to a plain sequential loop.
     const int c = blockIdx.y;
-    if (j >= num_params || c >= nc) return;
+    if (c >= nc) return;
+    const int half = (num_params + 1) / 2;
     const int start = (int)((long long)c * n / nc), end = (int)((long long)(c + 1) * n / nc);
-    float acc = 0.0f;
-    for (int i = start; i < end; ++i) acc += delta[(size_t)i * num_params + j];
-    partial[(size_t)c * num_params + j] = acc;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < half; j += gridDim.x * blockDim.x) {
+        const int j1 = j + half < num_params ? j + half : j;  // a duplicate read when P is odd
+        const float* d0 = delta + j;
+        const float* d1 = delta + j1;
+        float a0 = 0.0f, a1 = 0.0f;
+        int i = start;
+        const int UNR = 8;
+        for (; i + UNR <= end; i += UNR) {
+            float v0[UNR], v1[UNR];
+            REPTILE_UNROLL
+            for (int u = 0; u < UNR; ++u) {
+                v0[u] = d0[(size_t)(i + u) * num_params];
+                v1[u] = d1[(size_t)(i + u) * num_params];
+            }
+            REPTILE_UNROLL
+            for (int u = 0; u < UNR; ++u) {
+                a0 += v0[u];
+                a1 += v1[u];
+            }
+        }
+        for (; i < end; ++i) {
+            a0 += d0[(size_t)i * num_params];
+            a1 += d1[(size_t)i * num_params];
+        }
+        partial[(size_t)c * num_params + j] = a0;
+        if (j + half < num_params) partial[(size_t)c * num_params + j + half] = a1;
+    }
 }
 
 extern "C" __global__ void reptile_interpolate(const float* __restrict__ theta, const float* __restrict__ partial, int nc,

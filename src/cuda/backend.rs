@@ -688,13 +688,15 @@ impl CudaBackend {
         s.memset_zeros(b.bad.as_mut().expect("ensured")).map_err(|e| driver_err("cuMemsetD8Async", e))?;
         let (n32, p32, nc32) = (int(n, "tasks")?, int(p, "parameters")?, int(nc, "chunks")?);
         let gx = p.div_ceil(UPDATE_BLOCK as usize) as u32;
+        let gx_sums = plan::chunk_sums_blocks(p, UPDATE_BLOCK);
         let mut l = s.launch_builder(&self.chunk_sums);
         l.arg(b.delta.as_ref().expect("filled"))
             .arg(&n32)
             .arg(&p32)
             .arg(&nc32)
             .arg(b.partial.as_mut().expect("ensured"));
-        let cfg = LaunchConfig { grid_dim: (gx, nc as u32, 1), block_dim: (UPDATE_BLOCK, 1, 1), shared_mem_bytes: 0 };
+        let cfg =
+            LaunchConfig { grid_dim: (gx_sums, nc as u32, 1), block_dim: (UPDATE_BLOCK, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: matches `reptile_chunk_sums(const float*, int, int, int, float*)`; delta holds
         // n·P floats, partial nc·P.
         unsafe { l.launch(cfg) }.map_err(|e| driver_err("launching reptile_chunk_sums", e))?;
@@ -806,22 +808,23 @@ impl CudaBackend {
     }
 
     /// Measured device-to-device copy bandwidth in GB/s (10⁹ B/s, read + write counted once
-    /// each) over `bytes`-byte buffers, best of `reps` — the yardstick of the interpolation's
-    /// bandwidth target.
+    /// each) over `bytes`-byte buffers: one warm-up copy, then `reps` copies back to back between
+    /// two synchronizations, the same way [`Self::time_update_kernels`] times the interpolation
+    /// it is the yardstick for.
     pub fn copy_bandwidth(&self, bytes: usize, reps: usize) -> CudaResult<f64> {
         let n = bytes / 4;
         let s = &self.stream;
         let src = s.alloc_zeros::<f32>(n).map_err(|e| driver_err("cuMemAlloc", e))?;
         let mut dst = s.alloc_zeros::<f32>(n).map_err(|e| driver_err("cuMemAlloc", e))?;
-        let mut best = f64::INFINITY;
+        s.memcpy_dtod(&src, &mut dst).map_err(|e| driver_err("cuMemcpyDtoD", e))?;
+        self.synchronize()?;
+        let t = std::time::Instant::now();
         for _ in 0..reps.max(1) {
-            self.synchronize()?;
-            let t = std::time::Instant::now();
             s.memcpy_dtod(&src, &mut dst).map_err(|e| driver_err("cuMemcpyDtoD", e))?;
-            self.synchronize()?;
-            best = best.min(t.elapsed().as_secs_f64());
         }
-        Ok(2.0 * (n * 4) as f64 / best / 1e9)
+        self.synchronize()?;
+        let secs = t.elapsed().as_secs_f64() / reps.max(1) as f64;
+        Ok(2.0 * (n * 4) as f64 / secs / 1e9)
     }
 
     /// The CUDA context (for callers that time work with events).

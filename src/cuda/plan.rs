@@ -20,7 +20,8 @@ use rand::seq::SliceRandom;
 /// Most linear layers the CUDA kernels take (`REPTILE_MAX_LAYERS`).
 pub const MAX_LAYERS: usize = 8;
 
-/// Points per thread in the fused kernel's register-blocked products (`REPTILE_PT`).
+/// Side of the fused kernel's register tiles (`REPTILE_PT`): a thread computes
+/// `REPTILE_PT × REPTILE_PT` values of each product.
 pub const POINTS_PER_THREAD: usize = 4;
 
 /// Arguments of the fused inner-loop kernel, passed by value; the `#[repr(C)]` mirror of
@@ -240,6 +241,12 @@ impl MinibatchPlan {
 /// Fixed chunks of the deterministic task reduction: `min(n, 64)`, as the CPU trainer.
 pub fn reduction_chunks(n_tasks: usize) -> usize {
     n_tasks.clamp(1, 64)
+}
+
+/// Column blocks of `reptile_chunk_sums` for `p` parameters and `block` threads: each thread
+/// sums two columns, so `⌈⌈p/2⌉/block⌉` blocks cover θ (any grid computes the same sums).
+pub fn chunk_sums_blocks(p: usize, block: u32) -> u32 {
+    p.div_ceil(2).div_ceil(block as usize).max(1) as u32
 }
 
 /// What the fused kernel computes, on the CPU with [`crate::cpu::mlp`]: for each task `t` of

@@ -161,7 +161,7 @@ pub fn resident_program(spec: &MlpSpec, config: &ReptileConfig, n: usize, seed: 
         },
         Launch {
             kernel: "reptile_chunk_sums",
-            grid: [pb, nc as u32, 1],
+            grid: [super::plan::chunk_sums_blocks(p, 256), nc as u32, 1],
             block: 256,
             smem: 0,
             args: vec![
