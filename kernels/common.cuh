@@ -11,6 +11,7 @@
 #ifndef REPTILE_EMU
 #define REPTILE_SMEM(type, name) extern __shared__ type name[]
 #define REPTILE_UNROLL _Pragma("unroll")
+#define REPTILE_LAUNCH_BOUNDS(threads) __launch_bounds__(threads)
 #endif
 
 // Largest number of linear layers the kernels accept (widths has one more entry).
@@ -20,6 +21,10 @@
 // × REPTILE_PT points (or inputs), so each value read from shared memory feeds REPTILE_PT
 // multiply-adds.
 #define REPTILE_PT 4
+
+// Most warp slices that split one product's reduction in the fused kernel (see fused_split);
+// the layout reserves REPTILE_SPLIT − 1 partial-sum buffers.
+#define REPTILE_SPLIT 4
 
 // Activation and loss codes (match src/cuda/plan.rs).
 #define REPTILE_ACT_TANH 0

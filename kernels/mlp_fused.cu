@@ -30,7 +30,8 @@
 //   backward dW + SGD: tile = 4 outputs × 4 inputs, it fast; sums over the minibatch's points
 //                      and updates its 16 weights in place after dA has read W; biases one
 //                      thread per output.
-// Requirements: blockDim.x a multiple of 32 (≤ 1024); dynamic shared memory as `FusedLayout`.
+// Requirements: blockDim.x a multiple of 32 (≤ 1024: the kernel is compiled for 1024-thread
+// blocks, i.e. at most 64 registers per thread); dynamic shared memory as `FusedLayout`.
 
 #include "common.cuh"
 
@@ -46,6 +47,9 @@ struct FusedSmem {
     float* xb;       // gathered inputs [bmax × in]
     float* yb;       // gathered targets [bmax × out] (labels reinterpret it as unsigned)
     float* red;      // 32 floats of reduction scratch
+    float* scr;      // (REPTILE_SPLIT − 1) partial-sum buffers, bmax·gmax each
+    int gm;          // gmax: the widest layer output
+    __device__ __forceinline__ int gmax() const { return gm; }
     __device__ __forceinline__ int width(int l) const { return hdr[l]; }
     __device__ __forceinline__ int w_off(int l) const { return hdr[REPTILE_MAX_LAYERS + 1 + l]; }
     __device__ __forceinline__ int b_off(int l) const { return hdr[2 * REPTILE_MAX_LAYERS + 1 + l]; }
@@ -91,6 +95,8 @@ __device__ __forceinline__ void fused_carve(const FusedParams& P, float* smem, F
     for (int l = 1; l <= REPTILE_MAX_LAYERS; ++l)
         if (l == L) dout = P.widths[l];
     S.red = S.yb + dout * bmax;
+    S.scr = S.red + 32;
+    S.gm = gmax;
 }
 
 // Copies between the flat θ layout (global) and the padded one (shared). dir = 0: θ' ← θ;
@@ -159,34 +165,43 @@ __device__ __forceinline__ void fused_gather(const FusedParams& P, const FusedSm
     }
 }
 
-// Lanes that share one output tile (split over the reduction dimension K): 1 when the tiles
-// fill at least a warp, else the largest power of two ≤ 32 with items·S ≤ blockDim and S ≤ K.
-// Uniform across the block (depends on shapes and blockDim only).
+// Warp slices that split a product's reduction (length K) when its tiles fill only part of
+// the block: slice s of S sums k ∈ [s·Kc, (s+1)·Kc), Kc = ⌈K/S⌉, with every warp of a slice
+// on the same k (so W reads stay conflict-free and A reads stay broadcasts); slices write
+// partial sums that an epilogue phase adds in slice order. S = min(REPTILE_SPLIT, warps per
+// block / warps the tiles need, K), at least 1: uniform across the block.
 __device__ __forceinline__ int fused_split(int items, int K) {
-    if (items >= 32) return 1;
-    int S = 1;
-    while (S < 32 && items * S * 2 <= (int)blockDim.x && S * 2 <= K) S *= 2;
-    return S;
-}
-
-// Sums each of the 16 accumulators over the S lanes of its group (S a power of two ≤ 32,
-// groups aligned in the warp). Every lane of the warp must call it.
-__device__ __forceinline__ void fused_group_sum(float acc[REPTILE_PT][REPTILE_PT], int S) {
-    for (int off = S >> 1; off > 0; off >>= 1) {
-        REPTILE_UNROLL
-        for (int r = 0; r < REPTILE_PT; ++r) {
-            REPTILE_UNROLL
-            for (int q = 0; q < REPTILE_PT; ++q) acc[r][q] += __shfl_xor_sync(0xffffffffu, acc[r][q], off);
-        }
-    }
+    const int need = (items + 31) >> 5;
+    int S = (int)(blockDim.x >> 5) / need;
+    if (S > REPTILE_SPLIT) S = REPTILE_SPLIT;
+    if (S > K) S = K;
+    return S < 1 ? 1 : S;
 }
 
 // The REPTILE_PT × REPTILE_PT register tile shared by the forward and input-gradient products:
-// acc[r][q] += Σ_{k = s, s+S, … < K} M[moff[r] + k·mk] · X[xoff[q] + k], in increasing k
-// (fmaf(X, M, acc), the CPU path's order when S = 1). Each M and X read feeds REPTILE_PT FMAs.
-__device__ __forceinline__ void fused_tile(const float* M, const int moff[REPTILE_PT], int mk, const float* X, const int xoff[REPTILE_PT],
-                                           int K, int s, int S, float acc[REPTILE_PT][REPTILE_PT]) {
-    for (int k = s; k < K; k += S) {
+// acc[r][q] += Σ_{k0 ≤ k < k1} M[moff[r] + k·mk] · X[xoff[q] + k], in increasing k
+// (fmaf(X, M, acc), the CPU path's order within the range). Each M and X read feeds REPTILE_PT
+// FMAs; the loop is unrolled by 4 so addresses are immediate offsets.
+__device__ __forceinline__ void fused_tile(const float* M, const int moff[REPTILE_PT], int mk, const float* X,
+                                           const int xoff[REPTILE_PT], int k0, int k1,
+                                           float acc[REPTILE_PT][REPTILE_PT]) {
+    int k = k0;
+    for (; k + 4 <= k1; k += 4) {
+        REPTILE_UNROLL
+        for (int u = 0; u < 4; ++u) {
+            float m[REPTILE_PT], xv[REPTILE_PT];
+            REPTILE_UNROLL
+            for (int r = 0; r < REPTILE_PT; ++r) m[r] = M[moff[r] + (k + u) * mk];
+            REPTILE_UNROLL
+            for (int q = 0; q < REPTILE_PT; ++q) xv[q] = X[xoff[q] + k + u];
+            REPTILE_UNROLL
+            for (int r = 0; r < REPTILE_PT; ++r) {
+                REPTILE_UNROLL
+                for (int q = 0; q < REPTILE_PT; ++q) acc[r][q] = fmaf(xv[q], m[r], acc[r][q]);
+            }
+        }
+    }
+    for (; k < k1; ++k) {
         float m[REPTILE_PT], xv[REPTILE_PT];
         REPTILE_UNROLL
         for (int r = 0; r < REPTILE_PT; ++r) m[r] = M[moff[r] + k * mk];
@@ -200,13 +215,20 @@ __device__ __forceinline__ void fused_tile(const float* M, const int moff[REPTIL
     }
 }
 
+// Partial-sum buffer of slice s ≥ 1 ([points × width], REPTILE_SPLIT − 1 of them).
+__device__ __forceinline__ float* fused_part(const FusedParams& P, const FusedSmem& S, int s, int gmax) {
+    return S.scr + (s - 1) * P.idx_stride * gmax;
+}
+
 // Forward pass over the gathered minibatch: A_l = act(A_{l−1}·W_lᵀ + b_l), last layer linear.
-// Work map: a thread owns a tile of 4 outputs {ot + r·To} (strided, so a warp's W reads hit
-// consecutive rows at the odd stride: no bank conflicts) × 4 consecutive points (A reads are
-// warp broadcasts); item = chunk·To + ot. Layers with fewer than 32 tiles (e.g. a 1-output
-// head) split each tile's reduction over S lanes and combine them with shuffles.
+// Work map: a thread owns a tile of 4 outputs {ot + r·To} (strided, so a warp reads
+// consecutive rows of W at the odd padded stride: no bank conflicts) × 4 consecutive points
+// (A reads are broadcasts); item = chunk·To + ot. With S > 1 warp slices (fused_split), slice
+// 0 writes its raw sums into A_l, the others into scratch, and an epilogue phase (one thread
+// per element) adds them in slice order, then bias and activation.
 __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedSmem& S, int bs) {
     const int L = P.n_layers, Tp = (bs + REPTILE_PT - 1) / REPTILE_PT;
+    const int gmax = S.gmax();
     for (int l = 0; l < L; ++l) {
         const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
         const float* a_prev = l == 0 ? S.xb : S.acts + S.act_off(l - 1) * P.idx_stride;
@@ -216,13 +238,13 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
         const bool hidden = l + 1 < L;
         const int To = (out + REPTILE_PT - 1) / REPTILE_PT, items = To * Tp;
         const int split = fused_split(items, in);
-        int sh = 0;
-        while ((1 << sh) < split) ++sh;
-        const int total = items << sh;
-        for (int base = 0; base < total; base += blockDim.x) {
-            const int e = base + threadIdx.x;
-            const bool active = e < total;
-            const int item = active ? e >> sh : 0, sl = e & (split - 1);
+        const int need = (items + 31) >> 5, Kc = (in + split - 1) / split;
+        // split == 1: items strided over the block; else one pass, warp w in slice w / need.
+        const int sl = split == 1 ? 0 : (int)(threadIdx.x >> 5) / need;
+        const int first = split == 1 ? (int)threadIdx.x : ((int)(threadIdx.x >> 5) - sl * need) * 32 + (int)(threadIdx.x & 31);
+        const int step = split == 1 ? (int)blockDim.x : items;
+        const int k0 = sl * Kc, k1 = k0 + Kc < in ? k0 + Kc : in;
+        for (int item = first; sl < split && item < items; item += step) {
             const int ot = item % To, p0 = (item / To) * REPTILE_PT;
             int woff[REPTILE_PT], xoff[REPTILE_PT];
             REPTILE_UNROLL
@@ -241,21 +263,32 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
                 REPTILE_UNROLL
                 for (int q = 0; q < REPTILE_PT; ++q) acc[r][q] = 0.0f;
             }
-            if (active) fused_tile(W, woff, 1, a_prev, xoff, in, sl, split, acc);
-            if (split > 1) fused_group_sum(acc, split);
-            if (active && sl == 0) {
+            fused_tile(W, woff, 1, a_prev, xoff, k0, k1, acc);
+            float* dst = sl == 0 ? z : fused_part(P, S, sl, gmax);
+            REPTILE_UNROLL
+            for (int r = 0; r < REPTILE_PT; ++r) {
+                const int o = ot + r * To;
                 REPTILE_UNROLL
-                for (int r = 0; r < REPTILE_PT; ++r) {
-                    const int o = ot + r * To;
-                    REPTILE_UNROLL
-                    for (int q = 0; q < REPTILE_PT; ++q) {
-                        const int p = p0 + q;
-                        if (o < out && p < bs) {
+                for (int q = 0; q < REPTILE_PT; ++q) {
+                    const int p = p0 + q;
+                    if (o < out && p < bs) {
+                        if (split == 1) {
                             const float v = bias[o] + acc[r][q];
                             z[p * out + o] = hidden ? reptile_act(P.act, v) : v;
+                        } else {
+                            dst[p * out + o] = acc[r][q];
                         }
                     }
                 }
+            }
+        }
+        if (split > 1) {
+            __syncthreads();  // every slice's partial sums written
+            for (int e = threadIdx.x; e < bs * out; e += blockDim.x) {
+                float v = z[e];
+                for (int t = 1; t < split; ++t) v += fused_part(P, S, t, gmax)[e];
+                v = bias[e % out] + v;
+                z[e] = hidden ? reptile_act(P.act, v) : v;
             }
         }
         __syncthreads();
@@ -303,12 +336,14 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
 
 // Backward pass fused with SGD: per layer from the last, dA_{l−1} = (dZ_l·W_l) ⊙ act'(A_{l−1})
 // from W_l before the update, then W_l −= α·dZ_lᵀ·A_{l−1}, b_l −= α·Σ_p dZ_l.
-// Work map: dA: a thread owns 4 inputs {it + c·Ti} (consecutive across the warp: W row reads
-// without bank conflicts) × 4 consecutive points, with the same split rule as the forward
-// pass; dW + SGD: a thread owns 4 outputs {ot + r·To} × 4 inputs {it + c·Ti}, it fast, sums over
-// the minibatch's points and updates its 16 weights in place; biases: one thread per output.
+// Work map: dA: a thread owns 4 inputs {it + c·Ti} (consecutive across the warp: contiguous W
+// row reads) × 4 consecutive points, with the forward pass's warp slices (slice 0 writes raw
+// sums into dA, the epilogue adds the others and applies act'); dW + SGD: a thread owns 4
+// outputs {ot + r·To} × 4 inputs {it + c·Ti}, it fast, sums over the minibatch's points and
+// updates its 16 weights in place; biases: one thread per output.
 __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const FusedSmem& S, int bs) {
     const int Tp = (bs + REPTILE_PT - 1) / REPTILE_PT;
+    const int gmax = S.gmax();
     float* gcur = S.g0;
     float* gnext = S.g1;
     for (int l = P.n_layers - 1; l >= 0; --l) {
@@ -320,13 +355,13 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
         if (l > 0) {
             const int items = Ti * Tp;
             const int split = fused_split(items, out);
-            int sh = 0;
-            while ((1 << sh) < split) ++sh;
-            const int total = items << sh;
-            for (int base = 0; base < total; base += blockDim.x) {
-                const int e = base + threadIdx.x;
-                const bool active = e < total;
-                const int item = active ? e >> sh : 0, sl = e & (split - 1);
+            const int need = (items + 31) >> 5, Kc = (out + split - 1) / split;
+            const int sl = split == 1 ? 0 : (int)(threadIdx.x >> 5) / need;
+            const int first =
+                split == 1 ? (int)threadIdx.x : ((int)(threadIdx.x >> 5) - sl * need) * 32 + (int)(threadIdx.x & 31);
+            const int step = split == 1 ? (int)blockDim.x : items;
+            const int k0 = sl * Kc, k1 = k0 + Kc < out ? k0 + Kc : out;
+            for (int item = first; sl < split && item < items; item += step) {
                 const int it = item % Ti, p0 = (item / Ti) * REPTILE_PT;
                 int woff[REPTILE_PT], xoff[REPTILE_PT];
                 REPTILE_UNROLL
@@ -345,18 +380,27 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
                     REPTILE_UNROLL
                     for (int q = 0; q < REPTILE_PT; ++q) acc[c][q] = 0.0f;
                 }
-                if (active) fused_tile(W, woff, ldw, gcur, xoff, out, sl, split, acc);
-                if (split > 1) fused_group_sum(acc, split);
-                if (active && sl == 0) {
+                fused_tile(W, woff, ldw, gcur, xoff, k0, k1, acc);
+                float* dst = sl == 0 ? gnext : fused_part(P, S, sl, gmax);
+                REPTILE_UNROLL
+                for (int c = 0; c < REPTILE_PT; ++c) {
+                    const int i = it + c * Ti;
                     REPTILE_UNROLL
-                    for (int c = 0; c < REPTILE_PT; ++c) {
-                        const int i = it + c * Ti;
-                        REPTILE_UNROLL
-                        for (int q = 0; q < REPTILE_PT; ++q) {
-                            const int p = p0 + q;
-                            if (i < in && p < bs) gnext[p * in + i] = acc[c][q] * reptile_act_grad(P.act, a_prev[p * in + i]);
+                    for (int q = 0; q < REPTILE_PT; ++q) {
+                        const int p = p0 + q;
+                        if (i < in && p < bs) {
+                            dst[p * in + i] =
+                                split == 1 ? acc[c][q] * reptile_act_grad(P.act, a_prev[p * in + i]) : acc[c][q];
                         }
                     }
+                }
+            }
+            if (split > 1) {
+                __syncthreads();  // every slice's partial sums written
+                for (int e = threadIdx.x; e < bs * in; e += blockDim.x) {
+                    float v = gnext[e];
+                    for (int t = 1; t < split; ++t) v += fused_part(P, S, t, gmax)[e];
+                    gnext[e] = v * reptile_act_grad(P.act, a_prev[e]);
                 }
             }
             __syncthreads();  // every dA read W_l before any thread updates it
@@ -417,7 +461,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
 
 // delta: [n_tasks × P] output (poisoning it before the launch is harmless: every element is
 // written). losses: [n_tasks × 2]. idx: [n_tasks × steps × idx_stride].
-extern "C" __global__ void reptile_fused_inner(FusedParams P, const float* __restrict__ theta, const float* __restrict__ x,
+extern "C" __global__ void REPTILE_LAUNCH_BOUNDS(1024) reptile_fused_inner(FusedParams P, const float* __restrict__ theta, const float* __restrict__ x,
                                                const float* __restrict__ y, const unsigned* __restrict__ labels,
                                                const unsigned* __restrict__ idx, float* __restrict__ delta,
                                                float* __restrict__ losses) {

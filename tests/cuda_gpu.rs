@@ -268,13 +268,17 @@ fn gpu_benchmarks() {
     }
     // The 30,000-iteration sine demo (n = 1), device-resident: with the CUDA graph and without.
     let config = ReptileConfig::sine();
-    for graph in [true, false] {
+    for (graph, block) in [(true, 256u32), (false, 256), (true, 512), (true, 1024)] {
+        gpu.set_fused_block(block).unwrap();
         let t = std::time::Instant::now();
         let run = gpu.train_sine_resident(&spec, &theta, &config, 1, 0, 0, 30_000, graph).unwrap();
         let secs = t.elapsed().as_secs_f64();
         assert!(!run.diverged && run.iteration == 30_000);
-        rows.push(format!("sine demo device-resident, 30,000 iterations, graph={graph}: {secs:.3} s (target < 1 s)"));
+        rows.push(format!(
+            "sine demo device-resident, 30,000 iterations, graph={graph}, block={block}: {secs:.3} s (target < 1 s)"
+        ));
     }
+    gpu.set_fused_block(reptile::cuda::backend::FUSED_BLOCK).unwrap();
     // The sine demo (n = 1) through Trainer + CudaBackend::step, 3,000 iterations timed.
     let mut trainer = Trainer::new(Model::new(spec.clone(), 0), ReptileConfig::sine()).unwrap();
     let mut tasks = SineTasks::new(0);
@@ -300,6 +304,7 @@ fn resident_sine_loop_matches_the_cpu_reference() {
     for (outer, n) in [(OuterRule::Reptile, 1usize), (OuterRule::Reptile, 37), (OuterRule::Fomaml { tail: None }, 4)] {
         let config = ReptileConfig { outer, planned_iters: 100, ..ReptileConfig::sine() };
         let want = sine::reference_run(&spec, &theta, &config, n, 17, 3, 60).unwrap();
+        gpu.set_fused_block(if n == 37 { 512 } else { 256 }).unwrap();
         let plain = gpu.train_sine_resident(&spec, &theta, &config, n, 17, 3, 60, false).unwrap();
         let graph = gpu.train_sine_resident(&spec, &theta, &config, n, 17, 3, 60, true).unwrap();
         assert_eq!(plain, graph, "{outer:?} n={n}: the graph replays the same launches bit for bit");

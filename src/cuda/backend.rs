@@ -263,8 +263,8 @@ impl CudaBackend {
         self.path_override = path;
     }
 
-    /// Threads per block of the fused kernel in [`Self::task_deltas`] and [`Self::inner_deltas`]
-    /// (default [`FUSED_BLOCK`]): a multiple of 32, at most 1024. The results do not depend on
+    /// Threads per block of the fused kernel in [`Self::task_deltas`], [`Self::inner_deltas`]
+    /// and [`Self::train_sine_resident`] (default [`FUSED_BLOCK`]): a multiple of 32, at most 1024. The results do not depend on
     /// it (each phase loops over its items with stride `blockDim.x`); its speed does, through
     /// how many blocks share a multiprocessor.
     pub fn set_fused_block(&mut self, threads: u32) -> CudaResult<()> {
@@ -754,7 +754,11 @@ impl CudaBackend {
         if start as u64 + iterations as u64 > u32::MAX as u64 {
             return Err(CudaError::Unsupported("iteration counter past 2^32 − 1".into()));
         }
-        let prog = super::sine::resident_program(spec, config, n, seed)?;
+        let mut prog = super::sine::resident_program(spec, config, n, seed)?;
+        // The fused kernel at this back end's block size (set_fused_block).
+        for l in prog.launches.iter_mut().filter(|l| l.kernel == "reptile_fused_inner") {
+            l.block = self.fused_block;
+        }
         let (b, _) = super::sine::check(spec, config)?;
         let smem = self.fused_shared_memory(spec, b)?;
         if smem > self.smem_attr {

@@ -24,6 +24,10 @@ pub const MAX_LAYERS: usize = 8;
 /// `REPTILE_PT × REPTILE_PT` values of each product.
 pub const POINTS_PER_THREAD: usize = 4;
 
+/// Most warp slices that split one product's reduction in the fused kernel (`REPTILE_SPLIT`);
+/// the layout reserves `SPLIT − 1` partial-sum buffers of `bmax × gmax` floats.
+pub const SPLIT: usize = 4;
+
 /// Arguments of the fused inner-loop kernel, passed by value; the `#[repr(C)]` mirror of
 /// `struct FusedParams` in `kernels/common.cuh` (every field 4 bytes, no padding).
 #[repr(C)]
@@ -90,7 +94,8 @@ pub const FUSED_HEADER: usize = 36;
 /// Dynamic shared memory of the fused kernel for one task (the kernel's `fused_carve`): a
 /// header of [`FUSED_HEADER`] ints (widths and per-layer offsets), θ' with every `W_l` row padded to the odd stride `in_l | 1`, the activations of all layers
 /// for `bmax` points, two gradient buffers of `bmax × max(out_l)`, the gathered inputs and
-/// targets (`bmax × in`, `bmax × out`), and 32 floats of reduction scratch.
+/// targets (`bmax × in`, `bmax × out`), 32 floats of reduction scratch, and `SPLIT − 1`
+/// partial-sum buffers of `bmax × max(out_l)` for products split over warp slices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FusedLayout {
     /// Floats of the padded θ'.
@@ -106,7 +111,11 @@ impl FusedLayout {
         let theta_floats: usize = (0..spec.num_layers()).map(|l| w[l + 1] * ((w[l] | 1) + 1)).sum();
         let acts: usize = w[1..].iter().sum();
         let gmax = w[1..].iter().copied().max().unwrap_or(1).max(1);
-        let floats = FUSED_HEADER + theta_floats + bmax * (acts + 2 * gmax + spec.in_dim() + spec.out_dim()) + 32;
+        let floats = FUSED_HEADER
+            + theta_floats
+            + bmax * (acts + 2 * gmax + spec.in_dim() + spec.out_dim())
+            + 32
+            + (SPLIT - 1) * bmax * gmax;
         FusedLayout { theta_floats, floats }
     }
     /// Bytes of dynamic shared memory per block.
