@@ -19,17 +19,8 @@ logs=$(mktemp -d)
 mkdir -p "$out"
 export REPTILE_REQUIRE_GPU=1
 
-# NVRTC: the toolkit's, else a pip wheel's (nvidia-cuda-nvrtc).
-if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so\.13'; then
-    for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
-        $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
-        if [[ -e $d/libnvrtc.so.13 ]]; then
-            export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-            break
-        fi
-    done
-fi
-export PATH="$PATH:/usr/local/cuda/bin"
+# shellcheck source=scripts/gpu-env.sh
+source scripts/gpu-env.sh
 {
     nvidia-smi -L
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.draw,temperature.gpu --format=csv

@@ -319,6 +319,38 @@ fn resident_sine_loop_matches_the_cpu_reference() {
     assert_eq!(run.theta, theta);
 }
 
+/// The fused kernel alone on the sine batch, at n = 1 (latency) and n = 4096 (throughput),
+/// blocks of 128 and 256 threads: a quick comparison of kernel variants
+/// (`REPTILE_KERNELS_DIR`, see `reptile::cuda::kernels`), printed as `fused …` lines.
+#[test]
+#[ignore = "benchmark: run explicitly on a GPU"]
+fn bench_fused() {
+    let Some(mut gpu) = backend() else { return };
+    gpu.set_poison_outputs(false);
+    let spec = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap();
+    let config = ReptileConfig::sine();
+    let theta = Model::new(spec.clone(), 0).into_params();
+    for n in [1usize, 4096] {
+        let batch = SineTasks::new(1).train_batch(&spec, n).unwrap();
+        let Targets::Values(y) = batch.y() else { unreachable!() };
+        let plan = MinibatchPlan::training(n, 50, &config.train, OuterRule::Reptile, 0, 0, 0).unwrap();
+        let flops = n as f64 * (5.0 * spec.step_flops(10) as f64 + spec.forward_flops(10) as f64);
+        for block in [128u32, 256] {
+            gpu.set_fused_block(block).unwrap();
+            let reps = if n == 1 { 200 } else { 50 };
+            let secs = gpu
+                .time_fused_kernel(&spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, config.train.lr, reps)
+                .unwrap();
+            println!(
+                "fused n={n} block={block}: {:.2} µs, {:.2} TFLOP/s = {:.1}% of 67 TFLOP/s",
+                secs * 1e6,
+                flops / secs / 1e12,
+                100.0 * flops / secs / 67e12
+            );
+        }
+    }
+}
+
 /// One launch of each hot kernel at benchmark size, for a profiler (`ncu --launch-count`) in
 /// scripts/gpu-check.sh: the fused inner loop on the sine net (n = 4096, k = 5) and the tiled
 /// path on the Omniglot MLP (n = 64).

@@ -66,10 +66,28 @@ pub const FAMILIES: &[KernelFamily] = &[MLP_FUSED, REPTILE_UPDATE, MLP_TILED, SI
 
 const INCLUDE_LINE: &str = "#include \"common.cuh\"";
 
+/// Development aid: when set to a folder, kernels are compiled from `<folder>/<file>` and
+/// `<folder>/common.cuh` instead of the embedded copies, so a kernel variant can be tried on a
+/// GPU machine without rebuilding the crate (the host code must still match its interface).
+pub const KERNELS_DIR_ENV: &str = "REPTILE_KERNELS_DIR";
+
 impl KernelFamily {
     /// The self-contained source NVRTC compiles: the file with `common.cuh` spliced in.
     pub fn full_source(&self) -> String {
         self.source.replacen(INCLUDE_LINE, COMMON_HEADER, 1)
+    }
+
+    /// [`Self::full_source`], or the same built from the folder named by
+    /// [`KERNELS_DIR_ENV`] when that is set (an unreadable file is an error naming it).
+    pub fn source_for_compile(&self) -> CudaResult<String> {
+        let Some(dir) = std::env::var_os(KERNELS_DIR_ENV) else { return Ok(self.full_source()) };
+        let read = |name: &str| {
+            let path = std::path::Path::new(&dir).join(name);
+            std::fs::read_to_string(&path).map_err(|e| {
+                CudaError::InvalidArgument(format!("{KERNELS_DIR_ENV}: cannot read {}: {e}", path.display()))
+            })
+        };
+        Ok(read(self.file)?.replacen(INCLUDE_LINE, &read("common.cuh")?, 1))
     }
 }
 
@@ -83,7 +101,7 @@ pub fn nvrtc_options(arch: &str) -> Vec<String> {
 /// carrying the compiler log.
 pub fn compile_ptx(family: &KernelFamily, arch: &str) -> CudaResult<String> {
     nvrtc_version()?;
-    let src = CString::new(family.full_source())
+    let src = CString::new(family.source_for_compile()?)
         .map_err(|_| CudaError::InvalidArgument(format!("{} contains a NUL byte", family.file)))?;
     let name = CString::new(family.file).map_err(|_| CudaError::InvalidArgument("kernel file name".into()))?;
     super::no_panic("running NVRTC", || {
