@@ -35,6 +35,51 @@
 
 #include "common.cuh"
 
+// Shape specialization. Built plainly, the kernel reads every shape at run time (FusedParams,
+// the shared-memory header, blockDim). Built with REPTILE_SPEC defined (the host passes the
+// network, minibatch sizes and block size as -D options and compiles one module per shape),
+// the same code sees them as compile-time constants: layer loops unroll, divisions by widths
+// become multiplications, and the products' trip counts are fixed.
+#ifdef REPTILE_SPEC
+#define FS_L(P) REPTILE_SPEC_L
+#define FS_ACT(P) REPTILE_SPEC_ACT
+#define FS_LOSS(P) REPTILE_SPEC_LOSS
+#define FS_B(P) REPTILE_SPEC_B
+#define FS_BLAST(P) REPTILE_SPEC_BLAST
+#define FS_STRIDE(P) (REPTILE_SPEC_B > REPTILE_SPEC_BLAST ? REPTILE_SPEC_B : REPTILE_SPEC_BLAST)
+#define FS_BLOCK REPTILE_SPEC_BLOCK
+#define FS_LAYER_UNROLL REPTILE_UNROLL
+__device__ __forceinline__ constexpr int fs_width(int l) {
+    return l == 0 ? REPTILE_SPEC_W0 : l == 1 ? REPTILE_SPEC_W1 : l == 2 ? REPTILE_SPEC_W2 : l == 3 ? REPTILE_SPEC_W3
+         : l == 4 ? REPTILE_SPEC_W4 : l == 5 ? REPTILE_SPEC_W5 : l == 6 ? REPTILE_SPEC_W6 : l == 7 ? REPTILE_SPEC_W7
+         : l == 8 ? REPTILE_SPEC_W8 : 0;
+}
+__device__ __forceinline__ constexpr int fs_w_off(int l) {
+    int off = 0;
+    for (int j = 0; j < l; ++j) off += fs_width(j + 1) * ((fs_width(j) | 1) + 1);
+    return off;
+}
+__device__ __forceinline__ constexpr int fs_act_off(int l) {
+    int off = 0;
+    for (int j = 0; j < l; ++j) off += fs_width(j + 1);
+    return off;
+}
+__device__ __forceinline__ constexpr int fs_gmax() {
+    int g = 1;
+    for (int j = 1; j <= REPTILE_SPEC_L; ++j) g = fs_width(j) > g ? fs_width(j) : g;
+    return g;
+}
+#else
+#define FS_L(P) (P).n_layers
+#define FS_ACT(P) (P).act
+#define FS_LOSS(P) (P).loss
+#define FS_B(P) (P).b
+#define FS_BLAST(P) (P).b_last
+#define FS_STRIDE(P) (P).idx_stride
+#define FS_BLOCK ((int)blockDim.x)
+#define FS_LAYER_UNROLL
+#endif
+
 // Pointers into the block's dynamic shared memory. Per-layer sizes and offsets live in a small
 // int header at the start of shared memory (written by thread 0), so loops over layers index
 // shared memory rather than a local array (which would go to local memory).
@@ -49,11 +94,19 @@ struct FusedSmem {
     float* red;      // 32 floats of reduction scratch
     float* scr;      // (REPTILE_SPLIT − 1) partial-sum buffers, bmax·gmax each
     int gm;          // gmax: the widest layer output
+#ifdef REPTILE_SPEC
+    __device__ __forceinline__ int gmax() const { return fs_gmax(); }
+    __device__ __forceinline__ int width(int l) const { return fs_width(l); }
+    __device__ __forceinline__ int w_off(int l) const { return fs_w_off(l); }
+    __device__ __forceinline__ int b_off(int l) const { return fs_w_off(l) + fs_width(l + 1) * (fs_width(l) | 1); }
+    __device__ __forceinline__ int act_off(int l) const { return fs_act_off(l); }
+#else
     __device__ __forceinline__ int gmax() const { return gm; }
     __device__ __forceinline__ int width(int l) const { return hdr[l]; }
     __device__ __forceinline__ int w_off(int l) const { return hdr[REPTILE_MAX_LAYERS + 1 + l]; }
     __device__ __forceinline__ int b_off(int l) const { return hdr[2 * REPTILE_MAX_LAYERS + 1 + l]; }
     __device__ __forceinline__ int act_off(int l) const { return hdr[3 * REPTILE_MAX_LAYERS + 1 + l]; }
+#endif
 };
 
 #define REPTILE_FUSED_HDR 36  // ≥ 4·REPTILE_MAX_LAYERS + 1, a multiple of 4 (16-byte alignment)
@@ -62,7 +115,7 @@ struct FusedSmem {
 // layers is unrolled to constant indices, so P.widths stays in registers / parameter space.
 // Thread 0 writes the header; the caller synchronizes before reading it.
 __device__ __forceinline__ void fused_carve(const FusedParams& P, float* smem, FusedSmem& S) {
-    const int L = P.n_layers, bmax = P.idx_stride;
+    const int L = FS_L(P), bmax = FS_STRIDE(P);
     int* hdr = (int*)smem;
     const bool writer = threadIdx.x == 0;
     int off = 0, aoff = 0, gmax = 1;
@@ -104,28 +157,30 @@ __device__ __forceinline__ void fused_carve(const FusedParams& P, float* smem, F
 // the same thread).
 __device__ __forceinline__ void fused_load_theta(const FusedParams& P, const FusedSmem& S, const float* __restrict__ theta) {
     int flat = 0;
-    for (int l = 0; l < P.n_layers; ++l) {
+    FS_LAYER_UNROLL
+    for (int l = 0; l < FS_L(P); ++l) {
         const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
-        for (int e = threadIdx.x; e < out * in; e += blockDim.x) {
+        for (int e = threadIdx.x; e < out * in; e += FS_BLOCK) {
             const int o = e / in, i = e - o * in;
             S.theta[S.w_off(l) + o * ldw + i] = theta[flat + e];
         }
         flat += out * in;
-        for (int o = threadIdx.x; o < out; o += blockDim.x) S.theta[S.b_off(l) + o] = theta[flat + o];
+        for (int o = threadIdx.x; o < out; o += FS_BLOCK) S.theta[S.b_off(l) + o] = theta[flat + o];
         flat += out;
     }
 }
 
 __device__ __forceinline__ void fused_store_diff(const FusedParams& P, const FusedSmem& S, const float* base, float* dst) {
     int flat = 0;
-    for (int l = 0; l < P.n_layers; ++l) {
+    FS_LAYER_UNROLL
+    for (int l = 0; l < FS_L(P); ++l) {
         const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
-        for (int e = threadIdx.x; e < out * in; e += blockDim.x) {
+        for (int e = threadIdx.x; e < out * in; e += FS_BLOCK) {
             const int o = e / in, i = e - o * in;
             dst[flat + e] = S.theta[S.w_off(l) + o * ldw + i] - base[flat + e];
         }
         flat += out * in;
-        for (int o = threadIdx.x; o < out; o += blockDim.x) dst[flat + o] = S.theta[S.b_off(l) + o] - base[flat + o];
+        for (int o = threadIdx.x; o < out; o += FS_BLOCK) dst[flat + o] = S.theta[S.b_off(l) + o] - base[flat + o];
         flat += out;
     }
 }
@@ -133,14 +188,15 @@ __device__ __forceinline__ void fused_store_diff(const FusedParams& P, const Fus
 // Same layout change without subtracting: dst ← θ' (flat).
 __device__ __forceinline__ void fused_store_theta(const FusedParams& P, const FusedSmem& S, float* dst) {
     int flat = 0;
-    for (int l = 0; l < P.n_layers; ++l) {
+    FS_LAYER_UNROLL
+    for (int l = 0; l < FS_L(P); ++l) {
         const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
-        for (int e = threadIdx.x; e < out * in; e += blockDim.x) {
+        for (int e = threadIdx.x; e < out * in; e += FS_BLOCK) {
             const int o = e / in, i = e - o * in;
             dst[flat + e] = S.theta[S.w_off(l) + o * ldw + i];
         }
         flat += out * in;
-        for (int o = threadIdx.x; o < out; o += blockDim.x) dst[flat + o] = S.theta[S.b_off(l) + o];
+        for (int o = threadIdx.x; o < out; o += FS_BLOCK) dst[flat + o] = S.theta[S.b_off(l) + o];
         flat += out;
     }
 }
@@ -149,19 +205,19 @@ __device__ __forceinline__ void fused_store_theta(const FusedParams& P, const Fu
 __device__ __forceinline__ void fused_gather(const FusedParams& P, const FusedSmem& S, const float* __restrict__ x,
                                              const float* __restrict__ y, const unsigned* __restrict__ labels,
                                              const unsigned* __restrict__ idx, int bs) {
-    const int din = S.width(0), dout = S.width(P.n_layers);
-    for (int e = threadIdx.x; e < bs * din; e += blockDim.x) {
+    const int din = S.width(0), dout = S.width(FS_L(P));
+    for (int e = threadIdx.x; e < bs * din; e += FS_BLOCK) {
         const int p = e / din, i = e - p * din;
         S.xb[e] = x[(size_t)idx[p] * din + i];
     }
-    if (P.loss == REPTILE_LOSS_MSE) {
-        for (int e = threadIdx.x; e < bs * dout; e += blockDim.x) {
+    if (FS_LOSS(P) == REPTILE_LOSS_MSE) {
+        for (int e = threadIdx.x; e < bs * dout; e += FS_BLOCK) {
             const int p = e / dout, j = e - p * dout;
             S.yb[e] = y[(size_t)idx[p] * dout + j];
         }
     } else {
         unsigned* lb = (unsigned*)S.yb;
-        for (int p = threadIdx.x; p < bs; p += blockDim.x) lb[p] = labels[idx[p]];
+        for (int p = threadIdx.x; p < bs; p += FS_BLOCK) lb[p] = labels[idx[p]];
     }
 }
 
@@ -172,7 +228,7 @@ __device__ __forceinline__ void fused_gather(const FusedParams& P, const FusedSm
 // block / warps the tiles need, K), at least 1: uniform across the block.
 __device__ __forceinline__ int fused_split(int items, int K) {
     const int need = (items + 31) >> 5;
-    int S = (int)(blockDim.x >> 5) / need;
+    int S = (FS_BLOCK >> 5) / need;
     if (S > REPTILE_SPLIT) S = REPTILE_SPLIT;
     if (S > K) S = K;
     return S < 1 ? 1 : S;
@@ -217,7 +273,7 @@ __device__ __forceinline__ void fused_tile(const float* M, const int moff[REPTIL
 
 // Partial-sum buffer of slice s ≥ 1 ([points × width], REPTILE_SPLIT − 1 of them).
 __device__ __forceinline__ float* fused_part(const FusedParams& P, const FusedSmem& S, int s, int gmax) {
-    return S.scr + (s - 1) * P.idx_stride * gmax;
+    return S.scr + (s - 1) * FS_STRIDE(P) * gmax;
 }
 
 // Forward pass over the gathered minibatch: A_l = act(A_{l−1}·W_lᵀ + b_l), last layer linear.
@@ -227,12 +283,13 @@ __device__ __forceinline__ float* fused_part(const FusedParams& P, const FusedSm
 // 0 writes its raw sums into A_l, the others into scratch, and an epilogue phase (one thread
 // per element) adds them in slice order, then bias and activation.
 __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedSmem& S, int bs) {
-    const int L = P.n_layers, Tp = (bs + REPTILE_PT - 1) / REPTILE_PT;
+    const int L = FS_L(P), Tp = (bs + REPTILE_PT - 1) / REPTILE_PT;
     const int gmax = S.gmax();
+    FS_LAYER_UNROLL
     for (int l = 0; l < L; ++l) {
         const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
-        const float* a_prev = l == 0 ? S.xb : S.acts + S.act_off(l - 1) * P.idx_stride;
-        float* z = S.acts + S.act_off(l) * P.idx_stride;
+        const float* a_prev = l == 0 ? S.xb : S.acts + S.act_off(l - 1) * FS_STRIDE(P);
+        float* z = S.acts + S.act_off(l) * FS_STRIDE(P);
         const float* W = S.theta + S.w_off(l);
         const float* bias = S.theta + S.b_off(l);
         const bool hidden = l + 1 < L;
@@ -242,7 +299,7 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
         // split == 1: items strided over the block; else one pass, warp w in slice w / need.
         const int sl = split == 1 ? 0 : (int)(threadIdx.x >> 5) / need;
         const int first = split == 1 ? (int)threadIdx.x : ((int)(threadIdx.x >> 5) - sl * need) * 32 + (int)(threadIdx.x & 31);
-        const int step = split == 1 ? (int)blockDim.x : items;
+        const int step = split == 1 ? FS_BLOCK : items;
         const int k0 = sl * Kc, k1 = k0 + Kc < in ? k0 + Kc : in;
         for (int item = first; sl < split && item < items; item += step) {
             const int ot = item % To, p0 = (item / To) * REPTILE_PT;
@@ -274,7 +331,7 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
                     if (o < out && p < bs) {
                         if (split == 1) {
                             const float v = bias[o] + acc[r][q];
-                            z[p * out + o] = hidden ? reptile_act(P.act, v) : v;
+                            z[p * out + o] = hidden ? reptile_act(FS_ACT(P), v) : v;
                         } else {
                             dst[p * out + o] = acc[r][q];
                         }
@@ -284,11 +341,11 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
         }
         if (split > 1) {
             __syncthreads();  // every slice's partial sums written
-            for (int e = threadIdx.x; e < bs * out; e += blockDim.x) {
+            for (int e = threadIdx.x; e < bs * out; e += FS_BLOCK) {
                 float v = z[e];
                 for (int t = 1; t < split; ++t) v += fused_part(P, S, t, gmax)[e];
                 v = bias[e % out] + v;
-                z[e] = hidden ? reptile_act(P.act, v) : v;
+                z[e] = hidden ? reptile_act(FS_ACT(P), v) : v;
             }
         }
         __syncthreads();
@@ -298,13 +355,13 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
 // Loss of the last forward output against the gathered targets; with `grad`, dL/dY into g0.
 // Returns the loss in thread 0 (other threads: unspecified). All threads must call it.
 __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSmem& S, int bs, bool grad) {
-    const int L = P.n_layers, out = S.width(L);
-    const float* yhat = S.acts + S.act_off(L - 1) * P.idx_stride;
+    const int L = FS_L(P), out = S.width(L);
+    const float* yhat = S.acts + S.act_off(L - 1) * FS_STRIDE(P);
     float part = 0.0f;
     double denom;
-    if (P.loss == REPTILE_LOSS_MSE) {
+    if (FS_LOSS(P) == REPTILE_LOSS_MSE) {
         const float scale = 2.0f / (float)(bs * out);
-        for (int e = threadIdx.x; e < bs * out; e += blockDim.x) {
+        for (int e = threadIdx.x; e < bs * out; e += FS_BLOCK) {
             const float d = yhat[e] - S.yb[e];
             part = fmaf(d, d, part);
             if (grad) S.g0[e] = scale * d;
@@ -313,7 +370,7 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
     } else {
         const unsigned* lb = (const unsigned*)S.yb;
         const float inv = 1.0f / (float)bs;
-        for (int p = threadIdx.x; p < bs; p += blockDim.x) {
+        for (int p = threadIdx.x; p < bs; p += FS_BLOCK) {
             const float* row = yhat + p * out;
             float mx = row[0];
             for (int j = 1; j < out; ++j) mx = fmaxf(mx, row[j]);
@@ -346,9 +403,10 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
     const int gmax = S.gmax();
     float* gcur = S.g0;
     float* gnext = S.g1;
-    for (int l = P.n_layers - 1; l >= 0; --l) {
+    FS_LAYER_UNROLL
+    for (int l = FS_L(P) - 1; l >= 0; --l) {
         const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
-        const float* a_prev = l == 0 ? S.xb : S.acts + S.act_off(l - 1) * P.idx_stride;
+        const float* a_prev = l == 0 ? S.xb : S.acts + S.act_off(l - 1) * FS_STRIDE(P);
         float* W = S.theta + S.w_off(l);
         float* bias = S.theta + S.b_off(l);
         const int Ti = (in + REPTILE_PT - 1) / REPTILE_PT, To = (out + REPTILE_PT - 1) / REPTILE_PT;
@@ -359,7 +417,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
             const int sl = split == 1 ? 0 : (int)(threadIdx.x >> 5) / need;
             const int first =
                 split == 1 ? (int)threadIdx.x : ((int)(threadIdx.x >> 5) - sl * need) * 32 + (int)(threadIdx.x & 31);
-            const int step = split == 1 ? (int)blockDim.x : items;
+            const int step = split == 1 ? FS_BLOCK : items;
             const int k0 = sl * Kc, k1 = k0 + Kc < out ? k0 + Kc : out;
             for (int item = first; sl < split && item < items; item += step) {
                 const int it = item % Ti, p0 = (item / Ti) * REPTILE_PT;
@@ -390,23 +448,23 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
                         const int p = p0 + q;
                         if (i < in && p < bs) {
                             dst[p * in + i] =
-                                split == 1 ? acc[c][q] * reptile_act_grad(P.act, a_prev[p * in + i]) : acc[c][q];
+                                split == 1 ? acc[c][q] * reptile_act_grad(FS_ACT(P), a_prev[p * in + i]) : acc[c][q];
                         }
                     }
                 }
             }
             if (split > 1) {
                 __syncthreads();  // every slice's partial sums written
-                for (int e = threadIdx.x; e < bs * in; e += blockDim.x) {
+                for (int e = threadIdx.x; e < bs * in; e += FS_BLOCK) {
                     float v = gnext[e];
                     for (int t = 1; t < split; ++t) v += fused_part(P, S, t, gmax)[e];
-                    gnext[e] = v * reptile_act_grad(P.act, a_prev[e]);
+                    gnext[e] = v * reptile_act_grad(FS_ACT(P), a_prev[e]);
                 }
             }
             __syncthreads();  // every dA read W_l before any thread updates it
         }
         const float nlr = -P.lr;
-        for (int e = threadIdx.x; e < To * Ti; e += blockDim.x) {
+        for (int e = threadIdx.x; e < To * Ti; e += FS_BLOCK) {
             const int ot = e / Ti, it = e - ot * Ti;
             int goff[REPTILE_PT], aoff[REPTILE_PT];
             REPTILE_UNROLL
@@ -447,7 +505,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
                 }
             }
         }
-        for (int o = threadIdx.x; o < out; o += blockDim.x) {
+        for (int o = threadIdx.x; o < out; o += FS_BLOCK) {
             float g = 0.0f;
             for (int p = 0; p < bs; ++p) g += gcur[p * out + o];
             bias[o] += nlr * g;
@@ -461,7 +519,12 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
 
 // delta: [n_tasks × P] output (poisoning it before the launch is harmless: every element is
 // written). losses: [n_tasks × 2]. idx: [n_tasks × steps × idx_stride].
-extern "C" __global__ void REPTILE_LAUNCH_BOUNDS(1024) reptile_fused_inner(FusedParams P, const float* __restrict__ theta, const float* __restrict__ x,
+#ifdef REPTILE_SPEC
+#define FS_BOUNDS REPTILE_LAUNCH_BOUNDS(REPTILE_SPEC_BLOCK)
+#else
+#define FS_BOUNDS REPTILE_LAUNCH_BOUNDS(1024)
+#endif
+extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const float* __restrict__ theta, const float* __restrict__ x,
                                                const float* __restrict__ y, const unsigned* __restrict__ labels,
                                                const unsigned* __restrict__ idx, float* __restrict__ delta,
                                                float* __restrict__ losses) {
@@ -471,20 +534,20 @@ extern "C" __global__ void REPTILE_LAUNCH_BOUNDS(1024) reptile_fused_inner(Fused
     FusedSmem S;
     fused_carve(P, reptile_smem, S);
     __syncthreads();  // header written
-    const int din = S.width(0), dout = S.width(P.n_layers);
+    const int din = S.width(0), dout = S.width(FS_L(P));
     const float* xt = x + (size_t)t * P.m * din;
-    const float* yt = P.loss == REPTILE_LOSS_MSE ? y + (size_t)t * P.m * dout : y;
-    const unsigned* lt = P.loss == REPTILE_LOSS_CE ? labels + (size_t)t * P.m : labels;
-    const unsigned* it = idx + (size_t)t * P.steps * P.idx_stride;
+    const float* yt = FS_LOSS(P) == REPTILE_LOSS_MSE ? y + (size_t)t * P.m * dout : y;
+    const unsigned* lt = FS_LOSS(P) == REPTILE_LOSS_CE ? labels + (size_t)t * P.m : labels;
+    const unsigned* it = idx + (size_t)t * P.steps * FS_STRIDE(P);
     float* dt = delta + (size_t)t * P.num_params;
 
     fused_load_theta(P, S, theta);
     float loss_before = 0.0f;
     for (int s = 0; s < P.steps; ++s) {
         const bool last = s + 1 == P.steps;
-        const int bs = last ? P.b_last : P.b;
+        const int bs = last ? FS_BLAST(P) : FS_B(P);
         if (last && P.fomaml) fused_store_theta(P, S, dt);  // θ'_{k−1}, read back by the same threads
-        fused_gather(P, S, xt, yt, lt, it + (size_t)s * P.idx_stride, bs);
+        fused_gather(P, S, xt, yt, lt, it + (size_t)s * FS_STRIDE(P), bs);
         __syncthreads();
         fused_forward(P, S, bs);
         const float l = fused_loss(P, S, bs, true);
@@ -492,7 +555,7 @@ extern "C" __global__ void REPTILE_LAUNCH_BOUNDS(1024) reptile_fused_inner(Fused
         fused_backward_sgd(P, S, bs);
     }
     // Loss after adaptation, on the first minibatch.
-    const int b0 = P.steps == 1 ? P.b_last : P.b;
+    const int b0 = P.steps == 1 ? FS_BLAST(P) : FS_B(P);
     fused_gather(P, S, xt, yt, lt, it, b0);
     __syncthreads();
     fused_forward(P, S, b0);

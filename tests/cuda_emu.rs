@@ -52,13 +52,20 @@ struct Emu {
 }
 
 fn build_emu() -> PathBuf {
+    build_emu_with("libreptile_cuda_emu.so", &[])
+}
+
+/// The emulation library built with extra compiler options (e.g. a shape specialization's
+/// `-D` definitions) into `name`.
+fn build_emu_with(name: &str, defines: &[String]) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("libreptile_cuda_emu.so");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
     let k = root.join("kernels");
     let status = std::process::Command::new(&cxx)
         .args(["-std=c++20", "-O1", "-g", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra", "-Werror", "-include"])
         .arg(k.join("emu/cuda_emu.h"))
+        .args(defines)
         .args(["-x", "c++"])
         .arg(k.join("mlp_fused.cu"))
         .arg(k.join("reptile_update.cu"))
@@ -75,8 +82,11 @@ fn build_emu() -> PathBuf {
 
 fn emu() -> &'static Emu {
     static EMU: OnceLock<Emu> = OnceLock::new();
-    EMU.get_or_init(|| {
-        let path = build_emu();
+    EMU.get_or_init(|| load_emu(build_emu()))
+}
+
+fn load_emu(path: PathBuf) -> Emu {
+    {
         let c = CString::new(path.to_str().unwrap()).unwrap();
         // SAFETY: dlopen with a valid NUL-terminated path; the library is never closed.
         let h = unsafe { dlopen(c.as_ptr(), RTLD_NOW) };
@@ -101,12 +111,29 @@ fn emu() -> &'static Emu {
                 interpolate: std::mem::transmute::<*mut c_void, InterpFn>(sym("emu_interpolate")),
             }
         }
-    })
+    }
 }
 
 /// Runs the fused kernel in the emulation; returns (deltas [n × P], losses [n × 2]).
 #[allow(clippy::too_many_arguments)]
 fn run_fused(
+    spec: &MlpSpec,
+    theta: &[f32],
+    x: &[f32],
+    y: Tgt<'_>,
+    m: usize,
+    plan: &MinibatchPlan,
+    lr: f32,
+    fomaml: bool,
+    block: u32,
+) -> (Vec<f32>, Vec<f32>) {
+    run_fused_with(emu(), spec, theta, x, y, m, plan, lr, fomaml, block)
+}
+
+/// [`run_fused`] on a given emulation library (e.g. a shape-specialized build).
+#[allow(clippy::too_many_arguments)]
+fn run_fused_with(
+    lib: &Emu,
     spec: &MlpSpec,
     theta: &[f32],
     x: &[f32],
@@ -130,7 +157,7 @@ fn run_fused(
     // (θ: P, x: n·m·in, y: n·m·out or labels n·m, idx: n·k·stride, delta: n·P, losses: 2n);
     // the unused target pointer is null and never read for this loss.
     let rc = unsafe {
-        (emu().fused)(
+        (lib.fused)(
             n as u32,
             block,
             smem,
@@ -285,6 +312,42 @@ fn fused_inner_loop_sine_shape() {
         "sine 1-64-64-1, k=5, b=10: shared memory {} B, worst |Δ| = {worst:e}",
         FusedLayout::new(&spec, 10).bytes()
     );
+}
+
+#[test]
+fn specialized_builds_match_the_cpu() {
+    // The fused kernel built with compile-time shapes (REPTILE_SPEC, as the back end compiles
+    // it per shape with NVRTC) on the sine net (Reptile) and a cross-entropy net with a FOMAML
+    // tail (b ≠ b_last), against the CPU path; block sizes whose products split over warps.
+    let mut rng = ChaCha8Rng::seed_from_u64(404);
+    let cases = [
+        (MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap(), None, 96u32, "sine"),
+        (MlpSpec::new(&[6, 40, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap(), Some(3), 64, "ce"),
+    ];
+    for (spec, tail, block, name) in cases {
+        let (n, m) = (3, 12);
+        let inner = InnerLoop { lr: 0.03, steps: 3, batch_size: 10 };
+        let plan = MinibatchPlan::build(n, m, &inner, tail, |i| {
+            reptile::rng::stream(9, reptile::rng::Purpose::InnerShuffle, i as u64)
+        })
+        .unwrap();
+        let fomaml = tail.is_some();
+        let params = plan.fused_params(&spec, m, inner.lr, fomaml).unwrap();
+        let mut defines = reptile::cuda::plan::fused_spec_defines(&params, block);
+        // With the shapes constant, some helpers no longer read their FusedParams argument.
+        defines.push("-Wno-unused-parameter".into());
+        let lib = load_emu(build_emu_with(&format!("libreptile_cuda_emu_{name}.so"), &defines));
+        let theta = Model::new(spec.clone(), 5).into_params();
+        let x: Vec<f32> = (0..n * m * spec.in_dim()).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+        let yv: Vec<f32> = (0..n * m * spec.out_dim()).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let lab: Vec<u32> = (0..n * m).map(|_| rng.random_range(0..spec.out_dim() as u32)).collect();
+        let y = if spec.loss() == Loss::Mse { Tgt::Values(&yv) } else { Tgt::Labels(&lab) };
+        let (d_ref, l_ref) = plan::cpu_deltas(&spec, &theta, &x, y, m, &plan, inner.lr, fomaml);
+        let (d, l) = run_fused_with(&lib, &spec, &theta, &x, y, m, &plan, inner.lr, fomaml, block);
+        let worst = assert_close(&format!("{name} specialized delta"), &d, &d_ref, 5e-5, 1e-3);
+        assert_close(&format!("{name} specialized losses"), &l, &l_ref, 1e-5, 1e-3);
+        println!("{name} specialized (block {block}): worst |Δ| = {worst:e}");
+    }
 }
 
 #[test]

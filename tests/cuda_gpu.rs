@@ -94,6 +94,8 @@ fn fused_kernel_matches_cpu_on_random_specs() {
         }
         // The fused kernel at several block sizes: its results must not depend on blockDim.
         gpu.set_fused_block([256, 128, 512, 64, 1024][case as usize % 5]).unwrap();
+        // A third of the cases on the shape-specialized build (one NVRTC compile each).
+        gpu.set_specialize(case % 3 == 0);
         for path in paths {
             let (d_gpu, l_gpu) = gpu.inner_deltas(path, &spec, &theta, &x, y, m, &plan, lr, fomaml).unwrap();
             worst = worst.max(assert_close(&format!("{what} {path:?} delta"), &d_gpu, &d_ref, 5e-5, 1e-3));
@@ -335,14 +337,15 @@ fn bench_fused() {
         let Targets::Values(y) = batch.y() else { unreachable!() };
         let plan = MinibatchPlan::training(n, 50, &config.train, OuterRule::Reptile, 0, 0, 0).unwrap();
         let flops = n as f64 * (5.0 * spec.step_flops(10) as f64 + spec.forward_flops(10) as f64);
-        for block in [128u32, 256] {
+        for (specialize, block) in [(false, 128u32), (false, 256), (true, 128), (true, 256), (true, 512)] {
+            gpu.set_specialize(specialize);
             gpu.set_fused_block(block).unwrap();
             let reps = if n == 1 { 200 } else { 50 };
             let secs = gpu
                 .time_fused_kernel(&spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, config.train.lr, reps)
                 .unwrap();
             println!(
-                "fused n={n} block={block}: {:.2} µs, {:.2} TFLOP/s = {:.1}% of 67 TFLOP/s",
+                "fused n={n} specialized={specialize} block={block}: {:.2} µs, {:.2} TFLOP/s = {:.1}% of 67 TFLOP/s",
                 secs * 1e6,
                 flops / secs / 1e12,
                 100.0 * flops / secs / 67e12

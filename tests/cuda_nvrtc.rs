@@ -5,7 +5,8 @@
 //! and pass, unless `REPTILE_REQUIRE_NVRTC=1` (CI sets it), which makes a missing tool an error.
 
 use reptile::cuda::kernels::{self, FAMILIES, KernelFamily};
-use reptile::cuda::plan::FusedLayout;
+use reptile::cuda::plan::{FusedLayout, MinibatchPlan};
+use reptile::meta::InnerLoop;
 use reptile::cuda::{CudaError, nvrtc_version};
 use reptile::{Activation, Loss, MlpSpec};
 use std::path::PathBuf;
@@ -139,6 +140,57 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
         "dynamic shared memory of reptile_fused_inner, sine 1-64-64-1 with b = 10: {} B",
         FusedLayout::new(&sine, 10).bytes()
     ));
+    println!("{}", table.join("\n"));
+}
+
+#[test]
+fn specialized_fused_kernels_compile_without_spills() {
+    // The shape-specialized builds (REPTILE_SPEC) the back end compiles at run time: the sine
+    // net (the benchmark's shape), a cross-entropy net with a FOMAML tail (b ≠ b_last), and the
+    // deepest network the kernels take, each at two block sizes.
+    let Some(_) = nvrtc() else { return };
+    let ptxas = ptxas();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ptx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let inner = InnerLoop { lr: 0.02, steps: 5, batch_size: 10 };
+    let cases = [
+        (MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap(), None),
+        (MlpSpec::new(&[6, 40, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap(), Some(3)),
+        (MlpSpec::new(&[3, 9, 17, 5, 33, 8, 2, 11, 4], Activation::Tanh, Loss::Mse).unwrap(), None),
+    ];
+    let mut table = vec![];
+    for (case, (spec, tail)) in cases.iter().enumerate() {
+        let plan = MinibatchPlan::build(2, 12, &inner, *tail, |i| {
+            reptile::rng::stream(1, reptile::rng::Purpose::InnerShuffle, i as u64)
+        })
+        .unwrap();
+        let params = plan.fused_params(spec, 12, 0.02, tail.is_some()).unwrap();
+        for block in [128u32, 256] {
+            let defs = reptile::cuda::plan::fused_spec_defines(&params, block);
+            let ptx = kernels::compile_ptx_with(&kernels::MLP_FUSED, "compute_90", &defs)
+                .unwrap_or_else(|e| panic!("case {case} block {block}: {e}"));
+            let Some(ptxas) = &ptxas else { continue };
+            let path = dir.join(format!("mlp_fused.spec{case}.b{block}.sm_90.ptx"));
+            std::fs::write(&path, &ptx).unwrap();
+            let out = Command::new(ptxas).args(["-v", "-arch=sm_90", "-o", "/dev/null"]).arg(&path).output().unwrap();
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "ptxas case {case}: {text}");
+            let info = parse_ptxas(&text).into_iter().find(|i| i.function == "reptile_fused_inner").unwrap();
+            // Spills cost speed, not correctness: the benchmark's shape (the sine net) must have
+            // none; the others are reported.
+            if case == 0 {
+                assert_eq!((info.spill_stores, info.spill_loads, info.stack), (0, 0, 0), "sine block {block}:\n{text}");
+            }
+            table.push(format!(
+                "| specialized {:?} b={block} | sm_90 | {} | {} | {}/{} |",
+                spec.widths(),
+                info.registers,
+                info.stack,
+                info.spill_stores,
+                info.spill_loads
+            ));
+        }
+    }
     println!("{}", table.join("\n"));
 }
 

@@ -78,6 +78,9 @@ pub struct CudaBackend {
     path_override: Option<Path>,
     fused_block: u32,
     smem_attr: usize,
+    specialize: bool,
+    spec_fused: HashMap<Vec<String>, (CudaFunction, usize)>,
+    program_fused: Option<CudaFunction>,
     poison: bool,
     bufs: Buffers,
 }
@@ -213,6 +216,9 @@ impl CudaBackend {
                 path_override: None,
                 fused_block: FUSED_BLOCK,
                 smem_attr: 48 * 1024,
+                specialize: true,
+                spec_fused: HashMap::new(),
+                program_fused: None,
                 poison: false,
                 bufs: Buffers::default(),
             })
@@ -275,6 +281,49 @@ impl CudaBackend {
         }
         self.fused_block = threads;
         Ok(())
+    }
+
+    /// With `on` (the default), the fused kernel runs as a build specialized to the shapes at
+    /// hand (network, minibatch sizes, block size as compile-time constants; compiled with
+    /// NVRTC on first use of each shape, about a second, and cached); off, the generic build
+    /// that reads every shape at run time. Both compute the same function.
+    pub fn set_specialize(&mut self, on: bool) {
+        self.specialize = on;
+    }
+
+    /// The fused kernel for `params` launched with `block` threads (the specialized build
+    /// unless [`Self::set_specialize`] turned it off), with its dynamic shared-memory limit
+    /// raised to `smem` bytes where needed.
+    fn fused_kernel(&mut self, params: &plan::FusedParams, block: u32, smem: usize) -> CudaResult<CudaFunction> {
+        let set_limit = |f: &CudaFunction, have: &mut usize| -> CudaResult<()> {
+            if smem > *have {
+                f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+                    .map_err(|e| driver_err("cuFuncSetAttribute(max dynamic shared memory)", e))?;
+                *have = smem;
+            }
+            Ok(())
+        };
+        if !self.specialize {
+            set_limit(&self.fused, &mut self.smem_attr)?;
+            return Ok(self.fused.clone());
+        }
+        let defs = plan::fused_spec_defines(params, block);
+        if !self.spec_fused.contains_key(&defs) {
+            let ptx = kernels::ptx_for_with(&MLP_FUSED, self.info.major, self.info.minor, &defs)?;
+            let ctx = self.ctx.clone();
+            let f = no_panic("loading a specialized fused kernel", || {
+                let module = ctx
+                    .load_module(cudarc::nvrtc::Ptx::from_src(ptx.as_str()))
+                    .map_err(|e| driver_err("cuModuleLoadData(mlp_fused.cu, specialized)", e))?;
+                module
+                    .load_function("reptile_fused_inner")
+                    .map_err(|e| driver_err("cuModuleGetFunction(reptile_fused_inner, specialized)", e))
+            })?;
+            self.spec_fused.insert(defs.clone(), (f, 48 * 1024));
+        }
+        let (f, have) = self.spec_fused.get_mut(&defs).expect("inserted above");
+        set_limit(f, have)?;
+        Ok(f.clone())
     }
 
     /// Waits for all queued work.
@@ -473,10 +522,13 @@ impl CudaBackend {
             addr.insert(buf, a);
         }
         for launch in &prog.launches {
-            let func = self.by_name.get(launch.kernel).ok_or_else(|| CudaError::Driver {
-                call: "program launch".into(),
-                message: format!("kernel {} not loaded", launch.kernel),
-            })?;
+            let func = match (&self.program_fused, launch.kernel) {
+                (Some(f), "reptile_fused_inner") => f,
+                _ => self.by_name.get(launch.kernel).ok_or_else(|| CudaError::Driver {
+                    call: "program launch".into(),
+                    message: format!("kernel {} not loaded", launch.kernel),
+                })?,
+            };
             // Argument values, stored before the builder takes references to them.
             let (mut ptrs, mut ints, mut floats, mut structs) = (vec![], vec![], vec![], vec![]);
             for a in &launch.args {
@@ -548,12 +600,6 @@ impl CudaBackend {
         }
         let params = plan.fused_params(spec, m, lr, fomaml)?;
         let smem = self.fused_shared_memory(spec, plan.stride)?;
-        if smem > self.smem_attr {
-            self.fused
-                .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-                .map_err(|e| driver_err("cuFuncSetAttribute(max dynamic shared memory)", e))?;
-            self.smem_attr = smem;
-        }
         let s = self.stream.clone();
         let b = &mut self.bufs;
         upload(&s, &mut b.theta, theta)?;
@@ -580,6 +626,7 @@ impl CudaBackend {
 
     /// Launches the fused kernel on the buffers [`Self::launch_fused`] filled.
     fn run_fused_kernel(&mut self, params: &plan::FusedParams, smem: usize) -> CudaResult<()> {
+        let func = self.fused_kernel(params, self.fused_block, smem)?;
         let s = self.stream.clone();
         let b = &mut self.bufs;
         let cfg = LaunchConfig {
@@ -587,7 +634,7 @@ impl CudaBackend {
             block_dim: (self.fused_block, 1, 1),
             shared_mem_bytes: smem as u32,
         };
-        let mut l = s.launch_builder(&self.fused);
+        let mut l = s.launch_builder(&func);
         l.arg(params)
             .arg(b.theta.as_ref().expect("uploaded"))
             .arg(b.x.as_ref().expect("uploaded"))
@@ -761,12 +808,30 @@ impl CudaBackend {
         }
         let (b, _) = super::sine::check(spec, config)?;
         let smem = self.fused_shared_memory(spec, b)?;
-        if smem > self.smem_attr {
-            self.fused
-                .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-                .map_err(|e| driver_err("cuFuncSetAttribute(max dynamic shared memory)", e))?;
-            self.smem_attr = smem;
-        }
+        let fused_params = prog
+            .launches
+            .iter()
+            .find(|l| l.kernel == "reptile_fused_inner")
+            .and_then(|l| l.args.iter().find_map(|a| if let Arg::Fused(p) = a { Some(*p) } else { None }))
+            .ok_or_else(|| CudaError::InvalidArgument("the resident program has no fused launch".into()))?;
+        self.program_fused = Some(self.fused_kernel(&fused_params, self.fused_block, smem)?);
+        let result = self.run_resident(&prog, spec, theta, n, start, iterations, graph);
+        self.program_fused = None;
+        result
+    }
+
+    /// The launch loop of [`Self::train_sine_resident`], after its checks and setup.
+    #[allow(clippy::too_many_arguments)]
+    fn run_resident(
+        &mut self,
+        prog: &TiledProgram,
+        spec: &MlpSpec,
+        theta: &[f32],
+        n: usize,
+        start: u32,
+        iterations: u32,
+        graph: bool,
+    ) -> CudaResult<super::sine::ResidentRun> {
         let s = self.stream.clone();
         let bufs = &mut self.bufs;
         upload(&s, &mut bufs.theta, theta)?;
@@ -780,11 +845,11 @@ impl CudaBackend {
         const CHUNK: u32 = 50;
         let mut done = 0u32;
         if graph && iterations >= CHUNK {
-            self.run_program(&prog)?; // allocates every buffer before the capture
+            self.run_program(prog)?; // allocates every buffer before the capture
             done += 1;
             s.begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                 .map_err(|e| driver_err("cuStreamBeginCapture", e))?;
-            let captured = (0..CHUNK).try_for_each(|_| self.run_program(&prog));
+            let captured = (0..CHUNK).try_for_each(|_| self.run_program(prog));
             let g = s.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
             captured?;
             let g = g
@@ -796,7 +861,7 @@ impl CudaBackend {
             }
         }
         while done < iterations {
-            self.run_program(&prog)?;
+            self.run_program(prog)?;
             done += 1;
         }
         let p = spec.num_params();

@@ -100,6 +100,12 @@ pub fn nvrtc_options(arch: &str) -> Vec<String> {
 /// NVRTC. Needs the NVRTC library, not a GPU. A rejected source is a [`CudaError::Nvrtc`]
 /// carrying the compiler log.
 pub fn compile_ptx(family: &KernelFamily, arch: &str) -> CudaResult<String> {
+    compile_ptx_with(family, arch, &[])
+}
+
+/// [`compile_ptx`] with extra NVRTC options, e.g. the `-D` definitions of a shape-specialized
+/// build ([`super::plan::fused_spec_defines`]).
+pub fn compile_ptx_with(family: &KernelFamily, arch: &str, extra: &[String]) -> CudaResult<String> {
     nvrtc_version()?;
     let src = CString::new(family.source_for_compile()?)
         .map_err(|_| CudaError::InvalidArgument(format!("{} contains a NUL byte", family.file)))?;
@@ -112,7 +118,8 @@ pub fn compile_ptx(family: &KernelFamily, arch: &str) -> CudaResult<String> {
             log,
         };
         let prog = result::create_program(&src, Some(&name)).map_err(|e| nv(e, String::new()))?;
-        let opts = nvrtc_options(arch);
+        let mut opts = nvrtc_options(arch);
+        opts.extend(extra.iter().cloned());
         // SAFETY: `prog` was created above and is destroyed once, below; `src` and `name` outlive it.
         let compiled = unsafe { result::compile_program(prog, &opts) };
         // SAFETY: as above.
@@ -141,14 +148,19 @@ fn c_text(buf: &[std::ffi::c_char]) -> String {
 /// [`compile_ptx`] for compute capability `major.minor`, cached per process (each family is
 /// compiled once per architecture).
 pub fn ptx_for(family: &KernelFamily, major: u32, minor: u32) -> CudaResult<Arc<String>> {
-    type Cache = Mutex<HashMap<(&'static str, u32, u32), Arc<String>>>;
+    ptx_for_with(family, major, minor, &[])
+}
+
+/// [`ptx_for`] with extra NVRTC options; the cache key includes them.
+pub fn ptx_for_with(family: &KernelFamily, major: u32, minor: u32, extra: &[String]) -> CudaResult<Arc<String>> {
+    type Cache = Mutex<HashMap<(&'static str, u32, u32, String), Arc<String>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    let key = (family.file, major, minor);
+    let key = (family.file, major, minor, extra.join(" "));
     if let Some(p) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(p.clone());
     }
-    let ptx = Arc::new(compile_ptx(family, &format!("compute_{major}{minor}"))?);
+    let ptx = Arc::new(compile_ptx_with(family, &format!("compute_{major}{minor}"), extra)?);
     cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, ptx.clone());
     Ok(ptx)
 }

@@ -247,6 +247,24 @@ impl MinibatchPlan {
     }
 }
 
+/// The compile-time shape of a specialized build of the fused kernel (`REPTILE_SPEC`): the
+/// network, the minibatch sizes and the block size, as NVRTC `-D` options. One module is
+/// compiled per distinct set, so launches whose shapes differ only in `n_tasks`, `m`, `steps`,
+/// `lr` or `fomaml` share it.
+pub fn fused_spec_defines(params: &FusedParams, block: u32) -> Vec<String> {
+    let mut d = vec![
+        "-DREPTILE_SPEC=1".to_string(),
+        format!("-DREPTILE_SPEC_L={}", params.n_layers),
+        format!("-DREPTILE_SPEC_ACT={}", params.act),
+        format!("-DREPTILE_SPEC_LOSS={}", params.loss),
+        format!("-DREPTILE_SPEC_B={}", params.b),
+        format!("-DREPTILE_SPEC_BLAST={}", params.b_last),
+        format!("-DREPTILE_SPEC_BLOCK={block}"),
+    ];
+    d.extend(params.widths.iter().enumerate().map(|(l, w)| format!("-DREPTILE_SPEC_W{l}={w}")));
+    d
+}
+
 /// Fixed chunks of the deterministic task reduction: `min(n, 64)`, as the CPU trainer.
 pub fn reduction_chunks(n_tasks: usize) -> usize {
     n_tasks.clamp(1, 64)
