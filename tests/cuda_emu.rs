@@ -145,7 +145,10 @@ fn run_fused_with(
     block: u32,
 ) -> (Vec<f32>, Vec<f32>) {
     let params = plan.fused_params(spec, m, lr, fomaml).unwrap();
-    let smem = FusedLayout::new(spec, plan.stride).bytes();
+    // The layout the back end launches with: only the partial-sum buffers this block size's
+    // warp slices use (an underestimate would overrun into the emulation's guard zone).
+    let splits = plan::fused_splits(spec, plan.b, plan.b_last, block);
+    let smem = FusedLayout::with_splits(spec, plan.stride, splits).bytes();
     let n = plan.n_tasks;
     let mut delta = vec![f32::NAN; n * spec.num_params()];
     let mut losses = vec![f32::NAN; n * 2];

@@ -93,7 +93,7 @@ fn fused_kernel_matches_cpu_on_random_specs() {
             Err(e) => panic!("{what}: {e}"),
         }
         // The fused kernel at several block sizes: its results must not depend on blockDim.
-        gpu.set_fused_block([256, 128, 512, 64, 1024][case as usize % 5]).unwrap();
+        gpu.set_fused_block(Some([256, 128, 512, 64, 1024][case as usize % 5])).unwrap();
         // A third of the cases on the shape-specialized build (one NVRTC compile each).
         gpu.set_specialize(case % 3 == 0);
         for path in paths {
@@ -102,7 +102,8 @@ fn fused_kernel_matches_cpu_on_random_specs() {
             assert_close(&format!("{what} {path:?} losses"), &l_gpu, &l_ref, 1e-5, 1e-3);
         }
     }
-    assert!(gpu.set_fused_block(100).is_err() && gpu.set_fused_block(2048).is_err());
+    assert!(gpu.set_fused_block(Some(100)).is_err() && gpu.set_fused_block(Some(2048)).is_err());
+    gpu.set_fused_block(None).unwrap();
     println!("inner loops (fused and tiled), GPU vs CPU: worst |Δ| = {worst:e}");
 }
 
@@ -211,7 +212,7 @@ fn gpu_benchmarks() {
         let plan = MinibatchPlan::training(n, 50, &config.train, OuterRule::Reptile, 0, 0, 0).unwrap();
         let flops = n as f64 * (5.0 * spec.step_flops(10) as f64 + spec.forward_flops(10) as f64);
         for block in [128u32, 256, 512] {
-            gpu.set_fused_block(block).unwrap();
+            gpu.set_fused_block(Some(block)).unwrap();
             let secs = gpu
                 .time_fused_kernel(&spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, config.train.lr, 20)
                 .unwrap();
@@ -224,7 +225,7 @@ fn gpu_benchmarks() {
                 100.0 * flops / secs / PEAK
             ));
         }
-        gpu.set_fused_block(reptile::cuda::backend::FUSED_BLOCK).unwrap();
+        gpu.set_fused_block(None).unwrap();
         let tiled = gpu
             .time_inner(Path::Tiled, &spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, config.train.lr, 5)
             .unwrap();
@@ -270,8 +271,9 @@ fn gpu_benchmarks() {
     }
     // The 30,000-iteration sine demo (n = 1), device-resident: with the CUDA graph and without.
     let config = ReptileConfig::sine();
-    for (graph, block) in [(true, 256u32), (false, 256), (true, 512), (true, 1024)] {
+    for (graph, block) in [(true, None), (false, None), (true, Some(128u32)), (true, Some(512))] {
         gpu.set_fused_block(block).unwrap();
+        let block = gpu.fused_block_for(1);
         let t = std::time::Instant::now();
         let run = gpu.train_sine_resident(&spec, &theta, &config, 1, 0, 0, 30_000, graph).unwrap();
         let secs = t.elapsed().as_secs_f64();
@@ -280,7 +282,7 @@ fn gpu_benchmarks() {
             "sine demo device-resident, 30,000 iterations, graph={graph}, block={block}: {secs:.3} s (target < 1 s)"
         ));
     }
-    gpu.set_fused_block(reptile::cuda::backend::FUSED_BLOCK).unwrap();
+    gpu.set_fused_block(None).unwrap();
     // The sine demo (n = 1) through Trainer + CudaBackend::step, 3,000 iterations timed.
     let mut trainer = Trainer::new(Model::new(spec.clone(), 0), ReptileConfig::sine()).unwrap();
     let mut tasks = SineTasks::new(0);
@@ -306,7 +308,7 @@ fn resident_sine_loop_matches_the_cpu_reference() {
     for (outer, n) in [(OuterRule::Reptile, 1usize), (OuterRule::Reptile, 37), (OuterRule::Fomaml { tail: None }, 4)] {
         let config = ReptileConfig { outer, planned_iters: 100, ..ReptileConfig::sine() };
         let want = sine::reference_run(&spec, &theta, &config, n, 17, 3, 60).unwrap();
-        gpu.set_fused_block(if n == 37 { 512 } else { 256 }).unwrap();
+        gpu.set_fused_block(if n == 37 { Some(512) } else { None }).unwrap();
         let plain = gpu.train_sine_resident(&spec, &theta, &config, n, 17, 3, 60, false).unwrap();
         let graph = gpu.train_sine_resident(&spec, &theta, &config, n, 17, 3, 60, true).unwrap();
         assert_eq!(plain, graph, "{outer:?} n={n}: the graph replays the same launches bit for bit");
@@ -339,7 +341,7 @@ fn bench_fused() {
         let flops = n as f64 * (5.0 * spec.step_flops(10) as f64 + spec.forward_flops(10) as f64);
         for (specialize, block) in [(false, 128u32), (false, 256), (true, 128), (true, 256), (true, 512)] {
             gpu.set_specialize(specialize);
-            gpu.set_fused_block(block).unwrap();
+            gpu.set_fused_block(Some(block)).unwrap();
             let reps = if n == 1 { 200 } else { 50 };
             let secs = gpu
                 .time_fused_kernel(&spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, config.train.lr, reps)

@@ -76,7 +76,7 @@ pub struct CudaBackend {
     interpolate: CudaFunction,
     by_name: HashMap<&'static str, CudaFunction>,
     path_override: Option<Path>,
-    fused_block: u32,
+    fused_block: Option<u32>,
     smem_attr: usize,
     specialize: bool,
     spec_fused: HashMap<Vec<String>, (CudaFunction, usize)>,
@@ -214,7 +214,7 @@ impl CudaBackend {
                 interpolate,
                 by_name,
                 path_override: None,
-                fused_block: FUSED_BLOCK,
+                fused_block: None,
                 smem_attr: 48 * 1024,
                 specialize: true,
                 spec_fused: HashMap::new(),
@@ -270,17 +270,36 @@ impl CudaBackend {
     }
 
     /// Threads per block of the fused kernel in [`Self::task_deltas`], [`Self::inner_deltas`]
-    /// and [`Self::train_sine_resident`] (default [`FUSED_BLOCK`]): a multiple of 32, at most 1024. The results do not depend on
-    /// it (each phase loops over its items with stride `blockDim.x`); its speed does, through
-    /// how many blocks share a multiprocessor.
-    pub fn set_fused_block(&mut self, threads: u32) -> CudaResult<()> {
-        if threads == 0 || threads % 32 != 0 || threads > 1024 {
+    /// and [`Self::train_sine_resident`]: `Some(t)` with `t` a multiple of 32, at most 1024, or
+    /// `None` (the default) for [`Self::fused_block_for`]'s choice. The results do not depend on
+    /// it beyond rounding (the products' warp slices follow the block size); the speed does,
+    /// through how many blocks share a multiprocessor.
+    pub fn set_fused_block(&mut self, threads: Option<u32>) -> CudaResult<()> {
+        if let Some(t) = threads
+            && (t == 0 || t % 32 != 0 || t > 1024)
+        {
             return Err(CudaError::InvalidArgument(format!(
-                "fused block of {threads} threads: must be a positive multiple of 32, at most 1024"
+                "fused block of {t} threads: must be a positive multiple of 32, at most 1024"
             )));
         }
         self.fused_block = threads;
         Ok(())
+    }
+
+    /// The fused kernel's block size for a launch of `n_tasks` tasks: the one set with
+    /// [`Self::set_fused_block`], else 128 threads when there are at least two tasks per
+    /// multiprocessor (more blocks share one: the fastest on an H200 for n ≥ 1024, measured)
+    /// and [`FUSED_BLOCK`] otherwise (fewer, larger blocks: shorter latency per task).
+    pub fn fused_block_for(&self, n_tasks: usize) -> u32 {
+        self.fused_block.unwrap_or(if n_tasks >= 2 * self.info.multiprocessors as usize { 128 } else { FUSED_BLOCK })
+    }
+
+    /// Dynamic shared memory of one fused launch: [`FusedLayout::with_splits`] with the warp
+    /// slices `block` threads use on these minibatch sizes (at most [`Self::fused_shared_memory`]).
+    fn fused_launch_smem(spec: &MlpSpec, params: &plan::FusedParams, block: u32) -> usize {
+        let (b, b_last) = (params.b.max(0) as usize, params.b_last.max(0) as usize);
+        let splits = plan::fused_splits(spec, b, b_last, block);
+        FusedLayout::with_splits(spec, b.max(b_last), splits).bytes()
     }
 
     /// With `on` (the default), the fused kernel runs as a build specialized to the shapes at
@@ -599,7 +618,7 @@ impl CudaBackend {
             return Err(CudaError::InvalidArgument(format!("θ has {} values, x {}", theta.len(), x.len())));
         }
         let params = plan.fused_params(spec, m, lr, fomaml)?;
-        let smem = self.fused_shared_memory(spec, plan.stride)?;
+        self.fused_shared_memory(spec, plan.stride)?;
         let s = self.stream.clone();
         let b = &mut self.bufs;
         upload(&s, &mut b.theta, theta)?;
@@ -621,17 +640,19 @@ impl CudaBackend {
             poison(&s, b.delta.as_mut().expect("ensured"), n * p)?;
             poison(&s, b.losses.as_mut().expect("ensured"), 2 * n)?;
         }
-        self.run_fused_kernel(&params, smem)
+        self.run_fused_kernel(spec, &params)
     }
 
     /// Launches the fused kernel on the buffers [`Self::launch_fused`] filled.
-    fn run_fused_kernel(&mut self, params: &plan::FusedParams, smem: usize) -> CudaResult<()> {
-        let func = self.fused_kernel(params, self.fused_block, smem)?;
+    fn run_fused_kernel(&mut self, spec: &MlpSpec, params: &plan::FusedParams) -> CudaResult<()> {
+        let block = self.fused_block_for(params.n_tasks.max(0) as usize);
+        let smem = Self::fused_launch_smem(spec, params, block);
+        let func = self.fused_kernel(params, block, smem)?;
         let s = self.stream.clone();
         let b = &mut self.bufs;
         let cfg = LaunchConfig {
             grid_dim: (params.n_tasks as u32, 1, 1),
-            block_dim: (self.fused_block, 1, 1),
+            block_dim: (block, 1, 1),
             shared_mem_bytes: smem as u32,
         };
         let mut l = s.launch_builder(&func);
@@ -667,11 +688,10 @@ impl CudaBackend {
     ) -> CudaResult<f64> {
         self.launch_fused(spec, theta, x, y, m, plan, lr, false)?;
         let params = plan.fused_params(spec, m, lr, false)?;
-        let smem = self.fused_shared_memory(spec, plan.stride)?;
         self.synchronize()?;
         let t = std::time::Instant::now();
         for _ in 0..reps.max(1) {
-            self.run_fused_kernel(&params, smem)?;
+            self.run_fused_kernel(spec, &params)?;
         }
         self.synchronize()?;
         Ok(t.elapsed().as_secs_f64() / reps.max(1) as f64)
@@ -802,19 +822,21 @@ impl CudaBackend {
             return Err(CudaError::Unsupported("iteration counter past 2^32 − 1".into()));
         }
         let mut prog = super::sine::resident_program(spec, config, n, seed)?;
-        // The fused kernel at this back end's block size (set_fused_block).
-        for l in prog.launches.iter_mut().filter(|l| l.kernel == "reptile_fused_inner") {
-            l.block = self.fused_block;
-        }
         let (b, _) = super::sine::check(spec, config)?;
-        let smem = self.fused_shared_memory(spec, b)?;
-        let fused_params = prog
-            .launches
-            .iter()
-            .find(|l| l.kernel == "reptile_fused_inner")
-            .and_then(|l| l.args.iter().find_map(|a| if let Arg::Fused(p) = a { Some(*p) } else { None }))
-            .ok_or_else(|| CudaError::InvalidArgument("the resident program has no fused launch".into()))?;
-        self.program_fused = Some(self.fused_kernel(&fused_params, self.fused_block, smem)?);
+        self.fused_shared_memory(spec, b)?;
+        // The fused kernel at this back end's block size, with the shared memory that size needs.
+        let block = self.fused_block_for(n);
+        let mut fused_params = None;
+        for l in prog.launches.iter_mut().filter(|l| l.kernel == "reptile_fused_inner") {
+            let p = l.args.iter().find_map(|a| if let Arg::Fused(p) = a { Some(*p) } else { None });
+            let p = p.ok_or_else(|| CudaError::InvalidArgument("fused launch without its parameters".into()))?;
+            l.block = block;
+            l.smem = Self::fused_launch_smem(spec, &p, block) as u32;
+            fused_params = Some((p, l.smem as usize));
+        }
+        let (fused_params, smem) =
+            fused_params.ok_or_else(|| CudaError::InvalidArgument("the resident program has no fused launch".into()))?;
+        self.program_fused = Some(self.fused_kernel(&fused_params, block, smem)?);
         let result = self.run_resident(&prog, spec, theta, n, start, iterations, graph);
         self.program_fused = None;
         result

@@ -104,9 +104,36 @@ pub struct FusedLayout {
     pub floats: usize,
 }
 
+/// Warp slices the fused kernel splits its products into (the largest `fused_split` over
+/// every forward and input-gradient product) for minibatches of `b` and `b_last` points and
+/// blocks of `block` threads: the number of partial-sum buffers the layout needs, plus one.
+pub fn fused_splits(spec: &MlpSpec, b: usize, b_last: usize, block: u32) -> usize {
+    let w = spec.widths();
+    let nw = (block as usize / 32).max(1);
+    let split = |items: usize, k: usize| (nw / items.div_ceil(32).max(1)).min(SPLIT).min(k).max(1);
+    let mut s = 1;
+    for bs in [b, b_last] {
+        let tp = bs.div_ceil(POINTS_PER_THREAD);
+        for l in 0..spec.num_layers() {
+            let (inp, out) = (w[l], w[l + 1]);
+            s = s.max(split(out.div_ceil(POINTS_PER_THREAD) * tp, inp));
+            if l > 0 {
+                s = s.max(split(inp.div_ceil(POINTS_PER_THREAD) * tp, out));
+            }
+        }
+    }
+    s
+}
+
 impl FusedLayout {
-    /// The layout for `spec` and minibatches of up to `bmax` points.
+    /// The layout for `spec` and minibatches of up to `bmax` points, with room for the most
+    /// warp slices any block size uses ([`SPLIT`]).
     pub fn new(spec: &MlpSpec, bmax: usize) -> Self {
+        Self::with_splits(spec, bmax, SPLIT)
+    }
+
+    /// The layout with `splits − 1` partial-sum buffers ([`fused_splits`] for the launch).
+    pub fn with_splits(spec: &MlpSpec, bmax: usize, splits: usize) -> Self {
         let w = spec.widths();
         let theta_floats: usize = (0..spec.num_layers()).map(|l| w[l + 1] * ((w[l] | 1) + 1)).sum();
         let acts: usize = w[1..].iter().sum();
@@ -115,7 +142,7 @@ impl FusedLayout {
             + theta_floats
             + bmax * (acts + 2 * gmax + spec.in_dim() + spec.out_dim())
             + 32
-            + (SPLIT - 1) * bmax * gmax;
+            + (splits.clamp(1, SPLIT) - 1) * bmax * gmax;
         FusedLayout { theta_floats, floats }
     }
     /// Bytes of dynamic shared memory per block.
