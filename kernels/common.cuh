@@ -52,7 +52,12 @@ struct FusedParams {
 
 // Row stride of W_l (out × in) in shared memory: odd, so 32 threads reading one column of 32
 // consecutive rows hit 32 different banks (in = 1 keeps stride 1: W is one contiguous column).
-__device__ __forceinline__ int reptile_ldw(int in) { return in | 1; }
+__device__ __forceinline__ constexpr int reptile_ldw(int in) { return in | 1; }
+
+// Row stride of the fused kernel's per-point buffers (activations, gradients, gathered
+// inputs and targets, [points × w]): odd, so the two point chunks a warp reads in one product
+// step (rows p and p + 4) fall in different banks.
+__device__ __forceinline__ constexpr int reptile_lda(int w) { return w | 1; }
 
 // Bits of a float (for the finiteness test; isfinite is not portable to every compile path).
 __device__ __forceinline__ bool reptile_is_finite(float v) {

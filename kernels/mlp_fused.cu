@@ -30,8 +30,7 @@
 //   backward dW + SGD: tile = 4 outputs × 4 inputs, it fast; sums over the minibatch's points
 //                      and updates its 16 weights in place after dA has read W; biases one
 //                      thread per output.
-// Requirements: blockDim.x a multiple of 32 (≤ 1024: the kernel is compiled for 1024-thread
-// blocks, i.e. at most 64 registers per thread); dynamic shared memory as `FusedLayout`.
+// Requirements: blockDim.x a multiple of 32, at most 512 (the launch bounds below); dynamic shared memory as `FusedLayout`.
 
 #include "common.cuh"
 
@@ -61,7 +60,7 @@ __device__ __forceinline__ constexpr int fs_w_off(int l) {
 }
 __device__ __forceinline__ constexpr int fs_act_off(int l) {
     int off = 0;
-    for (int j = 0; j < l; ++j) off += fs_width(j + 1);
+    for (int j = 0; j < l; ++j) off += reptile_lda(fs_width(j + 1));
     return off;
 }
 __device__ __forceinline__ constexpr int fs_gmax() {
@@ -86,13 +85,13 @@ __device__ __forceinline__ constexpr int fs_gmax() {
 struct FusedSmem {
     const int* hdr;  // [widths: 9 | w_off: 8 | b_off: 8 | act_off: 8], REPTILE_FUSED_HDR ints
     float* theta;    // padded θ'
-    float* acts;     // layer l's activations at act_off[l]·bmax, [points × out_l]
-    float* g0;       // gradient ping-pong buffers, bmax·gmax each
+    float* acts;     // layer l's activations at act_off[l]·bmax, [points × out_l], row stride lda(out_l)
+    float* g0;       // gradient ping-pong buffers, bmax·lda(gmax) each
     float* g1;
-    float* xb;       // gathered inputs [bmax × in]
-    float* yb;       // gathered targets [bmax × out] (labels reinterpret it as unsigned)
+    float* xb;       // gathered inputs [bmax × in], row stride lda(in)
+    float* yb;       // gathered targets [bmax × out], row stride lda(out) (labels: unsigned [bmax])
     float* red;      // 32 floats of reduction scratch
-    float* scr;      // (REPTILE_SPLIT − 1) partial-sum buffers, bmax·gmax each
+    float* scr;      // (REPTILE_SPLIT − 1) partial-sum buffers, bmax·lda(gmax) each
     int gm;          // gmax: the widest layer output
 #ifdef REPTILE_SPEC
     __device__ __forceinline__ int gmax() const { return fs_gmax(); }
@@ -129,7 +128,7 @@ __device__ __forceinline__ void fused_carve(const FusedParams& P, float* smem, F
                 hdr[3 * REPTILE_MAX_LAYERS + 1 + l] = aoff;
             }
             off += out * (reptile_ldw(in) + 1);
-            aoff += out;
+            aoff += reptile_lda(out);
             if (out > gmax) gmax = out;
         }
     }
@@ -140,14 +139,14 @@ __device__ __forceinline__ void fused_carve(const FusedParams& P, float* smem, F
     S.theta = smem + REPTILE_FUSED_HDR;
     S.acts = S.theta + off;
     S.g0 = S.acts + aoff * bmax;
-    S.g1 = S.g0 + gmax * bmax;
-    S.xb = S.g1 + gmax * bmax;
-    S.yb = S.xb + P.widths[0] * bmax;
+    S.g1 = S.g0 + reptile_lda(gmax) * bmax;
+    S.xb = S.g1 + reptile_lda(gmax) * bmax;
+    S.yb = S.xb + reptile_lda(P.widths[0]) * bmax;
     int dout = 0;
     REPTILE_UNROLL
     for (int l = 1; l <= REPTILE_MAX_LAYERS; ++l)
         if (l == L) dout = P.widths[l];
-    S.red = S.yb + dout * bmax;
+    S.red = S.yb + reptile_lda(dout) * bmax;
     S.scr = S.red + 32;
     S.gm = gmax;
 }
@@ -208,12 +207,12 @@ __device__ __forceinline__ void fused_gather(const FusedParams& P, const FusedSm
     const int din = S.width(0), dout = S.width(FS_L(P));
     for (int e = threadIdx.x; e < bs * din; e += FS_BLOCK) {
         const int p = e / din, i = e - p * din;
-        S.xb[e] = x[(size_t)idx[p] * din + i];
+        S.xb[p * reptile_lda(din) + i] = x[(size_t)idx[p] * din + i];
     }
     if (FS_LOSS(P) == REPTILE_LOSS_MSE) {
         for (int e = threadIdx.x; e < bs * dout; e += FS_BLOCK) {
             const int p = e / dout, j = e - p * dout;
-            S.yb[e] = y[(size_t)idx[p] * dout + j];
+            S.yb[p * reptile_lda(dout) + j] = y[(size_t)idx[p] * dout + j];
         }
     } else {
         unsigned* lb = (unsigned*)S.yb;
@@ -273,7 +272,7 @@ __device__ __forceinline__ void fused_tile(const float* M, const int moff[REPTIL
 
 // Partial-sum buffer of slice s ≥ 1 ([points × width], REPTILE_SPLIT − 1 of them).
 __device__ __forceinline__ float* fused_part(const FusedParams& P, const FusedSmem& S, int s, int gmax) {
-    return S.scr + (s - 1) * FS_STRIDE(P) * gmax;
+    return S.scr + (s - 1) * FS_STRIDE(P) * reptile_lda(gmax);
 }
 
 // Forward pass over the gathered minibatch: A_l = act(A_{l−1}·W_lᵀ + b_l), last layer linear.
@@ -288,6 +287,7 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
     FS_LAYER_UNROLL
     for (int l = 0; l < L; ++l) {
         const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
+        const int lda_in = reptile_lda(in), lda_out = reptile_lda(out);
         const float* a_prev = l == 0 ? S.xb : S.acts + S.act_off(l - 1) * FS_STRIDE(P);
         float* z = S.acts + S.act_off(l) * FS_STRIDE(P);
         const float* W = S.theta + S.w_off(l);
@@ -312,7 +312,7 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
             REPTILE_UNROLL
             for (int q = 0; q < REPTILE_PT; ++q) {
                 const int p = p0 + q;
-                xoff[q] = (p < bs ? p : p0) * in;
+                xoff[q] = (p < bs ? p : p0) * lda_in;
             }
             float acc[REPTILE_PT][REPTILE_PT];
             REPTILE_UNROLL
@@ -331,9 +331,9 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
                     if (o < out && p < bs) {
                         if (split == 1) {
                             const float v = bias[o] + acc[r][q];
-                            z[p * out + o] = hidden ? reptile_act(FS_ACT(P), v) : v;
+                            z[p * lda_out + o] = hidden ? reptile_act(FS_ACT(P), v) : v;
                         } else {
-                            dst[p * out + o] = acc[r][q];
+                            dst[p * lda_out + o] = acc[r][q];
                         }
                     }
                 }
@@ -342,10 +342,11 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
         if (split > 1) {
             __syncthreads();  // every slice's partial sums written
             for (int e = threadIdx.x; e < bs * out; e += FS_BLOCK) {
-                float v = z[e];
-                for (int t = 1; t < split; ++t) v += fused_part(P, S, t, gmax)[e];
-                v = bias[e % out] + v;
-                z[e] = hidden ? reptile_act(FS_ACT(P), v) : v;
+                const int p = e / out, o = e - p * out, a = p * lda_out + o;
+                float v = z[a];
+                for (int t = 1; t < split; ++t) v += fused_part(P, S, t, gmax)[a];
+                v = bias[o] + v;
+                z[a] = hidden ? reptile_act(FS_ACT(P), v) : v;
             }
         }
         __syncthreads();
@@ -355,23 +356,24 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
 // Loss of the last forward output against the gathered targets; with `grad`, dL/dY into g0.
 // Returns the loss in thread 0 (other threads: unspecified). All threads must call it.
 __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSmem& S, int bs, bool grad) {
-    const int L = FS_L(P), out = S.width(L);
+    const int L = FS_L(P), out = S.width(L), lda_out = reptile_lda(out);
     const float* yhat = S.acts + S.act_off(L - 1) * FS_STRIDE(P);
     float part = 0.0f;
     double denom;
     if (FS_LOSS(P) == REPTILE_LOSS_MSE) {
         const float scale = 2.0f / (float)(bs * out);
         for (int e = threadIdx.x; e < bs * out; e += FS_BLOCK) {
-            const float d = yhat[e] - S.yb[e];
+            const int p = e / out, a = p * lda_out + (e - p * out);
+            const float d = yhat[a] - S.yb[a];
             part = fmaf(d, d, part);
-            if (grad) S.g0[e] = scale * d;
+            if (grad) S.g0[a] = scale * d;
         }
         denom = (double)(bs * out);
     } else {
         const unsigned* lb = (const unsigned*)S.yb;
         const float inv = 1.0f / (float)bs;
         for (int p = threadIdx.x; p < bs; p += FS_BLOCK) {
-            const float* row = yhat + p * out;
+            const float* row = yhat + p * lda_out;
             float mx = row[0];
             for (int j = 1; j < out; ++j) mx = fmaxf(mx, row[j]);
             float s = 0.0f;
@@ -379,7 +381,7 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
             const int c = (int)lb[p];
             part += mx + logf(s) - row[c];
             if (grad) {
-                float* g = S.g0 + p * out;
+                float* g = S.g0 + p * lda_out;
                 const float k = inv / s;
                 for (int j = 0; j < out; ++j) g[j] = expf(row[j] - mx) * k;
                 g[c] -= inv;
@@ -406,6 +408,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
     FS_LAYER_UNROLL
     for (int l = FS_L(P) - 1; l >= 0; --l) {
         const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
+        const int lda_in = reptile_lda(in), lda_out = reptile_lda(out);
         const float* a_prev = l == 0 ? S.xb : S.acts + S.act_off(l - 1) * FS_STRIDE(P);
         float* W = S.theta + S.w_off(l);
         float* bias = S.theta + S.b_off(l);
@@ -430,7 +433,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
                 REPTILE_UNROLL
                 for (int q = 0; q < REPTILE_PT; ++q) {
                     const int p = p0 + q;
-                    xoff[q] = (p < bs ? p : p0) * out;
+                    xoff[q] = (p < bs ? p : p0) * lda_out;
                 }
                 float acc[REPTILE_PT][REPTILE_PT];
                 REPTILE_UNROLL
@@ -447,8 +450,8 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
                     for (int q = 0; q < REPTILE_PT; ++q) {
                         const int p = p0 + q;
                         if (i < in && p < bs) {
-                            dst[p * in + i] =
-                                split == 1 ? acc[c][q] * reptile_act_grad(FS_ACT(P), a_prev[p * in + i]) : acc[c][q];
+                            const int a = p * lda_in + i;
+                            dst[a] = split == 1 ? acc[c][q] * reptile_act_grad(FS_ACT(P), a_prev[a]) : acc[c][q];
                         }
                     }
                 }
@@ -456,9 +459,10 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
             if (split > 1) {
                 __syncthreads();  // every slice's partial sums written
                 for (int e = threadIdx.x; e < bs * in; e += FS_BLOCK) {
-                    float v = gnext[e];
-                    for (int t = 1; t < split; ++t) v += fused_part(P, S, t, gmax)[e];
-                    gnext[e] = v * reptile_act_grad(FS_ACT(P), a_prev[e]);
+                    const int p = e / in, a = p * lda_in + (e - p * in);
+                    float v = gnext[a];
+                    for (int t = 1; t < split; ++t) v += fused_part(P, S, t, gmax)[a];
+                    gnext[a] = v * reptile_act_grad(FS_ACT(P), a_prev[a]);
                 }
             }
             __syncthreads();  // every dA read W_l before any thread updates it
@@ -486,9 +490,9 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
             for (int p = 0; p < bs; ++p) {
                 float g[REPTILE_PT], a[REPTILE_PT];
                 REPTILE_UNROLL
-                for (int r = 0; r < REPTILE_PT; ++r) g[r] = gcur[p * out + goff[r]];
+                for (int r = 0; r < REPTILE_PT; ++r) g[r] = gcur[p * lda_out + goff[r]];
                 REPTILE_UNROLL
-                for (int c = 0; c < REPTILE_PT; ++c) a[c] = a_prev[p * in + aoff[c]];
+                for (int c = 0; c < REPTILE_PT; ++c) a[c] = a_prev[p * lda_in + aoff[c]];
                 REPTILE_UNROLL
                 for (int r = 0; r < REPTILE_PT; ++r) {
                     REPTILE_UNROLL
@@ -507,7 +511,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
         }
         for (int o = threadIdx.x; o < out; o += FS_BLOCK) {
             float g = 0.0f;
-            for (int p = 0; p < bs; ++p) g += gcur[p * out + o];
+            for (int p = 0; p < bs; ++p) g += gcur[p * lda_out + o];
             bias[o] += nlr * g;
         }
         __syncthreads();  // θ' of layer l final, gcur free for reuse
@@ -519,10 +523,15 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
 
 // delta: [n_tasks × P] output (poisoning it before the launch is harmless: every element is
 // written). losses: [n_tasks × 2]. idx: [n_tasks × steps × idx_stride].
-#ifdef REPTILE_SPEC
+// Launch bounds. The kernel takes blocks of up to 512 threads, so it must use at most 128
+// registers (tests/cuda_nvrtc.rs checks the generic build's count). A bare bound is avoided up
+// to 512 threads: with `.maxntid` alone, ptxas 13 caps registers at 64 and spills (seen for
+// 256 and 512), while without it the generic build takes 72 and no spills. A specialized
+// build states its block only above 256 threads (any count ≤ 255 fits 256 threads).
+#if defined(REPTILE_SPEC) && REPTILE_SPEC_BLOCK > 256
 #define FS_BOUNDS REPTILE_LAUNCH_BOUNDS(REPTILE_SPEC_BLOCK)
 #else
-#define FS_BOUNDS REPTILE_LAUNCH_BOUNDS(1024)
+#define FS_BOUNDS
 #endif
 extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const float* __restrict__ theta, const float* __restrict__ x,
                                                const float* __restrict__ y, const unsigned* __restrict__ labels,

@@ -93,7 +93,7 @@ fn fused_kernel_matches_cpu_on_random_specs() {
             Err(e) => panic!("{what}: {e}"),
         }
         // The fused kernel at several block sizes: its results must not depend on blockDim.
-        gpu.set_fused_block(Some([256, 128, 512, 64, 1024][case as usize % 5])).unwrap();
+        gpu.set_fused_block(Some([256, 128, 512, 64, 96][case as usize % 5])).unwrap();
         // A third of the cases on the shape-specialized build (one NVRTC compile each).
         gpu.set_specialize(case % 3 == 0);
         for path in paths {
@@ -102,7 +102,7 @@ fn fused_kernel_matches_cpu_on_random_specs() {
             assert_close(&format!("{what} {path:?} losses"), &l_gpu, &l_ref, 1e-5, 1e-3);
         }
     }
-    assert!(gpu.set_fused_block(Some(100)).is_err() && gpu.set_fused_block(Some(2048)).is_err());
+    assert!(gpu.set_fused_block(Some(100)).is_err() && gpu.set_fused_block(Some(1024)).is_err());
     gpu.set_fused_block(None).unwrap();
     println!("inner loops (fused and tiled), GPU vs CPU: worst |Δ| = {worst:e}");
 }

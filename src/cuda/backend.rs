@@ -270,16 +270,16 @@ impl CudaBackend {
     }
 
     /// Threads per block of the fused kernel in [`Self::task_deltas`], [`Self::inner_deltas`]
-    /// and [`Self::train_sine_resident`]: `Some(t)` with `t` a multiple of 32, at most 1024, or
+    /// and [`Self::train_sine_resident`]: `Some(t)` with `t` a multiple of 32, at most 512, or
     /// `None` (the default) for [`Self::fused_block_for`]'s choice. The results do not depend on
     /// it beyond rounding (the products' warp slices follow the block size); the speed does,
     /// through how many blocks share a multiprocessor.
     pub fn set_fused_block(&mut self, threads: Option<u32>) -> CudaResult<()> {
         if let Some(t) = threads
-            && (t == 0 || t % 32 != 0 || t > 1024)
+            && (t == 0 || t % 32 != 0 || t > 512)
         {
             return Err(CudaError::InvalidArgument(format!(
-                "fused block of {t} threads: must be a positive multiple of 32, at most 1024"
+                "fused block of {t} threads: must be a positive multiple of 32, at most 512"
             )));
         }
         self.fused_block = threads;

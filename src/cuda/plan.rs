@@ -92,10 +92,12 @@ pub fn spec_fields(spec: &MlpSpec) -> CudaResult<(i32, [i32; MAX_LAYERS + 1], i3
 pub const FUSED_HEADER: usize = 36;
 
 /// Dynamic shared memory of the fused kernel for one task (the kernel's `fused_carve`): a
-/// header of [`FUSED_HEADER`] ints (widths and per-layer offsets), θ' with every `W_l` row padded to the odd stride `in_l | 1`, the activations of all layers
-/// for `bmax` points, two gradient buffers of `bmax × max(out_l)`, the gathered inputs and
-/// targets (`bmax × in`, `bmax × out`), 32 floats of reduction scratch, and `SPLIT − 1`
-/// partial-sum buffers of `bmax × max(out_l)` for products split over warp slices.
+/// header of [`FUSED_HEADER`] ints (widths and per-layer offsets), θ' with every `W_l` row
+/// padded to the odd stride `in_l | 1`, then per-point buffers whose rows are padded to the odd
+/// stride `w | 1`: the activations of all layers for `bmax` points, two gradient buffers of
+/// `bmax × max(out_l)`, the gathered inputs and targets (`bmax × in`, `bmax × out`); 32 floats
+/// of reduction scratch; and up to `SPLIT − 1` partial-sum buffers of `bmax × max(out_l)` for
+/// products split over warp slices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FusedLayout {
     /// Floats of the padded θ'.
@@ -136,11 +138,13 @@ impl FusedLayout {
     pub fn with_splits(spec: &MlpSpec, bmax: usize, splits: usize) -> Self {
         let w = spec.widths();
         let theta_floats: usize = (0..spec.num_layers()).map(|l| w[l + 1] * ((w[l] | 1) + 1)).sum();
-        let acts: usize = w[1..].iter().sum();
-        let gmax = w[1..].iter().copied().max().unwrap_or(1).max(1);
+        // Per-point rows at the odd stride `w | 1` (`reptile_lda`).
+        let lda = |w: usize| w | 1;
+        let acts: usize = w[1..].iter().map(|&o| lda(o)).sum();
+        let gmax = lda(w[1..].iter().copied().max().unwrap_or(1).max(1));
         let floats = FUSED_HEADER
             + theta_floats
-            + bmax * (acts + 2 * gmax + spec.in_dim() + spec.out_dim())
+            + bmax * (acts + 2 * gmax + lda(spec.in_dim()) + lda(spec.out_dim()))
             + 32
             + (splits.clamp(1, SPLIT) - 1) * bmax * gmax;
         FusedLayout { theta_floats, floats }
