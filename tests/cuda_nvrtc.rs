@@ -6,8 +6,8 @@
 
 use reptile::cuda::kernels::{self, FAMILIES, KernelFamily};
 use reptile::cuda::plan::{FusedLayout, MinibatchPlan};
-use reptile::meta::InnerLoop;
 use reptile::cuda::{CudaError, nvrtc_version};
+use reptile::meta::InnerLoop;
 use reptile::{Activation, Loss, MlpSpec};
 use std::path::PathBuf;
 use std::process::Command;

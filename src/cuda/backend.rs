@@ -834,8 +834,8 @@ impl CudaBackend {
             l.smem = Self::fused_launch_smem(spec, &p, block) as u32;
             fused_params = Some((p, l.smem as usize));
         }
-        let (fused_params, smem) =
-            fused_params.ok_or_else(|| CudaError::InvalidArgument("the resident program has no fused launch".into()))?;
+        let (fused_params, smem) = fused_params
+            .ok_or_else(|| CudaError::InvalidArgument("the resident program has no fused launch".into()))?;
         self.program_fused = Some(self.fused_kernel(&fused_params, block, smem)?);
         let result = self.run_resident(&prog, spec, theta, n, start, iterations, graph);
         self.program_fused = None;
