@@ -11,9 +11,10 @@
 // Everything a task touches lives in dynamic shared memory for the whole launch (layout below,
 // mirrored by `FusedLayout` in src/cuda/plan.rs): θ' with W rows padded to an odd stride, the
 // activations of every layer for the minibatch, two gradient buffers (dL/dZ of the current
-// layer and dL/dA of the one below), the gathered minibatch inputs and targets, and 32 floats
-// of reduction scratch. Global memory is read for θ at the start, the minibatch points of each
-// step and the index lists, and written once at the end.
+// layer and dL/dA of the one below), the gathered minibatch inputs and targets (all these
+// per-point buffers with rows at the odd stride reptile_lda), 32 floats of reduction scratch,
+// and the partial sums of products split over warp slices. Global memory is read for θ at the
+// start, the minibatch points of each step and the index lists, and written once at the end.
 //
 // Work mapping (llm.c style: each phase is a flat loop over its items with stride blockDim,
 // the item → (row, column) map chosen so a warp reads shared memory without bank conflicts,
@@ -21,8 +22,9 @@
 // tiles, so each value read from shared memory feeds REPTILE_PT FMAs:
 //   forward, layer l:  tile = 4 outputs {ot + r·To} (strided: a warp reads consecutive rows of
 //                      W at the odd padded stride, 32 banks) × 4 consecutive points (A reads
-//                      are broadcasts). Layers with fewer than 32 tiles split each tile's sum
-//                      over S lanes (fused_split) and combine them with warp shuffles.
+//                      are broadcasts). When the tiles fill only part of the block, the
+//                      reduction is split over up to REPTILE_SPLIT warp slices (fused_split);
+//                      their partial sums are added in slice order by an epilogue phase.
 //   loss (MSE):        item = output element (p, j); loss partial sums reduced by warp shuffles.
 //   loss (CE):         item = point p (max, Σexp, gradient over the point's outputs).
 //   backward dA:       tile = 4 inputs {it + c·Ti} (consecutive across a warp: contiguous W row
@@ -30,7 +32,8 @@
 //   backward dW + SGD: tile = 4 outputs × 4 inputs, it fast; sums over the minibatch's points
 //                      and updates its 16 weights in place after dA has read W; biases one
 //                      thread per output.
-// Requirements: blockDim.x a multiple of 32, at most 512 (the launch bounds below); dynamic shared memory as `FusedLayout`.
+// Requirements: blockDim.x a multiple of 32, at most 512 (see the launch bounds below);
+// dynamic shared memory as `FusedLayout::with_splits` for the launch's block size.
 
 #include "common.cuh"
 
