@@ -23,7 +23,7 @@
 //   forward, layer l:  tile = 4 outputs {ot + r·To} (strided: a warp reads consecutive rows of
 //                      W at the odd padded stride, 32 banks) × 4 consecutive points (A reads
 //                      are broadcasts). When the tiles fill only part of the block, the
-//                      reduction is split over up to REPTILE_SPLIT warp slices (fused_split);
+//                      reduction is split over up to REPTILE_SPLIT warp slices (fused_slices);
 //                      their partial sums are added in slice order by an epilogue phase.
 //   loss (MSE):        item = output element (p, j); loss partial sums reduced by warp shuffles.
 //   loss (CE):         item = point p (max, Σexp, gradient over the point's outputs).
@@ -227,13 +227,48 @@ __device__ __forceinline__ void fused_gather(const FusedParams& P, const FusedSm
 // the block: slice s of S sums k ∈ [s·Kc, (s+1)·Kc), Kc = ⌈K/S⌉, with every warp of a slice
 // on the same k (so W reads stay conflict-free and A reads stay broadcasts); slices write
 // partial sums that an epilogue phase adds in slice order. S = min(REPTILE_SPLIT, warps per
-// block / warps the tiles need, K), at least 1: uniform across the block.
-__device__ __forceinline__ int fused_split(int items, int K) {
+// block / warps the tiles need, K), at least 1: uniform across the block (mirrored on the host
+// by `plan::fused_splits`, which sizes the partial-sum buffers).
+struct FusedSlices {
+    int split;   // S
+    int sl;      // this thread's slice (idle when ≥ split)
+    int first;   // its first tile
+    int step;    // tile stride: the block (S = 1) or one pass (S > 1, warp w in slice w / need)
+    int k0, k1;  // its range of the reduction
+};
+
+__device__ __forceinline__ FusedSlices fused_slices(int items, int K) {
     const int need = (items + 31) >> 5;
     int S = (FS_BLOCK >> 5) / need;
     if (S > REPTILE_SPLIT) S = REPTILE_SPLIT;
     if (S > K) S = K;
-    return S < 1 ? 1 : S;
+    if (S < 1) S = 1;
+    FusedSlices f;
+    f.split = S;
+    if (S == 1) {
+        f.sl = 0;
+        f.first = threadIdx.x;
+        f.step = FS_BLOCK;
+        f.k0 = 0;
+        f.k1 = K;
+    } else {
+        const int w = threadIdx.x >> 5, kc = (K + S - 1) / S;
+        f.sl = w / need;
+        f.first = (w - f.sl * need) * 32 + (int)(threadIdx.x & 31);
+        f.step = items;
+        f.k0 = f.sl * kc;
+        f.k1 = f.k0 + kc < K ? f.k0 + kc : K;
+    }
+    return f;
+}
+
+// Clears a register tile (constant indices: it stays in registers).
+__device__ __forceinline__ void fused_zero(float acc[REPTILE_PT][REPTILE_PT]) {
+    REPTILE_UNROLL
+    for (int r = 0; r < REPTILE_PT; ++r) {
+        REPTILE_UNROLL
+        for (int q = 0; q < REPTILE_PT; ++q) acc[r][q] = 0.0f;
+    }
 }
 
 // The REPTILE_PT × REPTILE_PT register tile shared by the forward and input-gradient products:
@@ -274,19 +309,18 @@ __device__ __forceinline__ void fused_tile(const float* M, const int moff[REPTIL
 }
 
 // Partial-sum buffer of slice s ≥ 1 ([points × width], REPTILE_SPLIT − 1 of them).
-__device__ __forceinline__ float* fused_part(const FusedParams& P, const FusedSmem& S, int s, int gmax) {
-    return S.scr + (s - 1) * FS_STRIDE(P) * reptile_lda(gmax);
+__device__ __forceinline__ float* fused_part(const FusedParams& P, const FusedSmem& S, int s) {
+    return S.scr + (s - 1) * FS_STRIDE(P) * reptile_lda(S.gmax());
 }
 
 // Forward pass over the gathered minibatch: A_l = act(A_{l−1}·W_lᵀ + b_l), last layer linear.
 // Work map: a thread owns a tile of 4 outputs {ot + r·To} (strided, so a warp reads
 // consecutive rows of W at the odd padded stride: no bank conflicts) × 4 consecutive points
-// (A reads are broadcasts); item = chunk·To + ot. With S > 1 warp slices (fused_split), slice
+// (A reads are broadcasts); item = chunk·To + ot. With S > 1 warp slices (fused_slices), slice
 // 0 writes its raw sums into A_l, the others into scratch, and an epilogue phase (one thread
 // per element) adds them in slice order, then bias and activation.
 __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedSmem& S, int bs) {
     const int L = FS_L(P), Tp = (bs + REPTILE_PT - 1) / REPTILE_PT;
-    const int gmax = S.gmax();
     FS_LAYER_UNROLL
     for (int l = 0; l < L; ++l) {
         const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
@@ -297,14 +331,9 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
         const float* bias = S.theta + S.b_off(l);
         const bool hidden = l + 1 < L;
         const int To = (out + REPTILE_PT - 1) / REPTILE_PT, items = To * Tp;
-        const int split = fused_split(items, in);
-        const int need = (items + 31) >> 5, Kc = (in + split - 1) / split;
-        // split == 1: items strided over the block; else one pass, warp w in slice w / need.
-        const int sl = split == 1 ? 0 : (int)(threadIdx.x >> 5) / need;
-        const int first = split == 1 ? (int)threadIdx.x : ((int)(threadIdx.x >> 5) - sl * need) * 32 + (int)(threadIdx.x & 31);
-        const int step = split == 1 ? FS_BLOCK : items;
-        const int k0 = sl * Kc, k1 = k0 + Kc < in ? k0 + Kc : in;
-        for (int item = first; sl < split && item < items; item += step) {
+        const FusedSlices f = fused_slices(items, in);
+        const int split = f.split, sl = f.sl;
+        for (int item = f.first; sl < split && item < items; item += f.step) {
             const int ot = item % To, p0 = (item / To) * REPTILE_PT;
             int woff[REPTILE_PT], xoff[REPTILE_PT];
             REPTILE_UNROLL
@@ -318,13 +347,9 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
                 xoff[q] = (p < bs ? p : p0) * lda_in;
             }
             float acc[REPTILE_PT][REPTILE_PT];
-            REPTILE_UNROLL
-            for (int r = 0; r < REPTILE_PT; ++r) {
-                REPTILE_UNROLL
-                for (int q = 0; q < REPTILE_PT; ++q) acc[r][q] = 0.0f;
-            }
-            fused_tile(W, woff, 1, a_prev, xoff, k0, k1, acc);
-            float* dst = sl == 0 ? z : fused_part(P, S, sl, gmax);
+            fused_zero(acc);
+            fused_tile(W, woff, 1, a_prev, xoff, f.k0, f.k1, acc);
+            float* dst = sl == 0 ? z : fused_part(P, S, sl);
             REPTILE_UNROLL
             for (int r = 0; r < REPTILE_PT; ++r) {
                 const int o = ot + r * To;
@@ -347,7 +372,7 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
             for (int e = threadIdx.x; e < bs * out; e += FS_BLOCK) {
                 const int p = e / out, o = e - p * out, a = p * lda_out + o;
                 float v = z[a];
-                for (int t = 1; t < split; ++t) v += fused_part(P, S, t, gmax)[a];
+                for (int t = 1; t < split; ++t) v += fused_part(P, S, t)[a];
                 v = bias[o] + v;
                 z[a] = hidden ? reptile_act(FS_ACT(P), v) : v;
             }
@@ -405,7 +430,6 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
 // updates its 16 weights in place; biases: one thread per output.
 __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const FusedSmem& S, int bs) {
     const int Tp = (bs + REPTILE_PT - 1) / REPTILE_PT;
-    const int gmax = S.gmax();
     float* gcur = S.g0;
     float* gnext = S.g1;
     FS_LAYER_UNROLL
@@ -418,14 +442,9 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
         const int Ti = (in + REPTILE_PT - 1) / REPTILE_PT, To = (out + REPTILE_PT - 1) / REPTILE_PT;
         if (l > 0) {
             const int items = Ti * Tp;
-            const int split = fused_split(items, out);
-            const int need = (items + 31) >> 5, Kc = (out + split - 1) / split;
-            const int sl = split == 1 ? 0 : (int)(threadIdx.x >> 5) / need;
-            const int first =
-                split == 1 ? (int)threadIdx.x : ((int)(threadIdx.x >> 5) - sl * need) * 32 + (int)(threadIdx.x & 31);
-            const int step = split == 1 ? FS_BLOCK : items;
-            const int k0 = sl * Kc, k1 = k0 + Kc < out ? k0 + Kc : out;
-            for (int item = first; sl < split && item < items; item += step) {
+            const FusedSlices f = fused_slices(items, out);
+            const int split = f.split, sl = f.sl;
+            for (int item = f.first; sl < split && item < items; item += f.step) {
                 const int it = item % Ti, p0 = (item / Ti) * REPTILE_PT;
                 int woff[REPTILE_PT], xoff[REPTILE_PT];
                 REPTILE_UNROLL
@@ -439,13 +458,9 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
                     xoff[q] = (p < bs ? p : p0) * lda_out;
                 }
                 float acc[REPTILE_PT][REPTILE_PT];
-                REPTILE_UNROLL
-                for (int c = 0; c < REPTILE_PT; ++c) {
-                    REPTILE_UNROLL
-                    for (int q = 0; q < REPTILE_PT; ++q) acc[c][q] = 0.0f;
-                }
-                fused_tile(W, woff, ldw, gcur, xoff, k0, k1, acc);
-                float* dst = sl == 0 ? gnext : fused_part(P, S, sl, gmax);
+                fused_zero(acc);
+                fused_tile(W, woff, ldw, gcur, xoff, f.k0, f.k1, acc);
+                float* dst = sl == 0 ? gnext : fused_part(P, S, sl);
                 REPTILE_UNROLL
                 for (int c = 0; c < REPTILE_PT; ++c) {
                     const int i = it + c * Ti;
@@ -464,7 +479,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
                 for (int e = threadIdx.x; e < bs * in; e += FS_BLOCK) {
                     const int p = e / in, a = p * lda_in + (e - p * in);
                     float v = gnext[a];
-                    for (int t = 1; t < split; ++t) v += fused_part(P, S, t, gmax)[a];
+                    for (int t = 1; t < split; ++t) v += fused_part(P, S, t)[a];
                     gnext[a] = v * reptile_act_grad(FS_ACT(P), a_prev[a]);
                 }
             }
@@ -485,11 +500,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
                 aoff[c] = i < in ? i : it;
             }
             float acc[REPTILE_PT][REPTILE_PT];
-            REPTILE_UNROLL
-            for (int r = 0; r < REPTILE_PT; ++r) {
-                REPTILE_UNROLL
-                for (int c = 0; c < REPTILE_PT; ++c) acc[r][c] = 0.0f;
-            }
+            fused_zero(acc);
             for (int p = 0; p < bs; ++p) {
                 float g[REPTILE_PT], a[REPTILE_PT];
                 REPTILE_UNROLL

@@ -114,25 +114,10 @@ fn load_emu(path: PathBuf) -> Emu {
     }
 }
 
-/// Runs the fused kernel in the emulation; returns (deltas [n × P], losses [n × 2]).
+/// Runs the fused kernel in the emulation library `lib` ([`emu`], or a shape-specialized
+/// build); returns (deltas [n × P], losses [n × 2]).
 #[allow(clippy::too_many_arguments)]
 fn run_fused(
-    spec: &MlpSpec,
-    theta: &[f32],
-    x: &[f32],
-    y: Tgt<'_>,
-    m: usize,
-    plan: &MinibatchPlan,
-    lr: f32,
-    fomaml: bool,
-    block: u32,
-) -> (Vec<f32>, Vec<f32>) {
-    run_fused_with(emu(), spec, theta, x, y, m, plan, lr, fomaml, block)
-}
-
-/// [`run_fused`] on a given emulation library (e.g. a shape-specialized build).
-#[allow(clippy::too_many_arguments)]
-fn run_fused_with(
     lib: &Emu,
     spec: &MlpSpec,
     theta: &[f32],
@@ -145,10 +130,9 @@ fn run_fused_with(
     block: u32,
 ) -> (Vec<f32>, Vec<f32>) {
     let params = plan.fused_params(spec, m, lr, fomaml).unwrap();
-    // The layout the back end launches with: only the partial-sum buffers this block size's
-    // warp slices use (an underestimate would overrun into the emulation's guard zone).
-    let splits = plan::fused_splits(spec, plan.b, plan.b_last, block);
-    let smem = FusedLayout::with_splits(spec, plan.stride, splits).bytes();
+    // The shared memory the back end launches with: only the partial-sum buffers this block
+    // size's warp slices use (an underestimate would overrun into the emulation's guard zone).
+    let smem = plan::fused_launch_bytes(spec, &params, block);
     let n = plan.n_tasks;
     let mut delta = vec![f32::NAN; n * spec.num_params()];
     let mut losses = vec![f32::NAN; n * 2];
@@ -283,7 +267,7 @@ fn fused_inner_loop_matches_cpu_on_random_specs() {
         let block = [32u32, 64, 96][case as usize % 3];
 
         let (d_ref, l_ref) = plan::cpu_deltas(&spec, &theta, &x, y, m, &plan, lr, fomaml);
-        let (d_emu, l_emu) = run_fused(&spec, &theta, &x, y, m, &plan, lr, fomaml, block);
+        let (d_emu, l_emu) = run_fused(emu(), &spec, &theta, &x, y, m, &plan, lr, fomaml, block);
         let what = format!(
             "case {case}: {:?} {:?} n={n} m={m} {inner:?} tail={tail:?} block={block}",
             spec.widths(),
@@ -308,7 +292,7 @@ fn fused_inner_loop_sine_shape() {
     let inner = ReptileConfig::sine().train;
     let plan = MinibatchPlan::training(3, 50, &inner, OuterRule::Reptile, 5, 0, 0).unwrap();
     let (d_ref, l_ref) = plan::cpu_deltas(&spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, inner.lr, false);
-    let (d_emu, l_emu) = run_fused(&spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, inner.lr, false, 128);
+    let (d_emu, l_emu) = run_fused(emu(), &spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, inner.lr, false, 128);
     let worst = assert_close("sine delta", &d_emu, &d_ref, 1e-5, 1e-4);
     assert_close("sine losses", &l_emu, &l_ref, 1e-5, 1e-4);
     println!(
@@ -336,7 +320,7 @@ fn specialized_builds_match_the_cpu() {
         .unwrap();
         let fomaml = tail.is_some();
         let params = plan.fused_params(&spec, m, inner.lr, fomaml).unwrap();
-        let mut defines = reptile::cuda::plan::fused_spec_defines(&params, block);
+        let mut defines = plan::FusedShape::new(&params, block).defines();
         // With the shapes constant, some helpers no longer read their FusedParams argument.
         defines.push("-Wno-unused-parameter".into());
         let lib = load_emu(build_emu_with(&format!("libreptile_cuda_emu_{name}.so"), &defines));
@@ -346,7 +330,7 @@ fn specialized_builds_match_the_cpu() {
         let lab: Vec<u32> = (0..n * m).map(|_| rng.random_range(0..spec.out_dim() as u32)).collect();
         let y = if spec.loss() == Loss::Mse { Tgt::Values(&yv) } else { Tgt::Labels(&lab) };
         let (d_ref, l_ref) = plan::cpu_deltas(&spec, &theta, &x, y, m, &plan, inner.lr, fomaml);
-        let (d, l) = run_fused_with(&lib, &spec, &theta, &x, y, m, &plan, inner.lr, fomaml, block);
+        let (d, l) = run_fused(&lib, &spec, &theta, &x, y, m, &plan, inner.lr, fomaml, block);
         let worst = assert_close(&format!("{name} specialized delta"), &d, &d_ref, 5e-5, 1e-3);
         assert_close(&format!("{name} specialized losses"), &l, &l_ref, 1e-5, 1e-3);
         println!("{name} specialized (block {block}): worst |Δ| = {worst:e}");
@@ -381,7 +365,8 @@ fn meta_step_matches_the_cpu_trainer() {
             let cpu = trainer.task_deltas(&batch, 0).unwrap();
             let plan = MinibatchPlan::training(n, m, &config.train, outer, config.seed, it, 0).unwrap();
             let fomaml = outer != OuterRule::Reptile;
-            let (d, losses) = run_fused(&spec, &theta, &x, Tgt::Values(&y), m, &plan, config.train.lr, fomaml, 64);
+            let (d, losses) =
+                run_fused(emu(), &spec, &theta, &x, Tgt::Values(&y), m, &plan, config.train.lr, fomaml, 64);
             let scale = config.epsilon(it) / n as f32;
             let (out, sum, bad) = run_update(&theta, &d, n, scale, 64);
             assert_eq!(bad, 0);

@@ -194,6 +194,42 @@ fn large_networks_take_the_tiled_path() {
     assert_close("omniglot losses", &l, &l_ref, 1e-5, 1e-3);
 }
 
+/// The benchmark workload: the sine net with the paper's inner loop (k = 5, b = 10 of 50
+/// points per task) on `n` tasks, with its FLOP count (the CPU path's: five steps and the
+/// forward pass for the loss after adaptation).
+struct SineCase {
+    spec: MlpSpec,
+    theta: Vec<f32>,
+    lr: f32,
+    batch: TaskBatch<'static>,
+    plan: MinibatchPlan,
+    flops: f64,
+}
+
+impl SineCase {
+    fn new(n: usize) -> Self {
+        let spec = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap();
+        let config = ReptileConfig::sine();
+        let theta = Model::new(spec.clone(), 0).into_params();
+        let batch = SineTasks::new(1).train_batch(&spec, n).unwrap();
+        let plan = MinibatchPlan::training(n, 50, &config.train, OuterRule::Reptile, 0, 0, 0).unwrap();
+        let flops = n as f64 * (5.0 * spec.step_flops(10) as f64 + spec.forward_flops(10) as f64);
+        SineCase { spec, theta, lr: config.train.lr, batch, plan, flops }
+    }
+    fn y(&self) -> Tgt<'_> {
+        let Targets::Values(y) = self.batch.y() else { unreachable!("sine targets are values") };
+        Tgt::Values(y)
+    }
+    /// Seconds per launch of the fused kernel alone.
+    fn time_fused(&self, gpu: &mut CudaBackend, reps: usize) -> f64 {
+        gpu.time_fused_kernel(&self.spec, &self.theta, self.batch.x(), self.y(), 50, &self.plan, self.lr, reps).unwrap()
+    }
+    /// Seconds per call of the inner loops on `path`, uploads included.
+    fn time_inner(&self, gpu: &mut CudaBackend, path: Path, reps: usize) -> f64 {
+        gpu.time_inner(path, &self.spec, &self.theta, self.batch.x(), self.y(), 50, &self.plan, self.lr, reps).unwrap()
+    }
+}
+
 /// The GPU benchmarks of the issue (run by scripts/gpu-check.sh).
 #[test]
 #[ignore = "benchmark: run explicitly on a GPU"]
@@ -201,21 +237,16 @@ fn gpu_benchmarks() {
     let Some(mut gpu) = backend() else { return };
     gpu.set_poison_outputs(false);
     let spec = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap();
-    let config = ReptileConfig::sine();
     let theta = Model::new(spec.clone(), 0).into_params();
     let mut rows = vec![format!("device: {} (sm_{}{})", gpu.device().name, gpu.device().major, gpu.device().minor)];
     // H200 SXM FP32 peak (NVIDIA datasheet): 67 TFLOP/s.
     const PEAK: f64 = 67e12;
     for n in [1usize, 1024, 4096, 16384] {
-        let batch = SineTasks::new(1).train_batch(&spec, n).unwrap();
-        let Targets::Values(y) = batch.y() else { unreachable!() };
-        let plan = MinibatchPlan::training(n, 50, &config.train, OuterRule::Reptile, 0, 0, 0).unwrap();
-        let flops = n as f64 * (5.0 * spec.step_flops(10) as f64 + spec.forward_flops(10) as f64);
+        let case = SineCase::new(n);
+        let flops = case.flops;
         for block in [128u32, 256, 512] {
             gpu.set_fused_block(Some(block)).unwrap();
-            let secs = gpu
-                .time_fused_kernel(&spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, config.train.lr, 20)
-                .unwrap();
+            let secs = case.time_fused(&mut gpu, 20);
             rows.push(format!(
                 "fused inner loop sine k=5 n={n} block={block}: {:.4} ms, {:.1} M task-steps/s, {:.2} TFLOP/s = {:.1}% \
                  of FP32 peak (target ≥ 25% at n ≥ 4096)",
@@ -226,12 +257,8 @@ fn gpu_benchmarks() {
             ));
         }
         gpu.set_fused_block(None).unwrap();
-        let tiled = gpu
-            .time_inner(Path::Tiled, &spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, config.train.lr, 5)
-            .unwrap();
-        let fused = gpu
-            .time_inner(Path::Fused, &spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, config.train.lr, 5)
-            .unwrap();
+        let tiled = case.time_inner(&mut gpu, Path::Tiled, 5);
+        let fused = case.time_inner(&mut gpu, Path::Fused, 5);
         rows.push(format!(
             "  with uploads: fused {:.3} ms, tiled {:.3} ms ({:.1} TFLOP/s tiled)",
             fused * 1e3,
@@ -331,21 +358,13 @@ fn resident_sine_loop_matches_the_cpu_reference() {
 fn bench_fused() {
     let Some(mut gpu) = backend() else { return };
     gpu.set_poison_outputs(false);
-    let spec = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap();
-    let config = ReptileConfig::sine();
-    let theta = Model::new(spec.clone(), 0).into_params();
     for n in [1usize, 4096] {
-        let batch = SineTasks::new(1).train_batch(&spec, n).unwrap();
-        let Targets::Values(y) = batch.y() else { unreachable!() };
-        let plan = MinibatchPlan::training(n, 50, &config.train, OuterRule::Reptile, 0, 0, 0).unwrap();
-        let flops = n as f64 * (5.0 * spec.step_flops(10) as f64 + spec.forward_flops(10) as f64);
+        let case = SineCase::new(n);
+        let flops = case.flops;
         for (specialize, block) in [(false, 128u32), (false, 256), (true, 128), (true, 256), (true, 512)] {
             gpu.set_specialize(specialize);
             gpu.set_fused_block(Some(block)).unwrap();
-            let reps = if n == 1 { 200 } else { 50 };
-            let secs = gpu
-                .time_fused_kernel(&spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, config.train.lr, reps)
-                .unwrap();
+            let secs = case.time_fused(&mut gpu, if n == 1 { 200 } else { 50 });
             println!(
                 "fused n={n} specialized={specialize} block={block}: {:.2} µs, {:.2} TFLOP/s = {:.1}% of 67 TFLOP/s",
                 secs * 1e6,
@@ -364,14 +383,7 @@ fn bench_fused() {
 fn profile_case() {
     let Some(mut gpu) = backend() else { return };
     gpu.set_poison_outputs(false);
-    let spec = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap();
-    let config = ReptileConfig::sine();
-    let theta = Model::new(spec.clone(), 0).into_params();
-    let n = 4096;
-    let batch = SineTasks::new(1).train_batch(&spec, n).unwrap();
-    let Targets::Values(y) = batch.y() else { unreachable!() };
-    let plan = MinibatchPlan::training(n, 50, &config.train, OuterRule::Reptile, 0, 0, 0).unwrap();
-    gpu.time_fused_kernel(&spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, config.train.lr, 1).unwrap();
+    SineCase::new(4096).time_fused(&mut gpu, 1);
     let omni = MlpSpec::new(&[784, 256, 128, 64, 64, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
     let otheta = Model::new(omni.clone(), 0).into_params();
     let n = 64;

@@ -171,7 +171,7 @@ fn specialized_fused_kernels_compile_without_spills() {
         .unwrap();
         let params = plan.fused_params(spec, 12, 0.02, tail.is_some()).unwrap();
         for block in [128u32, 256] {
-            let defs = reptile::cuda::plan::fused_spec_defines(&params, block);
+            let defs = reptile::cuda::plan::FusedShape::new(&params, block).defines();
             let ptx = kernels::compile_ptx_with(&kernels::MLP_FUSED, "compute_90", &defs)
                 .unwrap_or_else(|e| panic!("case {case} block {block}: {e}"));
             let Some(ptxas) = &ptxas else { continue };

@@ -315,6 +315,17 @@ fn trainer_case(tasks: usize) {
         let (a, b) = (state(&stepped), state(&split));
         assert_bits_eq(&a.0, &b.0, &format!("{tasks} tasks, step {k}: θ, step vs split"));
         assert_bits_eq(&a.1, &b.1, &format!("{tasks} tasks, step {k}: moments, step vs split"));
+        // The f64 accumulation the tail mean uses reads the transposed state in place and
+        // adds exactly θ (bit for bit, after rounding back), without building θ's layout.
+        // Added twice, so the sum is 2θ exactly (it adds, it does not overwrite).
+        for (t, what) in [(&stepped, "transposed"), (&dense, "dense")] {
+            let mut sum = vec![0.0f64; a.0.len()];
+            t.accumulate_params(&mut sum).unwrap();
+            t.accumulate_params(&mut sum).unwrap();
+            let back: Vec<f32> = sum.iter().map(|&s| (s / 2.0) as f32).collect();
+            assert_bits_eq(&back, &state(t).0, &format!("{tasks} tasks, step {k}: accumulate_params, {what}"));
+        }
+        assert!(stepped.accumulate_params(&mut [0.0; 3]).is_err(), "a sum of the wrong length");
         let c = state(&one_thread);
         assert_bits_eq(&c.0, &a.0, &format!("{tasks} tasks, step {k}: θ, 1 thread vs 2"));
         assert_bits_eq(&c.1, &a.1, &format!("{tasks} tasks, step {k}: moments, 1 thread vs 2"));

@@ -392,10 +392,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
             let batch =
                 rx.recv().map_err(|_| reptile::Error::InvalidArgument("the task sampler thread stopped".into()))??;
             let s = trainer.step(&batch)?;
-            // Only inside the window: on the transposed first layer, `params` builds θ's layout.
-            if tail.covers(i + 1) {
-                tail.observe(i + 1, trainer.params())?;
-            }
+            tail.observe_with(i + 1, |sum| trainer.accumulate_params(sum))?;
             running = if running.is_nan() { s.loss_after } else { 0.98 * running + 0.02 * s.loss_after };
             if (i + 1) % 16 == 0 || i + 1 == a.iterations {
                 pb.set_position(i + 1);

@@ -30,6 +30,8 @@ use std::sync::Arc;
 
 /// Threads per block of the fused kernel (a multiple of 32).
 pub const FUSED_BLOCK: u32 = 256;
+/// Dynamic shared memory a kernel may use without opting in (`cuFuncSetAttribute`).
+const DEFAULT_SMEM_LIMIT: usize = 48 * 1024;
 /// Threads per block of the update kernels.
 pub const UPDATE_BLOCK: u32 = 256;
 
@@ -79,7 +81,7 @@ pub struct CudaBackend {
     fused_block: Option<u32>,
     smem_attr: usize,
     specialize: bool,
-    spec_fused: HashMap<Vec<String>, (CudaFunction, usize)>,
+    spec_fused: HashMap<plan::FusedShape, (CudaFunction, usize)>,
     program_fused: Option<CudaFunction>,
     poison: bool,
     bufs: Buffers,
@@ -215,7 +217,7 @@ impl CudaBackend {
                 by_name,
                 path_override: None,
                 fused_block: None,
-                smem_attr: 48 * 1024,
+                smem_attr: DEFAULT_SMEM_LIMIT,
                 specialize: true,
                 spec_fused: HashMap::new(),
                 program_fused: None,
@@ -294,14 +296,6 @@ impl CudaBackend {
         self.fused_block.unwrap_or(if n_tasks >= 2 * self.info.multiprocessors as usize { 128 } else { FUSED_BLOCK })
     }
 
-    /// Dynamic shared memory of one fused launch: [`FusedLayout::with_splits`] with the warp
-    /// slices `block` threads use on these minibatch sizes (at most [`Self::fused_shared_memory`]).
-    fn fused_launch_smem(spec: &MlpSpec, params: &plan::FusedParams, block: u32) -> usize {
-        let (b, b_last) = (params.b.max(0) as usize, params.b_last.max(0) as usize);
-        let splits = plan::fused_splits(spec, b, b_last, block);
-        FusedLayout::with_splits(spec, b.max(b_last), splits).bytes()
-    }
-
     /// With `on` (the default), the fused kernel runs as a build specialized to the shapes at
     /// hand (network, minibatch sizes, block size as compile-time constants; compiled with
     /// NVRTC on first use of each shape, about a second, and cached); off, the generic build
@@ -326,9 +320,9 @@ impl CudaBackend {
             set_limit(&self.fused, &mut self.smem_attr)?;
             return Ok(self.fused.clone());
         }
-        let defs = plan::fused_spec_defines(params, block);
-        if !self.spec_fused.contains_key(&defs) {
-            let ptx = kernels::ptx_for_with(&MLP_FUSED, self.info.major, self.info.minor, &defs)?;
+        let shape = plan::FusedShape::new(params, block);
+        if !self.spec_fused.contains_key(&shape) {
+            let ptx = kernels::ptx_for_with(&MLP_FUSED, self.info.major, self.info.minor, &shape.defines())?;
             let ctx = self.ctx.clone();
             let f = no_panic("loading a specialized fused kernel", || {
                 let module = ctx
@@ -338,9 +332,9 @@ impl CudaBackend {
                     .load_function("reptile_fused_inner")
                     .map_err(|e| driver_err("cuModuleGetFunction(reptile_fused_inner, specialized)", e))
             })?;
-            self.spec_fused.insert(defs.clone(), (f, 48 * 1024));
+            self.spec_fused.insert(shape, (f, DEFAULT_SMEM_LIMIT));
         }
-        let (f, have) = self.spec_fused.get_mut(&defs).expect("inserted above");
+        let (f, have) = self.spec_fused.get_mut(&shape).expect("inserted above");
         set_limit(f, have)?;
         Ok(f.clone())
     }
@@ -646,7 +640,7 @@ impl CudaBackend {
     /// Launches the fused kernel on the buffers [`Self::launch_fused`] filled.
     fn run_fused_kernel(&mut self, spec: &MlpSpec, params: &plan::FusedParams) -> CudaResult<()> {
         let block = self.fused_block_for(params.n_tasks.max(0) as usize);
-        let smem = Self::fused_launch_smem(spec, params, block);
+        let smem = plan::fused_launch_bytes(spec, params, block);
         let func = self.fused_kernel(params, block, smem)?;
         let s = self.stream.clone();
         let b = &mut self.bufs;
@@ -831,7 +825,7 @@ impl CudaBackend {
             let p = l.args.iter().find_map(|a| if let Arg::Fused(p) = a { Some(*p) } else { None });
             let p = p.ok_or_else(|| CudaError::InvalidArgument("fused launch without its parameters".into()))?;
             l.block = block;
-            l.smem = Self::fused_launch_smem(spec, &p, block) as u32;
+            l.smem = plan::fused_launch_bytes(spec, &p, block) as u32;
             fused_params = Some((p, l.smem as usize));
         }
         let (fused_params, smem) = fused_params

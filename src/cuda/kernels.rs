@@ -104,7 +104,7 @@ pub fn compile_ptx(family: &KernelFamily, arch: &str) -> CudaResult<String> {
 }
 
 /// [`compile_ptx`] with extra NVRTC options, e.g. the `-D` definitions of a shape-specialized
-/// build ([`super::plan::fused_spec_defines`]).
+/// build ([`super::plan::FusedShape::defines`]).
 pub fn compile_ptx_with(family: &KernelFamily, arch: &str, extra: &[String]) -> CudaResult<String> {
     nvrtc_version()?;
     let src = CString::new(family.source_for_compile()?)

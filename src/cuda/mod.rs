@@ -9,7 +9,7 @@
 //! - [`kernels`]: the kernel sources (`kernels/*.cu`, embedded), NVRTC compilation per compute
 //!   capability, cached per process; a compile failure is a [`CudaError::Nvrtc`] with the log.
 //!   The fused kernel is also compiled per shape (network, minibatch sizes and block size as
-//!   compile-time constants, [`plan::fused_spec_defines`]), about 1.6× faster on an H200.
+//!   compile-time constants, [`plan::FusedShape`]), about 1.6× faster on an H200.
 //! - [`plan`]: host-side preparation that needs no GPU: the kernels' argument structs, the
 //!   shared-memory layout of the fused inner loop, and the per-task minibatch index lists
 //!   (generated with the CPU path's random streams, so both back ends see the same minibatches).

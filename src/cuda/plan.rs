@@ -106,7 +106,7 @@ pub struct FusedLayout {
     pub floats: usize,
 }
 
-/// Warp slices the fused kernel splits its products into (the largest `fused_split` over
+/// Warp slices the fused kernel splits its products into (the largest `fused_slices` split over
 /// every forward and input-gradient product) for minibatches of `b` and `b_last` points and
 /// blocks of `block` threads: the number of partial-sum buffers the layout needs, plus one.
 pub fn fused_splits(spec: &MlpSpec, b: usize, b_last: usize, block: u32) -> usize {
@@ -125,6 +125,13 @@ pub fn fused_splits(spec: &MlpSpec, b: usize, b_last: usize, block: u32) -> usiz
         }
     }
     s
+}
+
+/// Dynamic shared memory, in bytes, of one fused launch of `params` with `block` threads:
+/// [`FusedLayout::with_splits`] with the warp slices [`fused_splits`] says that block uses.
+pub fn fused_launch_bytes(spec: &MlpSpec, params: &FusedParams, block: u32) -> usize {
+    let (b, b_last) = (params.b.max(0) as usize, params.b_last.max(0) as usize);
+    FusedLayout::with_splits(spec, b.max(b_last), fused_splits(spec, b, b_last, block)).bytes()
 }
 
 impl FusedLayout {
@@ -279,21 +286,48 @@ impl MinibatchPlan {
 }
 
 /// The compile-time shape of a specialized build of the fused kernel (`REPTILE_SPEC`): the
-/// network, the minibatch sizes and the block size, as NVRTC `-D` options. One module is
-/// compiled per distinct set, so launches whose shapes differ only in `n_tasks`, `m`, `steps`,
-/// `lr` or `fomaml` share it.
-pub fn fused_spec_defines(params: &FusedParams, block: u32) -> Vec<String> {
-    let mut d = vec![
-        "-DREPTILE_SPEC=1".to_string(),
-        format!("-DREPTILE_SPEC_L={}", params.n_layers),
-        format!("-DREPTILE_SPEC_ACT={}", params.act),
-        format!("-DREPTILE_SPEC_LOSS={}", params.loss),
-        format!("-DREPTILE_SPEC_B={}", params.b),
-        format!("-DREPTILE_SPEC_BLAST={}", params.b_last),
-        format!("-DREPTILE_SPEC_BLOCK={block}"),
-    ];
-    d.extend(params.widths.iter().enumerate().map(|(l, w)| format!("-DREPTILE_SPEC_W{l}={w}")));
-    d
+/// network, the minibatch sizes and the block size. One module is compiled per distinct shape,
+/// so launches that differ only in `n_tasks`, `m`, `steps`, `lr` or `fomaml` share it; the
+/// back end caches modules by this key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FusedShape {
+    n_layers: i32,
+    widths: [i32; MAX_LAYERS + 1],
+    act: i32,
+    loss: i32,
+    b: i32,
+    b_last: i32,
+    block: u32,
+}
+
+impl FusedShape {
+    /// The shape of a launch of `params` with `block` threads.
+    pub fn new(params: &FusedParams, block: u32) -> Self {
+        FusedShape {
+            n_layers: params.n_layers,
+            widths: params.widths,
+            act: params.act,
+            loss: params.loss,
+            b: params.b,
+            b_last: params.b_last,
+            block,
+        }
+    }
+
+    /// The NVRTC `-D` options of the specialized build.
+    pub fn defines(&self) -> Vec<String> {
+        let mut d = vec![
+            "-DREPTILE_SPEC=1".to_string(),
+            format!("-DREPTILE_SPEC_L={}", self.n_layers),
+            format!("-DREPTILE_SPEC_ACT={}", self.act),
+            format!("-DREPTILE_SPEC_LOSS={}", self.loss),
+            format!("-DREPTILE_SPEC_B={}", self.b),
+            format!("-DREPTILE_SPEC_BLAST={}", self.b_last),
+            format!("-DREPTILE_SPEC_BLOCK={}", self.block),
+        ];
+        d.extend(self.widths.iter().enumerate().map(|(l, w)| format!("-DREPTILE_SPEC_W{l}={w}")));
+        d
+    }
 }
 
 /// Fixed chunks of the deterministic task reduction: `min(n, 64)`, as the CPU trainer.

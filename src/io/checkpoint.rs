@@ -186,8 +186,8 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint> {
             )));
         }
         let v: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        if let Some(i) = v.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
-            return Err(bad(format!("Adam moment {i} is {}, expected finite and ≥ 0", v[i])));
+        if let Some(why) = crate::meta::bad_moment(&v) {
+            return Err(bad(why));
         }
         let steps = meta
             .get("adam_t")

@@ -31,19 +31,29 @@ impl TailMean {
 
     /// Adds θ after 1-based iteration `iteration` if it is in the window (else does nothing).
     pub fn observe(&mut self, iteration: u64, theta: &[f32]) -> Result<()> {
+        self.observe_with(iteration, |sum| {
+            if theta.len() != sum.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "tail mean over {} parameters got θ of {}",
+                    sum.len(),
+                    theta.len()
+                )));
+            }
+            for (s, &p) in sum.iter_mut().zip(theta) {
+                *s += p as f64;
+            }
+            Ok(())
+        })
+    }
+
+    /// [`Self::observe`] where `add` adds θ to the f64 running sum itself (e.g.
+    /// [`crate::Trainer::accumulate_params`], which reads the trainer's state in place); called
+    /// only for iterations in the window.
+    pub fn observe_with(&mut self, iteration: u64, add: impl FnOnce(&mut [f64]) -> Result<()>) -> Result<()> {
         if !self.covers(iteration) {
             return Ok(());
         }
-        if theta.len() != self.sum.len() {
-            return Err(Error::InvalidArgument(format!(
-                "tail mean over {} parameters got θ of {}",
-                self.sum.len(),
-                theta.len()
-            )));
-        }
-        for (s, &p) in self.sum.iter_mut().zip(theta) {
-            *s += p as f64;
-        }
+        add(&mut self.sum)?;
         self.count += 1;
         Ok(())
     }

@@ -15,4 +15,5 @@ pub use config::{AdamMoments, InnerLoop, InnerOptimizer, OuterRule, ReptileConfi
 pub use eval::EvalReport;
 pub use inner::{adapt, adapt_with};
 pub use tasks::{EvalTasks, Targets, TaskBatch};
+pub(crate) use trainer::bad_moment;
 pub use trainer::{DeltaSum, Device, StepStats, Trainer};

@@ -392,6 +392,13 @@ impl std::fmt::Debug for Trainer {
     }
 }
 
+/// Why Adam second moments `v` cannot be used (a value that is not finite or is negative), or
+/// `None`: the check shared by [`Trainer::set_adam_moments`] and the checkpoint loader.
+pub(crate) fn bad_moment(v: &[f32]) -> Option<String> {
+    let i = v.iter().position(|x| !(x.is_finite() && *x >= 0.0))?;
+    Some(format!("Adam moment {i} is {}, expected finite and ≥ 0", v[i]))
+}
+
 impl Trainer {
     /// A trainer at iteration 0. Fails on an invalid config, non-finite θ, or when the thread
     /// pool cannot be built.
@@ -468,6 +475,35 @@ impl Trainer {
     pub fn params(&self) -> &[f32] {
         self.model().params()
     }
+    /// Adds θ (in θ's layout) to `sum` element by element in f64, without building θ's layout
+    /// when training runs on the transposed first layer (no copy of the model, unlike
+    /// [`Self::params`]): what [`crate::TailMean`] needs on every iteration of its window.
+    pub fn accumulate_params(&self, sum: &mut [f64]) -> Result<()> {
+        let theta = self.model.params();
+        if sum.len() != theta.len() {
+            return Err(Error::InvalidArgument(format!(
+                "a sum of {} values for θ of {} parameters",
+                sum.len(),
+                theta.len()
+            )));
+        }
+        let w0 = if self.std_stale {
+            // θ's W_0 [out × inp] is stale; its current values are w0t [inp × out].
+            let (inp, out) = (self.model.spec().in_dim(), self.model.spec().widths()[1]);
+            for (o, row) in sum[..inp * out].chunks_exact_mut(inp).enumerate() {
+                for (i, s) in row.iter_mut().enumerate() {
+                    *s += self.w0t[i * out + o] as f64;
+                }
+            }
+            inp * out
+        } else {
+            0
+        };
+        for (s, &p) in sum[w0..].iter_mut().zip(&theta[w0..]) {
+            *s += p as f64;
+        }
+        Ok(())
+    }
     /// Replaces θ (same length, finite).
     pub fn set_params(&mut self, theta: &[f32]) -> Result<()> {
         let m = Model::from_slice(self.model.spec().clone(), theta)?;
@@ -488,8 +524,8 @@ impl Trainer {
                 self.adam_v.len()
             )));
         }
-        if let Some(i) = v.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
-            return Err(Error::InvalidArgument(format!("Adam moment {i} is {}, expected finite and ≥ 0", v[i])));
+        if let Some(why) = bad_moment(v) {
+            return Err(Error::InvalidArgument(why));
         }
         self.materialize();
         self.adam_v.copy_from_slice(v);
