@@ -17,10 +17,16 @@
 // Largest number of linear layers the kernels accept (widths has one more entry).
 #define REPTILE_MAX_LAYERS 8
 
-// Side of the fused kernel's register tiles: a thread computes REPTILE_PT outputs (or inputs)
-// × REPTILE_PT points (or inputs), so each value read from shared memory feeds REPTILE_PT
-// multiply-adds.
+// Output side of the fused kernel's register tiles: a thread computes REPTILE_PT outputs (or
+// inputs) × REPTILE_PTP points, reading shared memory in 16-byte vectors along the reduction,
+// so each value read feeds REPTILE_PT or REPTILE_PTP multiply-adds.
 #define REPTILE_PT 4
+
+// Points per register tile. The generic build uses 4; a shape-specialized build gets the
+// value that divides its minibatch most evenly (plan::point_tile, e.g. 5 for 10 points).
+#ifndef REPTILE_PTP
+#define REPTILE_PTP 4
+#endif
 
 // Most warp slices that split one product's reduction in the fused kernel (see fused_split);
 // the layout reserves REPTILE_SPLIT − 1 partial-sum buffers.
@@ -50,14 +56,25 @@ struct FusedParams {
     int num_params;                      // P = Σ_l (in_l + 1)·out_l
 };
 
-// Row stride of W_l (out × in) in shared memory: odd, so 32 threads reading one column of 32
-// consecutive rows hit 32 different banks (in = 1 keeps stride 1: W is one contiguous column).
-__device__ __forceinline__ constexpr int reptile_ldw(int in) { return in | 1; }
+// Row strides of the fused kernel's shared memory, W_l rows (reptile_ldw(in)) and per-point
+// buffers (reptile_lda(w): activations, gradients, gathered inputs and targets, [points × w]):
+// whole 16-byte vectors, an odd number of them. Rows are read as float4 along the reduction,
+// and an odd count of 4-bank groups puts 8 consecutive rows (or rows p and p + 5) on
+// different banks. Padding columns are zero (the kernel clears its shared memory), so a
+// product may run over whole vectors.
+__device__ __forceinline__ constexpr int reptile_ld4(int w) { return 4 * (((w + 3) >> 2) | 1); }
+__device__ __forceinline__ constexpr int reptile_ldw(int in) { return reptile_ld4(in); }
+__device__ __forceinline__ constexpr int reptile_lda(int w) { return reptile_ld4(w); }
+// A bias vector's room in the padded θ': whole vectors, so the next W stays 16-byte aligned.
+__device__ __forceinline__ constexpr int reptile_pad4(int w) { return (w + 3) & ~3; }
 
-// Row stride of the fused kernel's per-point buffers (activations, gradients, gathered
-// inputs and targets, [points × w]): odd, so the two point chunks a warp reads in one product
-// step (rows p and p + 4) fall in different banks.
-__device__ __forceinline__ constexpr int reptile_lda(int w) { return w | 1; }
+// 16-byte shared-memory vectors (float4; the emulation header defines an aligned struct).
+__device__ __forceinline__ float4 reptile_ld4v(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ void reptile_st4v(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+// Component c of v (c a constant after unrolling, so no local-memory indexing).
+__device__ __forceinline__ float reptile_comp(const float4& v, int c) {
+    return c == 0 ? v.x : c == 1 ? v.y : c == 2 ? v.z : v.w;
+}
 
 // Bits of a float (for the finiteness test; isfinite is not portable to every compile path).
 __device__ __forceinline__ bool reptile_is_finite(float v) {

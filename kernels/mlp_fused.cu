@@ -58,7 +58,7 @@ __device__ __forceinline__ constexpr int fs_width(int l) {
 }
 __device__ __forceinline__ constexpr int fs_w_off(int l) {
     int off = 0;
-    for (int j = 0; j < l; ++j) off += fs_width(j + 1) * ((fs_width(j) | 1) + 1);
+    for (int j = 0; j < l; ++j) off += fs_width(j + 1) * reptile_ldw(fs_width(j)) + reptile_pad4(fs_width(j + 1));
     return off;
 }
 __device__ __forceinline__ constexpr int fs_act_off(int l) {
@@ -100,7 +100,7 @@ struct FusedSmem {
     __device__ __forceinline__ int gmax() const { return fs_gmax(); }
     __device__ __forceinline__ int width(int l) const { return fs_width(l); }
     __device__ __forceinline__ int w_off(int l) const { return fs_w_off(l); }
-    __device__ __forceinline__ int b_off(int l) const { return fs_w_off(l) + fs_width(l + 1) * (fs_width(l) | 1); }
+    __device__ __forceinline__ int b_off(int l) const { return fs_w_off(l) + fs_width(l + 1) * reptile_ldw(fs_width(l)); }
     __device__ __forceinline__ int act_off(int l) const { return fs_act_off(l); }
 #else
     __device__ __forceinline__ int gmax() const { return gm; }
@@ -130,7 +130,7 @@ __device__ __forceinline__ void fused_carve(const FusedParams& P, float* smem, F
                 hdr[2 * REPTILE_MAX_LAYERS + 1 + l] = off + out * reptile_ldw(in);
                 hdr[3 * REPTILE_MAX_LAYERS + 1 + l] = aoff;
             }
-            off += out * (reptile_ldw(in) + 1);
+            off += out * reptile_ldw(in) + reptile_pad4(out);
             aoff += reptile_lda(out);
             if (out > gmax) gmax = out;
         }
@@ -223,25 +223,35 @@ __device__ __forceinline__ void fused_gather(const FusedParams& P, const FusedSm
     }
 }
 
-// Warp slices that split a product's reduction (length K) when its tiles fill only part of
-// the block: slice s of S sums k ∈ [s·Kc, (s+1)·Kc), Kc = ⌈K/S⌉, with every warp of a slice
-// on the same k (so W reads stay conflict-free and A reads stay broadcasts); slices write
-// partial sums that an epilogue phase adds in slice order. S = min(REPTILE_SPLIT, warps per
-// block / warps the tiles need, K), at least 1: uniform across the block (mirrored on the host
-// by `plan::fused_splits`, which sizes the partial-sum buffers).
+// Clears the block's shared memory from θ' up to the reduction scratch, so every padding
+// column of θ' and of the per-point buffers is zero for the whole launch (the products read
+// whole 16-byte vectors; only real columns are ever written afterwards). Caller synchronizes.
+__device__ __forceinline__ void fused_clear(const FusedSmem& S) {
+    const int n4 = (int)(S.red - S.theta) >> 2;
+    const float4 z = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int e = threadIdx.x; e < n4; e += FS_BLOCK) reptile_st4v(S.theta + 4 * e, z);
+}
+
+// Warp slices that split a product's reduction (nq 16-byte quads of the reduced dimension)
+// when its tiles fill only part of the block: slice s of S sums quads [s·Qc, (s+1)·Qc),
+// Qc = ⌈nq/S⌉, with every warp of a slice on the same quads (so W reads stay conflict-free
+// and point reads stay broadcasts); slices write partial sums that an epilogue phase adds in
+// slice order. S = min(REPTILE_SPLIT, warps per block / warps the tiles need, nq), at least 1:
+// uniform across the block (mirrored on the host by `plan::fused_splits`, which sizes the
+// partial-sum buffers).
 struct FusedSlices {
     int split;   // S
     int sl;      // this thread's slice (idle when ≥ split)
     int first;   // its first tile
     int step;    // tile stride: the block (S = 1) or one pass (S > 1, warp w in slice w / need)
-    int k0, k1;  // its range of the reduction
+    int q0, q1;  // its range of quads
 };
 
-__device__ __forceinline__ FusedSlices fused_slices(int items, int K) {
+__device__ __forceinline__ FusedSlices fused_slices(int items, int nq) {
     const int need = (items + 31) >> 5;
     int S = (FS_BLOCK >> 5) / need;
     if (S > REPTILE_SPLIT) S = REPTILE_SPLIT;
-    if (S > K) S = K;
+    if (S > nq) S = nq;
     if (S < 1) S = 1;
     FusedSlices f;
     f.split = S;
@@ -249,61 +259,87 @@ __device__ __forceinline__ FusedSlices fused_slices(int items, int K) {
         f.sl = 0;
         f.first = threadIdx.x;
         f.step = FS_BLOCK;
-        f.k0 = 0;
-        f.k1 = K;
+        f.q0 = 0;
+        f.q1 = nq;
     } else {
-        const int w = threadIdx.x >> 5, kc = (K + S - 1) / S;
+        const int w = threadIdx.x >> 5, qc = (nq + S - 1) / S;
         f.sl = w / need;
         f.first = (w - f.sl * need) * 32 + (int)(threadIdx.x & 31);
         f.step = items;
-        f.k0 = f.sl * kc;
-        f.k1 = f.k0 + kc < K ? f.k0 + kc : K;
+        f.q0 = f.sl * qc;
+        f.q1 = f.q0 + qc < nq ? f.q0 + qc : nq;
     }
     return f;
 }
 
 // Clears a register tile (constant indices: it stays in registers).
-__device__ __forceinline__ void fused_zero(float acc[REPTILE_PT][REPTILE_PT]) {
+__device__ __forceinline__ void fused_zero(float acc[REPTILE_PT][REPTILE_PTP]) {
     REPTILE_UNROLL
     for (int r = 0; r < REPTILE_PT; ++r) {
         REPTILE_UNROLL
-        for (int q = 0; q < REPTILE_PT; ++q) acc[r][q] = 0.0f;
+        for (int q = 0; q < REPTILE_PTP; ++q) acc[r][q] = 0.0f;
     }
 }
 
-// The REPTILE_PT × REPTILE_PT register tile shared by the forward and input-gradient products:
-// acc[r][q] += Σ_{k0 ≤ k < k1} M[moff[r] + k·mk] · X[xoff[q] + k], in increasing k
-// (fmaf(X, M, acc), the CPU path's order within the range). Each M and X read feeds REPTILE_PT
-// FMAs; the loop is unrolled by 4 so addresses are immediate offsets.
-__device__ __forceinline__ void fused_tile(const float* M, const int moff[REPTILE_PT], int mk, const float* X,
-                                           const int xoff[REPTILE_PT], int k0, int k1,
-                                           float acc[REPTILE_PT][REPTILE_PT]) {
-    int k = k0;
-    for (; k + 4 <= k1; k += 4) {
+// Forward tile, reduction along rows of both operands:
+// acc[r][q] += Σ_{4·q0 ≤ k < 4·q1} X[xoff[q] + k] · M[moff[r] + k], in increasing k
+// (fmaf(X, M, acc), the CPU path's order within the range). Per quad: REPTILE_PT + REPTILE_PTP
+// 16-byte loads feed 4·REPTILE_PT·REPTILE_PTP FMAs. Rows are 16-byte aligned, zero-padded.
+__device__ __forceinline__ void fused_tile_rows(const float* M, const int moff[REPTILE_PT], const float* X,
+                                                const int xoff[REPTILE_PTP], int q0, int q1,
+                                                float acc[REPTILE_PT][REPTILE_PTP]) {
+    for (int kq = q0; kq < q1; ++kq) {
+        const int k = 4 * kq;
+        float4 m[REPTILE_PT], xv[REPTILE_PTP];
+        REPTILE_UNROLL
+        for (int r = 0; r < REPTILE_PT; ++r) m[r] = reptile_ld4v(M + moff[r] + k);
+        REPTILE_UNROLL
+        for (int q = 0; q < REPTILE_PTP; ++q) xv[q] = reptile_ld4v(X + xoff[q] + k);
         REPTILE_UNROLL
         for (int u = 0; u < 4; ++u) {
-            float m[REPTILE_PT], xv[REPTILE_PT];
-            REPTILE_UNROLL
-            for (int r = 0; r < REPTILE_PT; ++r) m[r] = M[moff[r] + (k + u) * mk];
-            REPTILE_UNROLL
-            for (int q = 0; q < REPTILE_PT; ++q) xv[q] = X[xoff[q] + k + u];
             REPTILE_UNROLL
             for (int r = 0; r < REPTILE_PT; ++r) {
                 REPTILE_UNROLL
-                for (int q = 0; q < REPTILE_PT; ++q) acc[r][q] = fmaf(xv[q], m[r], acc[r][q]);
+                for (int q = 0; q < REPTILE_PTP; ++q)
+                    acc[r][q] = fmaf(reptile_comp(xv[q], u), reptile_comp(m[r], u), acc[r][q]);
             }
         }
     }
-    for (; k < k1; ++k) {
-        float m[REPTILE_PT], xv[REPTILE_PT];
+}
+
+// Input-gradient tile, reduction down the columns of W: for the 4 consecutive inputs
+// i0..i0+3 and REPTILE_PTP points, acc[c][q] += Σ_{o0 ≤ o < o1} G[goff[q] + o] · W[o·ldw + i0 + c],
+// in increasing o. Whole quads of o read G as vectors; a ragged end (o1 − o0 not a multiple
+// of 4, only at the end of the product) reads G one float at a time.
+__device__ __forceinline__ void fused_tile_cols(const float* W, int ldw, int i0, const float* G,
+                                                const int goff[REPTILE_PTP], int o0, int o1,
+                                                float acc[REPTILE_PT][REPTILE_PTP]) {
+    int o = o0;
+    for (; o + 4 <= o1; o += 4) {
+        float4 g[REPTILE_PTP], w[4];
         REPTILE_UNROLL
-        for (int r = 0; r < REPTILE_PT; ++r) m[r] = M[moff[r] + k * mk];
+        for (int q = 0; q < REPTILE_PTP; ++q) g[q] = reptile_ld4v(G + goff[q] + o);
         REPTILE_UNROLL
-        for (int q = 0; q < REPTILE_PT; ++q) xv[q] = X[xoff[q] + k];
+        for (int u = 0; u < 4; ++u) w[u] = reptile_ld4v(W + (o + u) * ldw + i0);
         REPTILE_UNROLL
-        for (int r = 0; r < REPTILE_PT; ++r) {
+        for (int u = 0; u < 4; ++u) {
             REPTILE_UNROLL
-            for (int q = 0; q < REPTILE_PT; ++q) acc[r][q] = fmaf(xv[q], m[r], acc[r][q]);
+            for (int c = 0; c < REPTILE_PT; ++c) {
+                REPTILE_UNROLL
+                for (int q = 0; q < REPTILE_PTP; ++q)
+                    acc[c][q] = fmaf(reptile_comp(g[q], u), reptile_comp(w[u], c), acc[c][q]);
+            }
+        }
+    }
+    for (; o < o1; ++o) {
+        const float4 w = reptile_ld4v(W + o * ldw + i0);
+        float g[REPTILE_PTP];
+        REPTILE_UNROLL
+        for (int q = 0; q < REPTILE_PTP; ++q) g[q] = G[goff[q] + o];
+        REPTILE_UNROLL
+        for (int c = 0; c < REPTILE_PT; ++c) {
+            REPTILE_UNROLL
+            for (int q = 0; q < REPTILE_PTP; ++q) acc[c][q] = fmaf(g[q], reptile_comp(w, c), acc[c][q]);
         }
     }
 }
@@ -314,47 +350,71 @@ __device__ __forceinline__ float* fused_part(const FusedParams& P, const FusedSm
 }
 
 // Forward pass over the gathered minibatch: A_l = act(A_{l−1}·W_lᵀ + b_l), last layer linear.
-// Work map: a thread owns a tile of 4 outputs {ot + r·To} (strided, so a warp reads
-// consecutive rows of W at the odd padded stride: no bank conflicts) × 4 consecutive points
-// (A reads are broadcasts); item = chunk·To + ot. With S > 1 warp slices (fused_slices), slice
-// 0 writes its raw sums into A_l, the others into scratch, and an epilogue phase (one thread
-// per element) adds them in slice order, then bias and activation.
+// Work map, layers with more than 4 outputs: a thread owns a tile of 4 outputs {ot + r·To}
+// (strided, so a warp reads 8 consecutive rows of W per 16-byte phase without bank conflicts)
+// × REPTILE_PTP consecutive points (A reads are broadcasts shared by lane pairs); item =
+// chunk·To + ot. With S > 1 warp slices (fused_slices), slice 0 writes its raw sums into A_l,
+// the others into scratch, and an epilogue phase (one thread per element) adds them in slice
+// order, then bias and activation. Layers with at most 4 outputs (a regression head): one
+// warp per output element, lanes over quads of the reduction, summed by shuffles.
 __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedSmem& S, int bs) {
-    const int L = FS_L(P), Tp = (bs + REPTILE_PT - 1) / REPTILE_PT;
+    const int L = FS_L(P), Tp = (bs + REPTILE_PTP - 1) / REPTILE_PTP;
     FS_LAYER_UNROLL
     for (int l = 0; l < L; ++l) {
         const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
-        const int lda_in = reptile_lda(in), lda_out = reptile_lda(out);
+        const int lda_in = reptile_lda(in), lda_out = reptile_lda(out), nq = (in + 3) >> 2;
         const float* a_prev = l == 0 ? S.xb : S.acts + S.act_off(l - 1) * FS_STRIDE(P);
         float* z = S.acts + S.act_off(l) * FS_STRIDE(P);
         const float* W = S.theta + S.w_off(l);
         const float* bias = S.theta + S.b_off(l);
         const bool hidden = l + 1 < L;
+        if (out <= 4) {
+            const int lane = threadIdx.x & 31, nw = FS_BLOCK >> 5;
+            for (int e = threadIdx.x >> 5; e < bs * out; e += nw) {  // warp-uniform trip count
+                const int p = e / out, o = e - p * out;
+                float v = 0.0f;
+                for (int kq = lane; kq < nq; kq += 32) {
+                    const float4 a = reptile_ld4v(a_prev + p * lda_in + 4 * kq);
+                    const float4 w = reptile_ld4v(W + o * ldw + 4 * kq);
+                    v = fmaf(a.x, w.x, v);
+                    v = fmaf(a.y, w.y, v);
+                    v = fmaf(a.z, w.z, v);
+                    v = fmaf(a.w, w.w, v);
+                }
+                v = reptile_warp_sum(v);
+                if (lane == 0) {
+                    v = bias[o] + v;
+                    z[p * lda_out + o] = hidden ? reptile_act(FS_ACT(P), v) : v;
+                }
+            }
+            __syncthreads();
+            continue;
+        }
         const int To = (out + REPTILE_PT - 1) / REPTILE_PT, items = To * Tp;
-        const FusedSlices f = fused_slices(items, in);
+        const FusedSlices f = fused_slices(items, nq);
         const int split = f.split, sl = f.sl;
         for (int item = f.first; sl < split && item < items; item += f.step) {
-            const int ot = item % To, p0 = (item / To) * REPTILE_PT;
-            int woff[REPTILE_PT], xoff[REPTILE_PT];
+            const int ot = item % To, p0 = (item / To) * REPTILE_PTP;
+            int woff[REPTILE_PT], xoff[REPTILE_PTP];
             REPTILE_UNROLL
             for (int r = 0; r < REPTILE_PT; ++r) {
                 const int o = ot + r * To;
                 woff[r] = (o < out ? o : ot) * ldw;  // out-of-range rows re-read row ot, never stored
             }
             REPTILE_UNROLL
-            for (int q = 0; q < REPTILE_PT; ++q) {
+            for (int q = 0; q < REPTILE_PTP; ++q) {
                 const int p = p0 + q;
                 xoff[q] = (p < bs ? p : p0) * lda_in;
             }
-            float acc[REPTILE_PT][REPTILE_PT];
+            float acc[REPTILE_PT][REPTILE_PTP];
             fused_zero(acc);
-            fused_tile(W, woff, 1, a_prev, xoff, f.k0, f.k1, acc);
+            fused_tile_rows(W, woff, a_prev, xoff, f.q0, f.q1, acc);
             float* dst = sl == 0 ? z : fused_part(P, S, sl);
             REPTILE_UNROLL
             for (int r = 0; r < REPTILE_PT; ++r) {
                 const int o = ot + r * To;
                 REPTILE_UNROLL
-                for (int q = 0; q < REPTILE_PT; ++q) {
+                for (int q = 0; q < REPTILE_PTP; ++q) {
                     const int p = p0 + q;
                     if (o < out && p < bs) {
                         if (split == 1) {
@@ -423,13 +483,14 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
 
 // Backward pass fused with SGD: per layer from the last, dA_{l−1} = (dZ_l·W_l) ⊙ act'(A_{l−1})
 // from W_l before the update, then W_l −= α·dZ_lᵀ·A_{l−1}, b_l −= α·Σ_p dZ_l.
-// Work map: dA: a thread owns 4 inputs {it + c·Ti} (consecutive across the warp: contiguous W
-// row reads) × 4 consecutive points, with the forward pass's warp slices (slice 0 writes raw
-// sums into dA, the epilogue adds the others and applies act'); dW + SGD: a thread owns 4
-// outputs {ot + r·To} × 4 inputs {it + c·Ti}, it fast, sums over the minibatch's points and
-// updates its 16 weights in place; biases: one thread per output.
+// Work map: dA: a thread owns 4 consecutive inputs 4·it.. (a warp reads one contiguous run of
+// a W row per 16-byte load) × REPTILE_PTP consecutive points, with the forward pass's warp
+// slices over quads of outputs (slice 0 writes raw sums into dA, the epilogue adds the others
+// and applies act'); dW + SGD: a thread owns 4 consecutive outputs 4·ot.. × 4 consecutive
+// inputs 4·it.. (it fast), sums over the minibatch's points with one 16-byte load of dZ and
+// one of A per point, and updates its 16 weights in place; biases: one thread per output.
 __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const FusedSmem& S, int bs) {
-    const int Tp = (bs + REPTILE_PT - 1) / REPTILE_PT;
+    const int Tp = (bs + REPTILE_PTP - 1) / REPTILE_PTP;
     float* gcur = S.g0;
     float* gnext = S.g1;
     FS_LAYER_UNROLL
@@ -439,37 +500,32 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
         const float* a_prev = l == 0 ? S.xb : S.acts + S.act_off(l - 1) * FS_STRIDE(P);
         float* W = S.theta + S.w_off(l);
         float* bias = S.theta + S.b_off(l);
-        const int Ti = (in + REPTILE_PT - 1) / REPTILE_PT, To = (out + REPTILE_PT - 1) / REPTILE_PT;
+        const int Ti = (in + 3) >> 2, To = (out + 3) >> 2;
         if (l > 0) {
             const int items = Ti * Tp;
-            const FusedSlices f = fused_slices(items, out);
+            const FusedSlices f = fused_slices(items, To);
             const int split = f.split, sl = f.sl;
             for (int item = f.first; sl < split && item < items; item += f.step) {
-                const int it = item % Ti, p0 = (item / Ti) * REPTILE_PT;
-                int woff[REPTILE_PT], xoff[REPTILE_PT];
+                const int it = item % Ti, p0 = (item / Ti) * REPTILE_PTP, i0 = 4 * it;
+                int goff[REPTILE_PTP];
                 REPTILE_UNROLL
-                for (int c = 0; c < REPTILE_PT; ++c) {
-                    const int i = it + c * Ti;
-                    woff[c] = i < in ? i : it;
-                }
-                REPTILE_UNROLL
-                for (int q = 0; q < REPTILE_PT; ++q) {
+                for (int q = 0; q < REPTILE_PTP; ++q) {
                     const int p = p0 + q;
-                    xoff[q] = (p < bs ? p : p0) * lda_out;
+                    goff[q] = (p < bs ? p : p0) * lda_out;
                 }
-                float acc[REPTILE_PT][REPTILE_PT];
+                float acc[REPTILE_PT][REPTILE_PTP];
                 fused_zero(acc);
-                fused_tile(W, woff, ldw, gcur, xoff, f.k0, f.k1, acc);
+                const int o1 = 4 * f.q1 < out ? 4 * f.q1 : out;
+                fused_tile_cols(W, ldw, i0, gcur, goff, 4 * f.q0, o1, acc);
                 float* dst = sl == 0 ? gnext : fused_part(P, S, sl);
                 REPTILE_UNROLL
-                for (int c = 0; c < REPTILE_PT; ++c) {
-                    const int i = it + c * Ti;
-                    REPTILE_UNROLL
-                    for (int q = 0; q < REPTILE_PT; ++q) {
-                        const int p = p0 + q;
-                        if (i < in && p < bs) {
-                            const int a = p * lda_in + i;
-                            dst[a] = split == 1 ? acc[c][q] * reptile_act_grad(FS_ACT(P), a_prev[a]) : acc[c][q];
+                for (int q = 0; q < REPTILE_PTP; ++q) {
+                    const int p = p0 + q;
+                    if (p < bs) {
+                        REPTILE_UNROLL
+                        for (int c = 0; c < REPTILE_PT; ++c) {
+                            const int i = i0 + c, a = p * lda_in + i;
+                            if (i < in) dst[a] = split == 1 ? acc[c][q] * reptile_act_grad(FS_ACT(P), a_prev[a]) : acc[c][q];
                         }
                     }
                 }
@@ -487,39 +543,40 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
         }
         const float nlr = -P.lr;
         for (int e = threadIdx.x; e < To * Ti; e += FS_BLOCK) {
-            const int ot = e / Ti, it = e - ot * Ti;
-            int goff[REPTILE_PT], aoff[REPTILE_PT];
+            const int ot = e / Ti, it = e - ot * Ti, o0 = 4 * ot, i0 = 4 * it;
+            float acc[4][4];
             REPTILE_UNROLL
-            for (int r = 0; r < REPTILE_PT; ++r) {
-                const int o = ot + r * To;
-                goff[r] = o < out ? o : ot;
+            for (int r = 0; r < 4; ++r) {
+                REPTILE_UNROLL
+                for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
             }
-            REPTILE_UNROLL
-            for (int c = 0; c < REPTILE_PT; ++c) {
-                const int i = it + c * Ti;
-                aoff[c] = i < in ? i : it;
-            }
-            float acc[REPTILE_PT][REPTILE_PT];
-            fused_zero(acc);
             for (int p = 0; p < bs; ++p) {
-                float g[REPTILE_PT], a[REPTILE_PT];
+                // Columns past out / in hold zeros or stale finite-or-not values; the sums they
+                // feed are never stored.
+                const float4 g = reptile_ld4v(gcur + p * lda_out + o0);
+                const float4 a = reptile_ld4v(a_prev + p * lda_in + i0);
                 REPTILE_UNROLL
-                for (int r = 0; r < REPTILE_PT; ++r) g[r] = gcur[p * lda_out + goff[r]];
-                REPTILE_UNROLL
-                for (int c = 0; c < REPTILE_PT; ++c) a[c] = a_prev[p * lda_in + aoff[c]];
-                REPTILE_UNROLL
-                for (int r = 0; r < REPTILE_PT; ++r) {
+                for (int r = 0; r < 4; ++r) {
                     REPTILE_UNROLL
-                    for (int c = 0; c < REPTILE_PT; ++c) acc[r][c] = fmaf(g[r], a[c], acc[r][c]);
+                    for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(reptile_comp(g, r), reptile_comp(a, c), acc[r][c]);
                 }
             }
             REPTILE_UNROLL
-            for (int r = 0; r < REPTILE_PT; ++r) {
-                const int o = ot + r * To;
-                REPTILE_UNROLL
-                for (int c = 0; c < REPTILE_PT; ++c) {
-                    const int i = it + c * Ti;
-                    if (o < out && i < in) W[o * ldw + i] += nlr * acc[r][c];
+            for (int r = 0; r < 4; ++r) {
+                if (o0 + r < out) {
+                    float* row = W + (o0 + r) * ldw + i0;
+                    if (i0 + 4 <= in) {
+                        float4 w = reptile_ld4v(row);
+                        w.x += nlr * acc[r][0];
+                        w.y += nlr * acc[r][1];
+                        w.z += nlr * acc[r][2];
+                        w.w += nlr * acc[r][3];
+                        reptile_st4v(row, w);
+                    } else {
+                        REPTILE_UNROLL
+                        for (int c = 0; c < 4; ++c)
+                            if (i0 + c < in) row[c] += nlr * acc[r][c];
+                    }
                 }
             }
         }
@@ -556,7 +613,8 @@ extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const fl
     if (t >= P.n_tasks) return;  // uniform per block
     FusedSmem S;
     fused_carve(P, reptile_smem, S);
-    __syncthreads();  // header written
+    fused_clear(S);
+    __syncthreads();  // header written, padding cleared
     const int din = S.width(0), dout = S.width(FS_L(P));
     const float* xt = x + (size_t)t * P.m * din;
     const float* yt = FS_LOSS(P) == REPTILE_LOSS_MSE ? y + (size_t)t * P.m * dout : y;

@@ -443,7 +443,7 @@ fn emulation_detects_shared_memory_overrun() {
     let (mut d, mut l) = (vec![0.0f32; spec.num_params()], vec![0.0f32; 2]);
     // One warp never splits a product over warp slices, so the split buffers at the end of
     // the layout go unused: cut 40 floats more than those.
-    let split_floats = (reptile::cuda::plan::SPLIT - 1) * plan.stride * (8 | 1);
+    let split_floats = (reptile::cuda::plan::SPLIT - 1) * plan.stride * plan::ld4(8);
     let short = FusedLayout::new(&spec, plan.stride).bytes() - 4 * (split_floats + 40);
     // SAFETY: buffers sized as in run_fused; only the shared memory is short (emulated).
     let rc = unsafe {

@@ -7,7 +7,7 @@
 //    kernel drops out of the barrier (as an exited thread does on the GPU).
 //  - __shfl_xor_sync: lanes exchange through a per-warp slot array between two warp barriers;
 //    blockDim.x must be a multiple of 32 and all 32 lanes must take part (full mask).
-//  - dynamic shared memory only (REPTILE_SMEM): one buffer per block, filled with NaN bytes
+//  - dynamic shared memory only (REPTILE_SMEM): one 16-byte aligned buffer per block, filled with NaN bytes
 //    before the block runs and followed by a guard zone checked afterwards (an overrun makes
 //    the launch return an error).
 //  - atomicOr: a GCC atomic builtin. __float_as_uint: memcpy.
@@ -28,6 +28,10 @@
 struct dim3 {
     unsigned x, y, z;
     constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+struct alignas(16) float4 {
+    float x, y, z, w;
 };
 
 inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -62,12 +66,14 @@ constexpr unsigned char GUARD_BYTE = 0xA5;
 template <class... P, class... A>
 int launch(dim3 grid, dim3 block, std::size_t smem, void (*kernel)(P...), A... args) {
     if (block.x == 0 || block.x % 32 != 0 || block.x > 1024 || block.y != 1 || block.z != 1) return 1;
-    std::vector<unsigned char> mem(smem + GUARD);
+    // 16-byte aligned, as the GPU's dynamic shared memory (the kernels read float4 vectors).
+    std::vector<float4> store((smem + GUARD + 15) / 16);
+    unsigned char* const mem = reinterpret_cast<unsigned char*>(store.data());
     for (unsigned bz = 0; bz < grid.z; ++bz)
         for (unsigned by = 0; by < grid.y; ++by)
             for (unsigned bx = 0; bx < grid.x; ++bx) {
-                std::memset(mem.data(), 0xFF, smem);  // NaN in every float
-                std::memset(mem.data() + smem, GUARD_BYTE, GUARD);
+                std::memset(mem, 0xFF, smem);  // NaN in every float
+                std::memset(mem + smem, GUARD_BYTE, GUARD);
                 Block b(block.x);
                 std::vector<std::thread> threads;
                 threads.reserve(block.x);
@@ -78,7 +84,7 @@ int launch(dim3 grid, dim3 block, std::size_t smem, void (*kernel)(P...), A... a
                         blockDim = block;
                         gridDim = grid;
                         tl_block = &b;
-                        tl_smem = mem.data();
+                        tl_smem = mem;
                         kernel(args...);
                         b.warps[t / 32]->bar.arrive_and_drop();
                         b.bar.arrive_and_drop();

@@ -20,9 +20,26 @@ use rand::seq::SliceRandom;
 /// Most linear layers the CUDA kernels take (`REPTILE_MAX_LAYERS`).
 pub const MAX_LAYERS: usize = 8;
 
-/// Side of the fused kernel's register tiles (`REPTILE_PT`): a thread computes
-/// `REPTILE_PT × REPTILE_PT` values of each product.
+/// Output side of the fused kernel's register tiles (`REPTILE_PT`): a thread computes
+/// `REPTILE_PT` outputs (or inputs) × [`point_tile`] points of each product.
+pub const OUTPUTS_PER_THREAD: usize = 4;
+
+/// Points per register tile of the generic fused build (`REPTILE_PTP` by default).
 pub const POINTS_PER_THREAD: usize = 4;
+
+/// Points per register tile of a shape-specialized fused build (`REPTILE_PTP`) for minibatches
+/// of up to `bmax` points: the fewest tiles of at most 6 points, spread evenly (10 points → 2
+/// tiles of 5, 25 → 5 of 5, 50 → 9 of 6), so few lanes compute padding.
+pub fn point_tile(bmax: usize) -> usize {
+    let tiles = bmax.max(1).div_ceil(6);
+    bmax.max(1).div_ceil(tiles)
+}
+
+/// Row stride, in floats, of the fused kernel's W rows and per-point buffers for width `w`
+/// (`reptile_ld4`): whole 16-byte vectors, an odd number of them.
+pub fn ld4(w: usize) -> usize {
+    4 * (w.div_ceil(4) | 1)
+}
 
 /// Most warp slices that split one product's reduction in the fused kernel (`REPTILE_SPLIT`);
 /// the layout reserves `SPLIT − 1` partial-sum buffers of `bmax × gmax` floats.
@@ -93,11 +110,11 @@ pub const FUSED_HEADER: usize = 36;
 
 /// Dynamic shared memory of the fused kernel for one task (the kernel's `fused_carve`): a
 /// header of [`FUSED_HEADER`] ints (widths and per-layer offsets), θ' with every `W_l` row
-/// padded to the odd stride `in_l | 1`, then per-point buffers whose rows are padded to the odd
-/// stride `w | 1`: the activations of all layers for `bmax` points, two gradient buffers of
-/// `bmax × max(out_l)`, the gathered inputs and targets (`bmax × in`, `bmax × out`); 32 floats
-/// of reduction scratch; and up to `SPLIT − 1` partial-sum buffers of `bmax × max(out_l)` for
-/// products split over warp slices.
+/// padded to [`ld4`]`(in_l)` floats and each bias to whole 16-byte vectors, then per-point
+/// buffers whose rows are padded to [`ld4`]`(w)`: the activations of all layers for `bmax`
+/// points, two gradient buffers of `bmax × max(out_l)`, the gathered inputs and targets
+/// (`bmax × in`, `bmax × out`); 32 floats of reduction scratch; and up to `SPLIT − 1`
+/// partial-sum buffers of `bmax × max(out_l)` for products split over warp slices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FusedLayout {
     /// Floats of the padded θ'.
@@ -108,19 +125,25 @@ pub struct FusedLayout {
 
 /// Warp slices the fused kernel splits its products into (the largest `fused_slices` split over
 /// every forward and input-gradient product) for minibatches of `b` and `b_last` points and
-/// blocks of `block` threads: the number of partial-sum buffers the layout needs, plus one.
+/// blocks of `block` threads, for either point tile (the generic build's and the specialized
+/// one's): the number of partial-sum buffers the layout needs, plus one.
 pub fn fused_splits(spec: &MlpSpec, b: usize, b_last: usize, block: u32) -> usize {
     let w = spec.widths();
     let nw = (block as usize / 32).max(1);
-    let split = |items: usize, k: usize| (nw / items.div_ceil(32).max(1)).min(SPLIT).min(k).max(1);
+    let split = |items: usize, quads: usize| (nw / items.div_ceil(32).max(1)).min(SPLIT).min(quads).max(1);
     let mut s = 1;
-    for bs in [b, b_last] {
-        let tp = bs.div_ceil(POINTS_PER_THREAD);
-        for l in 0..spec.num_layers() {
-            let (inp, out) = (w[l], w[l + 1]);
-            s = s.max(split(out.div_ceil(POINTS_PER_THREAD) * tp, inp));
-            if l > 0 {
-                s = s.max(split(inp.div_ceil(POINTS_PER_THREAD) * tp, out));
+    for ptp in [POINTS_PER_THREAD, point_tile(b.max(b_last))] {
+        for bs in [b, b_last] {
+            let tp = bs.div_ceil(ptp);
+            for l in 0..spec.num_layers() {
+                let (inp, out) = (w[l], w[l + 1]);
+                // Layers of at most 4 outputs take one warp per output element, unsplit.
+                if out > OUTPUTS_PER_THREAD {
+                    s = s.max(split(out.div_ceil(OUTPUTS_PER_THREAD) * tp, inp.div_ceil(4)));
+                }
+                if l > 0 {
+                    s = s.max(split(inp.div_ceil(4) * tp, out.div_ceil(4)));
+                }
             }
         }
     }
@@ -144,14 +167,13 @@ impl FusedLayout {
     /// The layout with `splits − 1` partial-sum buffers ([`fused_splits`] for the launch).
     pub fn with_splits(spec: &MlpSpec, bmax: usize, splits: usize) -> Self {
         let w = spec.widths();
-        let theta_floats: usize = (0..spec.num_layers()).map(|l| w[l + 1] * ((w[l] | 1) + 1)).sum();
-        // Per-point rows at the odd stride `w | 1` (`reptile_lda`).
-        let lda = |w: usize| w | 1;
-        let acts: usize = w[1..].iter().map(|&o| lda(o)).sum();
-        let gmax = lda(w[1..].iter().copied().max().unwrap_or(1).max(1));
+        let theta_floats: usize =
+            (0..spec.num_layers()).map(|l| w[l + 1] * ld4(w[l]) + w[l + 1].next_multiple_of(4)).sum();
+        let acts: usize = w[1..].iter().map(|&o| ld4(o)).sum();
+        let gmax = ld4(w[1..].iter().copied().max().unwrap_or(1).max(1));
         let floats = FUSED_HEADER
             + theta_floats
-            + bmax * (acts + 2 * gmax + lda(spec.in_dim()) + lda(spec.out_dim()))
+            + bmax * (acts + 2 * gmax + ld4(spec.in_dim()) + ld4(spec.out_dim()))
             + 32
             + (splits.clamp(1, SPLIT) - 1) * bmax * gmax;
         FusedLayout { theta_floats, floats }
@@ -324,6 +346,7 @@ impl FusedShape {
             format!("-DREPTILE_SPEC_B={}", self.b),
             format!("-DREPTILE_SPEC_BLAST={}", self.b_last),
             format!("-DREPTILE_SPEC_BLOCK={}", self.block),
+            format!("-DREPTILE_PTP={}", point_tile(self.b.max(self.b_last).max(1) as usize)),
         ];
         d.extend(self.widths.iter().enumerate().map(|(l, w)| format!("-DREPTILE_SPEC_W{l}={w}")));
         d
