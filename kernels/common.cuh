@@ -11,6 +11,8 @@
 #ifndef REPTILE_EMU
 #define REPTILE_SMEM(type, name) extern __shared__ type name[]
 #define REPTILE_UNROLL _Pragma("unroll")
+#define REPTILE_PRAGMA(x) _Pragma(#x)
+#define REPTILE_UNROLL_N(n) REPTILE_PRAGMA(unroll n)
 #define REPTILE_LAUNCH_BOUNDS(threads) __launch_bounds__(threads)
 #endif
 
@@ -24,6 +26,13 @@
 
 // Points per register tile. The generic build uses 4; a shape-specialized build gets the
 // value that divides its minibatch most evenly (plan::point_tile, e.g. 5 for 10 points).
+// Unrolling of the fused products' loops over 16-byte quads of the reduction. Full unrolling
+// (the compiler's choice when a specialized build knows the trip count) hoists every quad's
+// loads and needs ~170 registers; 1 keeps one quad's operands live.
+#ifndef REPTILE_KUNROLL
+#define REPTILE_KUNROLL 1
+#endif
+
 #ifndef REPTILE_PTP
 #define REPTILE_PTP 4
 #endif

@@ -288,6 +288,7 @@ __device__ __forceinline__ void fused_zero(float acc[REPTILE_PT][REPTILE_PTP]) {
 __device__ __forceinline__ void fused_tile_rows(const float* M, const int moff[REPTILE_PT], const float* X,
                                                 const int xoff[REPTILE_PTP], int q0, int q1,
                                                 float acc[REPTILE_PT][REPTILE_PTP]) {
+    REPTILE_UNROLL_N(REPTILE_KUNROLL)
     for (int kq = q0; kq < q1; ++kq) {
         const int k = 4 * kq;
         float4 m[REPTILE_PT], xv[REPTILE_PTP];
@@ -315,6 +316,7 @@ __device__ __forceinline__ void fused_tile_cols(const float* W, int ldw, int i0,
                                                 const int goff[REPTILE_PTP], int o0, int o1,
                                                 float acc[REPTILE_PT][REPTILE_PTP]) {
     int o = o0;
+    REPTILE_UNROLL_N(REPTILE_KUNROLL)
     for (; o + 4 <= o1; o += 4) {
         float4 g[REPTILE_PTP], w[4];
         REPTILE_UNROLL
@@ -550,6 +552,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
                 REPTILE_UNROLL
                 for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
             }
+            REPTILE_UNROLL_N(2)
             for (int p = 0; p < bs; ++p) {
                 // Columns past out / in hold zeros or stale finite-or-not values; the sums they
                 // feed are never stored.
@@ -599,7 +602,9 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
 // to 512 threads: with `.maxntid` alone, ptxas 13 caps registers at 64 and spills (seen for
 // 256 and 512), while without it the generic build takes 72 and no spills. A specialized
 // build states its block only above 256 threads (any count ≤ 255 fits 256 threads).
-#if defined(REPTILE_SPEC) && REPTILE_SPEC_BLOCK > 256
+#if defined(REPTILE_SPEC) && defined(REPTILE_MIN_BLOCKS)
+#define FS_BOUNDS __launch_bounds__(REPTILE_SPEC_BLOCK, REPTILE_MIN_BLOCKS)
+#elif defined(REPTILE_SPEC) && REPTILE_SPEC_BLOCK > 256
 #define FS_BOUNDS REPTILE_LAUNCH_BOUNDS(REPTILE_SPEC_BLOCK)
 #else
 #define FS_BOUNDS

@@ -16,8 +16,13 @@ grep -q '__expf(2.0f' "$root/fast-tanh/common.cuh"
 mk no-split
 sed -i 's|#define REPTILE_SPLIT 4|#define REPTILE_SPLIT 1|' "$root/no-split/common.cuh"
 grep -q 'REPTILE_SPLIT 1' "$root/no-split/common.cuh"
-# old: the session-start kernel (one output × 4 points per thread), for a same-machine baseline.
-mk old
-git show f6ad682:kernels/mlp_fused.cu >"$root/old/mlp_fused.cu"
-git show f6ad682:kernels/common.cuh >"$root/old/common.cuh"
+# kunroll2: the products' quad loops unrolled by 2 (more loads in flight, more registers).
+mk kunroll2
+sed -i 's|#define REPTILE_KUNROLL 1|#define REPTILE_KUNROLL 2|' "$root/kunroll2/common.cuh"
+grep -q 'REPTILE_KUNROLL 2' "$root/kunroll2/common.cuh"
+# minblocks: specialized builds of 64 and 128 threads bounded to ≤ 102 registers (5 or 10
+# blocks per SM, what 39 KB of shared memory allows on an SM of 228 KB).
+mk minblocks
+sed -i '1i #if defined(REPTILE_SPEC) \&\& REPTILE_SPEC_BLOCK == 128\n#define REPTILE_MIN_BLOCKS 5\n#elif defined(REPTILE_SPEC) \&\& REPTILE_SPEC_BLOCK == 64\n#define REPTILE_MIN_BLOCKS 10\n#endif' "$root/minblocks/mlp_fused.cu"
+grep -q 'REPTILE_MIN_BLOCKS 5' "$root/minblocks/mlp_fused.cu"
 ls "$root"
