@@ -63,6 +63,9 @@ struct FusedParams {
     int fomaml;                          // 1: delta = θ'_k − θ'_{k−1}; 0: θ'_k − θ
     float lr;                            // inner SGD step size α
     int num_params;                      // P = Σ_l (in_l + 1)·out_l
+    int stage;                           // 1: the task's points and index lists are copied to
+                                         // shared memory once (plan::stage_floats), so the
+                                         // per-step gathers wait on no global load
 };
 
 // Row strides of the fused kernel's shared memory, W_l rows (reptile_ldw(in)) and per-point

@@ -94,6 +94,7 @@ struct FusedSmem {
     float* xb;       // gathered inputs [bmax × in], row stride lda(in)
     float* yb;       // gathered targets [bmax × out], row stride lda(out) (labels: unsigned [bmax])
     float* red;      // 32 floats of reduction scratch
+    float* task;     // staged task (P.stage): x [m × in], y [m × out] or labels [m], idx [steps × stride]
     float* scr;      // (REPTILE_SPLIT − 1) partial-sum buffers, bmax·lda(gmax) each
     int gm;          // gmax: the widest layer output
 #ifdef REPTILE_SPEC
@@ -112,6 +113,13 @@ struct FusedSmem {
 };
 
 #define REPTILE_FUSED_HDR 36  // ≥ 4·REPTILE_MAX_LAYERS + 1, a multiple of 4 (16-byte alignment)
+
+// Floats of the staged task (plan::stage_floats): x, then y or the labels, then the index
+// lists, rounded up to whole 16-byte vectors.
+__device__ __forceinline__ int fused_stage_floats(const FusedParams& P, int dout) {
+    const int ny = FS_LOSS(P) == REPTILE_LOSS_MSE ? P.m * dout : P.m;
+    return reptile_pad4(P.m * P.widths[0] + ny + P.steps * FS_STRIDE(P));
+}
 
 // Carves shared memory (layout mirrored by FusedLayout in src/cuda/plan.rs). The loop over
 // layers is unrolled to constant indices, so P.widths stays in registers / parameter space.
@@ -150,7 +158,8 @@ __device__ __forceinline__ void fused_carve(const FusedParams& P, float* smem, F
     for (int l = 1; l <= REPTILE_MAX_LAYERS; ++l)
         if (l == L) dout = P.widths[l];
     S.red = S.yb + reptile_lda(dout) * bmax;
-    S.scr = S.red + 32;
+    S.task = S.red + 32;
+    S.scr = S.task + (P.stage ? fused_stage_floats(P, dout) : 0);
     S.gm = gmax;
 }
 
@@ -628,6 +637,25 @@ extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const fl
     float* dt = delta + (size_t)t * P.num_params;
 
     fused_load_theta(P, S, theta);
+    if (P.stage) {
+        // One pass of coalesced copies; the gathers then read shared memory.
+        const int nx = P.m * din, ny = FS_LOSS(P) == REPTILE_LOSS_MSE ? P.m * dout : P.m;
+        const int ni = P.steps * FS_STRIDE(P);
+        float* st = S.task;
+        unsigned* su = (unsigned*)S.task;
+        for (int e = threadIdx.x; e < nx; e += FS_BLOCK) st[e] = xt[e];
+        if (FS_LOSS(P) == REPTILE_LOSS_MSE) {
+            for (int e = threadIdx.x; e < ny; e += FS_BLOCK) st[nx + e] = yt[e];
+        } else {
+            for (int e = threadIdx.x; e < ny; e += FS_BLOCK) su[nx + e] = lt[e];
+        }
+        for (int e = threadIdx.x; e < ni; e += FS_BLOCK) su[nx + ny + e] = it[e];
+        xt = st;
+        yt = st + nx;
+        lt = su + nx;
+        it = su + nx + ny;
+        __syncthreads();  // staged task complete
+    }
     float loss_before = 0.0f;
     for (int s = 0; s < P.steps; ++s) {
         const bool last = s + 1 == P.steps;

@@ -129,7 +129,28 @@ fn run_fused(
     fomaml: bool,
     block: u32,
 ) -> (Vec<f32>, Vec<f32>) {
-    let params = plan.fused_params(spec, m, lr, fomaml).unwrap();
+    run_fused_staged(lib, spec, theta, x, y, m, plan, lr, fomaml, block, None)
+}
+
+/// [`run_fused`] with the task staging forced on or off (`None`: as `fused_params` decides).
+#[allow(clippy::too_many_arguments)]
+fn run_fused_staged(
+    lib: &Emu,
+    spec: &MlpSpec,
+    theta: &[f32],
+    x: &[f32],
+    y: Tgt<'_>,
+    m: usize,
+    plan: &MinibatchPlan,
+    lr: f32,
+    fomaml: bool,
+    block: u32,
+    stage: Option<bool>,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut params = plan.fused_params(spec, m, lr, fomaml).unwrap();
+    if let Some(on) = stage {
+        params.stage = on as i32;
+    }
     // The shared memory the back end launches with: only the partial-sum buffers this block
     // size's warp slices use (an underestimate would overrun into the emulation's guard zone).
     let smem = plan::fused_launch_bytes(spec, &params, block);
@@ -267,9 +288,12 @@ fn fused_inner_loop_matches_cpu_on_random_specs() {
         let block = [32u32, 64, 96][case as usize % 3];
 
         let (d_ref, l_ref) = plan::cpu_deltas(&spec, &theta, &x, y, m, &plan, lr, fomaml);
-        let (d_emu, l_emu) = run_fused(emu(), &spec, &theta, &x, y, m, &plan, lr, fomaml, block);
+        // Every other case gathers from global memory instead of the staged task.
+        let stage = case % 2 == 0;
+        let (d_emu, l_emu) =
+            run_fused_staged(emu(), &spec, &theta, &x, y, m, &plan, lr, fomaml, block, Some(stage));
         let what = format!(
-            "case {case}: {:?} {:?} n={n} m={m} {inner:?} tail={tail:?} block={block}",
+            "case {case}: {:?} {:?} n={n} m={m} {inner:?} tail={tail:?} block={block} stage={stage}",
             spec.widths(),
             spec.loss()
         );
@@ -436,7 +460,9 @@ fn emulation_detects_shared_memory_overrun() {
         reptile::rng::stream(1, reptile::rng::Purpose::InnerShuffle, i as u64)
     })
     .unwrap();
-    let params = plan.fused_params(&spec, 6, 0.1, false).unwrap();
+    let mut params = plan.fused_params(&spec, 6, 0.1, false).unwrap();
+    // No staged task: the cut below must land inside the guard zone, not past it.
+    params.stage = 0;
     let theta = Model::new(spec.clone(), 1).into_params();
     let x = [0.3f32; 18];
     let y = [0.1f32; 12];

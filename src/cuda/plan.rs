@@ -76,6 +76,9 @@ pub struct FusedParams {
     pub lr: f32,
     /// Number of parameters P.
     pub num_params: i32,
+    /// 1: the kernel copies the task's points and index lists to shared memory once
+    /// ([`stage_floats`]); 0: each step gathers its minibatch from global memory.
+    pub stage: i32,
 }
 
 // SAFETY: `FusedParams` is `#[repr(C)]`, `Copy`, made of i32/f32 only (no padding, no
@@ -150,11 +153,26 @@ pub fn fused_splits(spec: &MlpSpec, b: usize, b_last: usize, block: u32) -> usiz
     s
 }
 
+/// Most shared memory a fused launch spends on staging its task ([`FusedParams::stage`]): the
+/// sine task (50 points, 5 lists of 10) takes 600 B; larger tasks gather from global memory.
+pub const STAGE_BYTES: usize = 8192;
+
+/// Floats of a staged task (the kernel's `fused_stage_floats`): `m × in` inputs, `m × out`
+/// targets or `m` labels, `steps × idx_stride` indices, rounded up to whole 16-byte vectors.
+pub fn stage_floats(p: &FusedParams) -> usize {
+    let (m, din) = (p.m.max(0) as usize, p.widths[0].max(0) as usize);
+    let dout = p.widths[p.n_layers.clamp(0, MAX_LAYERS as i32) as usize].max(0) as usize;
+    let ny = if p.loss == 0 { m * dout } else { m };
+    (m * din + ny + p.steps.max(0) as usize * p.idx_stride.max(0) as usize).next_multiple_of(4)
+}
+
 /// Dynamic shared memory, in bytes, of one fused launch of `params` with `block` threads:
-/// [`FusedLayout::with_splits`] with the warp slices [`fused_splits`] says that block uses.
+/// [`FusedLayout::with_splits`] with the warp slices [`fused_splits`] says that block uses,
+/// plus the staged task when `params.stage` is set.
 pub fn fused_launch_bytes(spec: &MlpSpec, params: &FusedParams, block: u32) -> usize {
     let (b, b_last) = (params.b.max(0) as usize, params.b_last.max(0) as usize);
-    FusedLayout::with_splits(spec, b.max(b_last), fused_splits(spec, b, b_last, block)).bytes()
+    let staged = if params.stage != 0 { 4 * stage_floats(params) } else { 0 };
+    FusedLayout::with_splits(spec, b.max(b_last), fused_splits(spec, b, b_last, block)).bytes() + staged
 }
 
 impl FusedLayout {
@@ -303,6 +321,11 @@ impl MinibatchPlan {
             fomaml: fomaml as i32,
             lr,
             num_params: int(spec.num_params(), "parameters")?,
+            stage: 0,
+        })
+        .map(|mut p| {
+            p.stage = (4 * stage_floats(&p) <= STAGE_BYTES) as i32;
+            p
         })
     }
 }

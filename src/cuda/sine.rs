@@ -7,7 +7,7 @@
 //! module holds the same sampler on the CPU ([`sample_tasks`]) and a CPU run of the whole loop
 //! ([`reference_run`]), which the tests compare the kernels against.
 
-use super::plan::{self, FusedLayout, MinibatchPlan, reduction_chunks};
+use super::plan::{self, MinibatchPlan, reduction_chunks};
 use super::tiled::{Arg, Buf, Launch, TiledProgram};
 use super::{CudaError, CudaResult};
 use crate::cpu::mlp::Tgt;
@@ -121,7 +121,8 @@ pub fn resident_program(spec: &MlpSpec, config: &ReptileConfig, n: usize, seed: 
     };
     let layout_plan = MinibatchPlan { idx: vec![], n_tasks: n, steps, b, b_last: b, stride: b };
     let params = layout_plan.fused_params(spec, GRID_POINTS, config.train.lr, fomaml)?;
-    let smem = u32::try_from(FusedLayout::new(spec, b).bytes()).map_err(|_| CudaError::Unsupported("layout".into()))?;
+    let smem = u32::try_from(plan::fused_launch_bytes(spec, &params, super::backend::FUSED_BLOCK))
+        .map_err(|_| CudaError::Unsupported("layout".into()))?;
     let nc = reduction_chunks(n);
     let (n32, p32, nc32) = (int(n, "tasks")?, int(p, "parameters")?, int(nc, "chunks")?);
     let pb = p.div_ceil(256) as u32;
