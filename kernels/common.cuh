@@ -5,7 +5,8 @@
 // C++ on the CPU with kernels/emu/cuda_emu.h force-included (the emulation test). So the
 // kernels use only what the emulation models: blockIdx/threadIdx/blockDim/gridDim,
 // __syncthreads, __shfl_xor_sync over full warps, atomicOr, dynamic shared memory declared
-// with REPTILE_SMEM, and the float math functions tanhf/expf/logf/fmaf/fmaxf.
+// with REPTILE_SMEM, float4 loads and stores of 16-byte aligned shared memory, and the float
+// math functions tanhf/expf/logf/sinf/fmaf/fmaxf.
 #pragma once
 
 #ifndef REPTILE_EMU
@@ -123,4 +124,78 @@ __device__ __forceinline__ double reptile_block_sum(float v, float* scratch) {
     }
     __syncthreads();
     return total;
+}
+
+// The sine-wave task family on the device (kernels 4 and 5): Philox4x32-10 draws, see
+// sine_device.cu for the counter layout.
+#define REPTILE_SINE_POINTS 50
+#define REPTILE_SINE_TAG 0x53494e45u
+
+__device__ __forceinline__ unsigned reptile_mulhi(unsigned a, unsigned b) {
+    return (unsigned)(((unsigned long long)a * b) >> 32);
+}
+
+// Philox4x32-10: ten rounds of the Philox S-box with the Weyl key schedule.
+__device__ __forceinline__ void reptile_philox(unsigned c0, unsigned c1, unsigned c2, unsigned c3, unsigned k0,
+                                               unsigned k1, unsigned out[4]) {
+    for (int r = 0; r < 10; ++r) {
+        const unsigned hi0 = reptile_mulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+        const unsigned hi1 = reptile_mulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+        const unsigned n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+        c0 = n0;
+        c1 = lo1;
+        c2 = n2;
+        c3 = lo0;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    out[0] = c0;
+    out[1] = c1;
+    out[2] = c2;
+    out[3] = c3;
+}
+
+// Uniform in [0, 1) from the top 24 bits.
+__device__ __forceinline__ float reptile_unit(unsigned u) { return (float)(u >> 8) * (1.0f / 16777216.0f); }
+
+// One task of the sine family for (iteration it, task t), drawn by one block: x, y [50] and the
+// minibatch lists idx [steps × b]; perm: 50 unsigned of shared scratch. Threads p < 50 write
+// grid point p and its target (any block size), thread 0 runs the shuffles. Used by
+// reptile_sine_sample (sine_device.cu) and reptile_sine_serial (mlp_fused.cu); the caller
+// synchronizes before reading.
+__device__ __forceinline__ void reptile_sine_draw(unsigned seed_lo, unsigned seed_hi, unsigned it, unsigned t, int steps,
+                                                  int b, float* x, float* y, unsigned* idx, unsigned* perm) {
+    unsigned u[4];
+    reptile_philox(it, t, 0u, REPTILE_SINE_TAG, seed_lo, seed_hi, u);
+    const float amp = 0.1f + 4.9f * reptile_unit(u[0]);
+    const float phase = 6.2831855f * reptile_unit(u[1]);
+    for (int p = threadIdx.x; p < REPTILE_SINE_POINTS; p += blockDim.x) {
+        const float xp = (float)(-5.0 + 10.0 * (double)p / (double)(REPTILE_SINE_POINTS - 1));
+        x[p] = xp;
+        y[p] = amp * sinf(xp + phase);
+    }
+    if (threadIdx.x == 0) {
+        for (int p = 0; p < REPTILE_SINE_POINTS; ++p) perm[p] = (unsigned)p;
+        unsigned block = 1, word = 4, w[4];
+        int pos = REPTILE_SINE_POINTS;
+        for (int e = 0; e < steps * b; ++e) {
+            if (pos == REPTILE_SINE_POINTS) {
+                for (int i = REPTILE_SINE_POINTS - 1; i > 0; --i) {
+                    if (word == 4) {
+                        reptile_philox(it, t, block++, REPTILE_SINE_TAG, seed_lo, seed_hi, w);
+                        word = 0;
+                    }
+                    // Select without indexing, so w stays in registers.
+                    const unsigned r = word == 0 ? w[0] : word == 1 ? w[1] : word == 2 ? w[2] : w[3];
+                    ++word;
+                    const unsigned j = reptile_mulhi(r, (unsigned)(i + 1));
+                    const unsigned tmp = perm[i];
+                    perm[i] = perm[j];
+                    perm[j] = tmp;
+                }
+                pos = 0;
+            }
+            idx[e] = perm[pos++];
+        }
+    }
 }

@@ -25,77 +25,15 @@
 
 #include "common.cuh"
 
-#define REPTILE_SINE_POINTS 50
-#define REPTILE_SINE_TAG 0x53494e45u
-
-__device__ __forceinline__ unsigned reptile_mulhi(unsigned a, unsigned b) {
-    return (unsigned)(((unsigned long long)a * b) >> 32);
-}
-
-// Philox4x32-10: ten rounds of the Philox S-box with the Weyl key schedule.
-__device__ __forceinline__ void reptile_philox(unsigned c0, unsigned c1, unsigned c2, unsigned c3, unsigned k0,
-                                               unsigned k1, unsigned out[4]) {
-    for (int r = 0; r < 10; ++r) {
-        const unsigned hi0 = reptile_mulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
-        const unsigned hi1 = reptile_mulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
-        const unsigned n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-        c0 = n0;
-        c1 = lo1;
-        c2 = n2;
-        c3 = lo0;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    out[0] = c0;
-    out[1] = c1;
-    out[2] = c2;
-    out[3] = c3;
-}
-
-// Uniform in [0, 1) from the top 24 bits.
-__device__ __forceinline__ float reptile_unit(unsigned u) { return (float)(u >> 8) * (1.0f / 16777216.0f); }
-
-// x, y: [n × 50] (in = out = 1); idx: [n × steps × b]. Grid n, blockDim ≥ 50.
+// x, y: [n × 50] (in = out = 1); idx: [n × steps × b]. Grid n, any blockDim (a multiple of 32).
 extern "C" __global__ void reptile_sine_sample(unsigned seed_lo, unsigned seed_hi, const unsigned* __restrict__ iter,
                                                int n, int steps, int b, float* __restrict__ x, float* __restrict__ y,
                                                unsigned* __restrict__ idx) {
     REPTILE_SMEM(unsigned, perm);  // 50 entries
-    const unsigned t = blockIdx.x, it = *iter;
+    const unsigned t = blockIdx.x;
     if ((int)t >= n) return;
-    unsigned u[4];
-    reptile_philox(it, t, 0u, REPTILE_SINE_TAG, seed_lo, seed_hi, u);
-    const float amp = 0.1f + 4.9f * reptile_unit(u[0]);
-    const float phase = 6.2831855f * reptile_unit(u[1]);
-    for (int p = threadIdx.x; p < REPTILE_SINE_POINTS; p += blockDim.x) {
-        const float xp = (float)(-5.0 + 10.0 * (double)p / (double)(REPTILE_SINE_POINTS - 1));
-        x[(size_t)t * REPTILE_SINE_POINTS + p] = xp;
-        y[(size_t)t * REPTILE_SINE_POINTS + p] = amp * sinf(xp + phase);
-    }
-    if (threadIdx.x == 0) {
-        for (int p = 0; p < REPTILE_SINE_POINTS; ++p) perm[p] = (unsigned)p;
-        unsigned* out = idx + (size_t)t * steps * b;
-        unsigned block = 1, word = 4, w[4];
-        int pos = REPTILE_SINE_POINTS;
-        for (int e = 0; e < steps * b; ++e) {
-            if (pos == REPTILE_SINE_POINTS) {
-                for (int i = REPTILE_SINE_POINTS - 1; i > 0; --i) {
-                    if (word == 4) {
-                        reptile_philox(it, t, block++, REPTILE_SINE_TAG, seed_lo, seed_hi, w);
-                        word = 0;
-                    }
-                    // Select without indexing, so w stays in registers.
-                    const unsigned r = word == 0 ? w[0] : word == 1 ? w[1] : word == 2 ? w[2] : w[3];
-                    ++word;
-                    const unsigned j = reptile_mulhi(r, (unsigned)(i + 1));
-                    const unsigned tmp = perm[i];
-                    perm[i] = perm[j];
-                    perm[j] = tmp;
-                }
-                pos = 0;
-            }
-            out[e] = perm[pos++];
-        }
-    }
+    reptile_sine_draw(seed_lo, seed_hi, *iter, t, steps, b, x + (size_t)t * REPTILE_SINE_POINTS,
+                      y + (size_t)t * REPTILE_SINE_POINTS, idx + (size_t)t * steps * b, perm);
 }
 
 // Stage 2 of the reduction with the annealed step: ε(t) = ε0 + (ε1 − ε0)·min(t/T, 1) in double,

@@ -746,3 +746,62 @@ fn device_resident_loop_stops_at_divergence_keeping_theta() {
     assert_eq!(mem.get(Buf::Iter, 1)[0], 0, "iteration counter frozen at the failing iteration");
     assert_eq!(mem.get_f32(Buf::Theta, theta.len()), theta, "θ keeps its last finite value");
 }
+
+#[test]
+fn serial_sine_kernel_matches_the_cpu_reference() {
+    // Kernel 5 (serial Reptile, many iterations per launch) against the CPU reference of the
+    // resident loop for n = 1: three iterations as launches of 2 and 1, from iteration 5 (the
+    // ε schedule is past its end there: planned_iters = 4), then from iteration 0.
+    for (start, counts) in [(5u32, [2u32, 1]), (0, [1, 2])] {
+        let (spec, config, theta) = sine_setup(1, 3, 10, 0.02);
+        let seed = 0x0bad_cafe_u64;
+        let mut prog = sine::serial_program(&spec, &config, seed, 64).unwrap();
+        let mut mem = EmuMem::new(&prog);
+        mem.put_f32(Buf::Theta, &theta);
+        mem.put(Buf::Iter, &[start]);
+        mem.put(Buf::Bad, &[0]);
+        for c in counts {
+            sine::set_serial_count(&mut prog, c);
+            mem.run(&prog);
+        }
+        let want = sine::reference_run(&spec, &theta, &config, 1, seed, start, 3).unwrap();
+        assert!(!want.diverged);
+        assert_eq!(mem.get(Buf::Iter, 1)[0] as u64, want.iteration);
+        assert_eq!(mem.get(Buf::Bad, 1)[0], 0);
+        let got = mem.get_f32(Buf::Theta, theta.len());
+        let worst = assert_close("serial θ", &got, &want.theta, 1e-5, 1e-4);
+        assert_close("serial losses", &mem.get_f32(Buf::Losses, 2), &want.losses, 1e-5, 1e-4);
+        assert!(got.iter().zip(&theta).any(|(a, b)| a != b), "θ must move");
+        println!("serial sine kernel from {start}, launches of {counts:?}: worst |Δθ| = {worst:e}");
+    }
+}
+
+#[test]
+fn serial_sine_kernel_stops_at_divergence_keeping_theta() {
+    // Two good iterations, then a launch whose step size overflows: its first candidate is
+    // non-finite, so θ stays at the two-iteration value, the counter at the failing iteration,
+    // and a later launch changes nothing.
+    let (spec, config, theta) = sine_setup(1, 2, 10, 0.02);
+    let mut prog = sine::serial_program(&spec, &config, 5, 32).unwrap();
+    let mut mem = EmuMem::new(&prog);
+    mem.put_f32(Buf::Theta, &theta);
+    mem.put(Buf::Iter, &[0]);
+    mem.put(Buf::Bad, &[0]);
+    sine::set_serial_count(&mut prog, 2);
+    mem.run(&prog);
+    let good = mem.get_f32(Buf::Theta, theta.len());
+    let want = sine::reference_run(&spec, &theta, &config, 1, 5, 0, 2).unwrap();
+    assert_close("θ after two iterations", &good, &want.theta, 1e-5, 1e-4);
+    let mut wild = config;
+    wild.train.lr = 1e30;
+    let mut bad_prog = sine::serial_program(&spec, &wild, 5, 32).unwrap();
+    sine::set_serial_count(&mut bad_prog, 3);
+    mem.run(&bad_prog);
+    assert_eq!(mem.get(Buf::Bad, 1)[0], 1, "divergence flag");
+    assert_eq!(mem.get(Buf::Iter, 1)[0], 2, "iteration counter frozen at the failing iteration");
+    assert_eq!(mem.get_f32(Buf::Theta, theta.len()), good, "θ keeps its last finite value");
+    assert!(mem.get_f32(Buf::Losses, 2)[1].is_nan(), "no loss after adaptation for a failed iteration");
+    mem.run(&prog);
+    assert_eq!(mem.get(Buf::Iter, 1)[0], 2, "a launch after a divergence does nothing");
+    assert_eq!(mem.get_f32(Buf::Theta, theta.len()), good);
+}

@@ -27,6 +27,8 @@ extern "C" void reptile_sine_sample(unsigned, unsigned, const unsigned*, int, in
 extern "C" void reptile_interpolate_sched(const float*, const float*, int, int, float, float, unsigned, int,
                                           const unsigned*, float*, unsigned*);
 extern "C" void reptile_commit(const float*, float*, int, const unsigned*, unsigned*);
+extern "C" void reptile_sine_serial(FusedParams, unsigned, unsigned, float, float, unsigned, int, float*, unsigned*,
+                                    unsigned*, float*);
 
 namespace {
 template <class... P, std::size_t... I>
@@ -58,6 +60,7 @@ extern "C" int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned g
     REPTILE_EMU_KERNEL(reptile_sine_sample)
     REPTILE_EMU_KERNEL(reptile_interpolate_sched)
     REPTILE_EMU_KERNEL(reptile_commit)
+    REPTILE_EMU_KERNEL(reptile_sine_serial)
 #undef REPTILE_EMU_KERNEL
     return 3;
 }

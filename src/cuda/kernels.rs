@@ -24,11 +24,11 @@ pub struct KernelFamily {
     pub entry_points: &'static [&'static str],
 }
 
-/// The fused inner loop (kernel 1).
+/// The fused inner loop (kernel 1) and serial Reptile on the sine family built on it (kernel 5).
 pub const MLP_FUSED: KernelFamily = KernelFamily {
     file: "mlp_fused.cu",
     source: include_str!("../../kernels/mlp_fused.cu"),
-    entry_points: &["reptile_fused_inner"],
+    entry_points: &["reptile_fused_inner", "reptile_sine_serial"],
 };
 
 /// The deterministic task reduction and Reptile interpolation (kernel 2).

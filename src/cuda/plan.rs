@@ -175,6 +175,15 @@ pub fn fused_launch_bytes(spec: &MlpSpec, params: &FusedParams, block: u32) -> u
     FusedLayout::with_splits(spec, b.max(b_last), fused_splits(spec, b, b_last, block)).bytes() + staged
 }
 
+/// Dynamic shared memory, in bytes, of `reptile_sine_serial` for `params` (staged, Reptile):
+/// the fused layout with every partial-sum buffer ([`FusedLayout::new`]) and the staged task,
+/// then θ in the padded layout and 64 words of shuffle scratch and flag.
+pub fn serial_bytes(spec: &MlpSpec, params: &FusedParams) -> usize {
+    let (b, b_last) = (params.b.max(0) as usize, params.b_last.max(0) as usize);
+    let layout = FusedLayout::new(spec, b.max(b_last));
+    layout.bytes() + 4 * (stage_floats(params) + layout.theta_floats + 64)
+}
+
 impl FusedLayout {
     /// The layout for `spec` and minibatches of up to `bmax` points, with room for the most
     /// warp slices any block size uses ([`SPLIT`]).

@@ -222,6 +222,51 @@ pub fn resident_program(spec: &MlpSpec, config: &ReptileConfig, n: usize, seed: 
     Ok(TiledProgram { launches, sizes })
 }
 
+/// Serial Reptile (n = 1, Reptile outer rule) on the sine family as one launch of
+/// `reptile_sine_serial` (`kernels/mlp_fused.cu`): `count` iterations in one block of `block`
+/// threads, tasks drawn on the device exactly as [`resident_program`] draws task 0, θ and the
+/// iteration counter in the same buffers. Set the count per launch with [`set_serial_count`].
+pub fn serial_program(spec: &MlpSpec, config: &ReptileConfig, seed: u64, block: u32) -> CudaResult<TiledProgram> {
+    let (b, fomaml) = check(spec, config)?;
+    if fomaml {
+        return Err(CudaError::Unsupported("the serial sine kernel runs Reptile, not FOMAML".into()));
+    }
+    let steps = config.train.steps;
+    let layout_plan = MinibatchPlan { idx: vec![], n_tasks: 1, steps, b, b_last: b, stride: b };
+    let mut params = layout_plan.fused_params(spec, GRID_POINTS, config.train.lr, false)?;
+    params.stage = 1;
+    let smem = u32::try_from(plan::serial_bytes(spec, &params))
+        .map_err(|_| CudaError::Unsupported("layout".into()))?;
+    let launches = vec![Launch {
+        kernel: "reptile_sine_serial",
+        grid: [1, 1, 1],
+        block,
+        smem,
+        args: vec![
+            Arg::Fused(params),
+            Arg::I32(seed as u32 as i32),
+            Arg::I32((seed >> 32) as u32 as i32),
+            Arg::F32(config.eps_start),
+            Arg::F32(config.eps_end),
+            Arg::I32(config.planned_iters as u32 as i32),
+            Arg::I32(1),
+            Arg::Ptr(Buf::Theta, 0),
+            Arg::Ptr(Buf::Iter, 0),
+            Arg::Ptr(Buf::Bad, 0),
+            Arg::Ptr(Buf::Losses, 0),
+        ],
+    }];
+    let sizes = vec![(Buf::Theta, spec.num_params()), (Buf::Losses, 2), (Buf::Bad, 1), (Buf::Iter, 1)];
+    Ok(TiledProgram { launches, sizes })
+}
+
+/// Sets how many iterations each launch of a [`serial_program`] runs.
+pub fn set_serial_count(prog: &mut TiledProgram, count: u32) {
+    for l in prog.launches.iter_mut().filter(|l| l.kernel == "reptile_sine_serial") {
+        l.args[6] = Arg::I32(count.min(i32::MAX as u32) as i32);
+    }
+}
+
 /// What a resident run ended with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResidentRun {
