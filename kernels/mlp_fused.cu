@@ -50,6 +50,7 @@
 #define FS_BLAST(P) REPTILE_SPEC_BLAST
 #define FS_STRIDE(P) (REPTILE_SPEC_B > REPTILE_SPEC_BLAST ? REPTILE_SPEC_B : REPTILE_SPEC_BLAST)
 #define FS_BLOCK REPTILE_SPEC_BLOCK
+#define FS_STAGE(P) REPTILE_SPEC_STAGE
 #define FS_LAYER_UNROLL REPTILE_UNROLL
 __device__ __forceinline__ constexpr int fs_width(int l) {
     return l == 0 ? REPTILE_SPEC_W0 : l == 1 ? REPTILE_SPEC_W1 : l == 2 ? REPTILE_SPEC_W2 : l == 3 ? REPTILE_SPEC_W3
@@ -79,6 +80,7 @@ __device__ __forceinline__ constexpr int fs_gmax() {
 #define FS_BLAST(P) (P).b_last
 #define FS_STRIDE(P) (P).idx_stride
 #define FS_BLOCK ((int)blockDim.x)
+#define FS_STAGE(P) (P).stage
 #define FS_LAYER_UNROLL
 #endif
 
@@ -159,7 +161,7 @@ __device__ __forceinline__ void fused_carve(const FusedParams& P, float* smem, F
         if (l == L) dout = P.widths[l];
     S.red = S.yb + reptile_lda(dout) * bmax;
     S.task = S.red + 32;
-    S.scr = S.task + (P.stage ? fused_stage_floats(P, dout) : 0);
+    S.scr = S.task + (FS_STAGE(P) ? fused_stage_floats(P, dout) : 0);
     S.gm = gmax;
 }
 
@@ -241,6 +243,21 @@ __device__ __forceinline__ void fused_clear(const FusedSmem& S) {
     const int n4 = (int)(S.red - S.theta) >> 2;
     const float4 z = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int e = threadIdx.x; e < n4; e += FS_BLOCK) reptile_st4v(S.theta + 4 * e, z);
+}
+
+// Step s's minibatch of the task: from the staged copy in shared memory (P.stage), else from
+// global memory (xt, yt, lt: the task's points; it: its index lists).
+__device__ __forceinline__ void fused_gather_task(const FusedParams& P, const FusedSmem& S, const float* xt,
+                                                  const float* yt, const unsigned* lt, const unsigned* it, int s,
+                                                  int bs) {
+    if (FS_STAGE(P)) {
+        const int nx = P.m * S.width(0);
+        const int ny = FS_LOSS(P) == REPTILE_LOSS_MSE ? P.m * S.width(FS_L(P)) : P.m;
+        const unsigned* su = (const unsigned*)S.task;
+        fused_gather(P, S, S.task, S.task + nx, su + nx, su + nx + ny + s * FS_STRIDE(P), bs);
+    } else {
+        fused_gather(P, S, xt, yt, lt, it + (size_t)s * FS_STRIDE(P), bs);
+    }
 }
 
 // Warp slices that split a product's reduction (nq 16-byte quads of the reduced dimension)
@@ -639,7 +656,7 @@ extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const fl
     float* dt = delta + (size_t)t * P.num_params;
 
     fused_load_theta(P, S, theta);
-    if (P.stage) {
+    if (FS_STAGE(P)) {
         // One pass of coalesced copies; the gathers then read shared memory.
         const int nx = P.m * din, ny = FS_LOSS(P) == REPTILE_LOSS_MSE ? P.m * dout : P.m;
         const int ni = P.steps * FS_STRIDE(P);
@@ -652,10 +669,6 @@ extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const fl
             for (int e = threadIdx.x; e < ny; e += FS_BLOCK) su[nx + e] = lt[e];
         }
         for (int e = threadIdx.x; e < ni; e += FS_BLOCK) su[nx + ny + e] = it[e];
-        xt = st;
-        yt = st + nx;
-        lt = su + nx;
-        it = su + nx + ny;
         __syncthreads();  // staged task complete
     }
     float loss_before = 0.0f;
@@ -663,7 +676,7 @@ extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const fl
         const bool last = s + 1 == P.steps;
         const int bs = last ? FS_BLAST(P) : FS_B(P);
         if (last && P.fomaml) fused_store_theta(P, S, dt);  // θ'_{k−1}, read back by the same threads
-        fused_gather(P, S, xt, yt, lt, it + (size_t)s * FS_STRIDE(P), bs);
+        fused_gather_task(P, S, xt, yt, lt, it, s, bs);
         __syncthreads();
         fused_forward(P, S, bs);
         const float l = fused_loss(P, S, bs, true);
@@ -672,7 +685,7 @@ extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const fl
     }
     // Loss after adaptation, on the first minibatch.
     const int b0 = P.steps == 1 ? FS_BLAST(P) : FS_B(P);
-    fused_gather(P, S, xt, yt, lt, it, b0);
+    fused_gather_task(P, S, xt, yt, lt, it, 0, b0);
     __syncthreads();
     fused_forward(P, S, b0);
     const float loss_after = fused_loss(P, S, b0, false);

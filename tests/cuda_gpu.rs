@@ -296,19 +296,31 @@ fn gpu_benchmarks() {
             flops / secs / 1e12
         ));
     }
-    // The 30,000-iteration sine demo (n = 1), device-resident: with the CUDA graph and without.
+    // The 30,000-iteration sine demo (n = 1), device-resident: the serial kernel (the default
+    // for n = 1; first call includes its NVRTC compile, so it is run twice), then the
+    // five-launch program with the CUDA graph and without.
     let config = ReptileConfig::sine();
-    for (graph, block) in [(true, None), (false, None), (true, Some(128u32)), (true, Some(512))] {
+    for (serial, graph, block) in [
+        (true, false, None),
+        (true, false, None),
+        (true, false, Some(512u32)),
+        (true, false, Some(128)),
+        (false, true, None),
+        (false, false, None),
+    ] {
+        gpu.set_serial_sine(serial);
         gpu.set_fused_block(block).unwrap();
         let block = gpu.fused_block_for(1);
         let t = std::time::Instant::now();
         let run = gpu.train_sine_resident(&spec, &theta, &config, 1, 0, 0, 30_000, graph).unwrap();
         let secs = t.elapsed().as_secs_f64();
         assert!(!run.diverged && run.iteration == 30_000);
+        let how = if serial { "serial kernel".to_string() } else { format!("five launches, graph={graph}") };
         rows.push(format!(
-            "sine demo device-resident, 30,000 iterations, graph={graph}, block={block}: {secs:.3} s (target < 1 s)"
+            "sine demo device-resident, 30,000 iterations, {how}, block={block}: {secs:.3} s (target < 1 s)"
         ));
     }
+    gpu.set_serial_sine(true);
     gpu.set_fused_block(None).unwrap();
     // The sine demo (n = 1) through Trainer + CudaBackend::step, 3,000 iterations timed.
     let mut trainer = Trainer::new(Model::new(spec.clone(), 0), ReptileConfig::sine()).unwrap();
@@ -336,12 +348,29 @@ fn resident_sine_loop_matches_the_cpu_reference() {
         let config = ReptileConfig { outer, planned_iters: 100, ..ReptileConfig::sine() };
         let want = sine::reference_run(&spec, &theta, &config, n, 17, 3, 60).unwrap();
         gpu.set_fused_block(if n == 37 { Some(512) } else { None }).unwrap();
+        gpu.set_serial_sine(false);
         let plain = gpu.train_sine_resident(&spec, &theta, &config, n, 17, 3, 60, false).unwrap();
         let graph = gpu.train_sine_resident(&spec, &theta, &config, n, 17, 3, 60, true).unwrap();
+        gpu.set_serial_sine(true);
         assert_eq!(plain, graph, "{outer:?} n={n}: the graph replays the same launches bit for bit");
         assert!(!plain.diverged && plain.iteration == 63);
         assert_close(&format!("{outer:?} n={n} θ after 60 iterations"), &plain.theta, &want.theta, 1e-4, 1e-3);
+        if n == 1 {
+            // The serial kernel (the default for n = 1): the same iterations in one launch.
+            let serial = gpu.train_sine_resident(&spec, &theta, &config, n, 17, 3, 60, false).unwrap();
+            assert!(!serial.diverged && serial.iteration == 63);
+            assert_close("serial kernel θ after 60 iterations", &serial.theta, &want.theta, 1e-4, 1e-3);
+            assert_close("serial kernel losses", &serial.losses, &want.losses, 1e-4, 1e-3);
+        }
     }
+    gpu.set_fused_block(None).unwrap();
+    // The serial kernel at divergence: two good iterations, then a step size that overflows.
+    let config = ReptileConfig { planned_iters: 100, ..ReptileConfig::sine() };
+    let good = gpu.train_sine_resident(&spec, &theta, &config, 1, 4, 0, 2, false).unwrap();
+    let wild = ReptileConfig { train: InnerLoop { lr: 1e30, ..config.train }, ..config };
+    let run = gpu.train_sine_resident(&spec, &good.theta, &wild, 1, 4, 2, 3, false).unwrap();
+    assert!(run.diverged && run.iteration == 2, "{run:?}");
+    assert_eq!(run.theta, good.theta, "the serial kernel keeps the last finite θ");
     // Divergence: nothing is committed, θ stays as it was.
     let config =
         ReptileConfig { train: InnerLoop { lr: 1e30, ..ReptileConfig::sine().train }, ..ReptileConfig::sine() };
@@ -422,4 +451,23 @@ fn sanitizer_small_case() {
             assert!(finite && out.len() == theta.len());
         }
     }
+    // The serial sine kernel (kernel 5): three iterations in one launch, against the reference.
+    let sine_spec = MlpSpec::new(&[1, 16, 8, 1], Activation::Tanh, Loss::Mse).unwrap();
+    let theta = Model::new(sine_spec.clone(), 2).into_params();
+    let config = ReptileConfig { planned_iters: 10, ..ReptileConfig::sine() };
+    let run = gpu.train_sine_resident(&sine_spec, &theta, &config, 1, 3, 0, 3, false).unwrap();
+    let want = sine::reference_run(&sine_spec, &theta, &config, 1, 3, 0, 3).unwrap();
+    assert_close("sanitizer case serial θ", &run.theta, &want.theta, 1e-4, 1e-3);
+}
+
+/// One launch of the serial sine kernel (n = 1, 200 iterations of the sine demo), for a
+/// profiler: its latency is the demo's.
+#[test]
+#[ignore = "profiling case: run explicitly on a GPU"]
+fn profile_serial() {
+    let Some(mut gpu) = backend() else { return };
+    let spec = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap();
+    let theta = Model::new(spec.clone(), 0).into_params();
+    let run = gpu.train_sine_resident(&spec, &theta, &ReptileConfig::sine(), 1, 0, 0, 200, false).unwrap();
+    assert_eq!(run.iteration, 200);
 }

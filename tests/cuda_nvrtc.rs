@@ -174,6 +174,9 @@ fn specialized_fused_kernels_compile_without_spills() {
         .unwrap();
         let params = plan.fused_params(spec, 12, 0.02, tail.is_some()).unwrap();
         for block in [128u32, 256] {
+            // As the back end launches them: 128 threads for many tasks (gathers from global
+            // memory), 256 for few (task staged in shared memory).
+            let params = reptile::cuda::plan::FusedParams { stage: (block == 256) as i32, ..params };
             let defs = reptile::cuda::plan::FusedShape::new(&params, block).defines();
             let ptx = kernels::compile_ptx_with(&kernels::MLP_FUSED, "compute_90", &defs)
                 .unwrap_or_else(|e| panic!("case {case} block {block}: {e}"));
@@ -190,8 +193,9 @@ fn specialized_fused_kernels_compile_without_spills() {
                 assert_eq!((info.spill_stores, info.spill_loads, info.stack), (0, 0, 0), "sine block {block}:\n{text}");
             }
             table.push(format!(
-                "| specialized {:?} b={block} | sm_90 | {} | {} | {}/{} |",
+                "| specialized {:?} b={block} stage={} | sm_90 | {} | {} | {}/{} |",
                 spec.widths(),
+                params.stage,
                 info.registers,
                 info.stack,
                 info.spill_stores,

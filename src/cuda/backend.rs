@@ -73,16 +73,18 @@ pub struct CudaBackend {
     info: DeviceInfo,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    fused: CudaFunction,
     chunk_sums: CudaFunction,
     interpolate: CudaFunction,
     by_name: HashMap<&'static str, CudaFunction>,
     path_override: Option<Path>,
     fused_block: Option<u32>,
-    smem_attr: usize,
+    /// Dynamic shared-memory limit set on each generic kernel of `mlp_fused.cu`.
+    smem_attr: HashMap<&'static str, usize>,
     specialize: bool,
-    spec_fused: HashMap<plan::FusedShape, (CudaFunction, usize)>,
-    program_fused: Option<CudaFunction>,
+    spec_fused: HashMap<(plan::FusedShape, &'static str), (CudaFunction, usize)>,
+    /// The `mlp_fused.cu` kernel a program's launches of that name use (specialized or not).
+    program_fused: Option<(&'static str, CudaFunction)>,
+    serial: bool,
     poison: bool,
     bufs: Buffers,
 }
@@ -204,24 +206,25 @@ impl CudaBackend {
                     by_name.insert(*name, f);
                 }
             }
-            let fused = by_name["reptile_fused_inner"].clone();
-            prefer_shared(&fused)?;
+            for name in MLP_FUSED.entry_points {
+                prefer_shared(&by_name[name])?;
+            }
             let chunk_sums = by_name["reptile_chunk_sums"].clone();
             let interpolate = by_name["reptile_interpolate"].clone();
             Ok(CudaBackend {
                 info,
                 ctx,
                 stream,
-                fused,
                 chunk_sums,
                 interpolate,
                 by_name,
                 path_override: None,
                 fused_block: None,
-                smem_attr: DEFAULT_SMEM_LIMIT,
+                smem_attr: HashMap::new(),
                 specialize: true,
                 spec_fused: HashMap::new(),
                 program_fused: None,
+                serial: true,
                 poison: false,
                 bufs: Buffers::default(),
             })
@@ -305,10 +308,16 @@ impl CudaBackend {
         self.specialize = on;
     }
 
-    /// `params` without task staging when the staged launch would not fit this device's shared
-    /// memory per block (the layout without it was checked by [`Self::fused_shared_memory`]).
+    /// `params` with task staging only where it pays: for fewer than two tasks per
+    /// multiprocessor (there the per-step gathers' global latency is the launch's latency; with
+    /// more, other blocks hide it, and a specialized build without staging needs fewer
+    /// registers: 128 against 152 for the sine net), and only where the staged launch fits
+    /// this device's shared memory per block (the layout without it was checked by
+    /// [`Self::fused_shared_memory`]).
     fn fit_stage(&self, spec: &MlpSpec, mut params: plan::FusedParams, block: u32) -> plan::FusedParams {
-        if plan::fused_launch_bytes(spec, &params, block) > self.info.max_shared_per_block {
+        if params.n_tasks.max(0) as usize >= 2 * self.info.multiprocessors as usize
+            || plan::fused_launch_bytes(spec, &params, block) > self.info.max_shared_per_block
+        {
             params.stage = 0;
         }
         params
@@ -318,6 +327,17 @@ impl CudaBackend {
     /// unless [`Self::set_specialize`] turned it off), with its dynamic shared-memory limit
     /// raised to `smem` bytes where needed.
     fn fused_kernel(&mut self, params: &plan::FusedParams, block: u32, smem: usize) -> CudaResult<CudaFunction> {
+        self.fused_family_kernel("reptile_fused_inner", params, block, smem)
+    }
+
+    /// Kernel `name` of `mlp_fused.cu` for `params` and `block` threads, as [`Self::fused_kernel`].
+    fn fused_family_kernel(
+        &mut self,
+        name: &'static str,
+        params: &plan::FusedParams,
+        block: u32,
+        smem: usize,
+    ) -> CudaResult<CudaFunction> {
         let set_limit = |f: &CudaFunction, have: &mut usize| -> CudaResult<()> {
             if smem > *have {
                 f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
@@ -327,11 +347,15 @@ impl CudaBackend {
             Ok(())
         };
         if !self.specialize {
-            set_limit(&self.fused, &mut self.smem_attr)?;
-            return Ok(self.fused.clone());
+            let f = self.by_name.get(name).ok_or_else(|| CudaError::Driver {
+                call: "fused kernel".into(),
+                message: format!("kernel {name} not loaded"),
+            })?;
+            set_limit(f, self.smem_attr.entry(name).or_insert(DEFAULT_SMEM_LIMIT))?;
+            return Ok(f.clone());
         }
         let shape = plan::FusedShape::new(params, block);
-        if !self.spec_fused.contains_key(&shape) {
+        if !self.spec_fused.contains_key(&(shape, name)) {
             let ptx = kernels::ptx_for_with(&MLP_FUSED, self.info.major, self.info.minor, &shape.defines())?;
             let ctx = self.ctx.clone();
             let f = no_panic("loading a specialized fused kernel", || {
@@ -339,13 +363,13 @@ impl CudaBackend {
                     .load_module(cudarc::nvrtc::Ptx::from_src(ptx.as_str()))
                     .map_err(|e| driver_err("cuModuleLoadData(mlp_fused.cu, specialized)", e))?;
                 module
-                    .load_function("reptile_fused_inner")
-                    .map_err(|e| driver_err("cuModuleGetFunction(reptile_fused_inner, specialized)", e))
+                    .load_function(name)
+                    .map_err(|e| driver_err(&format!("cuModuleGetFunction({name}, specialized)"), e))
             })?;
             prefer_shared(&f)?;
-            self.spec_fused.insert(shape, (f, DEFAULT_SMEM_LIMIT));
+            self.spec_fused.insert((shape, name), (f, DEFAULT_SMEM_LIMIT));
         }
-        let (f, have) = self.spec_fused.get_mut(&shape).expect("inserted above");
+        let (f, have) = self.spec_fused.get_mut(&(shape, name)).expect("inserted above");
         set_limit(f, have)?;
         Ok(f.clone())
     }
@@ -546,8 +570,8 @@ impl CudaBackend {
             addr.insert(buf, a);
         }
         for launch in &prog.launches {
-            let func = match (&self.program_fused, launch.kernel) {
-                (Some(f), "reptile_fused_inner") => f,
+            let func = match &self.program_fused {
+                Some((name, f)) if *name == launch.kernel => f,
                 _ => self.by_name.get(launch.kernel).ok_or_else(|| CudaError::Driver {
                     call: "program launch".into(),
                     message: format!("kernel {} not loaded", launch.kernel),
@@ -827,9 +851,12 @@ impl CudaBackend {
         if start as u64 + iterations as u64 > u32::MAX as u64 {
             return Err(CudaError::Unsupported("iteration counter past 2^32 − 1".into()));
         }
-        let mut prog = super::sine::resident_program(spec, config, n, seed)?;
-        let (b, _) = super::sine::check(spec, config)?;
+        let (b, fomaml) = super::sine::check(spec, config)?;
         self.fused_shared_memory(spec, b)?;
+        if n == 1 && !fomaml && self.serial {
+            return self.train_sine_serial(spec, theta, config, seed, start, iterations);
+        }
+        let mut prog = super::sine::resident_program(spec, config, n, seed)?;
         // The fused kernel at this back end's block size, with the shared memory that size needs.
         let block = self.fused_block_for(n);
         let mut fused_params = None;
@@ -848,8 +875,64 @@ impl CudaBackend {
         }
         let (fused_params, smem) = fused_params
             .ok_or_else(|| CudaError::InvalidArgument("the resident program has no fused launch".into()))?;
-        self.program_fused = Some(self.fused_kernel(&fused_params, block, smem)?);
+        self.program_fused = Some(("reptile_fused_inner", self.fused_kernel(&fused_params, block, smem)?));
         let result = self.run_resident(&prog, spec, theta, n, start, iterations, graph);
+        self.program_fused = None;
+        result
+    }
+
+    /// With `on` (the default), [`Self::train_sine_resident`] runs serial Reptile (n = 1, the
+    /// Reptile outer rule) as `reptile_sine_serial`: a thousand iterations per launch of one
+    /// block, no launch between iterations; off, as the five-launch resident program like any
+    /// n. Both draw the same tasks and compute the same updates.
+    pub fn set_serial_sine(&mut self, on: bool) {
+        self.serial = on;
+    }
+
+    /// [`Self::train_sine_resident`] for n = 1 with the serial kernel, after its checks.
+    fn train_sine_serial(
+        &mut self,
+        spec: &MlpSpec,
+        theta: &[f32],
+        config: &ReptileConfig,
+        seed: u64,
+        start: u32,
+        iterations: u32,
+    ) -> CudaResult<super::sine::ResidentRun> {
+        let block = self.fused_block.unwrap_or(FUSED_BLOCK);
+        let mut prog = super::sine::serial_program(spec, config, seed, block)?;
+        let (params, smem) = match prog.launches.first().map(|l| (l.args.first(), l.smem)) {
+            Some((Some(Arg::Fused(p)), smem)) => (*p, smem as usize),
+            _ => return Err(CudaError::InvalidArgument("the serial program has no fused parameters".into())),
+        };
+        if smem > self.info.max_shared_per_block {
+            return Err(CudaError::Unsupported(format!(
+                "the serial sine kernel needs {smem} B of shared memory, the device allows {} B",
+                self.info.max_shared_per_block
+            )));
+        }
+        let f = self.fused_family_kernel("reptile_sine_serial", &params, block, smem)?;
+        self.program_fused = Some(("reptile_sine_serial", f));
+        let result = (|| {
+            let s = self.stream.clone();
+            upload(&s, &mut self.bufs.theta, theta)?;
+            upload(&s, &mut self.bufs.iter, &[start])?;
+            upload(&s, &mut self.bufs.bad, &[0u32])?;
+            if self.poison {
+                poison(&s, ensure(&s, &mut self.bufs.losses, 2)?, 2)?;
+            }
+            // Launches of at most a thousand iterations (about 35 ms on an H200): a launch is
+            // never long enough to trip a display watchdog.
+            const CHUNK: u32 = 1000;
+            let mut done = 0u32;
+            while done < iterations {
+                let c = (iterations - done).min(CHUNK);
+                super::sine::set_serial_count(&mut prog, c);
+                self.run_program(&prog)?;
+                done += c;
+            }
+            self.resident_result(spec, 1)
+        })();
         self.program_fused = None;
         result
     }
@@ -898,6 +981,13 @@ impl CudaBackend {
             self.run_program(prog)?;
             done += 1;
         }
+        self.resident_result(spec, n)
+    }
+
+    /// θ, the iteration counter, the divergence flag and the `[n × 2]` losses of a resident run.
+    fn resident_result(&mut self, spec: &MlpSpec, n: usize) -> CudaResult<super::sine::ResidentRun> {
+        let s = self.stream.clone();
+        ensure(&s, &mut self.bufs.losses, 2 * n)?;
         let p = spec.num_params();
         let (mut th, mut it, mut bad, mut losses) = (vec![0.0f32; p], [0u32], [0u32], vec![0.0f32; 2 * n]);
         let b = &self.bufs;

@@ -340,7 +340,7 @@ impl MinibatchPlan {
 }
 
 /// The compile-time shape of a specialized build of the fused kernel (`REPTILE_SPEC`): the
-/// network, the minibatch sizes and the block size. One module is compiled per distinct shape,
+/// network, the minibatch sizes, the block size and whether the task is staged. One module is compiled per distinct shape,
 /// so launches that differ only in `n_tasks`, `m`, `steps`, `lr` or `fomaml` share it; the
 /// back end caches modules by this key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -352,6 +352,7 @@ pub struct FusedShape {
     b: i32,
     b_last: i32,
     block: u32,
+    stage: i32,
 }
 
 impl FusedShape {
@@ -365,6 +366,7 @@ impl FusedShape {
             b: params.b,
             b_last: params.b_last,
             block,
+            stage: params.stage,
         }
     }
 
@@ -378,6 +380,7 @@ impl FusedShape {
             format!("-DREPTILE_SPEC_B={}", self.b),
             format!("-DREPTILE_SPEC_BLAST={}", self.b_last),
             format!("-DREPTILE_SPEC_BLOCK={}", self.block),
+            format!("-DREPTILE_SPEC_STAGE={}", (self.stage != 0) as i32),
             format!("-DREPTILE_PTP={}", point_tile(self.b.max(self.b_last).max(1) as usize)),
         ];
         d.extend(self.widths.iter().enumerate().map(|(l, w)| format!("-DREPTILE_SPEC_W{l}={w}")));
