@@ -159,12 +159,17 @@ __device__ __forceinline__ void reptile_philox(unsigned c0, unsigned c1, unsigne
 __device__ __forceinline__ float reptile_unit(unsigned u) { return (float)(u >> 8) * (1.0f / 16777216.0f); }
 
 // One task of the sine family for (iteration it, task t), drawn by one block: x, y [50] and the
-// minibatch lists idx [steps × b]; perm: 50 unsigned of shared scratch. Threads p < 50 write
-// grid point p and its target (any block size), thread 0 runs the shuffles. Used by
-// reptile_sine_sample (sine_device.cu) and reptile_sine_serial (mlp_fused.cu); the caller
-// synchronizes before reading.
+// minibatch lists idx [steps × b]; keys: 64 unsigned of shared scratch. The lists are
+// consecutive passes over the 50 points, each pass a random permutation: point p of pass k
+// gets the 32-bit key word p mod 4 of Philox block 1 + 13k + p/4, and the pass visits the
+// points in increasing (key, p) order. Work mapping: thread p < 50 writes grid point p and
+// its target, and per pass draws its key and counts the keys below it (its rank) — no thread
+// runs a sequential shuffle. All threads of the block must call it; it synchronizes, and the
+// caller synchronizes again before reading the lists. Used by reptile_sine_sample
+// (sine_device.cu) and reptile_sine_serial (mlp_fused.cu).
 __device__ __forceinline__ void reptile_sine_draw(unsigned seed_lo, unsigned seed_hi, unsigned it, unsigned t, int steps,
-                                                  int b, float* x, float* y, unsigned* idx, unsigned* perm) {
+                                                  int b, float* x, float* y, unsigned* idx, unsigned* keys) {
+    const int total = steps * b;
     unsigned u[4];
     reptile_philox(it, t, 0u, REPTILE_SINE_TAG, seed_lo, seed_hi, u);
     const float amp = 0.1f + 4.9f * reptile_unit(u[0]);
@@ -174,28 +179,23 @@ __device__ __forceinline__ void reptile_sine_draw(unsigned seed_lo, unsigned see
         x[p] = xp;
         y[p] = amp * sinf(xp + phase);
     }
-    if (threadIdx.x == 0) {
-        for (int p = 0; p < REPTILE_SINE_POINTS; ++p) perm[p] = (unsigned)p;
-        unsigned block = 1, word = 4, w[4];
-        int pos = REPTILE_SINE_POINTS;
-        for (int e = 0; e < steps * b; ++e) {
-            if (pos == REPTILE_SINE_POINTS) {
-                for (int i = REPTILE_SINE_POINTS - 1; i > 0; --i) {
-                    if (word == 4) {
-                        reptile_philox(it, t, block++, REPTILE_SINE_TAG, seed_lo, seed_hi, w);
-                        word = 0;
-                    }
-                    // Select without indexing, so w stays in registers.
-                    const unsigned r = word == 0 ? w[0] : word == 1 ? w[1] : word == 2 ? w[2] : w[3];
-                    ++word;
-                    const unsigned j = reptile_mulhi(r, (unsigned)(i + 1));
-                    const unsigned tmp = perm[i];
-                    perm[i] = perm[j];
-                    perm[j] = tmp;
-                }
-                pos = 0;
-            }
-            idx[e] = perm[pos++];
+    for (int base = 0, pass = 0; base < total; base += REPTILE_SINE_POINTS, ++pass) {
+        for (int p = threadIdx.x; p < REPTILE_SINE_POINTS; p += blockDim.x) {
+            unsigned w[4];
+            reptile_philox(it, t, 1u + 13u * (unsigned)pass + (unsigned)(p >> 2), REPTILE_SINE_TAG, seed_lo, seed_hi, w);
+            const int c = p & 3;
+            keys[p] = c == 0 ? w[0] : c == 1 ? w[1] : c == 2 ? w[2] : w[3];
         }
+        __syncthreads();  // every key of the pass written
+        for (int p = threadIdx.x; p < REPTILE_SINE_POINTS; p += blockDim.x) {
+            const unsigned key = keys[p];
+            int rank = 0;
+            for (int q = 0; q < REPTILE_SINE_POINTS; ++q) {
+                const unsigned kq = keys[q];
+                rank += (kq < key || (kq == key && q < p)) ? 1 : 0;
+            }
+            if (base + rank < total) idx[base + rank] = (unsigned)p;
+        }
+        __syncthreads();  // every rank read the keys before the next pass overwrites them
     }
 }

@@ -18,20 +18,23 @@
 //
 // Work mapping (llm.c style: each phase is a flat loop over its items with stride blockDim,
 // the item → (row, column) map chosen so a warp reads shared memory without bank conflicts,
-// and __syncthreads between phases). The three products use REPTILE_PT × REPTILE_PT register
-// tiles, so each value read from shared memory feeds REPTILE_PT FMAs:
-//   forward, layer l:  tile = 4 outputs {ot + r·To} (strided: a warp reads consecutive rows of
-//                      W at the odd padded stride, 32 banks) × 4 consecutive points (A reads
-//                      are broadcasts). When the tiles fill only part of the block, the
-//                      reduction is split over up to REPTILE_SPLIT warp slices (fused_slices);
-//                      their partial sums are added in slice order by an epilogue phase.
+// and __syncthreads between phases). Shared memory is read in 16-byte vectors along each
+// product's reduction; the products use register tiles of 4 outputs (or inputs) ×
+// REPTILE_PTP points:
+//   forward, layer l:  tile = 4 outputs {ot + r·To} (strided: a warp reads 8 consecutive rows
+//                      of W per 16-byte phase at the odd-vector stride) × REPTILE_PTP
+//                      consecutive points (A reads are broadcasts). When the tiles fill only
+//                      part of the block, the reduction is split over up to REPTILE_SPLIT warp
+//                      slices (fused_slices); their partial sums are added in slice order by an
+//                      epilogue phase. A layer with ≤ 4 inputs: one thread per output element;
+//                      with ≤ 4 outputs: one warp per output element, lanes over the reduction.
 //   loss (MSE):        item = output element (p, j); loss partial sums reduced by warp shuffles.
 //   loss (CE):         item = point p (max, Σexp, gradient over the point's outputs).
-//   backward dA:       tile = 4 inputs {it + c·Ti} (consecutive across a warp: contiguous W row
-//                      reads) × 4 consecutive points, same split rule.
-//   backward dW + SGD: tile = 4 outputs × 4 inputs, it fast; sums over the minibatch's points
-//                      and updates its 16 weights in place after dA has read W; biases one
-//                      thread per output.
+//   backward dA:       tile = 4 consecutive inputs × REPTILE_PTP points, same split rule.
+//   backward dW + SGD: tile = 4 consecutive outputs × 4 consecutive inputs, it fast; sums over
+//                      the minibatch's points and updates its 16 weights in place after dA has
+//                      read W; the it = 0 tiles also sum the bias gradient. A layer with
+//                      out·(in + 1) ≤ 2·blockDim: one thread per weight or bias.
 // Requirements: blockDim.x a multiple of 32, at most 512 (see the launch bounds below);
 // dynamic shared memory as `FusedLayout::with_splits` for the launch's block size.
 
@@ -398,6 +401,19 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
         const float* W = S.theta + S.w_off(l);
         const float* bias = S.theta + S.b_off(l);
         const bool hidden = l + 1 < L;
+        if (in <= 4) {
+            // A layer fed by at most 4 inputs (the sine net's first): one thread per output
+            // element, so the whole block shares the activations instead of one warp of tiles.
+            for (int e = threadIdx.x; e < bs * out; e += FS_BLOCK) {
+                const int p = e / out, o = e - p * out;
+                float v = 0.0f;
+                for (int k = 0; k < in; ++k) v = fmaf(a_prev[p * lda_in + k], W[o * ldw + k], v);
+                v = bias[o] + v;
+                z[p * lda_out + o] = hidden ? reptile_act(FS_ACT(P), v) : v;
+            }
+            __syncthreads();
+            continue;
+        }
         if (out <= 4) {
             const int lane = threadIdx.x & 31, nw = FS_BLOCK >> 5;
             for (int e = threadIdx.x >> 5; e < bs * out; e += nw) {  // warp-uniform trip count
@@ -518,7 +534,8 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
 // slices over quads of outputs (slice 0 writes raw sums into dA, the epilogue adds the others
 // and applies act'); dW + SGD: a thread owns 4 consecutive outputs 4·ot.. × 4 consecutive
 // inputs 4·it.. (it fast), sums over the minibatch's points with one 16-byte load of dZ and
-// one of A per point, and updates its 16 weights in place; biases: one thread per output.
+// one of A per point, and updates its 16 weights in place; the it = 0 tiles also sum and apply
+// the bias gradient. Small layers (out·(in + 1) ≤ 2·blockDim): one thread per weight or bias.
 __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const FusedSmem& S, int bs) {
     const int Tp = (bs + REPTILE_PTP - 1) / REPTILE_PTP;
     float* gcur = S.g0;
@@ -572,6 +589,26 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
             __syncthreads();  // every dA read W_l before any thread updates it
         }
         const float nlr = -P.lr;
+        if (out * (in + 1) <= 2 * FS_BLOCK) {
+            // A small layer (the sine net's first and last): one thread per weight or bias, so
+            // its few products spread over the block instead of a few 4 × 4 tiles.
+            for (int e = threadIdx.x; e < out * (in + 1); e += FS_BLOCK) {
+                const int o = e / (in + 1), i = e - o * (in + 1);
+                float acc = 0.0f;
+                if (i < in) {
+                    for (int p = 0; p < bs; ++p) acc = fmaf(gcur[p * lda_out + o], a_prev[p * lda_in + i], acc);
+                    W[o * ldw + i] += nlr * acc;
+                } else {
+                    for (int p = 0; p < bs; ++p) acc += gcur[p * lda_out + o];
+                    bias[o] += nlr * acc;
+                }
+            }
+            __syncthreads();  // θ' of layer l final, gcur free for reuse
+            float* t = gcur;
+            gcur = gnext;
+            gnext = t;
+            continue;
+        }
         for (int e = threadIdx.x; e < To * Ti; e += FS_BLOCK) {
             const int ot = e / Ti, it = e - ot * Ti, o0 = 4 * ot, i0 = 4 * it;
             float acc[4][4];
@@ -580,6 +617,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
                 REPTILE_UNROLL
                 for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
             }
+            float bsum[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // the bias gradient, by the it = 0 tiles
             REPTILE_UNROLL_N(2)
             for (int p = 0; p < bs; ++p) {
                 // Columns past out / in hold zeros or stale finite-or-not values; the sums they
@@ -588,9 +626,15 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
                 const float4 a = reptile_ld4v(a_prev + p * lda_in + i0);
                 REPTILE_UNROLL
                 for (int r = 0; r < 4; ++r) {
+                    bsum[r] += reptile_comp(g, r);
                     REPTILE_UNROLL
                     for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(reptile_comp(g, r), reptile_comp(a, c), acc[r][c]);
                 }
+            }
+            if (it == 0) {
+                REPTILE_UNROLL
+                for (int r = 0; r < 4; ++r)
+                    if (o0 + r < out) bias[o0 + r] += nlr * bsum[r];
             }
             REPTILE_UNROLL
             for (int r = 0; r < 4; ++r) {
@@ -611,11 +655,6 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
                 }
             }
         }
-        for (int o = threadIdx.x; o < out; o += FS_BLOCK) {
-            float g = 0.0f;
-            for (int p = 0; p < bs; ++p) g += gcur[p * lda_out + o];
-            bias[o] += nlr * g;
-        }
         __syncthreads();  // θ' of layer l final, gcur free for reuse
         float* t = gcur;
         gcur = gnext;
@@ -626,17 +665,22 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
 // delta: [n_tasks × P] output (poisoning it before the launch is harmless: every element is
 // written). losses: [n_tasks × 2]. idx: [n_tasks × steps × idx_stride].
 // Launch bounds. The kernel takes blocks of up to 512 threads, so it must use at most 128
-// registers (tests/cuda_nvrtc.rs checks the generic build's count). A bare bound is avoided up
-// to 512 threads: with `.maxntid` alone, ptxas 13 caps registers at 64 and spills (seen for
-// 256 and 512), while without it the generic build takes 72 and no spills. A specialized
-// build states its block only above 256 threads (any count ≤ 255 fits 256 threads).
+// registers (tests/cuda_nvrtc.rs checks the generic build's count). The generic build states
+// no bound: with `.maxntid` alone, ptxas 13 caps registers at 64 and spills (seen for 256 and
+// 512), while without it the generic build takes ~80 and no spills. A specialized build
+// states its block and the blocks per SM that 128 registers per thread allow (64K registers:
+// 4 blocks of 128 threads, 2 of 256): left alone, ptxas gives the sine build 148 registers
+// and 3 blocks per SM (tests/cuda_nvrtc.rs checks it does not spill under the cap).
 #if defined(REPTILE_SPEC) && defined(REPTILE_MIN_BLOCKS)
 #define FS_BOUNDS __launch_bounds__(REPTILE_SPEC_BLOCK, REPTILE_MIN_BLOCKS)
-#elif defined(REPTILE_SPEC) && REPTILE_SPEC_BLOCK > 256
-#define FS_BOUNDS REPTILE_LAUNCH_BOUNDS(REPTILE_SPEC_BLOCK)
+#elif defined(REPTILE_SPEC)
+#define FS_BOUNDS __launch_bounds__(REPTILE_SPEC_BLOCK, (65536 / (REPTILE_SPEC_BLOCK * 128)) > 0 ? 65536 / (REPTILE_SPEC_BLOCK * 128) : 1)
 #else
 #define FS_BOUNDS
 #endif
+// A specialized build holds one entry point: reptile_sine_serial with REPTILE_SPEC_SERIAL
+// defined, else reptile_fused_inner (half the NVRTC time per shape).
+#if !defined(REPTILE_SPEC) || !defined(REPTILE_SPEC_SERIAL)
 extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const float* __restrict__ theta, const float* __restrict__ x,
                                                const float* __restrict__ y, const unsigned* __restrict__ labels,
                                                const unsigned* __restrict__ idx, float* __restrict__ delta,
@@ -696,6 +740,9 @@ extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const fl
     fused_store_diff(P, S, P.fomaml ? dt : theta, dt);
 }
 
+#endif
+
+#if !defined(REPTILE_SPEC) || defined(REPTILE_SPEC_SERIAL)
 // Kernel 5: serial Reptile (n = 1) on the sine family, `count` iterations in one launch of one
 // block, with no host round-trip and no launch between iterations. Iteration `it` draws its
 // task on the device (reptile_sine_draw: the Philox counters of reptile_sine_sample, so the
@@ -780,3 +827,4 @@ extern "C" __global__ void FS_BOUNDS reptile_sine_serial(FusedParams P, unsigned
         losses[1] = diverged ? nanf("") : loss_after;
     }
 }
+#endif

@@ -15,25 +15,27 @@
 // (seed, iteration, task) — no RNG state on the device. Task t of an iteration: A ~ U[0.1, 5)
 // from word 0 of block 0, φ ~ U[0, 2π) from word 1; the 50-point grid linspace(−5, 5, 50);
 // the minibatch stream of the CPU path (a shuffled pass over the 50 points, consumed b at a
-// time, reshuffled when exhausted) with Fisher–Yates shuffles drawing words from blocks 1, 2, …
-// (index j of 0..=i as ⌊u·(i+1) / 2^32⌋). `reptile::cuda::sine` has the same sampler on the
+// time, reshuffled when exhausted), each pass's shuffle drawn in parallel: point p of pass k
+// gets the key word p mod 4 of block 1 + 13k + p/4, and the pass visits the points in
+// increasing (key, p) order (a uniform permutation; ties, at odds of 2^-32 per pair, go to
+// the lower index). `reptile::cuda::sine` has the same sampler on the
 // CPU, which the tests compare against.
 //
-// Work mapping: sample — one block per task; thread p < 50 writes grid point p and its target,
-// thread 0 runs the shuffles (sequential by nature, 49 swaps per pass). interpolate_sched and
+// Work mapping: sample — one block per task; thread p < 50 writes grid point p and its target
+// and ranks point p in each pass (reptile_sine_draw in common.cuh). interpolate_sched and
 // commit — one thread per parameter, as reptile_interpolate.
 
 #include "common.cuh"
 
-// x, y: [n × 50] (in = out = 1); idx: [n × steps × b]. Grid n, any blockDim (a multiple of 32).
+// x, y: [n × 50] (in = out = 1); idx: [n × steps × b]. Grid n, blockDim ≥ 50 (a multiple of 32).
 extern "C" __global__ void reptile_sine_sample(unsigned seed_lo, unsigned seed_hi, const unsigned* __restrict__ iter,
                                                int n, int steps, int b, float* __restrict__ x, float* __restrict__ y,
                                                unsigned* __restrict__ idx) {
-    REPTILE_SMEM(unsigned, perm);  // 50 entries
+    REPTILE_SMEM(unsigned, keys);  // 64 entries
     const unsigned t = blockIdx.x;
     if ((int)t >= n) return;
     reptile_sine_draw(seed_lo, seed_hi, *iter, t, steps, b, x + (size_t)t * REPTILE_SINE_POINTS,
-                      y + (size_t)t * REPTILE_SINE_POINTS, idx + (size_t)t * steps * b, perm);
+                      y + (size_t)t * REPTILE_SINE_POINTS, idx + (size_t)t * steps * b, keys);
 }
 
 // Stage 2 of the reduction with the annealed step: ε(t) = ε0 + (ε1 − ε0)·min(t/T, 1) in double,

@@ -45,7 +45,7 @@ step() { # name, seconds allowed, command...
 }
 
 step probe 30 "$bin/cuda_probe" --nocapture
-step gpu-tests 120 "$bin/cuda_gpu" --test-threads=1 --nocapture
+step gpu-tests 240 "$bin/cuda_gpu" --test-threads=1 --nocapture
 step benchmarks 120 "$bin/cuda_gpu" --ignored gpu_benchmarks --exact --nocapture
 if [[ -x $bin/reptile ]]; then
     step cli-sine 90 "$bin/reptile" sine --device cuda:0 --quiet --out "$logs/sine-cuda"

@@ -203,6 +203,31 @@ fn specialized_fused_kernels_compile_without_spills() {
             ));
         }
     }
+    // The serial sine kernel as the back end builds it for the demo (256 threads, staged).
+    let sine = &cases[0].0;
+    let plan = MinibatchPlan { idx: vec![], n_tasks: 1, steps: 5, b: 10, b_last: 10, stride: 10 };
+    let params = reptile::cuda::plan::FusedParams { stage: 1, ..plan.fused_params(sine, 50, 0.02, false).unwrap() };
+    let mut defs = reptile::cuda::plan::FusedShape::new(&params, 256).defines();
+    defs.push("-DREPTILE_SPEC_SERIAL=1".into());
+    let ptx = kernels::compile_ptx_with(&kernels::MLP_FUSED, "compute_90", &defs).unwrap();
+    assert!(ptx.contains("reptile_sine_serial") && !ptx.contains(".entry reptile_fused_inner"));
+    if let Some(ptxas) = &ptxas {
+        let path = dir.join("mlp_fused.serial.b256.sm_90.ptx");
+        std::fs::write(&path, &ptx).unwrap();
+        let out = Command::new(ptxas).args(["-v", "-arch=sm_90", "-o", "/dev/null"]).arg(&path).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "ptxas serial: {text}");
+        let info = parse_ptxas(&text).into_iter().find(|i| i.function == "reptile_sine_serial").unwrap();
+        assert_eq!((info.spill_stores, info.spill_loads), (0, 0), "serial sine kernel spills:\n{text}");
+        table.push(format!(
+            "| specialized serial {:?} b=256 | sm_90 | {} | {} | {}/{} |",
+            sine.widths(),
+            info.registers,
+            info.stack,
+            info.spill_stores,
+            info.spill_loads
+        ));
+    }
     println!("{}", table.join("\n"));
 }
 

@@ -206,9 +206,6 @@ impl CudaBackend {
                     by_name.insert(*name, f);
                 }
             }
-            for name in MLP_FUSED.entry_points {
-                prefer_shared(&by_name[name])?;
-            }
             let chunk_sums = by_name["reptile_chunk_sums"].clone();
             let interpolate = by_name["reptile_interpolate"].clone();
             Ok(CudaBackend {
@@ -356,7 +353,11 @@ impl CudaBackend {
         }
         let shape = plan::FusedShape::new(params, block);
         if !self.spec_fused.contains_key(&(shape, name)) {
-            let ptx = kernels::ptx_for_with(&MLP_FUSED, self.info.major, self.info.minor, &shape.defines())?;
+            let mut defines = shape.defines();
+            if name == "reptile_sine_serial" {
+                defines.push("-DREPTILE_SPEC_SERIAL=1".into());
+            }
+            let ptx = kernels::ptx_for_with(&MLP_FUSED, self.info.major, self.info.minor, &defines)?;
             let ctx = self.ctx.clone();
             let f = no_panic("loading a specialized fused kernel", || {
                 let module = ctx
@@ -366,7 +367,6 @@ impl CudaBackend {
                     .load_function(name)
                     .map_err(|e| driver_err(&format!("cuModuleGetFunction({name}, specialized)"), e))
             })?;
-            prefer_shared(&f)?;
             self.spec_fused.insert((shape, name), (f, DEFAULT_SMEM_LIMIT));
         }
         let (f, have) = self.spec_fused.get_mut(&(shape, name)).expect("inserted above");
@@ -1024,13 +1024,4 @@ impl CudaBackend {
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
-}
-
-/// Asks the driver to give the fused kernel's multiprocessors the largest shared-memory
-/// carveout: the kernel's occupancy is bounded by shared memory (one task's θ' and buffers per
-/// block), and left to itself the driver picked 168 KB of the H200's 228 KB (4 blocks of 40 KB
-/// per SM instead of 5; Nsight Compute, 2026-11-30).
-fn prefer_shared(f: &CudaFunction) -> CudaResult<()> {
-    f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)
-        .map_err(|e| driver_err("cuFuncSetAttribute(preferred shared memory carveout)", e))
 }

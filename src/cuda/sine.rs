@@ -58,25 +58,18 @@ pub fn sample_tasks(
         let phase = 6.283_185_5f32 * unit(u[1]);
         x.extend_from_slice(&g);
         y.extend(g.iter().map(|&v| amp * (v + phase).sin()));
-        let mut perm: Vec<u32> = (0..GRID_POINTS as u32).collect();
-        let (mut block, mut word, mut w) = (1u32, 4usize, [0u32; 4]);
-        let mut pos = GRID_POINTS;
-        for _ in 0..steps * b {
-            if pos == GRID_POINTS {
-                for i in (1..GRID_POINTS).rev() {
-                    if word == 4 {
-                        w = philox4x32_10([iteration, t, block, SINE_TAG], key);
-                        block += 1;
-                        word = 0;
-                    }
-                    let j = ((w[word] as u64 * (i as u64 + 1)) >> 32) as usize;
-                    word += 1;
-                    perm.swap(i, j);
-                }
-                pos = 0;
-            }
-            idx.push(perm[pos]);
-            pos += 1;
+        // Pass k: point p's key is word p mod 4 of Philox block 1 + 13k + p/4; the pass visits
+        // the points in increasing (key, p) order.
+        let total = steps * b;
+        for (pass, base) in (0..total).step_by(GRID_POINTS).enumerate() {
+            let mut order: Vec<(u32, u32)> = (0..GRID_POINTS as u32)
+                .map(|p| {
+                    let w = philox4x32_10([iteration, t, 1 + 13 * pass as u32 + p / 4, SINE_TAG], key);
+                    (w[(p % 4) as usize], p)
+                })
+                .collect();
+            order.sort_unstable();
+            idx.extend(order.iter().take(total - base).map(|&(_, p)| p));
         }
     }
     let plan = MinibatchPlan { idx, n_tasks: n, steps, b, b_last: b, stride: b };
