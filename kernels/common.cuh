@@ -15,6 +15,7 @@
 #define REPTILE_PRAGMA(x) _Pragma(#x)
 #define REPTILE_UNROLL_N(n) REPTILE_PRAGMA(unroll n)
 #define REPTILE_LAUNCH_BOUNDS(threads) __launch_bounds__(threads)
+#define REPTILE_LAUNCH_BOUNDS_MIN(threads, blocks) __launch_bounds__(threads, blocks)
 #endif
 
 // Largest number of linear layers the kernels accept (widths has one more entry).

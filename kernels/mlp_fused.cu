@@ -672,9 +672,10 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
 // 4 blocks of 128 threads, 2 of 256): left alone, ptxas gives the sine build 148 registers
 // and 3 blocks per SM (tests/cuda_nvrtc.rs checks it does not spill under the cap).
 #if defined(REPTILE_SPEC) && defined(REPTILE_MIN_BLOCKS)
-#define FS_BOUNDS __launch_bounds__(REPTILE_SPEC_BLOCK, REPTILE_MIN_BLOCKS)
+#define FS_BOUNDS REPTILE_LAUNCH_BOUNDS_MIN(REPTILE_SPEC_BLOCK, REPTILE_MIN_BLOCKS)
 #elif defined(REPTILE_SPEC)
-#define FS_BOUNDS __launch_bounds__(REPTILE_SPEC_BLOCK, (65536 / (REPTILE_SPEC_BLOCK * 128)) > 0 ? 65536 / (REPTILE_SPEC_BLOCK * 128) : 1)
+#define FS_BOUNDS \
+    REPTILE_LAUNCH_BOUNDS_MIN(REPTILE_SPEC_BLOCK, (65536 / (REPTILE_SPEC_BLOCK * 128)) > 0 ? 65536 / (REPTILE_SPEC_BLOCK * 128) : 1)
 #else
 #define FS_BOUNDS
 #endif

@@ -44,6 +44,7 @@ inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define REPTILE_UNROLL
 #define REPTILE_UNROLL_N(n)
 #define REPTILE_LAUNCH_BOUNDS(threads)
+#define REPTILE_LAUNCH_BOUNDS_MIN(threads, blocks)
 
 namespace emu {
 struct Warp {

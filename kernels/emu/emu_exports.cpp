@@ -60,7 +60,9 @@ extern "C" int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned g
     REPTILE_EMU_KERNEL(reptile_sine_sample)
     REPTILE_EMU_KERNEL(reptile_interpolate_sched)
     REPTILE_EMU_KERNEL(reptile_commit)
+#if !defined(REPTILE_SPEC)  // a specialized build holds reptile_fused_inner alone
     REPTILE_EMU_KERNEL(reptile_sine_serial)
+#endif
 #undef REPTILE_EMU_KERNEL
     return 3;
 }
