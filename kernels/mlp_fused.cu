@@ -755,7 +755,7 @@ extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const fl
 // after adaptation) of the last iteration, or (before, NaN) of the failing one.
 // Shared memory: the fused layout with the task staged (P: Reptile, P.stage = 1, m = 50,
 // in = out = 1, REPTILE_SPLIT − 1 partial-sum buffers), then θ in the padded layout
-// (plan::serial_bytes), then 64 unsigned: the shuffle scratch and the divergence flag.
+// (plan::serial_bytes), then 64 unsigned: the draws' key scratch and the divergence flag.
 // Work mapping: the inner loop as reptile_fused_inner; the interpolation and the θ copies one
 // thread per padded element.
 extern "C" __global__ void FS_BOUNDS reptile_sine_serial(FusedParams P, unsigned seed_lo, unsigned seed_hi, float eps0,
@@ -768,8 +768,8 @@ extern "C" __global__ void FS_BOUNDS reptile_sine_serial(FusedParams P, unsigned
     fused_clear(S);
     const int nt = (int)(S.acts - S.theta);  // floats of the padded θ (a multiple of 4)
     float* th = S.scr + (REPTILE_SPLIT - 1) * FS_STRIDE(P) * reptile_lda(S.gmax());
-    unsigned* perm = (unsigned*)(th + nt);
-    unsigned* flag = perm + 60;
+    unsigned* keys = (unsigned*)(th + nt);  // 50 draw keys, then the flag
+    unsigned* flag = keys + 60;
     if (threadIdx.x == 0) *flag = 0u;
     __syncthreads();  // header written, padding cleared
     if (*bad) return;  // uniform: every thread reads the same word
@@ -784,7 +784,7 @@ extern "C" __global__ void FS_BOUNDS reptile_sine_serial(FusedParams P, unsigned
     float loss_before = 0.0f, loss_after = 0.0f;
     bool diverged = false;
     for (int c = 0; c < count; ++c) {
-        reptile_sine_draw(seed_lo, seed_hi, it, 0u, P.steps, b, xs, ys, is, perm);
+        reptile_sine_draw(seed_lo, seed_hi, it, 0u, P.steps, b, xs, ys, is, keys);
         __syncthreads();  // task drawn; every thread has read the last iteration's flag
         if (threadIdx.x == 0) *flag = 0u;
         for (int s = 0; s < P.steps; ++s) {

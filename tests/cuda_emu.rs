@@ -290,8 +290,7 @@ fn fused_inner_loop_matches_cpu_on_random_specs() {
         let (d_ref, l_ref) = plan::cpu_deltas(&spec, &theta, &x, y, m, &plan, lr, fomaml);
         // Every other case gathers from global memory instead of the staged task.
         let stage = case % 2 == 0;
-        let (d_emu, l_emu) =
-            run_fused_staged(emu(), &spec, &theta, &x, y, m, &plan, lr, fomaml, block, Some(stage));
+        let (d_emu, l_emu) = run_fused_staged(emu(), &spec, &theta, &x, y, m, &plan, lr, fomaml, block, Some(stage));
         let what = format!(
             "case {case}: {:?} {:?} n={n} m={m} {inner:?} tail={tail:?} block={block} stage={stage}",
             spec.widths(),

@@ -390,7 +390,9 @@ fn bench_fused() {
     for n in [1usize, 4096] {
         let case = SineCase::new(n);
         let flops = case.flops;
-        for (specialize, block) in [(false, 128u32), (false, 256), (true, 64), (true, 96), (true, 128), (true, 256), (true, 512)] {
+        for (specialize, block) in
+            [(false, 128u32), (false, 256), (true, 64), (true, 96), (true, 128), (true, 256), (true, 512)]
+        {
             gpu.set_specialize(specialize);
             gpu.set_fused_block(Some(block)).unwrap();
             let secs = case.time_fused(&mut gpu, if n == 1 { 200 } else { 50 });

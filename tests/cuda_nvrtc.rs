@@ -16,11 +16,10 @@ const ARCHS: &[(&str, &str)] = &[("compute_80", "sm_80"), ("compute_90", "sm_90"
 
 /// Kernels allowed a stack frame (local memory; never spills), with the reason. Every other
 /// kernel must have none: a stack frame there means a dynamically indexed local array.
-const LOCAL_MEMORY_ALLOWED: &[(&str, &str)] =
-    &[
-        ("reptile_sine_sample", "sinf's large-argument reduction table (never reached: |x + φ| < 12)"),
-        ("reptile_sine_serial", "the same sinf table (the serial loop draws its tasks with the same code)"),
-    ];
+const LOCAL_MEMORY_ALLOWED: &[(&str, &str)] = &[
+    ("reptile_sine_sample", "sinf's large-argument reduction table (never reached: |x + φ| < 12)"),
+    ("reptile_sine_serial", "the same sinf table (the serial loop draws its tasks with the same code)"),
+];
 
 fn required() -> bool {
     std::env::var("REPTILE_REQUIRE_NVRTC").is_ok_and(|v| v == "1")

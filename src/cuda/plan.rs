@@ -177,7 +177,7 @@ pub fn fused_launch_bytes(spec: &MlpSpec, params: &FusedParams, block: u32) -> u
 
 /// Dynamic shared memory, in bytes, of `reptile_sine_serial` for `params` (staged, Reptile):
 /// the fused layout with every partial-sum buffer ([`FusedLayout::new`]) and the staged task,
-/// then θ in the padded layout and 64 words of shuffle scratch and flag.
+/// then θ in the padded layout and 64 words: the draws' key scratch and the divergence flag.
 pub fn serial_bytes(spec: &MlpSpec, params: &FusedParams) -> usize {
     let (b, b_last) = (params.b.max(0) as usize, params.b_last.max(0) as usize);
     let layout = FusedLayout::new(spec, b.max(b_last));

@@ -1,6 +1,9 @@
 //! The device-resident sine-wave training loop (`kernels/sine_device.cu`): tasks sampled on the
 //! GPU with a counter-based RNG (Philox4x32-10), θ kept on the device, no host round-trip per
-//! iteration.
+//! iteration. Two forms: [`resident_program`], five launches per iteration for any number of
+//! tasks, and [`serial_program`], serial Reptile (n = 1) with many iterations in one launch of
+//! `reptile_sine_serial` (`kernels/mlp_fused.cu`). Both draw the same tasks and compute the
+//! same updates.
 //!
 //! Its tasks and minibatch orders come from Philox, not from the CPU path's ChaCha streams, so
 //! a resident run is statistically equivalent to `reptile sine`, not bit-identical. This
@@ -228,8 +231,7 @@ pub fn serial_program(spec: &MlpSpec, config: &ReptileConfig, seed: u64, block: 
     let layout_plan = MinibatchPlan { idx: vec![], n_tasks: 1, steps, b, b_last: b, stride: b };
     let mut params = layout_plan.fused_params(spec, GRID_POINTS, config.train.lr, false)?;
     params.stage = 1;
-    let smem = u32::try_from(plan::serial_bytes(spec, &params))
-        .map_err(|_| CudaError::Unsupported("layout".into()))?;
+    let smem = u32::try_from(plan::serial_bytes(spec, &params)).map_err(|_| CudaError::Unsupported("layout".into()))?;
     let launches = vec![Launch {
         kernel: "reptile_sine_serial",
         grid: [1, 1, 1],
