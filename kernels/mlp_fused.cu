@@ -9,12 +9,15 @@
 // first minibatch at θ, loss of the same minibatch at θ'_k).
 //
 // Everything a task touches lives in dynamic shared memory for the whole launch (layout below,
-// mirrored by `FusedLayout` in src/cuda/plan.rs): θ' with W rows padded to an odd stride, the
-// activations of every layer for the minibatch, two gradient buffers (dL/dZ of the current
-// layer and dL/dA of the one below), the gathered minibatch inputs and targets (all these
-// per-point buffers with rows at the odd stride reptile_lda), 32 floats of reduction scratch,
-// and the partial sums of products split over warp slices. Global memory is read for θ at the
-// start, the minibatch points of each step and the index lists, and written once at the end.
+// mirrored by `FusedLayout` in src/cuda/plan.rs): θ' with W rows padded to an odd number of
+// 16-byte vectors (reptile_ldw) and biases to whole vectors, the activations of every layer
+// for the minibatch, two gradient buffers (dL/dZ of the current layer and dL/dA of the one
+// below), the gathered minibatch inputs and targets (all these per-point buffers with rows at
+// the same kind of stride, reptile_lda), 32 floats of reduction scratch, the staged task when
+// P.stage is set (its points and index lists, copied once), and the partial sums of products
+// split over warp slices. Padding is cleared at the start and never written. Global memory is
+// read for θ at the start, the task's points and index lists (once if staged, else per step),
+// and written once at the end.
 //
 // Work mapping (llm.c style: each phase is a flat loop over its items with stride blockDim,
 // the item → (row, column) map chosen so a warp reads shared memory without bank conflicts,

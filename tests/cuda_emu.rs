@@ -115,26 +115,10 @@ fn load_emu(path: PathBuf) -> Emu {
 }
 
 /// Runs the fused kernel in the emulation library `lib` ([`emu`], or a shape-specialized
-/// build); returns (deltas [n × P], losses [n × 2]).
+/// build), with the task staging forced on or off (`stage`; `None`: as `fused_params`
+/// decides); returns (deltas [n × P], losses [n × 2]).
 #[allow(clippy::too_many_arguments)]
 fn run_fused(
-    lib: &Emu,
-    spec: &MlpSpec,
-    theta: &[f32],
-    x: &[f32],
-    y: Tgt<'_>,
-    m: usize,
-    plan: &MinibatchPlan,
-    lr: f32,
-    fomaml: bool,
-    block: u32,
-) -> (Vec<f32>, Vec<f32>) {
-    run_fused_staged(lib, spec, theta, x, y, m, plan, lr, fomaml, block, None)
-}
-
-/// [`run_fused`] with the task staging forced on or off (`None`: as `fused_params` decides).
-#[allow(clippy::too_many_arguments)]
-fn run_fused_staged(
     lib: &Emu,
     spec: &MlpSpec,
     theta: &[f32],
@@ -290,7 +274,7 @@ fn fused_inner_loop_matches_cpu_on_random_specs() {
         let (d_ref, l_ref) = plan::cpu_deltas(&spec, &theta, &x, y, m, &plan, lr, fomaml);
         // Every other case gathers from global memory instead of the staged task.
         let stage = case % 2 == 0;
-        let (d_emu, l_emu) = run_fused_staged(emu(), &spec, &theta, &x, y, m, &plan, lr, fomaml, block, Some(stage));
+        let (d_emu, l_emu) = run_fused(emu(), &spec, &theta, &x, y, m, &plan, lr, fomaml, block, Some(stage));
         let what = format!(
             "case {case}: {:?} {:?} n={n} m={m} {inner:?} tail={tail:?} block={block} stage={stage}",
             spec.widths(),
@@ -315,7 +299,8 @@ fn fused_inner_loop_sine_shape() {
     let inner = ReptileConfig::sine().train;
     let plan = MinibatchPlan::training(3, 50, &inner, OuterRule::Reptile, 5, 0, 0).unwrap();
     let (d_ref, l_ref) = plan::cpu_deltas(&spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, inner.lr, false);
-    let (d_emu, l_emu) = run_fused(emu(), &spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, inner.lr, false, 128);
+    let (d_emu, l_emu) =
+        run_fused(emu(), &spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, inner.lr, false, 128, None);
     let worst = assert_close("sine delta", &d_emu, &d_ref, 1e-5, 1e-4);
     assert_close("sine losses", &l_emu, &l_ref, 1e-5, 1e-4);
     println!(
@@ -353,7 +338,7 @@ fn specialized_builds_match_the_cpu() {
         let lab: Vec<u32> = (0..n * m).map(|_| rng.random_range(0..spec.out_dim() as u32)).collect();
         let y = if spec.loss() == Loss::Mse { Tgt::Values(&yv) } else { Tgt::Labels(&lab) };
         let (d_ref, l_ref) = plan::cpu_deltas(&spec, &theta, &x, y, m, &plan, inner.lr, fomaml);
-        let (d, l) = run_fused(&lib, &spec, &theta, &x, y, m, &plan, inner.lr, fomaml, block);
+        let (d, l) = run_fused(&lib, &spec, &theta, &x, y, m, &plan, inner.lr, fomaml, block, None);
         let worst = assert_close(&format!("{name} specialized delta"), &d, &d_ref, 5e-5, 1e-3);
         assert_close(&format!("{name} specialized losses"), &l, &l_ref, 1e-5, 1e-3);
         println!("{name} specialized (block {block}): worst |Δ| = {worst:e}");
@@ -389,7 +374,7 @@ fn meta_step_matches_the_cpu_trainer() {
             let plan = MinibatchPlan::training(n, m, &config.train, outer, config.seed, it, 0).unwrap();
             let fomaml = outer != OuterRule::Reptile;
             let (d, losses) =
-                run_fused(emu(), &spec, &theta, &x, Tgt::Values(&y), m, &plan, config.train.lr, fomaml, 64);
+                run_fused(emu(), &spec, &theta, &x, Tgt::Values(&y), m, &plan, config.train.lr, fomaml, 64, None);
             let scale = config.epsilon(it) / n as f32;
             let (out, sum, bad) = run_update(&theta, &d, n, scale, 64);
             assert_eq!(bad, 0);

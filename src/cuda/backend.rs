@@ -306,10 +306,10 @@ impl CudaBackend {
     }
 
     /// `params` with task staging only where it pays: for fewer than two tasks per
-    /// multiprocessor (there the per-step gathers' global latency is the launch's latency; with
-    /// more, other blocks hide it, and a specialized build without staging needs fewer
-    /// registers: 128 against 152 for the sine net), and only where the staged launch fits
-    /// this device's shared memory per block (the layout without it was checked by
+    /// multiprocessor, where the per-step gathers' global latency is the launch's latency (with
+    /// more, other blocks hide it; and before specialized builds were bounded to 128 registers,
+    /// staging raised the sine build from 128 to 152 registers), and only where the staged
+    /// launch fits this device's shared memory per block (the layout without it was checked by
     /// [`Self::fused_shared_memory`]).
     fn fit_stage(&self, spec: &MlpSpec, mut params: plan::FusedParams, block: u32) -> plan::FusedParams {
         if params.n_tasks.max(0) as usize >= 2 * self.info.multiprocessors as usize
