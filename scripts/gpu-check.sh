@@ -5,7 +5,7 @@
 #   1. the CUDA tests with REPTILE_REQUIRE_GPU=1 (CPU vs GPU agreement, every kernel);
 #   2. the GPU benchmarks (sine meta-step at three block sizes, interpolation vs D2D copy,
 #      the Omniglot MLP on the tiled path, the sine demo);
-#   3. the CLI's sine demo on the GPU (`reptile sine --device cuda:0`), timed;
+#   3. the CLI's sine demo on the GPU (`reptile sine --device cuda:0`, and with --resident), timed;
 #   4. NVRTC + ptxas on the real toolkit (REPTILE_REQUIRE_NVRTC=1);
 #   5. compute-sanitizer memcheck and racecheck on a small case;
 #   6. ncu on one launch of the fused kernel and of the tiled forward kernel.
@@ -49,6 +49,7 @@ step gpu-tests 240 "$bin/cuda_gpu" --test-threads=1 --nocapture
 step benchmarks 120 "$bin/cuda_gpu" --ignored gpu_benchmarks --exact --nocapture
 if [[ -x $bin/reptile ]]; then
     step cli-sine 90 "$bin/reptile" sine --device cuda:0 --quiet --out "$logs/sine-cuda"
+    step cli-resident 90 "$bin/reptile" sine --device cuda:0 --resident --quiet --out "$logs/sine-resident"
 fi
 step nvrtc-ptxas 60 env REPTILE_REQUIRE_NVRTC=1 REPTILE_PTXAS="$(command -v ptxas || echo ptxas)" "$bin/cuda_nvrtc" --nocapture
 if command -v compute-sanitizer >/dev/null; then
@@ -72,7 +73,9 @@ fi
     printf '%s\n' "${rows[@]}"
     grep -hE '^(device|fused inner loop|  with uploads|tiled inner loop|interpolation|sine demo)' "$logs/benchmarks.log" 2>/dev/null
     grep -hE '^inner loops' "$logs/gpu-tests.log" 2>/dev/null
-    grep -hE 'test result|^reptile sine|final|meta-test|wall|after' "$logs/cli-sine.log" 2>/dev/null | head -8
+    for f in cli-sine cli-resident; do
+        grep -hE '^reptile sine|^trained|^ +(0|8|32) ' "$logs/$f.log" 2>/dev/null | head -9
+    done
     grep -hE '^\| reptile_' "$logs/nvrtc-ptxas.log" 2>/dev/null
     grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$logs/memcheck.log" "$logs/racecheck.log" 2>/dev/null
 } | tee "$out/summary.txt"

@@ -64,6 +64,7 @@ fn bad_input_exits_nonzero_with_a_message() {
         &["omniglot", "--average-tail", "1.5", "--iterations", "1"],
         &["omniglot", "--eval-moments", "carry", "--iterations", "0"],
         &["omniglot", "--eval-moments", "carry", "--train-moments", "reset", "--iterations", "1"],
+        &["sine", "--resident", "--iterations", "10"],
     ] {
         let out = reptile(args);
         assert!(!out.status.success(), "{args:?} succeeded");

@@ -789,3 +789,19 @@ fn serial_sine_kernel_stops_at_divergence_keeping_theta() {
     assert_eq!(mem.get(Buf::Iter, 1)[0], 2, "a launch after a divergence does nothing");
     assert_eq!(mem.get_f32(Buf::Theta, theta.len()), good);
 }
+
+#[test]
+fn resident_sine_training_refuses_what_it_cannot_run() {
+    // The resident loop's inner steps are SGD: an Adam config is refused, not run as SGD.
+    let (spec, mut config, _) = sine_setup(1, 2, 10, 0.02);
+    config.inner_optimizer = reptile::meta::InnerOptimizer::Adam { beta2: 0.999, eps: 1e-8 };
+    assert!(matches!(sine::check(&spec, &config), Err(reptile::cuda::CudaError::Unsupported(_))));
+    assert!(sine::serial_program(&spec, &config, 0, 64).is_err());
+    // A trainer on the CPU has no GPU to keep the loop on: a clear error, θ untouched.
+    let (spec, config, theta) = sine_setup(1, 2, 10, 0.02);
+    let mut trainer = reptile::Trainer::new(Model::from_params(spec, theta.clone()).unwrap(), config).unwrap();
+    let err = trainer.train_sine_resident(10, 0).unwrap_err();
+    assert!(matches!(err, reptile::Error::InvalidArgument(_)), "{err}");
+    assert_eq!(trainer.params(), &theta[..]);
+    assert_eq!(trainer.iteration(), 0);
+}

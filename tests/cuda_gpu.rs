@@ -473,3 +473,21 @@ fn profile_serial() {
     let run = gpu.train_sine_resident(&spec, &theta, &ReptileConfig::sine(), 1, 0, 0, 200, false).unwrap();
     assert_eq!(run.iteration, 200);
 }
+
+/// `Trainer::train_sine_resident` (what `reptile sine --device cuda --resident` runs): two
+/// calls of 40 and 20 iterations against the CPU reference of the resident loop.
+#[test]
+fn trainer_trains_sine_device_resident() {
+    let Some(_) = backend() else { return };
+    let spec = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap();
+    let config = ReptileConfig { planned_iters: 100, ..ReptileConfig::sine() };
+    let mut trainer = Trainer::new(Model::new(spec.clone(), 3), config.clone()).unwrap();
+    let theta = trainer.params().to_vec();
+    trainer.set_device(reptile::Device::Cuda(0)).unwrap();
+    trainer.train_sine_resident(40, 9).unwrap();
+    let losses = trainer.train_sine_resident(20, 9).unwrap();
+    let want = sine::reference_run(&spec, &theta, &config, 1, 9, 0, 60).unwrap();
+    assert_eq!(trainer.iteration(), 60);
+    assert_close("trainer θ after 60 resident iterations", trainer.params(), &want.theta, 1e-4, 1e-3);
+    assert_close("losses of the last iteration", &losses, &want.losses, 1e-4, 1e-3);
+}

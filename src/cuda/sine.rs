@@ -89,6 +89,12 @@ pub fn check(spec: &MlpSpec, config: &ReptileConfig) -> CudaResult<(usize, bool)
             spec.widths()
         )));
     }
+    if config.inner_optimizer != crate::meta::InnerOptimizer::Sgd {
+        return Err(CudaError::Unsupported(format!(
+            "the sine loop's inner loop is SGD, the config asks for {:?}",
+            config.inner_optimizer
+        )));
+    }
     let fomaml = match config.outer {
         OuterRule::Reptile => false,
         OuterRule::Fomaml { tail: None } => true,

@@ -634,6 +634,33 @@ impl Trainer {
         Ok(())
     }
 
+    /// `iterations` iterations of sine-wave meta-training kept on the GPU from this trainer's θ
+    /// and iteration count, with its config ([`crate::cuda::sine`]: tasks drawn on the device
+    /// with Philox keyed by `seed`, no host round-trip; serial Reptile runs a thousand
+    /// iterations per launch). Its tasks are the sine family's but not the ones
+    /// [`crate::workloads::sine::SineTasks`] draws, so the run is statistically equivalent to
+    /// [`Self::step`] over those, not identical. Needs [`Device::Cuda`], a 1-in 1-out MSE net,
+    /// SGD inner steps and no FOMAML tail; else [`Error::InvalidArgument`] or [`Error::Cuda`].
+    /// Returns the last iteration's per-task losses `[n × 2]` (before, after adaptation). On
+    /// a non-finite update θ keeps its last finite value, the iteration count stops at the
+    /// failing iteration, and the result is [`Error::Diverged`].
+    pub fn train_sine_resident(&mut self, iterations: u32, seed: u64) -> Result<Vec<f32>> {
+        let theta = self.params().to_vec();
+        let start = u32::try_from(self.iteration)
+            .map_err(|_| Error::InvalidArgument(format!("iteration {} past 2^32 − 1", self.iteration)))?;
+        let (spec, config) = (self.model.spec().clone(), self.config.clone());
+        let Some((_, gpu)) = self.cuda.as_mut() else {
+            return Err(Error::InvalidArgument("device-resident training needs a CUDA device".into()));
+        };
+        let run = gpu.train_sine_resident(&spec, &theta, &config, config.meta_batch, seed, start, iterations, true)?;
+        self.set_params(&run.theta)?;
+        self.iteration = run.iteration;
+        if run.diverged {
+            return Err(Error::Diverged { iteration: run.iteration, reason: "a non-finite update on the GPU".into() });
+        }
+        Ok(run.losses)
+    }
+
     /// Where the inner loops of meta-training run.
     pub fn device(&self) -> Device {
         self.cuda.as_ref().map_or(Device::Cpu, |(n, _)| Device::Cuda(*n))
