@@ -14,7 +14,6 @@
 #define REPTILE_UNROLL _Pragma("unroll")
 #define REPTILE_PRAGMA(x) _Pragma(#x)
 #define REPTILE_UNROLL_N(n) REPTILE_PRAGMA(unroll n)
-#define REPTILE_LAUNCH_BOUNDS(threads) __launch_bounds__(threads)
 #define REPTILE_LAUNCH_BOUNDS_MIN(threads, blocks) __launch_bounds__(threads, blocks)
 #endif
 
@@ -28,15 +27,15 @@
 
 // Points per register tile. The generic build uses 4; a shape-specialized build gets the
 // value that divides its minibatch most evenly (plan::point_tile, e.g. 5 for 10 points).
+#ifndef REPTILE_PTP
+#define REPTILE_PTP 4
+#endif
+
 // Unrolling of the fused products' loops over 16-byte quads of the reduction: 1 keeps one
 // quad's operands live. Unrolled by 2 (the `kunroll2` variant of scripts/gpu-variants.sh) the
 // sine meta-step ran at the same speed on an H200 (16.6% against 16.5% of peak, 2026-11-30).
 #ifndef REPTILE_KUNROLL
 #define REPTILE_KUNROLL 1
-#endif
-
-#ifndef REPTILE_PTP
-#define REPTILE_PTP 4
 #endif
 
 // Most warp slices that split one product's reduction in the fused kernel (see fused_split);

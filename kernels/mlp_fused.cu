@@ -122,11 +122,19 @@ struct FusedSmem {
 
 #define REPTILE_FUSED_HDR 36  // ≥ 4·REPTILE_MAX_LAYERS + 1, a multiple of 4 (16-byte alignment)
 
-// Floats of the staged task (plan::stage_floats): x, then y or the labels, then the index
-// lists, rounded up to whole 16-byte vectors.
-__device__ __forceinline__ int fused_stage_floats(const FusedParams& P, int dout) {
-    const int ny = FS_LOSS(P) == REPTILE_LOSS_MSE ? P.m * dout : P.m;
-    return reptile_pad4(P.m * P.widths[0] + ny + P.steps * FS_STRIDE(P));
+// The staged task's layout (plan::stage_floats): x [m × in] at 0, then y [m × out] or the
+// labels [m] at nx, then the index lists [steps × stride] at nx + ny; `floats` rounds the total
+// up to whole 16-byte vectors. The one description of it the kernels use.
+struct FusedStage {
+    int nx, ny, floats;
+};
+
+__device__ __forceinline__ FusedStage fused_stage(const FusedParams& P, int din, int dout) {
+    FusedStage g;
+    g.nx = P.m * din;
+    g.ny = FS_LOSS(P) == REPTILE_LOSS_MSE ? P.m * dout : P.m;
+    g.floats = reptile_pad4(g.nx + g.ny + P.steps * FS_STRIDE(P));
+    return g;
 }
 
 // Carves shared memory (layout mirrored by FusedLayout in src/cuda/plan.rs). The loop over
@@ -167,7 +175,7 @@ __device__ __forceinline__ void fused_carve(const FusedParams& P, float* smem, F
         if (l == L) dout = P.widths[l];
     S.red = S.yb + reptile_lda(dout) * bmax;
     S.task = S.red + 32;
-    S.scr = S.task + (FS_STAGE(P) ? fused_stage_floats(P, dout) : 0);
+    S.scr = S.task + (FS_STAGE(P) ? fused_stage(P, P.widths[0], dout).floats : 0);
     S.gm = gmax;
 }
 
@@ -257,10 +265,9 @@ __device__ __forceinline__ void fused_gather_task(const FusedParams& P, const Fu
                                                   const float* yt, const unsigned* lt, const unsigned* it, int s,
                                                   int bs) {
     if (FS_STAGE(P)) {
-        const int nx = P.m * S.width(0);
-        const int ny = FS_LOSS(P) == REPTILE_LOSS_MSE ? P.m * S.width(FS_L(P)) : P.m;
+        const FusedStage g = fused_stage(P, S.width(0), S.width(FS_L(P)));
         const unsigned* su = (const unsigned*)S.task;
-        fused_gather(P, S, S.task, S.task + nx, su + nx, su + nx + ny + s * FS_STRIDE(P), bs);
+        fused_gather(P, S, S.task, S.task + g.nx, su + g.nx, su + g.nx + g.ny + s * FS_STRIDE(P), bs);
     } else {
         fused_gather(P, S, xt, yt, lt, it + (size_t)s * FS_STRIDE(P), bs);
     }
@@ -706,17 +713,17 @@ extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const fl
     fused_load_theta(P, S, theta);
     if (FS_STAGE(P)) {
         // One pass of coalesced copies; the gathers then read shared memory.
-        const int nx = P.m * din, ny = FS_LOSS(P) == REPTILE_LOSS_MSE ? P.m * dout : P.m;
+        const FusedStage g = fused_stage(P, din, dout);
         const int ni = P.steps * FS_STRIDE(P);
         float* st = S.task;
         unsigned* su = (unsigned*)S.task;
-        for (int e = threadIdx.x; e < nx; e += FS_BLOCK) st[e] = xt[e];
+        for (int e = threadIdx.x; e < g.nx; e += FS_BLOCK) st[e] = xt[e];
         if (FS_LOSS(P) == REPTILE_LOSS_MSE) {
-            for (int e = threadIdx.x; e < ny; e += FS_BLOCK) st[nx + e] = yt[e];
+            for (int e = threadIdx.x; e < g.ny; e += FS_BLOCK) st[g.nx + e] = yt[e];
         } else {
-            for (int e = threadIdx.x; e < ny; e += FS_BLOCK) su[nx + e] = lt[e];
+            for (int e = threadIdx.x; e < g.ny; e += FS_BLOCK) su[g.nx + e] = lt[e];
         }
-        for (int e = threadIdx.x; e < ni; e += FS_BLOCK) su[nx + ny + e] = it[e];
+        for (int e = threadIdx.x; e < ni; e += FS_BLOCK) su[g.nx + g.ny + e] = it[e];
         __syncthreads();  // staged task complete
     }
     float loss_before = 0.0f;
@@ -780,9 +787,10 @@ extern "C" __global__ void FS_BOUNDS reptile_sine_serial(FusedParams P, unsigned
     __syncthreads();
     for (int e = threadIdx.x; e < nt; e += FS_BLOCK) th[e] = S.theta[e];
     const int b = FS_B(P), stride = FS_STRIDE(P);
+    const FusedStage g = fused_stage(P, 1, 1);  // m = 50 points, in = out = 1
     float* xs = S.task;
-    float* ys = S.task + REPTILE_SINE_POINTS;
-    unsigned* is = (unsigned*)(S.task + 2 * REPTILE_SINE_POINTS);
+    float* ys = S.task + g.nx;
+    unsigned* is = (unsigned*)(S.task + g.nx + g.ny);
     unsigned it = *iter;
     float loss_before = 0.0f, loss_after = 0.0f;
     bool diverged = false;

@@ -31,7 +31,7 @@
 extern "C" __global__ void reptile_sine_sample(unsigned seed_lo, unsigned seed_hi, const unsigned* __restrict__ iter,
                                                int n, int steps, int b, float* __restrict__ x, float* __restrict__ y,
                                                unsigned* __restrict__ idx) {
-    REPTILE_SMEM(unsigned, keys);  // 64 entries
+    REPTILE_SMEM(unsigned, keys);  // 50 entries: the draws' keys
     const unsigned t = blockIdx.x;
     if ((int)t >= n) return;
     reptile_sine_draw(seed_lo, seed_hi, *iter, t, steps, b, x + (size_t)t * REPTILE_SINE_POINTS,

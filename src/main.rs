@@ -253,47 +253,35 @@ fn run_sine(a: SineArgs) -> reptile::Result<()> {
     let t0 = Instant::now();
     let mut result = Ok(());
     let report_every = (a.iterations / 10).max(1);
-    // Device-resident: chunks of a thousand iterations between progress reports.
+    // One round is one iteration on the host path, or a chunk of up to a thousand
+    // device-resident iterations (--resident; its loss is the chunk's last iteration's).
     let mut i = 0u64;
-    while a.resident && i < a.iterations {
-        let c = (a.iterations - i).min(1000);
-        match trainer.train_sine_resident(c as u32, a.seed) {
-            Ok(l) => {
-                let after = l.iter().skip(1).step_by(2).sum::<f32>() / a.meta_batch as f32;
-                running = if running.is_nan() { after } else { 0.9 * running + 0.1 * after };
-            }
+    while i < a.iterations {
+        let round = if a.resident {
+            let c = (a.iterations - i).min(1000);
+            trainer
+                .train_sine_resident(c as u32, a.seed)
+                .map(|l| (c, l.iter().skip(1).step_by(2).sum::<f32>() / a.meta_batch as f32, 0.1))
+        } else {
+            let batch = tasks.train_batch(&spec, a.meta_batch)?;
+            trainer.step(&batch).map(|s| (1, s.loss_after, 0.01))
+        };
+        let (c, after, w) = match round {
+            Ok(r) => r,
             Err(e) => {
                 result = Err(e);
                 break;
             }
-        }
+        };
+        running = if running.is_nan() { after } else { (1.0 - w) * running + w * after };
         i += c;
-        pb.set_position(i);
-        let rate = i as f64 / t0.elapsed().as_secs_f64();
-        pb.set_message(format!("{rate:.0} it/s, post-adaptation loss {running:.4}"));
-        if pb.is_hidden() && !a.quiet && (i % report_every < c || i == a.iterations) {
-            println!(
-                "  iteration {i:>7}/{}: post-adaptation loss {running:.4} (last iteration of a chunk)",
-                a.iterations
-            );
-        }
-    }
-    for i in 0..if a.resident { 0 } else { a.iterations } {
-        let batch = tasks.train_batch(&spec, a.meta_batch)?;
-        match trainer.step(&batch) {
-            Ok(s) => running = if running.is_nan() { s.loss_after } else { 0.99 * running + 0.01 * s.loss_after },
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
-        if (i + 1) % 64 == 0 || i + 1 == a.iterations {
-            pb.set_position(i + 1);
-            let rate = (i + 1) as f64 / t0.elapsed().as_secs_f64();
+        if i % 64 < c || i == a.iterations {
+            pb.set_position(i);
+            let rate = i as f64 / t0.elapsed().as_secs_f64();
             pb.set_message(format!("{rate:.0} it/s, post-adaptation loss {running:.4}"));
         }
-        if pb.is_hidden() && !a.quiet && ((i + 1) % report_every == 0) {
-            println!("  iteration {:>7}/{}: running post-adaptation loss {running:.4}", i + 1, a.iterations);
+        if pb.is_hidden() && !a.quiet && i % report_every < c {
+            println!("  iteration {i:>7}/{}: running post-adaptation loss {running:.4}", a.iterations);
         }
     }
     let train_s = t0.elapsed().as_secs_f64();

@@ -150,6 +150,20 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
     println!("{}", table.join("\n"));
 }
 
+/// Writes `ptx` to `path`, assembles it with `ptxas -v` for sm_90 (which must succeed) and
+/// returns `entry`'s facts with ptxas's text.
+fn assemble_sm90(ptxas: &std::path::Path, path: &std::path::Path, ptx: &str, entry: &str) -> (PtxasInfo, String) {
+    std::fs::write(path, ptx).unwrap();
+    let out = Command::new(ptxas).args(["-v", "-arch=sm_90", "-o", "/dev/null"]).arg(path).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "ptxas {}: {text}", path.display());
+    let info = parse_ptxas(&text)
+        .into_iter()
+        .find(|i| i.function == entry)
+        .unwrap_or_else(|| panic!("no ptxas info for {entry}:\n{text}"));
+    (info, text)
+}
+
 #[test]
 fn specialized_fused_kernels_compile_without_spills() {
     // The shape-specialized builds (REPTILE_SPEC) the back end compiles at run time: the sine
@@ -180,12 +194,8 @@ fn specialized_fused_kernels_compile_without_spills() {
             let ptx = kernels::compile_ptx_with(&kernels::MLP_FUSED, "compute_90", &defs)
                 .unwrap_or_else(|e| panic!("case {case} block {block}: {e}"));
             let Some(ptxas) = &ptxas else { continue };
-            let path = dir.join(format!("mlp_fused.spec{case}.b{block}.sm_90.ptx"));
-            std::fs::write(&path, &ptx).unwrap();
-            let out = Command::new(ptxas).args(["-v", "-arch=sm_90", "-o", "/dev/null"]).arg(&path).output().unwrap();
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(out.status.success(), "ptxas case {case}: {text}");
-            let info = parse_ptxas(&text).into_iter().find(|i| i.function == "reptile_fused_inner").unwrap();
+            let name = format!("mlp_fused.spec{case}.b{block}.sm_90.ptx");
+            let (info, text) = assemble_sm90(ptxas, &dir.join(name), &ptx, "reptile_fused_inner");
             // Spills cost speed, not correctness: the benchmark's shape (the sine net) must have
             // none; the others are reported.
             if case == 0 {
@@ -212,11 +222,7 @@ fn specialized_fused_kernels_compile_without_spills() {
     assert!(ptx.contains("reptile_sine_serial") && !ptx.contains(".entry reptile_fused_inner"));
     if let Some(ptxas) = &ptxas {
         let path = dir.join("mlp_fused.serial.b256.sm_90.ptx");
-        std::fs::write(&path, &ptx).unwrap();
-        let out = Command::new(ptxas).args(["-v", "-arch=sm_90", "-o", "/dev/null"]).arg(&path).output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "ptxas serial: {text}");
-        let info = parse_ptxas(&text).into_iter().find(|i| i.function == "reptile_sine_serial").unwrap();
+        let (info, text) = assemble_sm90(ptxas, &path, &ptx, "reptile_sine_serial");
         assert_eq!((info.spill_stores, info.spill_loads), (0, 0), "serial sine kernel spills:\n{text}");
         table.push(format!(
             "| specialized serial {:?} b=256 | sm_90 | {} | {} | {}/{} |",

@@ -43,7 +43,6 @@ inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define REPTILE_SMEM(type, name) type* name = reinterpret_cast<type*>(emu::tl_smem)
 #define REPTILE_UNROLL
 #define REPTILE_UNROLL_N(n)
-#define REPTILE_LAUNCH_BOUNDS(threads)
 #define REPTILE_LAUNCH_BOUNDS_MIN(threads, blocks)
 
 namespace emu {

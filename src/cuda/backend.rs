@@ -914,14 +914,8 @@ impl CudaBackend {
         let f = self.fused_family_kernel("reptile_sine_serial", &params, block, smem)?;
         self.program_fused = Some(("reptile_sine_serial", f));
         let result = (|| {
-            let s = self.stream.clone();
-            upload(&s, &mut self.bufs.theta, theta)?;
-            upload(&s, &mut self.bufs.iter, &[start])?;
-            upload(&s, &mut self.bufs.bad, &[0u32])?;
-            if self.poison {
-                poison(&s, ensure(&s, &mut self.bufs.losses, 2)?, 2)?;
-            }
-            // Launches of at most a thousand iterations (about 35 ms on an H200): a launch is
+            self.resident_upload(theta, start, 1)?;
+            // Launches of at most a thousand iterations (about 30 ms on an H200): a launch is
             // never long enough to trip a display watchdog.
             const CHUNK: u32 = 1000;
             let mut done = 0u32;
@@ -950,15 +944,8 @@ impl CudaBackend {
         graph: bool,
     ) -> CudaResult<super::sine::ResidentRun> {
         let s = self.stream.clone();
-        let bufs = &mut self.bufs;
-        upload(&s, &mut bufs.theta, theta)?;
-        upload(&s, &mut bufs.iter, &[start])?;
-        upload(&s, &mut bufs.bad, &[0u32])?;
-        ensure(&s, &mut bufs.labels, 1)?;
-        if self.poison {
-            let losses = ensure(&s, &mut bufs.losses, 2 * n)?;
-            poison(&s, losses, 2 * n)?;
-        }
+        self.resident_upload(theta, start, n)?;
+        ensure(&s, &mut self.bufs.labels, 1)?;
         const CHUNK: u32 = 50;
         let mut done = 0u32;
         if graph && iterations >= CHUNK {
@@ -982,6 +969,19 @@ impl CudaBackend {
             done += 1;
         }
         self.resident_result(spec, n)
+    }
+
+    /// The start of a resident run: θ, the iteration counter at `start`, the divergence flag
+    /// clear, and (as a test aid, [`Self::set_poison_outputs`]) the `[n × 2]` losses poisoned.
+    fn resident_upload(&mut self, theta: &[f32], start: u32, n: usize) -> CudaResult<()> {
+        let s = self.stream.clone();
+        upload(&s, &mut self.bufs.theta, theta)?;
+        upload(&s, &mut self.bufs.iter, &[start])?;
+        upload(&s, &mut self.bufs.bad, &[0u32])?;
+        if self.poison {
+            poison(&s, ensure(&s, &mut self.bufs.losses, 2 * n)?, 2 * n)?;
+        }
+        Ok(())
     }
 
     /// θ, the iteration counter, the divergence flag and the `[n × 2]` losses of a resident run.

@@ -162,7 +162,7 @@ pub const STAGE_BYTES: usize = 8192;
 pub fn stage_floats(p: &FusedParams) -> usize {
     let (m, din) = (p.m.max(0) as usize, p.widths[0].max(0) as usize);
     let dout = p.widths[p.n_layers.clamp(0, MAX_LAYERS as i32) as usize].max(0) as usize;
-    let ny = if p.loss == 0 { m * dout } else { m };
+    let ny = if p.loss == 0 { m * dout } else { m }; // 0: MSE (spec_fields)
     (m * din + ny + p.steps.max(0) as usize * p.idx_stride.max(0) as usize).next_multiple_of(4)
 }
 
@@ -316,7 +316,7 @@ impl MinibatchPlan {
         let int = |v: usize, what: &str| {
             i32::try_from(v).map_err(|_| CudaError::Unsupported(format!("{what} = {v} exceeds i32")))
         };
-        Ok(FusedParams {
+        let mut p = FusedParams {
             n_layers,
             widths,
             act,
@@ -331,18 +331,16 @@ impl MinibatchPlan {
             lr,
             num_params: int(spec.num_params(), "parameters")?,
             stage: 0,
-        })
-        .map(|mut p| {
-            p.stage = (4 * stage_floats(&p) <= STAGE_BYTES) as i32;
-            p
-        })
+        };
+        p.stage = (4 * stage_floats(&p) <= STAGE_BYTES) as i32;
+        Ok(p)
     }
 }
 
 /// The compile-time shape of a specialized build of the fused kernel (`REPTILE_SPEC`): the
-/// network, the minibatch sizes, the block size and whether the task is staged. One module is compiled per distinct shape,
-/// so launches that differ only in `n_tasks`, `m`, `steps`, `lr` or `fomaml` share it; the
-/// back end caches modules by this key.
+/// network, the minibatch sizes, the block size and whether the task is staged. One module is
+/// compiled per distinct shape, so launches that differ only in `n_tasks`, `m`, `steps`, `lr`
+/// or `fomaml` share it; the back end caches modules by this key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FusedShape {
     n_layers: i32,

@@ -250,21 +250,25 @@ pub fn serial_program(spec: &MlpSpec, config: &ReptileConfig, seed: u64, block: 
             Arg::F32(config.eps_start),
             Arg::F32(config.eps_end),
             Arg::I32(config.planned_iters as u32 as i32),
-            Arg::I32(1),
+            Arg::I32(1), // SERIAL_COUNT_ARG
             Arg::Ptr(Buf::Theta, 0),
             Arg::Ptr(Buf::Iter, 0),
             Arg::Ptr(Buf::Bad, 0),
             Arg::Ptr(Buf::Losses, 0),
         ],
     }];
+    debug_assert!(matches!(launches[0].args[SERIAL_COUNT_ARG], Arg::I32(1)));
     let sizes = vec![(Buf::Theta, spec.num_params()), (Buf::Losses, 2), (Buf::Bad, 1), (Buf::Iter, 1)];
     Ok(TiledProgram { launches, sizes })
 }
 
+/// Position of `count` among `reptile_sine_serial`'s arguments.
+const SERIAL_COUNT_ARG: usize = 6;
+
 /// Sets how many iterations each launch of a [`serial_program`] runs.
 pub fn set_serial_count(prog: &mut TiledProgram, count: u32) {
     for l in prog.launches.iter_mut().filter(|l| l.kernel == "reptile_sine_serial") {
-        l.args[6] = Arg::I32(count.min(i32::MAX as u32) as i32);
+        l.args[SERIAL_COUNT_ARG] = Arg::I32(count.min(i32::MAX as u32) as i32);
     }
 }
 

@@ -645,13 +645,14 @@ impl Trainer {
     /// a non-finite update θ keeps its last finite value, the iteration count stops at the
     /// failing iteration, and the result is [`Error::Diverged`].
     pub fn train_sine_resident(&mut self, iterations: u32, seed: u64) -> Result<Vec<f32>> {
+        if self.cuda.is_none() {
+            return Err(Error::InvalidArgument("device-resident training needs a CUDA device".into()));
+        }
         let theta = self.params().to_vec();
         let start = u32::try_from(self.iteration)
             .map_err(|_| Error::InvalidArgument(format!("iteration {} past 2^32 − 1", self.iteration)))?;
         let (spec, config) = (self.model.spec().clone(), self.config.clone());
-        let Some((_, gpu)) = self.cuda.as_mut() else {
-            return Err(Error::InvalidArgument("device-resident training needs a CUDA device".into()));
-        };
+        let (_, gpu) = self.cuda.as_mut().expect("checked above");
         let run = gpu.train_sine_resident(&spec, &theta, &config, config.meta_batch, seed, start, iterations, true)?;
         self.set_params(&run.theta)?;
         self.iteration = run.iteration;
