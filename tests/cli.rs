@@ -130,6 +130,11 @@ fn omniglot_trains_then_evaluates_its_checkpoint() {
     assert_eq!(summary["iterations"], 0);
     assert_eq!(summary["eval_support_shift"], 1);
     assert_eq!(summary["eval_query_shift"], 1);
+    // More than one shot: 100 adaptation steps at half the inner step size by default.
+    assert_eq!(summary["config"]["eval"]["steps"], 100, "{summary}");
+    let (eval_lr, inner_lr) =
+        (summary["config"]["eval"]["lr"].as_f64().unwrap(), summary["config"]["train"]["lr"].as_f64().unwrap());
+    assert_eq!(eval_lr as f32, 0.5 * inner_lr as f32, "{summary}");
     // 300 tasks of 5 ways × 5 query drawings (not their 9 views each): the accuracy is a
     // multiple of 1/7500.
     assert!((acc * 7500.0 - (acc * 7500.0).round()).abs() < 1e-3, "accuracy {acc} is not over 300 tasks");
