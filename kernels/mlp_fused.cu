@@ -313,6 +313,12 @@ __device__ __forceinline__ FusedSlices fused_slices(int items, int nq) {
     return f;
 }
 
+// Whether point p = p0 + q of a tile (p0 a multiple of REPTILE_PTP below bs) is in the
+// minibatch. When bs is a multiple of REPTILE_PTP every tile is full: for a compile-time bs
+// (specialized builds) the test folds away, so the tile's point rows sit at constant offsets
+// from one base (no per-point clamp and address arithmetic in the product loops).
+__device__ __forceinline__ bool fused_in_batch(int p, int bs) { return bs % REPTILE_PTP == 0 || p < bs; }
+
 // Clears a register tile (constant indices: it stays in registers).
 __device__ __forceinline__ void fused_zero(float acc[REPTILE_PT][REPTILE_PTP]) {
     REPTILE_UNROLL
@@ -460,7 +466,7 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
             REPTILE_UNROLL
             for (int q = 0; q < REPTILE_PTP; ++q) {
                 const int p = p0 + q;
-                xoff[q] = (p < bs ? p : p0) * lda_in;
+                xoff[q] = (fused_in_batch(p, bs) ? p : p0) * lda_in;
             }
             float acc[REPTILE_PT][REPTILE_PTP];
             fused_zero(acc);
@@ -472,7 +478,7 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
                 REPTILE_UNROLL
                 for (int q = 0; q < REPTILE_PTP; ++q) {
                     const int p = p0 + q;
-                    if (o < out && p < bs) {
+                    if (o < out && fused_in_batch(p, bs)) {
                         if (split == 1) {
                             const float v = bias[o] + acc[r][q];
                             z[p * lda_out + o] = hidden ? reptile_act(FS_ACT(P), v) : v;
@@ -568,7 +574,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
                 REPTILE_UNROLL
                 for (int q = 0; q < REPTILE_PTP; ++q) {
                     const int p = p0 + q;
-                    goff[q] = (p < bs ? p : p0) * lda_out;
+                    goff[q] = (fused_in_batch(p, bs) ? p : p0) * lda_out;
                 }
                 float acc[REPTILE_PT][REPTILE_PTP];
                 fused_zero(acc);
@@ -578,7 +584,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
                 REPTILE_UNROLL
                 for (int q = 0; q < REPTILE_PTP; ++q) {
                     const int p = p0 + q;
-                    if (p < bs) {
+                    if (fused_in_batch(p, bs)) {
                         REPTILE_UNROLL
                         for (int c = 0; c < REPTILE_PT; ++c) {
                             const int i = i0 + c, a = p * lda_in + i;
