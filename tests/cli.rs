@@ -132,6 +132,12 @@ fn omniglot_trains_then_evaluates_its_checkpoint() {
     assert_eq!(summary["eval_query_shift"], 1);
     // More than one shot: 100 adaptation steps at half the inner step size by default.
     assert_eq!(summary["config"]["eval"]["steps"], 100, "{summary}");
+    assert!(
+        text.contains(
+            "adaptation at evaluation: 100 steps on minibatches of 5 at α = 0.001, Adam from the carried moments"
+        ),
+        "{text}"
+    );
     let (eval_lr, inner_lr) =
         (summary["config"]["eval"]["lr"].as_f64().unwrap(), summary["config"]["train"]["lr"].as_f64().unwrap());
     assert_eq!(eval_lr as f32, 0.5 * inner_lr as f32, "{summary}");

@@ -338,6 +338,20 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         if a.train_mirror { ", mirrored classes" } else { "" },
         trainer.threads()
     );
+    println!(
+        "adaptation at evaluation: {} steps on {} at α = {}{}",
+        config.eval.steps,
+        match config.eval.batch_size {
+            0 => "the whole support set".to_string(),
+            b => format!("minibatches of {b}"),
+        },
+        config.eval.lr,
+        match (config.inner_optimizer, config.eval_moments) {
+            (InnerOptimizer::Sgd, _) => ", SGD",
+            (_, AdamMoments::Carry) => ", Adam from the carried moments",
+            (_, AdamMoments::Reset) => ", Adam from zero moments",
+        }
+    );
     let mut train_tasks = FewShot::new(&data, &train_chars, a.seed)?
         .with_shift(a.train_shift)?
         .with_affine(a.train_rotate, a.train_scale)?
