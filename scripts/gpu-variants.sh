@@ -27,4 +27,9 @@ grep -q 'REPTILE_KUNROLL 2' "$root/kunroll2/common.cuh"
 mk minblocks
 sed -i '1i #if defined(REPTILE_SPEC) \&\& REPTILE_SPEC_BLOCK == 128\n#define REPTILE_MIN_BLOCKS 5\n#elif defined(REPTILE_SPEC) \&\& REPTILE_SPEC_BLOCK == 64\n#define REPTILE_MIN_BLOCKS 10\n#endif' "$root/minblocks/mlp_fused.cu"
 grep -q 'REPTILE_MIN_BLOCKS 5' "$root/minblocks/mlp_fused.cu"
+# clamp: session 10's point clamp in every tile (before fused_in_batch let full tiles skip it),
+# to time session 11's change against it.
+mk clamp
+sed -i 's/return bs % REPTILE_PTP == 0 || p < bs;/return p < bs;/' "$root/clamp/mlp_fused.cu"
+grep -q 'return p < bs;' "$root/clamp/mlp_fused.cu"
 ls "$root"
