@@ -61,11 +61,6 @@ pub struct OmniglotArgs {
     /// Support shots per class K at evaluation.
     #[arg(long, default_value_t = 1)]
     shots: usize,
-    /// Classes per meta-training task (default: `--ways`). With more, the output layer is
-    /// trained with that many rows; evaluation keeps the first `--ways` of them (labels are
-    /// permuted per task, so the rows are interchangeable).
-    #[arg(long)]
-    train_ways: Option<usize>,
     /// Shots per class in meta-training tasks.
     #[arg(long, default_value_t = 10)]
     train_shots: usize,
@@ -267,13 +262,6 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         SplitArg::Alphabets => Split::Alphabets,
     });
     // The paper's 5-way and 20-way settings differ in these three.
-    let train_ways = a.train_ways.unwrap_or(a.ways);
-    if train_ways < a.ways {
-        return Err(reptile::Error::InvalidArgument(format!(
-            "--train-ways {train_ways} is below --ways {}: evaluation needs at least as many output rows",
-            a.ways
-        )));
-    }
     let wide = a.ways > 5;
     let inner_steps = a.inner_steps.unwrap_or(if wide { 10 } else { 5 });
     let inner_batch = a.inner_batch.unwrap_or(if wide { 20 } else { 10 });
@@ -287,10 +275,6 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     widths.extend(&a.hidden);
     widths.push(a.ways);
     let spec = MlpSpec::new(&widths, Activation::Relu, Loss::SoftmaxCrossEntropy)?.with_layer_norm(a.layer_norm);
-    *widths.last_mut().unwrap() = train_ways;
-    let spec_train =
-        MlpSpec::new(&widths, Activation::Relu, Loss::SoftmaxCrossEntropy)?.with_layer_norm(a.layer_norm);
-    *widths.last_mut().unwrap() = a.ways;
     let config = ReptileConfig {
         train: InnerLoop { lr: a.inner_lr, steps: inner_steps, batch_size: inner_batch },
         eval: InnerLoop { lr: eval_lr, steps: eval_steps, batch_size: eval_batch },
@@ -310,7 +294,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     };
     let (model, moments) = match &a.init {
         Some(path) => {
-            let c = checkpoint::load_expecting(path, if a.iterations > 0 { &spec_train } else { &spec })?;
+            let c = checkpoint::load_expecting(path, &spec)?;
             println!(
                 "starting from {} (trained {} iterations{})",
                 path.display(),
@@ -322,7 +306,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
             );
             (c.model, c.adam_moments)
         }
-        None => (Model::new(spec_train.clone(), a.seed), None),
+        None => (Model::new(spec.clone(), a.seed), None),
     };
     let mut trainer = Trainer::new(model, config.clone())?;
     let carry = trainer.carries_moments();
@@ -384,13 +368,6 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     let pb = crate::progress_bar(a.iterations, a.quiet);
     let (mut curve_train, mut curve_test) = (Vec::new(), Vec::new());
     let monitor = |trainer: &Trainer, it: u64, curve_train: &mut Vec<(f32, f32)>, curve_test: &mut Vec<(f32, f32)>| {
-        let narrow;
-        let trainer = if train_ways != a.ways {
-            narrow = narrowed(trainer, &spec, &config, carry)?;
-            &narrow
-        } else {
-            trainer
-        };
         let (tr, te) = (trainer.evaluate(&mon_train)?, trainer.evaluate(&mon_test)?);
         let ((atr, _), (ate, cte)) = (acc_line(&tr), acc_line(&te));
         curve_train.push((it as f32, atr));
@@ -417,18 +394,18 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     let mut monitor_s = 0.0;
     let mut running = f32::NAN;
     let window = (a.average_tail * a.iterations as f64).round() as u64;
-    let mut tail = TailMean::new(spec_train.num_params(), a.iterations, window);
+    let mut tail = TailMean::new(spec.num_params(), a.iterations, window);
     std::thread::scope(|scope| -> reptile::Result<()> {
         // The next meta-batch is sampled on a thread of its own while the trainer's pool
         // runs this one (the same batches in the same order: the sampler has its own random
         // stream). A bounded channel keeps it at most two batches ahead; when the loop ends
         // early, dropping the receiver stops it.
         let (tx, rx) = std::sync::mpsc::sync_channel::<reptile::Result<TaskBatch<'static>>>(1);
-        let (spec_s, iterations) = (&spec_train, a.iterations);
-        let (meta_batch, train_shots) = (a.meta_batch, a.train_shots);
+        let (spec_s, iterations) = (&spec, a.iterations);
+        let (meta_batch, ways, train_shots) = (a.meta_batch, a.ways, a.train_shots);
         scope.spawn(move || {
             for _ in 0..iterations {
-                let b = train_tasks.train_batch(spec_s, meta_batch, train_ways, train_shots);
+                let b = train_tasks.train_batch(spec_s, meta_batch, ways, train_shots);
                 let failed = b.is_err();
                 if tx.send(b).is_err() || failed {
                     break;
@@ -463,9 +440,6 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         println!("keeping the mean of θ over the last {} iterations", tail.count());
     }
     pb.finish_and_clear();
-    if train_ways != a.ways && !eval_only {
-        trainer = narrowed(&trainer, &spec, &config, carry)?;
-    }
     let mut written = Vec::new();
     if !eval_only {
         monitor(&trainer, a.iterations, &mut curve_train, &mut curve_test)?;
@@ -509,7 +483,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
             "trained {} iterations in {train_total:.1} s ({:.1} it/s, {:.1} GFLOP/s)",
             a.iterations,
             a.iterations as f64 / train_total,
-            a.iterations as f64 * iteration_flops(&spec_train, &config, train_ways * a.train_shots) / train_total / 1e9
+            a.iterations as f64 * iteration_flops(&spec, &config, a.ways * a.train_shots) / train_total / 1e9
         );
     }
     println!(
@@ -527,7 +501,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         100.0 * ci
     );
     let summary = serde_json::json!({
-        "ways": a.ways, "train_ways": train_ways, "shots": a.shots, "train_shots": a.train_shots, "query": a.query,
+        "ways": a.ways, "shots": a.shots, "train_shots": a.train_shots, "query": a.query,
         "iterations": a.iterations, "train_seconds": train_total, "spec": spec, "config": config,
         "init": a.init, "final_tasks": a.final_tasks.max(1), "accuracy": acc, "ci95": ci, "eval_seconds": eval_s,
         "average_tail": a.average_tail, "train_shift": a.train_shift, "train_rotate": a.train_rotate, "train_scale": a.train_scale, "train_mirror": a.train_mirror,
@@ -547,24 +521,4 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
 fn iteration_flops(spec: &MlpSpec, config: &ReptileConfig, support: usize) -> f64 {
     let b = config.train.batch_for(support);
     config.meta_batch as f64 * (config.train.steps as f64 * spec.step_flops(b) as f64 + spec.forward_flops(b) as f64)
-}
-
-/// A trainer on the first `spec.out_dim()` output rows of `trainer`'s model (and of its carried
-/// Adam moments): the model trained with more ways, for evaluation with fewer.
-fn narrowed(trainer: &Trainer, spec: &MlpSpec, config: &ReptileConfig, carry: bool) -> reptile::Result<Trainer> {
-    let (l, ways) = (spec.num_layers() - 1, spec.out_dim());
-    let from = trainer.spec();
-    let cut = |x: &[f32]| -> Vec<f32> {
-        let (w, b, inp) = (from.weight_offset(l), from.bias_offset(l), spec.widths()[l]);
-        let mut out = x[..w + ways * inp].to_vec();
-        out.extend_from_slice(&x[b..b + ways]);
-        out
-    };
-    let mut t = Trainer::new(Model::from_params(spec.clone(), cut(trainer.params()))?, config.clone())?;
-    if carry {
-        let (v, steps) = trainer.adam_moments();
-        t.set_adam_moments(&cut(v), steps)?;
-    }
-    t.set_device(trainer.device())?;
-    Ok(t)
 }
