@@ -55,7 +55,7 @@ pub use meta::{
     StepStats, TailMean, Targets, TaskBatch, Trainer,
 };
 pub use params::Model;
-pub use spec::{Activation, LAYER_NORM_EPS, Loss, MlpSpec};
+pub use spec::{Activation, Loss, MlpSpec};
 
 /// The README's examples run as doctests.
 #[cfg(doctest)]

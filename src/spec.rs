@@ -43,13 +43,7 @@ pub struct MlpSpec {
     widths: Vec<usize>,
     activation: Activation,
     loss: Loss,
-    /// Per-point normalization of hidden pre-activations ([`MlpSpec::with_layer_norm`]).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    layer_norm: bool,
 }
-
-/// Added to the variance in [`MlpSpec::with_layer_norm`]'s normalization.
-pub const LAYER_NORM_EPS: f32 = 1e-5;
 
 /// Largest width accepted; keeps every offset and workspace size far from overflow.
 pub const MAX_WIDTH: usize = 1 << 20;
@@ -70,7 +64,7 @@ impl MlpSpec {
         if loss == Loss::SoftmaxCrossEntropy && *widths.last().unwrap() < 2 {
             return Err(Error::InvalidArgument("softmax cross-entropy needs at least 2 outputs".into()));
         }
-        let spec = MlpSpec { widths: widths.to_vec(), activation, loss, layer_norm: false };
+        let spec = MlpSpec { widths: widths.to_vec(), activation, loss };
         let n = (0..spec.num_layers())
             .try_fold(0usize, |acc, l| {
                 (spec.widths[l] + 1).checked_mul(spec.widths[l + 1]).and_then(|p| acc.checked_add(p))
@@ -82,18 +76,6 @@ impl MlpSpec {
         Ok(spec)
     }
 
-    /// The same net with (or without) layer normalization on every hidden layer: each point's
-    /// pre-activation row `z` (`out_l` values) becomes `(z − mean(z)) / √(var(z) + 1e-5)`
-    /// (variance over the row, divided by `out_l`; no learned gain or bias, so θ's layout is
-    /// unchanged) before the activation. The output layer is never normalized. CPU only.
-    pub fn with_layer_norm(mut self, on: bool) -> Self {
-        self.layer_norm = on;
-        self
-    }
-    /// Whether hidden layers are normalized ([`Self::with_layer_norm`]).
-    pub fn layer_norm(&self) -> bool {
-        self.layer_norm
-    }
     /// `[in, h1, ..., out]`.
     pub fn widths(&self) -> &[usize] {
         &self.widths

@@ -98,10 +98,6 @@ pub struct OmniglotArgs {
     /// Hidden widths (ReLU), comma separated.
     #[arg(long, value_delimiter = ',', default_value = "256,128,64,64")]
     hidden: Vec<usize>,
-    /// Layer normalization of every hidden layer's pre-activations (per drawing, no learned
-    /// gain or bias; CPU only).
-    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
-    layer_norm: bool,
     /// Outer iterations.
     #[arg(long, default_value_t = 100_000)]
     iterations: u64,
@@ -274,7 +270,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     let mut widths = vec![PIXELS];
     widths.extend(&a.hidden);
     widths.push(a.ways);
-    let spec = MlpSpec::new(&widths, Activation::Relu, Loss::SoftmaxCrossEntropy)?.with_layer_norm(a.layer_norm);
+    let spec = MlpSpec::new(&widths, Activation::Relu, Loss::SoftmaxCrossEntropy)?;
     let config = ReptileConfig {
         train: InnerLoop { lr: a.inner_lr, steps: inner_steps, batch_size: inner_batch },
         eval: InnerLoop { lr: eval_lr, steps: eval_steps, batch_size: eval_batch },

@@ -15,7 +15,7 @@ use super::gemm;
 use super::simd::{Policy, dispatch};
 use super::sparse::{self, SparseFirst, Src};
 use super::update;
-use crate::spec::{Activation, LAYER_NORM_EPS, Loss, MlpSpec};
+use crate::spec::{Activation, Loss, MlpSpec};
 
 /// Scratch memory for one task's forward/backward, sized once for a spec and a maximum
 /// number of points; the kernels never allocate.
@@ -34,11 +34,6 @@ pub struct Workspace {
     tile: AlignedVec,
     /// Row pieces of a split forward product (see [`split_rows`]), `[cap × max_width]`.
     zsplit: AlignedVec,
-    /// With layer normalization ([`MlpSpec::with_layer_norm`]): each hidden layer's normalized
-    /// pre-activations `Y_l` (laid out as `acts`) and `1/σ` per point (`[layers × cap]`), for
-    /// backward. Empty otherwise.
-    norm_y: AlignedVec,
-    norm_r: AlignedVec,
 }
 
 /// Floats in the fused Adam backward's gradient tile (16 KB, a third of L1).
@@ -99,8 +94,6 @@ impl Workspace {
             grad_next: AlignedVec::zeros(cap * spec.max_width()),
             tile: AlignedVec::zeros(ADAM_TILE.max(spec.max_width())),
             zsplit: AlignedVec::zeros(cap * spec.max_width()),
-            norm_y: AlignedVec::zeros(if spec.layer_norm() { cap * spec.act_floats_per_point() } else { 0 }),
-            norm_r: AlignedVec::zeros(if spec.layer_norm() { cap * spec.num_layers() } else { 0 }),
         }
     }
 
@@ -126,9 +119,7 @@ impl Workspace {
 
     fn check(&self, spec: &MlpSpec, points: usize) {
         assert!(
-            points <= self.cap
-                && self.act_off.len() == spec.num_layers()
-                && (self.norm_r.is_empty() != spec.layer_norm()),
+            points <= self.cap && self.act_off.len() == spec.num_layers(),
             "workspace sized for {} points of another spec, asked for {points}",
             self.cap
         );
@@ -184,11 +175,7 @@ dispatch! { fn forward_continue_d(spec: &MlpSpec, theta: &[f32], points: usize, 
 #[inline(always)]
 fn forward_continue_body<P: Policy>(spec: &MlpSpec, theta: &[f32], points: usize, ws: &mut Workspace) {
     if spec.num_layers() > 1 {
-        let z0 = &mut ws.acts[..points * spec.widths()[1]];
-        if spec.layer_norm() {
-            norm_rows(z0, spec.widths()[1], &mut ws.norm_y[..z0.len()], &mut ws.norm_r[..points]);
-        }
-        activate::<P>(spec.activation(), z0);
+        activate::<P>(spec.activation(), &mut ws.acts[..points * spec.widths()[1]]);
     }
     forward_layers::<P>(spec, theta, &[], points, ws, 1);
 }
@@ -223,10 +210,6 @@ fn forward_layers<P: Policy>(
             gemm::xwt_p::<P>(points, inp, out, a_prev, w, b, z);
         }
         if l + 1 < nl {
-            if spec.layer_norm() {
-                let y = &mut ws.norm_y[ws.act_off[l] * cap..][..points * out];
-                norm_rows(z, out, y, &mut ws.norm_r[l * cap..][..points]);
-            }
             activate::<P>(spec.activation(), z);
         }
     }
@@ -271,36 +254,6 @@ fn scatter_rows(points: usize, inp: usize, out: usize, lo: usize, hi: usize, zs:
             for (p, piece) in zs[points * lo..points * hi].chunks_exact(n).enumerate() {
                 z[p * out + lo..p * out + hi].copy_from_slice(piece);
             }
-        }
-    }
-}
-
-/// Layer normalization of the `[points × width]` rows of `z` in place:
-/// `z ← (z − mean(z))·r` with `r = 1/√(var(z) + ε)` per row (means over the row), keeping the
-/// result in `y` and `r` per row in `r` for [`norm_rows_backward`]. Sums in f64.
-fn norm_rows(z: &mut [f32], width: usize, y: &mut [f32], r: &mut [f32]) {
-    for ((zr, yr), rr) in z.chunks_exact_mut(width).zip(y.chunks_exact_mut(width)).zip(r.iter_mut()) {
-        let n = width as f64;
-        let mean = zr.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = zr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-        let inv = 1.0 / (var + LAYER_NORM_EPS as f64).sqrt();
-        for (zv, yv) in zr.iter_mut().zip(yr.iter_mut()) {
-            *zv = ((*zv as f64 - mean) * inv) as f32;
-            *yv = *zv;
-        }
-        *rr = inv as f32;
-    }
-}
-
-/// Backward of [`norm_rows`] in place, row by row: `d ← r·(d − mean(d) − y·mean(d ⊙ y))`,
-/// where `d` enters as `dL/dY` and leaves as `dL/dZ`.
-fn norm_rows_backward(d: &mut [f32], width: usize, y: &[f32], r: &[f32]) {
-    for ((dr, yr), &rr) in d.chunks_exact_mut(width).zip(y.chunks_exact(width)).zip(r) {
-        let n = width as f64;
-        let m1 = dr.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let m2 = dr.iter().zip(yr).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() / n;
-        for (dv, &yv) in dr.iter_mut().zip(yr) {
-            *dv = (rr as f64 * (*dv as f64 - m1 - yv as f64 * m2)) as f32;
         }
     }
 }
@@ -805,11 +758,6 @@ fn backward_impl<P: Policy>(spec: &MlpSpec, mut sink: Sink<'_>, x: &[f32], point
             // dZ_{l−1} = (dZ_l·W_l) ⊙ act'(A_{l−1}), the derivative fused into the product.
             let tanh = matches!(spec.activation(), Activation::Tanh);
             gemm::dzw_act_p::<P>(points, out, inp, dz, &theta[wo..wo + inp * out], dx, tanh, a_prev);
-            if spec.layer_norm() {
-                // dx is dL/dY_{l−1}; through the normalization to dL/dZ_{l−1}.
-                let y = &ws.norm_y[ws.act_off[l - 1] * cap..][..points * inp];
-                norm_rows_backward(dx, inp, y, &ws.norm_r[(l - 1) * cap..][..points]);
-            }
         }
         if let Sink::Adam { theta, v, step, from, acc, ahead, sparse0 } = &mut sink {
             // First step (`from`): each span of θ' and v is read from the source and written

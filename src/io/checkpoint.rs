@@ -142,9 +142,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint> {
         .and_then(|s| serde_json::from_str(s).map_err(|e| bad(format!("bad spec metadata: {e}"))))?;
     // Re-validate: the JSON may describe an impossible spec.
     let spec =
-        MlpSpec::new(spec.widths(), spec.activation(), spec.loss())
-            .map_err(|e| bad(format!("bad spec: {e}")))?
-            .with_layer_norm(spec.layer_norm());
+        MlpSpec::new(spec.widths(), spec.activation(), spec.loss()).map_err(|e| bad(format!("bad spec: {e}")))?;
     let iteration = meta
         .get("iteration")
         .map(|s| s.parse::<u64>().map_err(|e| bad(format!("bad iteration {s:?}: {e}"))))

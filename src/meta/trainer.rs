@@ -583,7 +583,6 @@ impl Trainer {
         self.lane_batching
             && lanes::available()
             && self.spec().loss() == Loss::Mse
-            && !self.spec().layer_norm()
             && self.config.inner_optimizer == InnerOptimizer::Sgd
             && n_tasks >= LANES
     }
@@ -627,11 +626,6 @@ impl Trainer {
     pub fn set_device(&mut self, device: Device) -> Result<()> {
         match device {
             Device::Cpu => self.cuda = None,
-            Device::Cuda(_) if self.spec().layer_norm() => {
-                return Err(Error::InvalidArgument(
-                    "layer normalization (MlpSpec::with_layer_norm) runs on the CPU only".into(),
-                ));
-            }
             Device::Cuda(n) => {
                 let backend = crate::cuda::backend::CudaBackend::new(n)?;
                 self.cuda = Some((n, Box::new(backend)));

@@ -49,9 +49,6 @@ pub enum RefTargets<'a> {
 pub struct RefForward {
     pub z: Vec<Vec<f64>>,
     pub a: Vec<Vec<f64>>,
-    /// With layer normalization: per hidden layer, `1/σ` of each point's row (`Z_l` then holds
-    /// the normalized pre-activations the activation reads).
-    pub r: Vec<Vec<f64>>,
 }
 
 impl RefForward {
@@ -100,7 +97,6 @@ pub fn ref_forward(spec: &MlpSpec, theta: &[f64], x: &[f64], points: usize) -> R
     let nl = w.len() - 1;
     let mut zs: Vec<Vec<f64>> = Vec::with_capacity(nl);
     let mut as_: Vec<Vec<f64>> = Vec::with_capacity(nl);
-    let mut rs_: Vec<Vec<f64>> = Vec::new();
     for l in 0..nl {
         let (inp, out) = (w[l], w[l + 1]);
         let (wo, bo) = offs[l];
@@ -115,21 +111,11 @@ pub fn ref_forward(spec: &MlpSpec, theta: &[f64], x: &[f64], points: usize) -> R
                 z[p * out + o] = s;
             }
         }
-        if spec.layer_norm() && l + 1 < nl {
-            let mut rs = vec![0.0; points];
-            for (row, r) in z.chunks_exact_mut(out).zip(&mut rs) {
-                let mean = row.iter().sum::<f64>() / out as f64;
-                let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / out as f64;
-                *r = 1.0 / (var + reptile::LAYER_NORM_EPS as f64).sqrt();
-                row.iter_mut().for_each(|v| *v = (*v - mean) * *r);
-            }
-            rs_.push(rs);
-        }
         let a = if l + 1 < nl { z.iter().map(|&v| act(spec.activation(), v)).collect() } else { z.clone() };
         zs.push(z);
         as_.push(a);
     }
-    RefForward { z: zs, a: as_, r: rs_ }
+    RefForward { z: zs, a: as_ }
 }
 
 /// Loss of outputs `y` `[points × out]`: MSE = mean over points and outputs of `(y − t)²`;
@@ -217,16 +203,6 @@ pub fn ref_backward(spec: &MlpSpec, theta: &[f64], x: &[f64], points: usize, f: 
                         s += dz[p * out + o] * theta[wo + o * inp + i];
                     }
                     dprev[p * inp + i] = s * act_deriv(spec.activation(), zprev[p * inp + i]);
-                }
-            }
-            if spec.layer_norm() {
-                // Through y = (z − mean)·r: dz = r·(dy − mean(dy) − y·mean(dy·y)).
-                for p in 0..points {
-                    let (d, y) = (&mut dprev[p * inp..(p + 1) * inp], &zprev[p * inp..(p + 1) * inp]);
-                    let m1 = d.iter().sum::<f64>() / inp as f64;
-                    let m2 = d.iter().zip(y).map(|(a, b)| a * b).sum::<f64>() / inp as f64;
-                    let r = f.r[l - 1][p];
-                    d.iter_mut().zip(y).for_each(|(dv, yv)| *dv = r * (*dv - m1 - yv * m2));
                 }
             }
             dz = dprev;
