@@ -107,9 +107,6 @@ pub struct OmniglotArgs {
     /// Inner-loop optimizer.
     #[arg(long, value_enum, default_value = "adam")]
     inner_optimizer: OptArg,
-    /// With Adam: decay of the second-moment estimate (the paper's code: 0.999).
-    #[arg(long, default_value_t = 0.999)]
-    adam_beta2: f32,
     /// With Adam: moments during meta-training (see `--eval-moments` for evaluation).
     #[arg(long, value_enum, default_value = "carry")]
     train_moments: MomentsArg,
@@ -285,7 +282,7 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         threads: a.threads,
         inner_optimizer: match a.inner_optimizer {
             OptArg::Sgd => InnerOptimizer::Sgd,
-            OptArg::Adam => InnerOptimizer::Adam { beta2: a.adam_beta2, eps: 1e-8 },
+            OptArg::Adam => InnerOptimizer::ADAM,
         },
         train_moments: a.train_moments.into(),
         eval_moments: a.eval_moments.into(),
