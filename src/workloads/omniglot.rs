@@ -419,7 +419,7 @@ impl<'d> FewShot<'d> {
     /// EXPERIMENT: elastic distortion of every drawing (see [`elastic`]).
     pub fn with_elastic(mut self, alpha: f32, sigma: f32) -> Self {
         self.elastic = (alpha, sigma);
-        eprintln!("EXPERIMENT elastic amplitude = {alpha} px, grid = {sigma}");
+        eprintln!("EXPERIMENT elastic alpha = {alpha}, sigma = {sigma}");
         self
     }
 
@@ -700,39 +700,57 @@ pub fn rotate_scale(img: &mut [f32], angle: f32, scale: f32) {
     }
 }
 
-/// EXPERIMENT: elastic distortion, a smooth random displacement field: a `grid × grid`
-/// lattice of control points spanning the image, each displaced by a uniform random offset in
-/// `[−amp, amp]` pixels per axis, bilinearly interpolated to every pixel; each output pixel
-/// takes the bilinear interpolation of the source at its displaced position, 0 outside.
-pub fn elastic(img: &mut [f32], amp: f32, grid: f32, rng: &mut Rng) {
+/// EXPERIMENT: elastic distortion (Simard et al. 2003): displacement fields of uniform noise
+/// in [−1, 1] per pixel and axis, smoothed by a Gaussian of `sigma` pixels (zero padding),
+/// scaled by `alpha`; each output pixel takes the bilinear interpolation of the source at its
+/// displaced position, 0 outside.
+pub fn elastic(img: &mut [f32], alpha: f32, sigma: f32, rng: &mut Rng) {
     let src: [f32; PIXELS] = img[..PIXELS].try_into().expect("a 28×28 image");
-    let g = (grid as usize).max(2);
-    let mut cx = [0f32; 64];
-    let mut cy = [0f32; 64];
-    for i in 0..g * g {
-        cx[i] = rng.random_range(-amp..=amp);
-        cy[i] = rng.random_range(-amp..=amp);
-    }
+    let r = (3.0 * sigma).ceil() as i32;
+    let k: Vec<f32> = (-r..=r).map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+    let ks: f32 = k.iter().sum();
+    let k: Vec<f32> = k.iter().map(|v| v / ks).collect();
     let side = SIDE as i32;
+    let field = |rng: &mut Rng| -> [f32; PIXELS] {
+        let mut f = [0f32; PIXELS];
+        for v in f.iter_mut() {
+            *v = rng.random_range(-1.0f32..=1.0);
+        }
+        let mut t = [0f32; PIXELS];
+        for y in 0..side {
+            for x in 0..side {
+                let mut acc = 0.0;
+                for (j, w) in k.iter().enumerate() {
+                    let xx = x + j as i32 - r;
+                    if (0..side).contains(&xx) {
+                        acc += w * f[(y * side + xx) as usize];
+                    }
+                }
+                t[(y * side + x) as usize] = acc;
+            }
+        }
+        for y in 0..side {
+            for x in 0..side {
+                let mut acc = 0.0;
+                for (j, w) in k.iter().enumerate() {
+                    let yy = y + j as i32 - r;
+                    if (0..side).contains(&yy) {
+                        acc += w * t[(yy * side + x) as usize];
+                    }
+                }
+                f[(y * side + x) as usize] = acc * alpha;
+            }
+        }
+        f
+    };
+    let (fx, fy) = (field(rng), field(rng));
     let at = |y: i32, x: i32| -> f32 {
         if (0..side).contains(&y) && (0..side).contains(&x) { src[y as usize * SIDE + x as usize] } else { 0.0 }
     };
-    let step = (SIDE - 1) as f32 / (g - 1) as f32;
     for y in 0..SIDE {
-        let gy = y as f32 / step;
-        let iy = (gy.floor() as usize).min(g - 2);
-        let ty = gy - iy as f32;
         for x in 0..SIDE {
-            let gx = x as f32 / step;
-            let ix = (gx.floor() as usize).min(g - 2);
-            let tx = gx - ix as f32;
-            let lerp = |c: &[f32; 64]| {
-                let (a, b) = (c[iy * g + ix], c[iy * g + ix + 1]);
-                let (d, e) = (c[(iy + 1) * g + ix], c[(iy + 1) * g + ix + 1]);
-                (a * (1.0 - tx) + b * tx) * (1.0 - ty) + (d * (1.0 - tx) + e * tx) * ty
-            };
-            let sx = x as f32 + lerp(&cx);
-            let sy = y as f32 + lerp(&cy);
+            let sx = x as f32 + fx[y * SIDE + x];
+            let sy = y as f32 + fy[y * SIDE + x];
             let (x0, y0) = (sx.floor(), sy.floor());
             let (ax, ay) = (sx - x0, sy - y0);
             let (x0, y0) = (x0 as i32, y0 as i32);
