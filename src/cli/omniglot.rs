@@ -359,10 +359,6 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
     if let Some(q) = std::env::var("REPTILE_EXP_HARD").ok().and_then(|v| v.parse::<f32>().ok()) {
         train_tasks = train_tasks.with_hard(q);
     }
-    if let Ok(v) = std::env::var("REPTILE_EXP_ELASTIC") {
-        let f: Vec<f32> = v.split(':').map(|x| x.parse().unwrap()).collect();
-        train_tasks = train_tasks.with_elastic(f[0], f[1]);
-    }
     // Fixed monitoring tasks, so the curve compares like with like.
     let mon_test =
         FewShot::new(&data, &test_chars, a.seed ^ 0x7E57)?.eval_tasks(&spec, a.eval_tasks, a.ways, a.shots, a.query)?;

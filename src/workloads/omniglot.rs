@@ -383,8 +383,6 @@ pub struct FewShot<'d> {
     /// each alphabet (with at least 5 characters) among `characters`.
     hard: f32,
     by_alphabet: Vec<Vec<usize>>,
-    /// EXPERIMENT: elastic distortion (alpha, sigma) of every drawing; alpha 0 = off.
-    elastic: (f32, f32),
 }
 
 /// Every character in orientations `0..per`, character by character.
@@ -412,15 +410,7 @@ impl<'d> FewShot<'d> {
             scale: 0.0,
             hard: 0.0,
             by_alphabet: Vec::new(),
-            elastic: (0.0, 0.0),
         })
-    }
-
-    /// EXPERIMENT: elastic distortion of every drawing (see [`elastic`]).
-    pub fn with_elastic(mut self, alpha: f32, sigma: f32) -> Self {
-        self.elastic = (alpha, sigma);
-        eprintln!("EXPERIMENT elastic alpha = {alpha}, sigma = {sigma}");
-        self
     }
 
     /// EXPERIMENT: with probability `q` a task's classes are `ways` distinct characters of one
@@ -537,9 +527,6 @@ impl<'d> FewShot<'d> {
                         let a = if self.rotate > 0.0 { self.rng.random_range(-self.rotate..=self.rotate) } else { 0.0 };
                         let z = if self.scale > 0.0 { self.rng.random_range(-self.scale..=self.scale) } else { 0.0 };
                         rotate_scale(img, a, 1.0 + z);
-                    }
-                    if self.elastic.0 > 0.0 {
-                        elastic(img, self.elastic.0, self.elastic.1, &mut self.rng);
                     }
                     if self.shift > 0 {
                         let s = self.shift as i32;
@@ -696,67 +683,6 @@ pub fn rotate_scale(img: &mut [f32], angle: f32, scale: f32) {
             let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1) * fx;
             let bottom = at(y0 + 1, x0) * (1.0 - fx) + at(y0 + 1, x0 + 1) * fx;
             img[y * SIDE + x] = top * (1.0 - fy) + bottom * fy;
-        }
-    }
-}
-
-/// EXPERIMENT: elastic distortion (Simard et al. 2003): displacement fields of uniform noise
-/// in [−1, 1] per pixel and axis, smoothed by a Gaussian of `sigma` pixels (zero padding),
-/// scaled by `alpha`; each output pixel takes the bilinear interpolation of the source at its
-/// displaced position, 0 outside.
-pub fn elastic(img: &mut [f32], alpha: f32, sigma: f32, rng: &mut Rng) {
-    let src: [f32; PIXELS] = img[..PIXELS].try_into().expect("a 28×28 image");
-    let r = (3.0 * sigma).ceil() as i32;
-    let k: Vec<f32> = (-r..=r).map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp()).collect();
-    let ks: f32 = k.iter().sum();
-    let k: Vec<f32> = k.iter().map(|v| v / ks).collect();
-    let side = SIDE as i32;
-    let field = |rng: &mut Rng| -> [f32; PIXELS] {
-        let mut f = [0f32; PIXELS];
-        for v in f.iter_mut() {
-            *v = rng.random_range(-1.0f32..=1.0);
-        }
-        let mut t = [0f32; PIXELS];
-        for y in 0..side {
-            for x in 0..side {
-                let mut acc = 0.0;
-                for (j, w) in k.iter().enumerate() {
-                    let xx = x + j as i32 - r;
-                    if (0..side).contains(&xx) {
-                        acc += w * f[(y * side + xx) as usize];
-                    }
-                }
-                t[(y * side + x) as usize] = acc;
-            }
-        }
-        for y in 0..side {
-            for x in 0..side {
-                let mut acc = 0.0;
-                for (j, w) in k.iter().enumerate() {
-                    let yy = y + j as i32 - r;
-                    if (0..side).contains(&yy) {
-                        acc += w * t[(yy * side + x) as usize];
-                    }
-                }
-                f[(y * side + x) as usize] = acc * alpha;
-            }
-        }
-        f
-    };
-    let (fx, fy) = (field(rng), field(rng));
-    let at = |y: i32, x: i32| -> f32 {
-        if (0..side).contains(&y) && (0..side).contains(&x) { src[y as usize * SIDE + x as usize] } else { 0.0 }
-    };
-    for y in 0..SIDE {
-        for x in 0..SIDE {
-            let sx = x as f32 + fx[y * SIDE + x];
-            let sy = y as f32 + fy[y * SIDE + x];
-            let (x0, y0) = (sx.floor(), sy.floor());
-            let (ax, ay) = (sx - x0, sy - y0);
-            let (x0, y0) = (x0 as i32, y0 as i32);
-            let top = at(y0, x0) * (1.0 - ax) + at(y0, x0 + 1) * ax;
-            let bottom = at(y0 + 1, x0) * (1.0 - ax) + at(y0 + 1, x0 + 1) * ax;
-            img[y * SIDE + x] = top * (1.0 - ay) + bottom * ay;
         }
     }
 }
