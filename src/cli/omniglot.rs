@@ -356,9 +356,6 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
         .with_shift(a.train_shift)?
         .with_affine(a.train_rotate, a.train_scale)?
         .with_mirror(a.train_mirror);
-    if let Some(q) = std::env::var("REPTILE_EXP_HARD").ok().and_then(|v| v.parse::<f32>().ok()) {
-        train_tasks = train_tasks.with_hard(q);
-    }
     // Fixed monitoring tasks, so the curve compares like with like.
     let mon_test =
         FewShot::new(&data, &test_chars, a.seed ^ 0x7E57)?.eval_tasks(&spec, a.eval_tasks, a.ways, a.shots, a.query)?;

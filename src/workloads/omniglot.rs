@@ -379,10 +379,6 @@ pub struct FewShot<'d> {
     /// every sampled drawing before the translation.
     rotate: f32,
     scale: f32,
-    /// EXPERIMENT: probability of a same-alphabet, same-orientation task, and the characters of
-    /// each alphabet (with at least 5 characters) among `characters`.
-    hard: f32,
-    by_alphabet: Vec<Vec<usize>>,
 }
 
 /// Every character in orientations `0..per`, character by character.
@@ -408,26 +404,7 @@ impl<'d> FewShot<'d> {
             shift: 0,
             rotate: 0.0,
             scale: 0.0,
-            hard: 0.0,
-            by_alphabet: Vec::new(),
         })
-    }
-
-    /// EXPERIMENT: with probability `q` a task's classes are `ways` distinct characters of one
-    /// random alphabet in one random orientation (a harder task); otherwise as usual.
-    pub fn with_hard(mut self, q: f32) -> Self {
-        self.hard = q;
-        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
-        for &c in &self.characters {
-            let a = &self.data.characters()[c].alphabet;
-            match groups.iter_mut().find(|g| &g.0 == a) {
-                Some(g) => g.1.push(c),
-                None => groups.push((a.clone(), vec![c])),
-            }
-        }
-        self.by_alphabet = groups.into_iter().map(|g| g.1).filter(|g| g.len() >= 5).collect();
-        eprintln!("EXPERIMENT hard tasks q = {q}, {} alphabets", self.by_alphabet.len());
-        self
     }
 
     /// Adds the mirror image (left to right) of every character, in the same 4 rotations, as
@@ -503,15 +480,8 @@ impl<'d> FewShot<'d> {
         let (mut xq, mut yq) = (vec![0.0f32; n_tasks * mq * PIXELS], Vec::with_capacity(n_tasks * mq));
         let mut all = Vec::with_capacity(n_tasks);
         for t in 0..n_tasks {
-            let hard = self.hard > 0.0 && self.rng.random::<f32>() < self.hard;
-            let g = if hard { self.by_alphabet[self.rng.random_range(0..self.by_alphabet.len())].clone() } else { vec![] };
-            let mut picked: Vec<(usize, u8)> = if g.len() >= ways {
-                let per = if self.classes.len() > 4 * self.characters.len() { 8 } else { 4 };
-                let q: u8 = self.rng.random_range(0..per);
-                index::sample(&mut self.rng, g.len(), ways).into_iter().map(|i| (g[i], q)).collect()
-            } else {
-                index::sample(&mut self.rng, self.classes.len(), ways).into_iter().map(|i| self.classes[i]).collect()
-            };
+            let mut picked: Vec<(usize, u8)> =
+                index::sample(&mut self.rng, self.classes.len(), ways).into_iter().map(|i| self.classes[i]).collect();
             picked.shuffle(&mut self.rng);
             for (label, &(c, q)) in picked.iter().enumerate() {
                 let draws = index::sample(&mut self.rng, DRAWINGS, shots + query).into_vec();
