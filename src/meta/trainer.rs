@@ -379,34 +379,6 @@ pub struct Trainer {
     model_cache: OnceLock<Model>,
     v_cache: OnceLock<AlignedVec>,
     last: Option<StepStats>,
-    /// EXPERIMENT (REPTILE_EXP_OUTER): outer optimizer state and the transformed direction.
-    exp_m: Vec<f32>,
-    exp_v: Vec<f32>,
-    exp_s: Vec<f32>,
-    exp_t: i32,
-}
-
-/// EXPERIMENT: `REPTILE_EXP_OUTER=momentum:β` or `adam:lr:β1:β2` (outer optimizer on the
-/// Reptile direction g = mean_i(θ'_i − θ)).
-#[derive(Clone, Copy, Debug)]
-enum ExpOuter {
-    Momentum(f32),
-    Adam(f32, f32, f32),
-}
-
-fn exp_outer() -> Option<ExpOuter> {
-    static E: OnceLock<Option<ExpOuter>> = OnceLock::new();
-    *E.get_or_init(|| {
-        let s = std::env::var("REPTILE_EXP_OUTER").ok()?;
-        let f: Vec<&str> = s.split(':').collect();
-        let e = match f[0] {
-            "momentum" => ExpOuter::Momentum(f[1].parse().unwrap()),
-            "adam" => ExpOuter::Adam(f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].parse().unwrap()),
-            _ => panic!("REPTILE_EXP_OUTER={s}"),
-        };
-        eprintln!("EXPERIMENT outer optimizer {e:?}");
-        Some(e)
-    })
 }
 
 impl std::fmt::Debug for Trainer {
@@ -476,10 +448,6 @@ impl Trainer {
             model_cache: OnceLock::new(),
             v_cache: OnceLock::new(),
             last: None,
-            exp_m: Vec::new(),
-            exp_v: Vec::new(),
-            exp_s: Vec::new(),
-            exp_t: 0,
         })
     }
 
@@ -779,38 +747,7 @@ impl Trainer {
         } else {
             None
         };
-        let mut scale = scale;
-        let sum: &[f32] = match exp_outer() {
-            None => &delta.sum[..],
-            Some(ExpOuter::Momentum(beta)) => {
-                self.exp_m.resize(p, 0.0);
-                for (m, &s) in self.exp_m.iter_mut().zip(&delta.sum) {
-                    *m = beta * *m + s * inv;
-                }
-                scale = eps * (1.0 - beta);
-                &self.exp_m[..]
-            }
-            Some(ExpOuter::Adam(lr, b1, b2)) => {
-                self.exp_m.resize(p, 0.0);
-                self.exp_v.resize(p, 0.0);
-                self.exp_s.resize(p, 0.0);
-                self.exp_t += 1;
-                let (c1, c2) = (1.0 - b1.powi(self.exp_t), 1.0 - b2.powi(self.exp_t));
-                for i in 0..p {
-                    let g = delta.sum[i] * inv;
-                    self.exp_m[i] = b1 * self.exp_m[i] + (1.0 - b1) * g;
-                    self.exp_v[i] = b2 * self.exp_v[i] + (1.0 - b2) * g * g;
-                    self.exp_s[i] = (self.exp_m[i] / c1) / ((self.exp_v[i] / c2).sqrt() + 1e-8);
-                }
-                scale = lr * eps / self.config.eps_start;
-                if it % 1000 == 0 {
-                    let rms = (delta.sum.iter().map(|&s| (s * inv) as f64 * (s * inv) as f64).sum::<f64>() / p as f64).sqrt();
-                    eprintln!("EXPERIMENT it {it} rms(g) {rms:.3e} scale {scale:.3e}");
-                }
-                &self.exp_s[..]
-            }
-        };
-        let (cand, theta) = (&mut self.candidate[..], self.model.params());
+        let (cand, theta, sum) = (&mut self.candidate[..], self.model.params(), &delta.sum[..]);
         // With the sums of W_0 transposed: the transposed state, element by element as θ's
         // layout would be, then the other parameters (W_0 comes first in θ).
         let n0 = if w0_transposed { self.model.spec().in_dim() * self.model.spec().widths()[1] } else { 0 };
