@@ -228,6 +228,7 @@ fn forward_layers<P: Policy>(
 }
 
 thread_local! { static XTF: bool = std::env::var("XTF").as_deref() != Ok("0"); }
+thread_local! { static XT16: bool = std::env::var("XT16").as_deref() != Ok("0"); }
 
 /// Layer shapes whose forward product runs as [`transposed_forward`] (where the policy allows):
 /// whole 8 × 8 blocks to transpose, whole 16-float vectors of outputs, weights that stay in L1.
@@ -251,9 +252,16 @@ fn transposed_forward<P: Policy>(
     wt: &mut [f32],
     z: &mut [f32],
 ) {
-    for r0 in (0..out).step_by(8) {
-        for c0 in (0..inp).step_by(8) {
-            P::transpose8(&w[r0 * inp + c0..], inp, &mut wt[c0 * out + r0..], out);
+    #[cfg(target_arch = "x86_64")]
+    if inp.is_multiple_of(16) && XT16.with(|t| *t) {
+        assert!(w.len() >= out * inp && wt.len() >= out * inp);
+        // SAFETY: TRANSPOSED_FORWARD is only set for the AVX-512 policy; extents checked above.
+        unsafe { crate::cpu::x86::transpose_avx512(out, inp, w.as_ptr(), inp, wt.as_mut_ptr(), out) };
+    } else {
+        for r0 in (0..out).step_by(8) {
+            for c0 in (0..inp).step_by(8) {
+                P::transpose8(&w[r0 * inp + c0..], inp, &mut wt[c0 * out + r0..], out);
+            }
         }
     }
     for row in z[..points * out].chunks_exact_mut(out) {

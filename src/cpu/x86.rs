@@ -1071,3 +1071,43 @@ pub unsafe fn transpose8_avx(src: &[f32], lds: usize, dst: &mut [f32], ldd: usiz
         }
     }
 }
+
+/// `dst[c·ldd + r] = src[r·lds + c]` for `r < rows`, `c < cols`, both multiples of 16: 16 × 16
+/// blocks through the four-stage network (unpack pairs of rows, unpack pairs of pairs, then
+/// two rounds of 128-bit block shuffles): 64 shuffles per 256 values.
+///
+/// # Safety
+/// AVX-512F; `src` holds `rows` rows of stride `lds`, `dst` holds `cols` rows of stride `ldd`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+pub unsafe fn transpose_avx512(rows: usize, cols: usize, src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+    // SAFETY: the caller guarantees the extents.
+    unsafe {
+        for r0 in (0..rows).step_by(16) {
+            for c0 in (0..cols).step_by(16) {
+                let sp = src.add(r0 * lds + c0);
+                let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(sp.add(i * lds)));
+                let t: [__m512; 16] = std::array::from_fn(|i| {
+                    let (a, b) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
+                    if i % 2 == 0 { _mm512_unpacklo_ps(a, b) } else { _mm512_unpackhi_ps(a, b) }
+                });
+                // u[4g + s]: rows 4g..4g+4, column s of every 128-bit block.
+                let u: [__m512; 16] = std::array::from_fn(|i| {
+                    let (g, s) = (i / 4, i % 4);
+                    let (a, b) = (_mm512_castps_pd(t[4 * g + s / 2]), _mm512_castps_pd(t[4 * g + 2 + s / 2]));
+                    _mm512_castpd_ps(if s % 2 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
+                });
+                let dp = dst.add(c0 * ldd + r0);
+                for s in 0..4 {
+                    let (a, b, c, d) = (u[s], u[4 + s], u[8 + s], u[12 + s]);
+                    let (u0, u1) = (_mm512_shuffle_f32x4::<0x88>(a, b), _mm512_shuffle_f32x4::<0xdd>(a, b));
+                    let (v0, v1) = (_mm512_shuffle_f32x4::<0x88>(c, d), _mm512_shuffle_f32x4::<0xdd>(c, d));
+                    _mm512_storeu_ps(dp.add(s * ldd), _mm512_shuffle_f32x4::<0x88>(u0, v0));
+                    _mm512_storeu_ps(dp.add((s + 8) * ldd), _mm512_shuffle_f32x4::<0xdd>(u0, v0));
+                    _mm512_storeu_ps(dp.add((s + 4) * ldd), _mm512_shuffle_f32x4::<0x88>(u1, v1));
+                    _mm512_storeu_ps(dp.add((s + 12) * ldd), _mm512_shuffle_f32x4::<0xdd>(u1, v1));
+                }
+            }
+        }
+    }
+}
