@@ -34,8 +34,6 @@ pub struct Workspace {
     tile: AlignedVec,
     /// Row pieces of a split forward product (see [`split_rows`]), `[cap × max_width]`.
     zsplit: AlignedVec,
-    /// A layer's weights transposed, `[in × out]`, for [`transposed_forward`].
-    wt: AlignedVec,
 }
 
 /// Floats in the fused Adam backward's gradient tile (16 KB, a third of L1).
@@ -96,14 +94,6 @@ impl Workspace {
             grad_next: AlignedVec::zeros(cap * spec.max_width()),
             tile: AlignedVec::zeros(ADAM_TILE.max(spec.max_width())),
             zsplit: AlignedVec::zeros(cap * spec.max_width()),
-            wt: AlignedVec::zeros(
-                (0..spec.num_layers())
-                    .map(|l| (spec.widths()[l], spec.widths()[l + 1]))
-                    .filter(|&(i, o)| transposed_shape(i, o))
-                    .map(|(i, o)| i * o)
-                    .max()
-                    .unwrap_or(0),
-            ),
         }
     }
 
@@ -210,9 +200,7 @@ fn forward_layers<P: Policy>(
         let (before, rest) = ws.acts.split_at_mut(ws.act_off[l] * cap);
         let z = &mut rest[..points * out];
         let a_prev: &[f32] = if l == 0 { x } else { &before[ws.act_off[l - 1] * cap..][..points * inp] };
-        if P::TRANSPOSED_FORWARD && points <= gemm::SMALL_POINTS && transposed_shape(inp, out) && XTF.with(|t| *t) {
-            transposed_forward::<P>(points, inp, out, a_prev, w, b, &mut ws.wt[..inp * out], z);
-        } else if split_rows(points, inp, out) {
+        if split_rows(points, inp, out) {
             // Pieces of output rows: piece `lo..hi` writes `[points × (hi − lo)]` at
             // `zsplit[points·lo..]`, then the pieces are copied into their columns of Z.
             let zs = &mut ws.zsplit[..points * out];
@@ -225,49 +213,6 @@ fn forward_layers<P: Policy>(
             activate::<P>(spec.activation(), z);
         }
     }
-}
-
-thread_local! { static XTF: bool = std::env::var("XTF").as_deref() != Ok("0"); }
-thread_local! { static XT16: bool = std::env::var("XT16").as_deref() != Ok("0"); }
-
-/// Layer shapes whose forward product runs as [`transposed_forward`] (where the policy allows):
-/// whole 8 × 8 blocks to transpose, whole 16-float vectors of outputs, weights that stay in L1.
-fn transposed_shape(inp: usize, out: usize) -> bool {
-    inp >= 16 && inp.is_multiple_of(8) && out.is_multiple_of(16) && inp * out <= 128 * 128
-}
-
-/// `Z[points × out] ← bias + X·Wᵀ` in the axpy form: `W` `[out × in]` is transposed into `wt`
-/// `[in × out]` (8 × 8 shuffle blocks), then each output row is the bias plus `Σ_i X[p][i]·wt[i]`,
-/// whole rows of `wt` times broadcast inputs, with no horizontal sums (the dot-product form
-/// [`gemm::xwt_p`] sums every output across the lanes of its accumulator).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn transposed_forward<P: Policy>(
-    points: usize,
-    inp: usize,
-    out: usize,
-    x: &[f32],
-    w: &[f32],
-    bias: &[f32],
-    wt: &mut [f32],
-    z: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if inp.is_multiple_of(16) && XT16.with(|t| *t) {
-        assert!(w.len() >= out * inp && wt.len() >= out * inp);
-        // SAFETY: TRANSPOSED_FORWARD is only set for the AVX-512 policy; extents checked above.
-        unsafe { crate::cpu::x86::transpose_avx512(out, inp, w.as_ptr(), inp, wt.as_mut_ptr(), out) };
-    } else {
-        for r0 in (0..out).step_by(8) {
-            for c0 in (0..inp).step_by(8) {
-                P::transpose8(&w[r0 * inp + c0..], inp, &mut wt[c0 * out + r0..], out);
-            }
-        }
-    }
-    for row in z[..points * out].chunks_exact_mut(out) {
-        row.copy_from_slice(&bias[..out]);
-    }
-    P::axpy(points, inp, out, 1.0, x, inp, 1, wt, out, 1.0, z, out);
 }
 
 /// Forward product of output rows `lo..hi` of a layer into `zs` (`[points × (hi − lo)]`),

@@ -124,10 +124,6 @@ pub trait Policy: Copy {
         }
         Self::adam_slice(theta, g, v, lr_t, beta2, eps);
     }
-    /// Whether the forward pass may run a layer's product in the axpy form on a transposed
-    /// copy of its weights ([`super::mlp`]'s `transposed_forward`): true where the axpy kernel
-    /// is register-blocked and the dot-product form pays horizontal sums.
-    const TRANSPOSED_FORWARD: bool = false;
     /// 8 × 8 transpose `dst[c·ldd + r] = src[r·lds + c]` (8 rows of stride `lds` into 8 rows
     /// of stride `ldd`). The default is scalar; the x86 policies use a shuffle network
     /// ([`super::x86::transpose8_avx`]). Exact on every path (values are only moved).
@@ -175,12 +171,11 @@ pub trait Policy: Copy {
 }
 
 macro_rules! policy {
-    ($name:ident, $doc:literal, fused: $fused:literal, axpy: $axpy:path, xwt: |$p:ident, $i:ident, $o:ident, $x:ident, $w:ident, $b:ident, $z:ident| $xwt:expr $(, tanh: $tanh:path)? $(, adam: $adam:path, adam_from: $adam_from:path)? $(, axpy_act: $axpy_act:path)? $(, transpose8: $t8:path)? $(, tforward: $tf:literal)? $(, features: $feat:literal)?) => {
+    ($name:ident, $doc:literal, fused: $fused:literal, axpy: $axpy:path, xwt: |$p:ident, $i:ident, $o:ident, $x:ident, $w:ident, $b:ident, $z:ident| $xwt:expr $(, tanh: $tanh:path)? $(, adam: $adam:path, adam_from: $adam_from:path)? $(, axpy_act: $axpy_act:path)? $(, transpose8: $t8:path)? $(, features: $feat:literal)?) => {
         #[doc = $doc]
         #[derive(Clone, Copy, Debug)]
         pub struct $name;
         impl Policy for $name {
-            $(const TRANSPOSED_FORWARD: bool = $tf;)?
             #[inline(always)]
             fn madd(a: f32, b: f32, c: f32) -> f32 {
                 if $fused { a.mul_add(b, c) } else { a * b + c }
@@ -253,7 +248,7 @@ policy!(Avx512, "AVX-512: 32 zmm registers, 16 lanes.", fused: true, axpy: super
     // SAFETY: see above: only reached after AVX-512F/VL + FMA were detected.
     xwt: |p, i, o, x, w, b, z| unsafe { super::x86::xwt_avx512(p, i, o, x, w, b, z) }, tanh: super::x86::tanh_avx512,
     adam: super::x86::adam_avx512, adam_from: super::x86::adam_from_avx512, axpy_act: super::x86::axpy_act_avx512,
-    transpose8: super::x86::transpose8_avx, tforward: true, features: "avx512f,avx512vl,avx2,fma");
+    transpose8: super::x86::transpose8_avx, features: "avx512f,avx512vl,avx2,fma");
 #[cfg(target_arch = "x86_64")]
 policy!(Avx2, "AVX2 + FMA: 16 ymm registers, 8 lanes.", fused: true, axpy: super::x86::axpy_avx2,
     // SAFETY: see above: only reached after AVX2 + FMA were detected.
