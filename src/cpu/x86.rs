@@ -681,39 +681,21 @@ pub unsafe fn axpy_avx2(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
-fn tanh16<const ESTRIN: bool>(x: __m512) -> __m512 {
+fn tanh16(x: __m512) -> __m512 {
     let set = _mm512_set1_ps;
     let ax = _mm512_abs_ps(x);
     // `min(a, b)` returns `b` when either is NaN, so a NaN input flows on through `xc`.
     let xc = _mm512_min_ps(set(TANH_SAT), ax);
     let x2 = _mm512_mul_ps(xc, xc);
-    let (p, q) = if ESTRIN {
-        // Estrin's scheme: the same polynomials with a dependency chain of 4 FMAs instead of 6.
-        let x4 = _mm512_mul_ps(x2, x2);
-        let x8 = _mm512_mul_ps(x4, x4);
-        let n = TANH_NUM;
-        let a = _mm512_fmadd_ps(set(n[1]), x2, set(n[0]));
-        let b = _mm512_fmadd_ps(set(n[3]), x2, set(n[2]));
-        let c = _mm512_fmadd_ps(set(n[5]), x2, set(n[4]));
-        let c = _mm512_fmadd_ps(set(n[6]), x4, c);
-        let ab = _mm512_fmadd_ps(b, x4, a);
-        let p = _mm512_fmadd_ps(c, x8, ab);
-        let d = TANH_DEN;
-        let qa = _mm512_fmadd_ps(set(d[1]), x2, set(d[0]));
-        let qb = _mm512_fmadd_ps(set(d[3]), x2, set(d[2]));
-        (p, _mm512_fmadd_ps(qb, x4, qa))
-    } else {
-        let mut p = set(TANH_NUM[6]);
-        for &c in TANH_NUM[..6].iter().rev() {
-            p = _mm512_fmadd_ps(p, x2, set(c));
-        }
-        let mut q = set(TANH_DEN[3]);
-        for &c in TANH_DEN[..3].iter().rev() {
-            q = _mm512_fmadd_ps(q, x2, set(c));
-        }
-        (p, q)
-    };
+    let mut p = set(TANH_NUM[6]);
+    for &c in TANH_NUM[..6].iter().rev() {
+        p = _mm512_fmadd_ps(p, x2, set(c));
+    }
     let p = _mm512_mul_ps(p, xc);
+    let mut q = set(TANH_DEN[3]);
+    for &c in TANH_DEN[..3].iter().rev() {
+        q = _mm512_fmadd_ps(q, x2, set(c));
+    }
     // p/q: the estimate t0 = p·rcp14(q) (relative error < 2⁻¹⁴), then one residual
     // correction t0 + rcp14(q)·(p − q·t0), which leaves about 2⁻²⁸ before rounding.
     let r0 = _mm512_rcp14_ps(q);
@@ -733,8 +715,6 @@ fn tanh16<const ESTRIN: bool>(x: __m512) -> __m512 {
     _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xEA>(_mm512_castps_si512(x), sign, _mm512_castps_si512(t)))
 }
 
-thread_local! { static XEST: bool = std::env::var("XEST").as_deref() == Ok("1"); }
-
 /// `z ← tanh(z)` elementwise with AVX-512 (`tanh16`). One vector is a long dependency chain
 /// (two polynomials, the reciprocal, its correction), so the main loop runs four independent
 /// vectors at a time; a masked loop finishes
@@ -752,7 +732,7 @@ pub unsafe fn tanh_avx512(z: &mut [f32]) {
     unsafe {
         while i + 64 <= n {
             let v: [__m512; 4] = std::array::from_fn(|j| _mm512_loadu_ps(zp.add(i + 16 * j)));
-            let t = if XEST.with(|e| *e) { v.map(|x| tanh16::<true>(x)) } else { v.map(|x| tanh16::<false>(x)) };
+            let t = v.map(|x| tanh16(x));
             for (j, t) in t.into_iter().enumerate() {
                 _mm512_storeu_ps(zp.add(i + 16 * j), t);
             }
@@ -762,7 +742,7 @@ pub unsafe fn tanh_avx512(z: &mut [f32]) {
             let left = (n - i).min(16);
             let mask: __mmask16 = ((1u32 << left) - 1) as u16;
             let x = _mm512_maskz_loadu_ps(mask, zp.add(i));
-            _mm512_mask_storeu_ps(zp.add(i), mask, tanh16::<false>(x));
+            _mm512_mask_storeu_ps(zp.add(i), mask, tanh16(x));
             i += 16;
         }
     }
