@@ -503,15 +503,6 @@ impl<'d> FewShot<'d> {
                         let (dx, dy) = (self.rng.random_range(-s..=s), self.rng.random_range(-s..=s));
                         translate(img, dx, dy);
                     }
-                    if self.shift > 0
-                        && let Some((side, prob)) = exp_cutout()
-                        && self.rng.random::<f32>() < prob
-                    {
-                        let (x0, y0) = (self.rng.random_range(0..=SIDE - side), self.rng.random_range(0..=SIDE - side));
-                        for y in y0..y0 + side {
-                            img[y * SIDE + x0..y * SIDE + x0 + side].fill(0.0);
-                        }
-                    }
                     lab.push((row, label as u32));
                 }
             }
@@ -700,19 +691,6 @@ fn rotate_scale_any(img: &mut [f32], angle: f32, scale: f32) {
             img[y * SIDE + x] = top * (1.0 - fy) + bottom * fy;
         }
     }
-}
-
-/// Experiment switch `REPTILE_EXP_CUTOUT=SIDE:PROB`: with probability PROB, blank a random
-/// SIDE × SIDE square of each meta-training drawing (after its shift).
-fn exp_cutout() -> Option<(usize, f32)> {
-    static C: std::sync::OnceLock<Option<(usize, f32)>> = std::sync::OnceLock::new();
-    *C.get_or_init(|| {
-        let v = std::env::var("REPTILE_EXP_CUTOUT").ok()?;
-        let (a, b) = v.split_once(':')?;
-        let c = (a.parse().ok()?, b.parse().ok()?);
-        eprintln!("experiment: cutout {}x{} with probability {}", c.0, c.0, c.1);
-        Some(c)
-    })
 }
 
 /// Places `(row, label)` pairs into a label vector indexed by row.
