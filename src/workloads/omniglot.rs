@@ -639,27 +639,15 @@ pub fn rotate_scale(img: &mut [f32], angle: f32, scale: f32) {
 
 /// [`rotate_scale`] without a turn, bit for bit: with `angle = 0` the inverse map of column
 /// `x` is `(x − c)/scale + c` whatever the row (and likewise for rows), so the 28 source
-/// positions and weights are computed once, not per pixel, and no sine, cosine or division
-/// runs per pixel. Same products and sums in the same order as the general loop.
+/// positions are computed once, not per pixel: no sine, cosine or division per pixel. The
+/// sampling is the general loop's ([`tap`], [`bilinear`]).
 fn scale_only(img: &mut [f32], scale: f32) {
     let src: [f32; PIXELS] = img[..PIXELS].try_into().expect("a 28×28 image");
     let c = (SIDE as f32 - 1.0) / 2.0;
-    let taps: [(i32, f32); SIDE] = std::array::from_fn(|i| {
-        let s = (i as f32 - c) / scale + c;
-        let s0 = s.floor();
-        (s0 as i32, s - s0)
-    });
-    let row = |y: i32| (0..SIDE as i32).contains(&y).then(|| &src[y as usize * SIDE..][..SIDE]);
-    let at = |r: Option<&[f32]>, x: i32| match r {
-        Some(r) if (0..SIDE as i32).contains(&x) => r[x as usize],
-        _ => 0.0,
-    };
+    let taps: [(i32, f32); SIDE] = std::array::from_fn(|i| tap((i as f32 - c) / scale + c));
     for (y, &(y0, fy)) in taps.iter().enumerate() {
-        let (r0, r1) = (row(y0), row(y0 + 1));
         for (x, &(x0, fx)) in taps.iter().enumerate() {
-            let top = at(r0, x0) * (1.0 - fx) + at(r0, x0 + 1) * fx;
-            let bottom = at(r1, x0) * (1.0 - fx) + at(r1, x0 + 1) * fx;
-            img[y * SIDE + x] = top * (1.0 - fy) + bottom * fy;
+            img[y * SIDE + x] = bilinear(&src, y0, x0, fy, fx);
         }
     }
 }
@@ -669,6 +657,29 @@ fn rotate_scale_any(img: &mut [f32], angle: f32, scale: f32) {
     let src: [f32; PIXELS] = img[..PIXELS].try_into().expect("a 28×28 image");
     let c = (SIDE as f32 - 1.0) / 2.0;
     let (sin, cos) = angle.sin_cos();
+    for y in 0..SIDE {
+        for x in 0..SIDE {
+            let (u, v) = (x as f32 - c, y as f32 - c);
+            // Inverse map: rotate back by −angle, shrink by 1/scale. With rows pointing down, a
+            // counter-clockwise turn on screen is (u, v) → (u·cos + v·sin, −u·sin + v·cos).
+            let (x0, fx) = tap((u * cos - v * sin) / scale + c);
+            let (y0, fy) = tap((u * sin + v * cos) / scale + c);
+            img[y * SIDE + x] = bilinear(&src, y0, x0, fy, fx);
+        }
+    }
+}
+
+/// A source coordinate as its whole pixel and the fraction past it.
+#[inline(always)]
+fn tap(s: f32) -> (i32, f32) {
+    let s0 = s.floor();
+    (s0 as i32, s - s0)
+}
+
+/// Bilinear interpolation of `src` at row `y0 + fy`, column `x0 + fx`; pixels outside the
+/// image count as 0.
+#[inline(always)]
+fn bilinear(src: &[f32; PIXELS], y0: i32, x0: i32, fy: f32, fx: f32) -> f32 {
     let at = |y: i32, x: i32| -> f32 {
         if (0..SIDE as i32).contains(&y) && (0..SIDE as i32).contains(&x) {
             src[y as usize * SIDE + x as usize]
@@ -676,21 +687,9 @@ fn rotate_scale_any(img: &mut [f32], angle: f32, scale: f32) {
             0.0
         }
     };
-    for y in 0..SIDE {
-        for x in 0..SIDE {
-            let (u, v) = (x as f32 - c, y as f32 - c);
-            // Inverse map: rotate back by −angle, shrink by 1/scale. With rows pointing down, a
-            // counter-clockwise turn on screen is (u, v) → (u·cos + v·sin, −u·sin + v·cos).
-            let sx = (u * cos - v * sin) / scale + c;
-            let sy = (u * sin + v * cos) / scale + c;
-            let (x0, y0) = (sx.floor(), sy.floor());
-            let (fx, fy) = (sx - x0, sy - y0);
-            let (x0, y0) = (x0 as i32, y0 as i32);
-            let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1) * fx;
-            let bottom = at(y0 + 1, x0) * (1.0 - fx) + at(y0 + 1, x0 + 1) * fx;
-            img[y * SIDE + x] = top * (1.0 - fy) + bottom * fy;
-        }
-    }
+    let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1) * fx;
+    let bottom = at(y0 + 1, x0) * (1.0 - fx) + at(y0 + 1, x0 + 1) * fx;
+    top * (1.0 - fy) + bottom * fy
 }
 
 /// Places `(row, label)` pairs into a label vector indexed by row.
