@@ -184,16 +184,6 @@ fn add_par(acc: &mut [f32], x: &[f32]) {
     rayon::join(|| add_par(a1, &x[..k]), || add_par(a2, &x[k..]));
 }
 
-/// EXPERIMENT: `REPTILE_EXP_DECAY=LAMBDA` multiplies θ by `1 − ε_t·λ` after each outer step.
-fn exp_decay() -> Option<f32> {
-    static D: std::sync::OnceLock<Option<f32>> = std::sync::OnceLock::new();
-    *D.get_or_init(|| {
-        let v: f32 = std::env::var("REPTILE_EXP_DECAY").ok()?.parse().expect("REPTILE_EXP_DECAY=LAMBDA");
-        eprintln!("EXPERIMENT: outer decay λ = {v}");
-        Some(v)
-    })
-}
-
 /// Smallest half of [`apply_par`]'s parallel split, in parameters.
 const APPLY_GRAIN: usize = 1 << 15;
 
@@ -811,14 +801,6 @@ impl Trainer {
             self.v_cache = OnceLock::new();
         } else {
             self.t_valid = false;
-        }
-        if let Some(lam) = exp_decay() {
-            // EXPERIMENT: decoupled decay of every parameter after the outer step.
-            let f = 1.0 - eps * lam;
-            self.model.params_vec_mut()[n0..].iter_mut().for_each(|v| *v *= f);
-            if w0_transposed {
-                self.w0t.iter_mut().for_each(|v| *v *= f);
-            }
         }
         self.iteration += 1;
         let stats = StepStats { iteration: it, epsilon: eps, tasks: delta.tasks, loss_before: lb, loss_after: la };
