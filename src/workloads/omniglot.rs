@@ -109,9 +109,8 @@ impl Omniglot {
         let key: Vec<u8> = [Sha256::digest(&bg_bytes), Sha256::digest(&ev_bytes)].concat();
         if let Some(c) = cache
             && let Ok(bytes) = std::fs::read(c)
-            && let Ok(mut data) = Self::from_cache(&bytes, &key)
+            && let Ok(data) = Self::from_cache(&bytes, &key)
         {
-            data.exp_blur();
             return Ok(data);
         }
         let mut data = Omniglot { chars: Vec::new(), pixels: Vec::new() };
@@ -120,51 +119,7 @@ impl Omniglot {
         if let Some(c) = cache {
             data.write_cache(c, &key)?;
         }
-        data.exp_blur();
         Ok(data)
-    }
-
-    /// EXPERIMENT (`REPTILE_EXP_BLUR=3|5`): every stored drawing blurred by a separable
-    /// binomial filter, [1 2 1]/4 or [1 4 6 4 1]/16 per axis, zero outside the image,
-    /// rounded to the nearest byte. Training and evaluation see the same blurred drawings.
-    fn exp_blur(&mut self) {
-        let Ok(v) = std::env::var("REPTILE_EXP_BLUR") else { return };
-        let taps: &[f32] = match v.as_str() {
-            "3" => &[0.25, 0.5, 0.25],
-            "5" => &[1.0 / 16.0, 4.0 / 16.0, 6.0 / 16.0, 4.0 / 16.0, 1.0 / 16.0],
-            _ => panic!("REPTILE_EXP_BLUR={v}: expected 3 or 5"),
-        };
-        eprintln!("EXPERIMENT: drawings blurred with {taps:?} per axis");
-        let h = (taps.len() / 2) as i32;
-        let n = SIDE as i32;
-        for img in self.pixels.chunks_exact_mut(PIXELS) {
-            let src: Vec<f32> = img.iter().map(|&b| b as f32).collect();
-            let mut tmp = vec![0.0f32; PIXELS];
-            for r in 0..n {
-                for c in 0..n {
-                    let mut a = 0.0;
-                    for (k, &t) in taps.iter().enumerate() {
-                        let cc = c + k as i32 - h;
-                        if (0..n).contains(&cc) {
-                            a += t * src[(r * n + cc) as usize];
-                        }
-                    }
-                    tmp[(r * n + c) as usize] = a;
-                }
-            }
-            for r in 0..n {
-                for c in 0..n {
-                    let mut a = 0.0;
-                    for (k, &t) in taps.iter().enumerate() {
-                        let rr = r + k as i32 - h;
-                        if (0..n).contains(&rr) {
-                            a += t * tmp[(rr * n + c) as usize];
-                        }
-                    }
-                    img[(r * n + c) as usize] = a.round() as u8;
-                }
-            }
-        }
     }
 
     /// All characters in the crate's fixed order.
