@@ -41,33 +41,6 @@ pub(crate) struct TaskWorker {
     sparse: Option<SparseFirst>,
     runs: Vec<(u32, u32)>,
     mask: Vec<u32>,
-    /// EXPERIMENT (REPTILE_EXP_EVAL): θ at `begin`, and θ' before the current step.
-    exp_theta0: Vec<f32>,
-    exp_prev: Vec<f32>,
-}
-
-/// EXPERIMENT: evaluation-time adaptation variants, `REPTILE_EXP_EVAL=scale:L:S` (the first
-/// `L` layers' step scaled by `S`; `S = 0` freezes them) or `prox:LAMBDA` (after each step,
-/// θ' ← θ + (1 − λ)(θ' − θ)).
-#[derive(Clone, Copy, Debug)]
-enum ExpEval {
-    Scale(usize, f32),
-    Prox(f32),
-}
-
-fn exp_eval() -> Option<ExpEval> {
-    static E: std::sync::OnceLock<Option<ExpEval>> = std::sync::OnceLock::new();
-    *E.get_or_init(|| {
-        let v = std::env::var("REPTILE_EXP_EVAL").ok()?;
-        let f: Vec<&str> = v.split(':').collect();
-        let e = match f.as_slice() {
-            ["scale", l, s] => ExpEval::Scale(l.parse().ok()?, s.parse().ok()?),
-            ["prox", l] => ExpEval::Prox(l.parse().ok()?),
-            _ => panic!("REPTILE_EXP_EVAL={v}: expected scale:L:S or prox:LAMBDA"),
-        };
-        eprintln!("EXPERIMENT: evaluation adaptation {e:?}");
-        Some(e)
-    })
 }
 
 /// Adam's second moments at the start of a [`TaskWorker::run`].
@@ -148,8 +121,6 @@ impl TaskWorker {
             sparse: None,
             runs: Vec::new(),
             mask: Vec::new(),
-            exp_theta0: Vec::new(),
-            exp_prev: Vec::new(),
         }
     }
 
@@ -199,10 +170,6 @@ impl TaskWorker {
     /// Starts a task: θ' ← θ, fresh minibatch stream over `m` support points.
     pub fn begin(&mut self, theta: &[f32], m: usize, tail: Option<usize>, rng: &mut Rng) {
         self.theta_p.copy_from_slice(theta);
-        if let Some(ExpEval::Prox(_)) = exp_eval() {
-            self.exp_theta0.clear();
-            self.exp_theta0.extend_from_slice(theta);
-        }
         self.batcher.begin(m, tail, rng);
     }
 
@@ -514,29 +481,10 @@ impl TaskWorker {
         lr: f32,
         rng: &mut Rng,
     ) {
-        let exp = exp_eval();
         for _ in 0..steps {
             self.next_batch(b, rng);
             let (bs, labels) = self.gather(spec, x, y, b);
-            if let Some(ExpEval::Scale(l, _)) = exp {
-                let end = spec.weight_offset(l);
-                self.exp_prev.clear();
-                self.exp_prev.extend_from_slice(&self.theta_p[..end]);
-            }
             self.sgd_on_gathered(spec, bs, labels, lr, None, None, None, None);
-            match exp {
-                Some(ExpEval::Scale(_, s)) => {
-                    for (t, &p) in self.theta_p.iter_mut().zip(&self.exp_prev) {
-                        *t = p + s * (*t - p);
-                    }
-                }
-                Some(ExpEval::Prox(lam)) => {
-                    for (t, &p) in self.theta_p.iter_mut().zip(&self.exp_theta0) {
-                        *t = p + (1.0 - lam) * (*t - p);
-                    }
-                }
-                None => {}
-            }
         }
     }
 }
