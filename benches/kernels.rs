@@ -261,7 +261,7 @@ fn bench_interpolation(c: &mut Criterion) {
             for tp in &primes {
                 update::accumulate_delta(&mut acc, tp, &theta);
             }
-            update::interpolate(&mut out, &theta, &acc, 0.1 / n as f32);
+            update::interpolate(&mut out, &theta, &acc, 0.1 / n as f32, 1.0);
             black_box(&out);
         };
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| b.iter(&mut f));

@@ -80,6 +80,10 @@ struct SineArgs {
     /// Outer step size ε at the end.
     #[arg(long, default_value_t = 0.0)]
     eps_end: f32,
+    /// Decoupled decay λ of θ in the outer step, `θ ← (1 − ε·λ)·(θ + ε·mean Δ)` (0: the
+    /// paper's update; not with --resident).
+    #[arg(long, default_value_t = 0.0)]
+    outer_decay: f32,
     /// Use first-order MAML instead of Reptile for the outer direction.
     #[arg(long)]
     foml: bool,
@@ -211,6 +215,7 @@ fn run_sine(a: SineArgs) -> reptile::Result<()> {
         outer: if a.foml { OuterRule::Fomaml { tail: a.foml_tail } } else { OuterRule::Reptile },
         seed: a.seed,
         threads: a.threads,
+        outer_decay: a.outer_decay,
         ..ReptileConfig::sine()
     };
     if a.foml_tail.is_some() && !a.foml {

@@ -179,6 +179,50 @@ fn batched_update_is_mean_of_task_deltas() {
     }
 }
 
+/// With an outer decay λ the step is `θ ← (1 − ε·λ)·(θ + ε·mean_i δ_i)`: against the f64
+/// reference, with one more rounding (the product by `1 − ε·λ`) than without decay; the
+/// undecayed update is far outside the tolerance.
+#[test]
+fn outer_decay_shrinks_the_update() {
+    let spec = sine_spec(32);
+    for (eps, lambda, seed) in [(1.0f32, 0.3f32, 23u64), (0.3, 2.0, 24)] {
+        let model = Model::new(spec.clone(), seed);
+        let theta = to_f64(model.params());
+        let batch = SineTasks::new(seed).train_batch(&spec, 5).unwrap();
+        let cfg = ReptileConfig { outer_decay: lambda, ..config(FULL, eps, seed, 2) };
+        let mut tr = Trainer::new(model, cfg).unwrap();
+        tr.step(&batch).unwrap();
+        let deltas: Vec<Vec<f64>> = (0..5).map(|i| ref_delta(&spec, &theta, &batch, i, &FULL)).collect();
+        let keep = 1.0 - eps as f64 * lambda as f64;
+        let mean: Vec<f64> = (0..theta.len()).map(|j| deltas.iter().map(|d| d[j]).sum::<f64>() / 5.0).collect();
+        let want: Vec<f64> = theta.iter().zip(&mean).map(|(t, m)| keep * (t + eps as f64 * m)).collect();
+        let dmax = deltas.iter().map(|d| max_abs(d)).fold(0.0, f64::max);
+        let tol = eps as f64 * (C + 8.0 * U) * dmax;
+        let what = format!("ε = {eps}, λ = {lambda}");
+        assert_close(tr.params(), &want, tol, 2.0 * (FULL.steps as f64 + 4.0) * U, &what);
+        let undecayed: Vec<f64> = theta.iter().zip(&mean).map(|(t, m)| t + eps as f64 * m).collect();
+        assert!(check_close(tr.params(), &undecayed, tol, 0.0, "").is_err(), "{what}: the decay shows");
+    }
+}
+
+/// A negative, non-finite or too large outer decay (`ε·λ ≥ 1` anywhere on the schedule) is
+/// refused when the trainer is made.
+#[test]
+fn outer_decay_is_validated() {
+    let model = Model::new(sine_spec(8), 1);
+    let base = ReptileConfig { eps_start: 0.5, eps_end: 2.0, ..ReptileConfig::sine() };
+    for bad in [-1e-3f32, f32::NAN, f32::INFINITY, 0.5, 1.0] {
+        let r = Trainer::new(model.clone(), ReptileConfig { outer_decay: bad, ..base.clone() });
+        match r {
+            Err(Error::InvalidArgument(m)) | Err(Error::NonFinite(m)) => {
+                assert!(m.contains("outer_decay"), "λ = {bad}: {m}")
+            }
+            other => panic!("λ = {bad}: expected an error naming outer_decay, got {:?}", other.map(|_| ())),
+        }
+    }
+    assert!(Trainer::new(model, ReptileConfig { outer_decay: 0.49, ..base }).is_ok());
+}
+
 /// With minibatch inner loops the per-task deltas come from `task_deltas` on each single task
 /// with its global index as offset (same random stream as inside the batch): the batched step
 /// must equal θ + ε·Σ d_i / n up to the summation order.

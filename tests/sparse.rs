@@ -406,3 +406,52 @@ fn divergence_on_the_transposed_path_keeps_the_state() {
         }
     }
 }
+
+/// The outer decay multiplies each interpolated parameter by `keep = 1 − ε·λ`, rounded once
+/// after the interpolation's own rounding: on the transposed first layer (where `W_0` is
+/// updated in the transposed state) and on the dense path, with the tasks summed after the
+/// fact (5) and through the chunk tree (18), θ with decay is θ without it times `keep`, bit for
+/// bit, and the carried moments are untouched.
+#[test]
+fn outer_decay_on_the_transposed_first_layer() {
+    let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let mut r = rng(91);
+    let spec = MlpSpec::new(&[784, 256, 32, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
+    let model = Model::new(spec.clone(), 4);
+    let config = ReptileConfig {
+        inner_optimizer: InnerOptimizer::Adam { beta2: 0.999, eps: 1e-8 },
+        train_moments: AdamMoments::Carry,
+        train: InnerLoop { lr: 0.003, steps: 5, batch_size: 10 },
+        eps_start: 0.9,
+        eps_end: 0.1,
+        planned_iters: 10,
+        threads: 2,
+        ..ReptileConfig::sine()
+    };
+    let lambda = 0.25f32;
+    for tasks in [5, 18] {
+        let batches: Vec<TaskBatch<'static>> = (0..2).map(|_| sparse_batch(&mut r, &spec, tasks, 20)).collect();
+        for transposed in [true, false] {
+            sparse::set_enabled(transposed);
+            let mut plain = Trainer::new(model.clone(), config.clone()).unwrap();
+            let mut decayed = Trainer::new(model.clone(), ReptileConfig { outer_decay: lambda, ..config.clone() }).unwrap();
+            for (k, b) in batches.iter().enumerate() {
+                // Both start the step from the same θ: the decayed trainer's θ.
+                plain.set_params(decayed.params()).unwrap();
+                let (v, t) = decayed.adam_moments();
+                plain.set_adam_moments(&v.to_vec(), t).unwrap();
+                let before = decayed.params().to_vec();
+                let (sp, sd) = (plain.step(b).unwrap(), decayed.step(b).unwrap());
+                assert_eq!(sp, sd, "step statistics");
+                let keep = 1.0 - sd.epsilon * lambda;
+                assert!(keep < 1.0);
+                let want: Vec<f32> = plain.params().iter().map(|&p| p * keep).collect();
+                let what = format!("{tasks} tasks, transposed {transposed}, step {k}");
+                assert_bits_eq(decayed.params(), &want, &format!("{what}: θ = keep·θ without decay"));
+                assert_bits_eq(decayed.adam_moments().0, plain.adam_moments().0, &format!("{what}: moments"));
+                assert!(decayed.params() != before.as_slice(), "{what}: θ moved");
+            }
+        }
+    }
+    sparse::set_enabled(true);
+}

@@ -48,25 +48,27 @@ pub(crate) fn add_assign_body<P: Policy>(acc: &mut [f32], x: &[f32]) {
     acc.iter_mut().zip(x).for_each(|(a, &v)| *a += v);
 }
 
-/// The Reptile interpolation `out ← θ + scale·Σδ` with `scale = ε/n` (Σδ the summed task
-/// deltas), written to a separate buffer so a non-finite result can be rejected. Returns
-/// whether every output is finite (checked in the same pass; a NaN/Inf in Σδ or an overflow
-/// both show up in `out`).
-pub fn interpolate(out: &mut [f32], theta: &[f32], delta_sum: &[f32], scale: f32) -> bool {
+/// The Reptile interpolation `out ← keep·(θ + scale·Σδ)` with `scale = ε/n` (Σδ the summed
+/// task deltas) and `keep = 1 − ε·λ` (the outer decay; 1 without it: the product is then
+/// exact), written to a separate buffer so a non-finite result can be rejected. Each output
+/// is `θ + scale·Σδ` rounded once (fused multiply-add where the CPU has it), then times
+/// `keep` rounded once. Returns whether every output is finite (checked in the same pass; a
+/// NaN/Inf in Σδ or an overflow both show up in `out`).
+pub fn interpolate(out: &mut [f32], theta: &[f32], delta_sum: &[f32], scale: f32, keep: f32) -> bool {
     assert!(out.len() == theta.len() && delta_sum.len() == theta.len(), "interpolate lengths");
-    interpolate_d(out, theta, delta_sum, scale)
+    interpolate_d(out, theta, delta_sum, scale, keep)
 }
 
-dispatch! { fn interpolate_d(out: &mut [f32], theta: &[f32], delta_sum: &[f32], scale: f32) -> bool => interpolate_body }
+dispatch! { fn interpolate_d(out: &mut [f32], theta: &[f32], delta_sum: &[f32], scale: f32, keep: f32) -> bool => interpolate_body }
 
 #[inline(always)]
-fn interpolate_body<P: Policy>(out: &mut [f32], theta: &[f32], delta_sum: &[f32], scale: f32) -> bool {
+fn interpolate_body<P: Policy>(out: &mut [f32], theta: &[f32], delta_sum: &[f32], scale: f32, keep: f32) -> bool {
     const EXP: u32 = 0x7f80_0000;
     let mut bad = 0u32;
     for ((o, t), d) in out.chunks_mut(64).zip(theta.chunks(64)).zip(delta_sum.chunks(64)) {
         let mut m = 0u32;
         for ((o, &t), &d) in o.iter_mut().zip(t).zip(d) {
-            let v = P::madd(scale, d, t);
+            let v = P::madd(scale, d, t) * keep;
             m |= ((v.to_bits() & EXP) == EXP) as u32;
             *o = v;
         }

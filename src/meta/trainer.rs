@@ -187,7 +187,7 @@ fn add_par(acc: &mut [f32], x: &[f32]) {
 /// Smallest half of [`apply_par`]'s parallel split, in parameters.
 const APPLY_GRAIN: usize = 1 << 15;
 
-/// [`update::interpolate`] (`out ← θ + scale·Σδ`, returns whether all finite) and, with
+/// [`update::interpolate`] (`out ← keep·(θ + scale·Σδ)`, returns whether all finite) and, with
 /// `moments = (out_v, sum_v, inv)`, `out_v ← inv·sum_v`, cut into halves run with `rayon::join`
 /// while they hold at least [`APPLY_GRAIN`] parameters (element-wise: the same results).
 fn apply_par(
@@ -195,6 +195,7 @@ fn apply_par(
     theta: &[f32],
     sum: &[f32],
     scale: f32,
+    keep: f32,
     moments: Option<(&mut [f32], &[f32], f32)>,
 ) -> bool {
     let n = out.len();
@@ -202,7 +203,7 @@ fn apply_par(
         if let Some((ov, sv, inv)) = moments {
             ov.iter_mut().zip(sv).for_each(|(v, &s)| *v = s * inv);
         }
-        return update::interpolate(out, theta, sum, scale);
+        return update::interpolate(out, theta, sum, scale, keep);
     }
     let k = n / 2 / 64 * 64;
     let (o1, o2) = out.split_at_mut(k);
@@ -214,8 +215,8 @@ fn apply_par(
         None => (None, None),
     };
     let (a, b) = rayon::join(
-        || apply_par(o1, &theta[..k], &sum[..k], scale, m1),
-        || apply_par(o2, &theta[k..], &sum[k..], scale, m2),
+        || apply_par(o1, &theta[..k], &sum[..k], scale, keep, m1),
+        || apply_par(o2, &theta[k..], &sum[k..], scale, keep, m2),
     );
     a && b
 }
@@ -648,6 +649,12 @@ impl Trainer {
         if self.cuda.is_none() {
             return Err(Error::InvalidArgument("device-resident training needs a CUDA device".into()));
         }
+        if self.config.outer_decay != 0.0 {
+            return Err(Error::InvalidArgument(format!(
+                "device-resident training has no outer decay (outer_decay = {}); use step, or outer_decay = 0",
+                self.config.outer_decay
+            )));
+        }
         let theta = self.params().to_vec();
         let start = u32::try_from(self.iteration)
             .map_err(|_| Error::InvalidArgument(format!("iteration {} past 2^32 − 1", self.iteration)))?;
@@ -674,7 +681,7 @@ impl Trainer {
     }
 
     /// One outer iteration on `batch`: every task adapts from θ with the training inner loop,
-    /// then `θ ← θ + ε_t·(1/n)·Σ_i δ_i`. On NaN/Inf anywhere, returns [`Error::Diverged`] and
+    /// then `θ ← θ + ε_t·(1/n)·Σ_i δ_i` (times `1 − ε_t·λ` with an [`ReptileConfig::outer_decay`]). On NaN/Inf anywhere, returns [`Error::Diverged`] and
     /// leaves θ and the iteration count unchanged.
     pub fn step(&mut self, batch: &TaskBatch<'_>) -> Result<StepStats> {
         if self.cuda.is_some() {
@@ -731,6 +738,7 @@ impl Trainer {
         }
         let eps = self.config.epsilon(it);
         let scale = eps / delta.tasks as f32;
+        let keep = self.config.keep(eps);
         let carry = self.carries_moments();
         if carry && delta.moments_sum.len() != p {
             return Err(Error::ShapeMismatch(format!(
@@ -763,9 +771,9 @@ impl Trainer {
             let mut ok = true;
             if n0 > 0 {
                 w0t_next.resize(n0, 0.0);
-                ok &= apply_par(w0t_next, w0t, &sum[..n0], scale, w0_m);
+                ok &= apply_par(w0t_next, w0t, &sum[..n0], scale, keep, w0_m);
             }
-            ok & apply_par(&mut cand[n0..], &theta[n0..], &sum[n0..], scale, tail_m)
+            ok & apply_par(&mut cand[n0..], &theta[n0..], &sum[n0..], scale, keep, tail_m)
         };
         let finite = match &self.pool {
             Some(pool) if p >= 2 * APPLY_GRAIN => pool.install(go),
