@@ -329,6 +329,13 @@ typedef struct reptile_trainer_config {
      * With Adam: where moments start at adaptation and evaluation (default RESET).
      */
     reptile_adam_moments eval_moments;
+    /**
+     * Added in version 2 of this struct (version 1 ends before it): decoupled decay λ of θ in
+     * the outer step, `θ ← (1 − ε·λ)·(θ + ε·mean_i(θ'_i − θ))`; finite, ≥ 0, with
+     * `ε·λ < 1` at both ends of the ε schedule. Default 0 (the paper's update); a host
+     * built against the version-1 header gets 0.
+     */
+    float outer_decay;
 } reptile_trainer_config;
 
 /**

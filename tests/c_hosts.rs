@@ -270,6 +270,7 @@ fn c_sees_the_same_struct_layouts_and_errors() {
                 "adam_eps",
                 "train_moments",
                 "eval_moments",
+                "outer_decay",
             ],
         ),
         ("reptile_tasks", &["n_tasks", "n_points", "x", "n_x", "y", "n_y", "labels", "n_labels"]),
@@ -342,7 +343,8 @@ fn c_sees_the_same_struct_layouts_and_errors() {
         adam_beta2,
         adam_eps,
         train_moments,
-        eval_moments
+        eval_moments,
+        outer_decay
     );
     same!(reptile_tasks, n_tasks, n_points, x, n_x, y, n_y, labels, n_labels);
     same!(reptile_step_stats, iteration, tasks, epsilon, loss_before, loss_after);

@@ -312,7 +312,7 @@ fn config_default_matches_the_rust_defaults_and_checks_its_size() {
     let size = std::mem::size_of::<reptile_trainer_config>();
     let mut out = config(0);
     out.inner_lr = 123.0;
-    for bad in [0, 8, size - 8, size + 8] {
+    for bad in [0, 8, size - 4, size - 16, size + 8] {
         // SAFETY: `out` has room for `size` bytes; smaller sizes are refused before any write,
         // larger ones are refused before any write too.
         let s = unsafe { reptile_trainer_config_default(bad, &mut out) };
@@ -326,7 +326,10 @@ fn config_default_matches_the_rust_defaults_and_checks_its_size() {
     let m = sine_model();
     let mut t = null_mut();
     type Edit = fn(&mut reptile_trainer_config);
-    let cases: [(Edit, reptile_status, &str); 19] = [
+    let cases: [(Edit, reptile_status, &str); 22] = [
+        (|c| c.outer_decay = -1e-3, reptile_status::InvalidArgument, "outer_decay"),
+        (|c| c.outer_decay = f32::NAN, reptile_status::NonFinite, "outer_decay"),
+        (|c| c.outer_decay = 10.0, reptile_status::InvalidArgument, "outer_decay"),
         (|c| c.struct_size = 0, reptile_status::InvalidArgument, "struct_size"),
         (|c| c.struct_size += 8, reptile_status::InvalidArgument, "newer reptile.h"),
         (|c| c.inner_optimizer = 3, reptile_status::InvalidArgument, "inner_optimizer = 3"),
@@ -615,6 +618,77 @@ fn trainer_steps_evaluation_and_split_steps_match_the_rust_trainer() {
         reptile_model_free(am);
         reptile_model_free(snapshot);
         reptile_trainer_free(t2);
+        reptile_trainer_free(t);
+        reptile_model_free(m);
+    }
+}
+
+/// Version 1 of `reptile_trainer_config` ends before `outer_decay`: a host built against
+/// that header passes `struct_size` = the offset of `outer_decay`. The library writes only
+/// those bytes, reads only those bytes (whatever follows them), and the missing field takes
+/// its default, 0.
+#[test]
+fn a_version_1_config_is_read_and_written_as_a_prefix() {
+    let v1 = std::mem::offset_of!(reptile_trainer_config, outer_decay);
+    let size = std::mem::size_of::<reptile_trainer_config>();
+    assert!(v1 < size);
+    let mut c = config(0);
+    c.outer_decay = 7.5;
+    c.inner_lr = 123.0;
+    // SAFETY: `c` has room for `size` ≥ v1 bytes.
+    ok(unsafe { reptile_trainer_config_default(v1, &mut c) });
+    assert_eq!(c.struct_size, v1);
+    assert_eq!(c.inner_lr, ReptileConfig::sine().train.lr, "the v1 fields are written");
+    assert_eq!(c.outer_decay, 7.5, "nothing past the v1 fields is written");
+    assert_eq!(config(0).outer_decay, 0.0, "the default is the paper's update");
+
+    // Past the v1 fields the host has other memory: here an invalid decay, which is ignored.
+    c.outer_decay = f32::NAN;
+    let spec = MlpSpec::new(&SINE, Activation::Tanh, Loss::Mse).unwrap();
+    let m = sine_model();
+    let t = new_trainer(m, &c);
+    let mut rust = Trainer::new(Model::new(spec.clone(), 7), ReptileConfig::sine()).unwrap();
+    // SAFETY (whole block): live handles and valid views.
+    unsafe {
+        let mut st = std::mem::zeroed::<reptile_step_stats>();
+        let (x, y) = sine_batch(60, 2);
+        ok(reptile_trainer_step(t, &view(2, 50, &x, &y), &mut st));
+        let rb = TaskBatch::new(&spec, 2, 50, x, Targets::Values(Cow::Owned(y))).unwrap();
+        rust.step(&rb).unwrap();
+        let mut theta = vec![0f32; spec.num_params()];
+        ok(reptile_trainer_get_params(t, theta.as_mut_ptr(), theta.len()));
+        assert_eq!(theta, rust.params(), "a v1 config trains without decay");
+        reptile_trainer_free(t);
+        reptile_model_free(m);
+    }
+}
+
+/// `outer_decay` through the C config gives the Rust trainer's θ bit for bit, and differs from
+/// the undecayed update.
+#[test]
+fn outer_decay_through_the_c_config_matches_the_rust_trainer() {
+    let spec = MlpSpec::new(&SINE, Activation::Tanh, Loss::Mse).unwrap();
+    let m = sine_model();
+    let mut c = config(2);
+    (c.eps_start, c.outer_decay) = (0.5, 0.4);
+    let t = new_trainer(m, &c);
+    let rc = ReptileConfig { eps_start: 0.5, outer_decay: 0.4, threads: 2, ..ReptileConfig::sine() };
+    let mut rust = Trainer::new(Model::new(spec.clone(), 7), rc.clone()).unwrap();
+    let mut plain = Trainer::new(Model::new(spec.clone(), 7), ReptileConfig { outer_decay: 0.0, ..rc }).unwrap();
+    // SAFETY (whole block): live handles and valid views.
+    unsafe {
+        let mut st = std::mem::zeroed::<reptile_step_stats>();
+        for i in 0..3 {
+            let (x, y) = sine_batch(70 + i, 2);
+            ok(reptile_trainer_step(t, &view(2, 50, &x, &y), &mut st));
+            let rb = TaskBatch::new(&spec, 2, 50, x, Targets::Values(Cow::Owned(y))).unwrap();
+            rust.step(&rb).unwrap();
+            plain.step(&rb).unwrap();
+        }
+        let mut theta = vec![0f32; spec.num_params()];
+        ok(reptile_trainer_get_params(t, theta.as_mut_ptr(), theta.len()));
+        assert_eq!(theta, rust.params());
+        assert_ne!(theta, plain.params(), "the decay shows");
         reptile_trainer_free(t);
         reptile_model_free(m);
     }

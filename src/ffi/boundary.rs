@@ -193,6 +193,21 @@ impl<T> Out<T> {
         // location is writable.
         unsafe { self.0.write(value) }
     }
+
+    /// Writes the first `bytes` bytes of `value` (for versioned structs, whose older hosts
+    /// hold a prefix of the current layout).
+    ///
+    /// # Safety
+    /// `bytes ≤ size_of::<T>()`, and the location holds at least `bytes` writable bytes.
+    pub unsafe fn write_prefix(self, value: &T, bytes: usize)
+    where
+        T: Copy,
+    {
+        debug_assert!(bytes <= std::mem::size_of::<T>());
+        // SAFETY: `out_ptr` checked non-NULL; the caller guarantees `bytes` writable bytes
+        // there and at most the size of `value`, which is read in full.
+        unsafe { std::ptr::copy_nonoverlapping(std::ptr::from_ref(value).cast::<u8>(), self.0.cast::<u8>(), bytes) }
+    }
 }
 
 /// Checks an output pointer before any work is done.

@@ -103,12 +103,21 @@ pub struct reptile_trainer_config {
     pub train_moments: reptile_adam_moments,
     /// With Adam: where moments start at adaptation and evaluation (default RESET).
     pub eval_moments: reptile_adam_moments,
+    /// Added in version 2 of this struct (version 1 ends before it): decoupled decay λ of θ in
+    /// the outer step, `θ ← (1 − ε·λ)·(θ + ε·mean_i(θ'_i − θ))`; finite, ≥ 0, with
+    /// `ε·λ < 1` at both ends of the ε schedule. Default 0 (the paper's update); a host
+    /// built against the version-1 header gets 0.
+    pub outer_decay: f32,
 }
 
-/// The config sizes this library accepts: one per header version that added fields (only
-/// v1 so far). When fields are added, append the new size here and, in `read_config`,
-/// copy the fields an older host's prefix holds and keep the defaults for the others.
-const CONFIG_SIZES: [usize; 1] = [std::mem::size_of::<reptile_trainer_config>()];
+/// Size of version 1 of `reptile_trainer_config`: every field before `outer_decay`.
+const CONFIG_V1_SIZE: usize = std::mem::offset_of!(reptile_trainer_config, outer_decay);
+
+/// The config sizes this library accepts: one per header version that added fields (v1,
+/// then v2 with `outer_decay`). When fields are added, append the new size here; an older
+/// host's prefix is read over the defaults (`read_config`) and only its bytes are written
+/// (`reptile_trainer_config_default`).
+const CONFIG_SIZES: [usize; 2] = [CONFIG_V1_SIZE, std::mem::size_of::<reptile_trainer_config>()];
 
 fn moments_code(m: AdamMoments) -> reptile_adam_moments {
     match m {
@@ -156,6 +165,7 @@ fn default_config() -> reptile_trainer_config {
         adam_eps,
         train_moments: moments_code(c.train_moments),
         eval_moments: moments_code(c.eval_moments),
+        outer_decay: c.outer_decay,
     }
 }
 
@@ -182,9 +192,17 @@ fn check_struct_size(size: usize) -> FfiResult<()> {
 unsafe fn read_config(p: *const reptile_trainer_config) -> FfiResult<reptile_trainer_config> {
     // SAFETY: the caller's contract; the first field is a size_t in every version.
     let size = unsafe { arg_ref(p.cast::<usize>(), "config") }?;
-    check_struct_size(*size)?;
-    // SAFETY: the host's struct is `size` bytes = this version's struct (checked above).
-    Ok(unsafe { *arg_ref(p, "config")? })
+    let size = *size;
+    check_struct_size(size)?;
+    // The host's first `size` bytes over the defaults: every version's fields are a prefix of
+    // this version's layout, so an older host's struct fills the fields it knows.
+    let mut c = reptile_trainer_config { struct_size: size, ..default_config() };
+    // SAFETY: `p` is non-NULL (checked by `arg_ref`) and points to `size` readable bytes (the
+    // caller's contract); `size` ≤ size_of::<reptile_trainer_config>() (one of CONFIG_SIZES),
+    // so the copy stays inside `c`, and the bytes are a valid prefix of the struct (plain
+    // integers and floats at the same offsets in every version).
+    unsafe { std::ptr::copy_nonoverlapping(p.cast::<u8>(), (&raw mut c).cast::<u8>(), size) };
+    Ok(c)
 }
 
 /// The Rust configuration and back end a C config describes.
@@ -239,6 +257,7 @@ fn convert_config(c: &reptile_trainer_config) -> FfiResult<(ReptileConfig, Backe
     config.inner_optimizer = inner_optimizer;
     config.train_moments = train_moments;
     config.eval_moments = eval_moments;
+    config.outer_decay = c.outer_decay;
     config.validate()?;
     Ok((config, backend))
 }
@@ -258,7 +277,11 @@ pub unsafe extern "C" fn reptile_trainer_config_default(
         // SAFETY: the caller's contract.
         let out = unsafe { out_ptr(config, "config") }?;
         check_struct_size(struct_size)?;
-        out.write(reptile_trainer_config { struct_size, ..default_config() });
+        let c = reptile_trainer_config { struct_size, ..default_config() };
+        // SAFETY: `config` points to `struct_size` writable bytes (the caller's contract), and
+        // `struct_size` ≤ size_of::<reptile_trainer_config>() (one of CONFIG_SIZES), so only
+        // the fields of the host's version are written.
+        unsafe { out.write_prefix(&c, struct_size) };
         Ok(())
     })
 }
