@@ -278,6 +278,19 @@ fn trainer_on_the_transposed_first_layer() {
     }
 }
 
+/// Inner Adam with carried moments on minibatches of 10, two threads: the Omniglot-like
+/// trainer setup of the transposed-path tests.
+fn adam_config() -> ReptileConfig {
+    ReptileConfig {
+        inner_optimizer: InnerOptimizer::Adam { beta2: 0.999, eps: 1e-8 },
+        train_moments: AdamMoments::Carry,
+        train: InnerLoop { lr: 0.003, steps: 5, batch_size: 10 },
+        eval: InnerLoop { lr: 0.003, steps: 5, batch_size: 0 },
+        threads: 2,
+        ..ReptileConfig::sine()
+    }
+}
+
 fn trainer_case(tasks: usize) {
     let mut r = rng(73 + tasks as u64);
     let spec = MlpSpec::new(&[784, 256, 32, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
@@ -285,14 +298,7 @@ fn trainer_case(tasks: usize) {
     let points = 20usize;
     let batches: Vec<TaskBatch<'static>> = (0..3).map(|_| sparse_batch(&mut r, &spec, tasks, points)).collect();
     let model = Model::new(spec.clone(), 3);
-    let config = ReptileConfig {
-        inner_optimizer: InnerOptimizer::Adam { beta2: 0.999, eps: 1e-8 },
-        train_moments: AdamMoments::Carry,
-        train: InnerLoop { lr: 0.003, steps: 5, batch_size: 10 },
-        eval: InnerLoop { lr: 0.003, steps: 5, batch_size: 0 },
-        threads: 2,
-        ..ReptileConfig::sine()
-    };
+    let config = adam_config();
     let state = |t: &Trainer| (t.model().params().to_vec(), t.adam_moments().0.to_vec());
     // Dense, and transposed with `step` (state read after every step).
     sparse::set_enabled(false);
@@ -418,16 +424,7 @@ fn outer_decay_on_the_transposed_first_layer() {
     let mut r = rng(91);
     let spec = MlpSpec::new(&[784, 256, 32, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
     let model = Model::new(spec.clone(), 4);
-    let config = ReptileConfig {
-        inner_optimizer: InnerOptimizer::Adam { beta2: 0.999, eps: 1e-8 },
-        train_moments: AdamMoments::Carry,
-        train: InnerLoop { lr: 0.003, steps: 5, batch_size: 10 },
-        eps_start: 0.9,
-        eps_end: 0.1,
-        planned_iters: 10,
-        threads: 2,
-        ..ReptileConfig::sine()
-    };
+    let config = ReptileConfig { eps_start: 0.9, eps_end: 0.1, planned_iters: 10, ..adam_config() };
     let lambda = 0.25f32;
     for tasks in [5, 18] {
         let batches: Vec<TaskBatch<'static>> = (0..2).map(|_| sparse_batch(&mut r, &spec, tasks, 20)).collect();

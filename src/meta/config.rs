@@ -132,8 +132,7 @@ pub struct ReptileConfig {
     /// Decoupled decay λ of θ in the outer step: `θ ← (1 − ε_t·λ)·(θ + ε_t·(1/n)·Σ_i δ_i)`
     /// (every parameter, biases included). 0, the paper's update, by default; Omniglot's CLI
     /// uses 4e-5 (a higher mean accuracy over four training seeds, not yet a significant
-    /// gain: see BENCHMARKS.md). Needs `λ ≥ 0` and
-    /// `ε·λ < 1` at both ends of the ε schedule.
+    /// gain: see BENCHMARKS.md). Needs `λ ≥ 0` and `ε·λ < 1` at both ends of the ε schedule.
     #[serde(default)]
     pub outer_decay: f32,
 }

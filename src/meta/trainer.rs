@@ -681,7 +681,8 @@ impl Trainer {
     }
 
     /// One outer iteration on `batch`: every task adapts from θ with the training inner loop,
-    /// then `θ ← θ + ε_t·(1/n)·Σ_i δ_i` (times `1 − ε_t·λ` with an [`ReptileConfig::outer_decay`]). On NaN/Inf anywhere, returns [`Error::Diverged`] and
+    /// then `θ ← θ + ε_t·(1/n)·Σ_i δ_i`, times `1 − ε_t·λ` with an
+    /// [`ReptileConfig::outer_decay`] λ. On NaN/Inf anywhere, returns [`Error::Diverged`] and
     /// leaves θ and the iteration count unchanged.
     pub fn step(&mut self, batch: &TaskBatch<'_>) -> Result<StepStats> {
         if self.cuda.is_some() {
