@@ -94,6 +94,10 @@ __device__ __forceinline__ bool reptile_is_finite(float v) {
     return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u;
 }
 
+// The outer decay's factor keep = 1 − ε·λ, as ReptileConfig::keep on the CPU: the product and
+// the difference each rounded once (the _rn intrinsics forbid contracting them into an fma).
+__device__ __forceinline__ float reptile_keep(float eps, float decay) { return __fsub_rn(1.0f, __fmul_rn(eps, decay)); }
+
 __device__ __forceinline__ float reptile_act(int act, float z) {
     return act == REPTILE_ACT_TANH ? tanhf(z) : fmaxf(z, 0.0f);
 }

@@ -764,8 +764,8 @@ extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const fl
 // block, with no host round-trip and no launch between iterations. Iteration `it` draws its
 // task on the device (reptile_sine_draw: the Philox counters of reptile_sine_sample, so the
 // same tasks as the resident program), runs the inner loop above on it, and interpolates
-// θ ← fmaf(ε(it), θ' − θ, θ): the resident program's arithmetic for n = 1, with ε(t) =
-// ε0 + (ε1 − ε0)·min(t/T, 1) in double, rounded to float. A non-finite candidate sets *bad and
+// θ ← fmaf(ε(it), θ' − θ, θ)·keep: the resident program's arithmetic for n = 1, with ε(t) =
+// ε0 + (ε1 − ε0)·min(t/T, 1) in double, rounded to float, and keep = 1 − ε·decay. A non-finite candidate sets *bad and
 // ends the run: θ keeps its last finite value and *iter the failing iteration (as
 // reptile_commit); a launch that finds *bad set does nothing. losses = (loss before, loss
 // after adaptation) of the last iteration, or (before, NaN) of the failing one.
@@ -775,7 +775,7 @@ extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const fl
 // Work mapping: the inner loop as reptile_fused_inner; the interpolation and the θ copies one
 // thread per padded element.
 extern "C" __global__ void FS_BOUNDS reptile_sine_serial(FusedParams P, unsigned seed_lo, unsigned seed_hi, float eps0,
-                                                        float eps1, unsigned planned, int count,
+                                                        float eps1, float decay, unsigned planned, int count,
                                                         float* __restrict__ theta, unsigned* __restrict__ iter,
                                                         unsigned* __restrict__ bad, float* __restrict__ losses) {
     REPTILE_SMEM(float, reptile_smem);
@@ -821,9 +821,10 @@ extern "C" __global__ void FS_BOUNDS reptile_sine_serial(FusedParams P, unsigned
         double frac = (double)it / (double)planned;
         if (frac > 1.0) frac = 1.0;
         const float eps = (float)((double)eps0 + ((double)eps1 - (double)eps0) * frac);
+        const float keep = reptile_keep(eps, decay);
         bool finite = true;
         for (int e = threadIdx.x; e < nt; e += FS_BLOCK) {
-            const float v = fmaf(eps, S.theta[e] - th[e], th[e]);
+            const float v = fmaf(eps, S.theta[e] - th[e], th[e]) * keep;
             S.theta[e] = v;
             finite = finite && reptile_is_finite(v);
         }

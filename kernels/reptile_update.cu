@@ -1,4 +1,5 @@
-// Kernel family 2: the batched Reptile interpolation θ ← θ + ε·(1/n)·Σ_i (θ'_i − θ).
+// Kernel family 2: the batched Reptile interpolation θ ← keep·(θ + ε·(1/n)·Σ_i (θ'_i − θ)), with
+// keep = 1 − ε·λ for an outer decay λ (1 without one).
 //
 // Deterministic reduction order, the same as the CPU trainer (src/meta/trainer.rs): the n tasks
 // are cut into nc = min(n, 64) fixed chunks of consecutive tasks, chunk c = [c·n/nc, (c+1)·n/nc);
@@ -13,7 +14,9 @@
 //                        once, fully coalesced.
 //   reptile_interpolate  grid ⌈P/blockDim⌉: thread j adds the nc chunk sums of column j in
 //                        order, writes sum[j] (optional, for split steps) and
-//                        out[j] = fma(scale, sum, θ[j]) with scale = ε/n, and raises *bad when a
+//                        out[j] = fma(scale, sum, θ[j])·keep with scale = ε/n (the product
+//                        rounded once more, so keep = 1 gives the undecayed bits, as the CPU
+//                        trainer's update::interpolate), and raises *bad when a
 //                        result is not finite (the host then keeps θ and reports divergence).
 
 #include "common.cuh"
@@ -59,14 +62,14 @@ extern "C" __global__ void reptile_chunk_sums(const float* __restrict__ delta, i
 }
 
 extern "C" __global__ void reptile_interpolate(const float* __restrict__ theta, const float* __restrict__ partial, int nc,
-                                               int num_params, float scale, float* __restrict__ out,
+                                               int num_params, float scale, float keep, float* __restrict__ out,
                                                float* __restrict__ sum, unsigned* __restrict__ bad) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= num_params) return;
     float s = partial[j];
     for (int c = 1; c < nc; ++c) s += partial[(size_t)c * num_params + j];
     if (sum) sum[j] = s;
-    const float v = fmaf(scale, s, theta[j]);
+    const float v = fmaf(scale, s, theta[j]) * keep;
     out[j] = v;
     if (!reptile_is_finite(v)) atomicOr(bad, 1u);
 }

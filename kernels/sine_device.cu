@@ -6,7 +6,8 @@
 //   reptile_sine_sample        tasks and minibatch index lists for iteration *iter
 //   reptile_fused_inner        (mlp_fused.cu) every task's inner loop → deltas
 //   reptile_chunk_sums         (reptile_update.cu) fixed-order reduction, stage 1
-//   reptile_interpolate_sched  stage 2 with ε(*iter)/n → candidate θ, *bad on NaN/Inf
+//   reptile_interpolate_sched  stage 2 with ε(*iter)/n and the outer decay → candidate θ, *bad
+//                              on NaN/Inf
 //   reptile_commit             θ ← candidate and ++*iter, unless *bad: then θ keeps its last
 //                              finite value and *iter the failing iteration, for good.
 //
@@ -39,9 +40,10 @@ extern "C" __global__ void reptile_sine_sample(unsigned seed_lo, unsigned seed_h
 }
 
 // Stage 2 of the reduction with the annealed step: ε(t) = ε0 + (ε1 − ε0)·min(t/T, 1) in double,
-// rounded to float, scale = ε/n in float (as the CPU trainer), cand = fma(scale, Σδ, θ).
+// rounded to float, scale = ε/n in float (as the CPU trainer), cand = fma(scale, Σδ, θ)·keep with
+// keep = 1 − ε·decay (reptile_keep; exactly 1 without a decay).
 extern "C" __global__ void reptile_interpolate_sched(const float* __restrict__ theta, const float* __restrict__ partial,
-                                                     int nc, int num_params, float eps0, float eps1, unsigned planned,
+                                                     int nc, int num_params, float eps0, float eps1, float decay, unsigned planned,
                                                      int n, const unsigned* __restrict__ iter, float* __restrict__ cand,
                                                      unsigned* __restrict__ bad) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
@@ -50,9 +52,10 @@ extern "C" __global__ void reptile_interpolate_sched(const float* __restrict__ t
     if (frac > 1.0) frac = 1.0;
     const float eps = (float)((double)eps0 + ((double)eps1 - (double)eps0) * frac);
     const float scale = eps / (float)n;
+    const float keep = reptile_keep(eps, decay);
     float s = partial[j];
     for (int c = 1; c < nc; ++c) s += partial[(size_t)c * num_params + j];
-    const float v = fmaf(scale, s, theta[j]);
+    const float v = fmaf(scale, s, theta[j]) * keep;
     cand[j] = v;
     if (!reptile_is_finite(v)) atomicOr(bad, 1u);
 }

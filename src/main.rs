@@ -81,7 +81,7 @@ struct SineArgs {
     #[arg(long, default_value_t = 0.0)]
     eps_end: f32,
     /// Decoupled decay λ of θ in the outer step, `θ ← (1 − ε·λ)·(θ + ε·mean Δ)` (0: the
-    /// paper's update; not with --resident).
+    /// paper's update).
     #[arg(long, default_value_t = 0.0)]
     outer_decay: f32,
     /// Use first-order MAML instead of Reptile for the outer direction.

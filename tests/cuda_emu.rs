@@ -38,8 +38,19 @@ type FusedFn = unsafe extern "C" fn(
     *mut f32,
 ) -> c_int;
 type ChunkFn = unsafe extern "C" fn(u32, u32, u32, *const f32, c_int, c_int, c_int, *mut f32) -> c_int;
-type InterpFn =
-    unsafe extern "C" fn(u32, u32, *const f32, *const f32, c_int, c_int, f32, *mut f32, *mut f32, *mut u32) -> c_int;
+type InterpFn = unsafe extern "C" fn(
+    u32,
+    u32,
+    *const f32,
+    *const f32,
+    c_int,
+    c_int,
+    f32,
+    f32,
+    *mut f32,
+    *mut f32,
+    *mut u32,
+) -> c_int;
 
 type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, u32, u32, usize, *const *mut c_void) -> c_int;
 
@@ -168,7 +179,7 @@ fn run_fused(
 }
 
 /// Runs the two update kernels: returns (θ + scale·Σδ, Σδ, bad flag).
-fn run_update(theta: &[f32], delta: &[f32], n: usize, scale: f32, block: u32) -> (Vec<f32>, Vec<f32>, u32) {
+fn run_update(theta: &[f32], delta: &[f32], n: usize, scale: f32, keep: f32, block: u32) -> (Vec<f32>, Vec<f32>, u32) {
     let p = theta.len();
     let nc = plan::reduction_chunks(n);
     let mut partial = vec![f32::NAN; nc * p];
@@ -201,6 +212,7 @@ fn run_update(theta: &[f32], delta: &[f32], n: usize, scale: f32, block: u32) ->
             nc as c_int,
             p as c_int,
             scale,
+            keep,
             out.as_mut_ptr(),
             sum.as_mut_ptr(),
             &mut bad,
@@ -348,11 +360,15 @@ fn specialized_builds_match_the_cpu() {
 #[test]
 fn meta_step_matches_the_cpu_trainer() {
     // The whole Reptile/FOMAML step: host minibatch plan + fused kernel + reduction +
-    // interpolation, against Trainer::task_deltas / apply_delta on the same batches.
-    for (case, outer) in [OuterRule::Reptile, OuterRule::Fomaml { tail: None }, OuterRule::Fomaml { tail: Some(2) }]
-        .into_iter()
-        .enumerate()
-    {
+    // interpolation, against Trainer::task_deltas / apply_delta on the same batches; with and
+    // without an outer decay (keep = 1 − ε·λ = 0.85 at the first iteration with λ = 0.3).
+    let cases = [
+        (OuterRule::Reptile, 0.0f32),
+        (OuterRule::Reptile, 0.3),
+        (OuterRule::Fomaml { tail: None }, 0.1),
+        (OuterRule::Fomaml { tail: Some(2) }, 0.0),
+    ];
+    for (case, (outer, outer_decay)) in cases.into_iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(77 + case as u64);
         let spec = MlpSpec::new(&[2, 12, 9, 3], Activation::Tanh, Loss::Mse).unwrap();
         let config = ReptileConfig {
@@ -362,6 +378,7 @@ fn meta_step_matches_the_cpu_trainer() {
             threads: 1,
             eps_start: 0.5,
             planned_iters: 10,
+            outer_decay,
             ..ReptileConfig::sine()
         };
         let mut trainer = Trainer::new(Model::new(spec.clone(), 3), config.clone()).unwrap();
@@ -376,9 +393,9 @@ fn meta_step_matches_the_cpu_trainer() {
             let (d, losses) =
                 run_fused(emu(), &spec, &theta, &x, Tgt::Values(&y), m, &plan, config.train.lr, fomaml, 64, None);
             let scale = config.epsilon(it) / n as f32;
-            let (out, sum, bad) = run_update(&theta, &d, n, scale, 64);
+            let (out, sum, bad) = run_update(&theta, &d, n, scale, config.keep(config.epsilon(it)), 64);
             assert_eq!(bad, 0);
-            let what = format!("{outer:?} iteration {it}");
+            let what = format!("{outer:?}, outer decay {outer_decay}, iteration {it}");
             assert_close(&format!("{what} Σδ"), &sum, &cpu.sum, 1e-4, 1e-3);
             let lb: f64 = losses.iter().step_by(2).map(|&v| v as f64).sum();
             let la: f64 = losses.iter().skip(1).step_by(2).map(|&v| v as f64).sum();
@@ -406,7 +423,9 @@ fn reduction_is_chunked_in_fixed_order_and_interpolates() {
         let theta: Vec<f32> = (0..p).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let delta: Vec<f32> = (0..n * p).map(|_| rng.random_range(-0.1f32..0.1)).collect();
         let scale = 0.3 / n as f32;
-        let (out, sum, bad) = run_update(&theta, &delta, n, scale, if p % 2 == 1 { 32 } else { 64 });
+        // An outer decay's factor (1 at every other size: the undecayed update).
+        let keep = if n % 2 == 0 { rng.random_range(0.9f32..1.0) } else { 1.0 };
+        let (out, sum, bad) = run_update(&theta, &delta, n, scale, keep, if p % 2 == 1 { 32 } else { 64 });
         assert_eq!(bad, 0);
         // Bit-exact against the CPU trainer's order: chunk c sums its tasks from 0 in order,
         // chunk sums are added in chunk order.
@@ -419,18 +438,24 @@ fn reduction_is_chunked_in_fixed_order_and_interpolates() {
                 s = if c == 0 { cs } else { s + cs };
             }
             assert_eq!(sum[j].to_bits(), s.to_bits(), "n={n} sum[{j}]");
+            // The CPU trainer's rounding on an FMA machine: fma(scale, Σδ, θ), then ·keep.
+            let v = scale.mul_add(s, theta[j]) * keep;
+            assert_eq!(out[j].to_bits(), v.to_bits(), "n={n} out[{j}] with keep = {keep}");
         }
         // Against f64.
         let want: Vec<f32> = (0..p)
-            .map(|j| (theta[j] as f64 + scale as f64 * (0..n).map(|i| delta[i * p + j] as f64).sum::<f64>()) as f32)
+            .map(|j| {
+                let s: f64 = (0..n).map(|i| delta[i * p + j] as f64).sum();
+                ((theta[j] as f64 + scale as f64 * s) * keep as f64) as f32
+            })
             .collect();
-        assert_close(&format!("n={n} θ"), &out, &want, 1e-6 * n as f32, 1e-6);
+        assert_close(&format!("n={n} θ, keep = {keep}"), &out, &want, 1e-6 * n as f32, 1e-6);
     }
     // A non-finite delta raises the flag.
     let theta = vec![0.5f32; 100];
     let mut delta = vec![0.01f32; 300];
     delta[250] = f32::INFINITY;
-    let (_, _, bad) = run_update(&theta, &delta, 3, 0.1, 32);
+    let (_, _, bad) = run_update(&theta, &delta, 3, 0.1, 1.0, 32);
     assert_eq!(bad, 1, "an infinite delta must be reported");
 }
 
@@ -687,9 +712,15 @@ fn device_sine_sampling_matches_the_cpu_sampler() {
 
 #[test]
 fn device_resident_sine_loop_matches_the_cpu_reference() {
-    for (outer, lr, iters) in [(OuterRule::Reptile, 0.02f32, 5u32), (OuterRule::Fomaml { tail: None }, 0.05, 3)] {
+    let cases = [
+        (OuterRule::Reptile, 0.02f32, 5u32, 0.0f32),
+        (OuterRule::Reptile, 0.02, 5, 0.4),
+        (OuterRule::Fomaml { tail: None }, 0.05, 3, 0.0),
+    ];
+    for (outer, lr, iters, outer_decay) in cases {
         let (spec, mut config, theta) = sine_setup(3, 2, 10, lr);
         config.outer = outer;
+        config.outer_decay = outer_decay;
         let (n, seed, start) = (3, 99u64, 2u32);
         let prog = sine::resident_program(&spec, &config, n, seed).unwrap();
         let mut mem = EmuMem::new(&prog);
@@ -704,10 +735,18 @@ fn device_resident_sine_loop_matches_the_cpu_reference() {
         assert_eq!(mem.get(Buf::Iter, 1)[0] as u64, want.iteration);
         assert_eq!(mem.get(Buf::Bad, 1)[0], 0);
         let got = mem.get_f32(Buf::Theta, theta.len());
-        let worst = assert_close(&format!("{outer:?} θ"), &got, &want.theta, 1e-5, 1e-4);
-        assert_close(&format!("{outer:?} losses"), &mem.get_f32(Buf::Losses, 2 * n), &want.losses, 1e-5, 1e-4);
+        let what = format!("{outer:?}, outer decay {outer_decay}");
+        let worst = assert_close(&format!("{what} θ"), &got, &want.theta, 1e-5, 1e-4);
+        assert_close(&format!("{what} losses"), &mem.get_f32(Buf::Losses, 2 * n), &want.losses, 1e-5, 1e-4);
         assert!(got.iter().zip(&theta).any(|(a, b)| a != b), "θ must move");
-        println!("resident sine loop {outer:?}, {iters} iterations: worst |Δθ| = {worst:e}");
+        if outer_decay != 0.0 {
+            // The reference applies the decay: without it, θ differs by far more than the bound.
+            let plain = ReptileConfig { outer_decay: 0.0, ..config.clone() };
+            let undecayed = sine::reference_run(&spec, &theta, &plain, n, seed, start, iters).unwrap();
+            let far = undecayed.theta.iter().zip(&want.theta).any(|(a, b)| (a - b).abs() > 1e-3 + 1e-2 * b.abs());
+            assert!(far, "the decay must change θ");
+        }
+        println!("resident sine loop {what}, {iters} iterations: worst |Δθ| = {worst:e}");
     }
 }
 
@@ -736,8 +775,10 @@ fn serial_sine_kernel_matches_the_cpu_reference() {
     // Kernel 5 (serial Reptile, many iterations per launch) against the CPU reference of the
     // resident loop for n = 1: three iterations as launches of 2 and 1, from iteration 5 (the
     // ε schedule is past its end there: planned_iters = 4), then from iteration 0.
-    for (start, counts) in [(5u32, [2u32, 1]), (0, [1, 2])] {
-        let (spec, config, theta) = sine_setup(1, 3, 10, 0.02);
+    // The second pass with an outer decay.
+    for (start, counts, outer_decay) in [(5u32, [2u32, 1], 0.0f32), (0, [1, 2], 0.5)] {
+        let (spec, mut config, theta) = sine_setup(1, 3, 10, 0.02);
+        config.outer_decay = outer_decay;
         let seed = 0x0bad_cafe_u64;
         let mut prog = sine::serial_program(&spec, &config, seed, 64).unwrap();
         let mut mem = EmuMem::new(&prog);
@@ -756,7 +797,9 @@ fn serial_sine_kernel_matches_the_cpu_reference() {
         let worst = assert_close("serial θ", &got, &want.theta, 1e-5, 1e-4);
         assert_close("serial losses", &mem.get_f32(Buf::Losses, 2), &want.losses, 1e-5, 1e-4);
         assert!(got.iter().zip(&theta).any(|(a, b)| a != b), "θ must move");
-        println!("serial sine kernel from {start}, launches of {counts:?}: worst |Δθ| = {worst:e}");
+        println!(
+            "serial sine kernel from {start}, launches of {counts:?}, outer decay {outer_decay}: worst |Δθ| = {worst:e}"
+        );
     }
 }
 

@@ -115,9 +115,11 @@ fn interpolation_matches_f64_and_is_deterministic() {
         let theta: Vec<f32> = (0..p).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let delta: Vec<f32> = (0..n * p).map(|_| rng.random_range(-0.1f32..0.1)).collect();
         let scale = 0.1 / n as f32;
-        let (out, sum, finite) = gpu.interpolate(&theta, &delta, n, scale).unwrap();
+        // An outer decay's factor on every other size (1: the undecayed update).
+        let keep = if n % 2 == 0 { rng.random_range(0.9f32..1.0) } else { 1.0 };
+        let (out, sum, finite) = gpu.interpolate(&theta, &delta, n, scale, keep).unwrap();
         assert!(finite);
-        let again = gpu.interpolate(&theta, &delta, n, scale).unwrap();
+        let again = gpu.interpolate(&theta, &delta, n, scale, keep).unwrap();
         assert_eq!((&out, &sum), (&again.0, &again.1), "n={n}: results must be bit-identical run to run");
         let nc = plan::reduction_chunks(n);
         for j in 0..p {
@@ -127,15 +129,20 @@ fn interpolation_matches_f64_and_is_deterministic() {
                 s = if c == 0 { cs } else { s + cs };
             }
             assert_eq!(sum[j].to_bits(), s.to_bits(), "n={n}: sum[{j}] in the CPU trainer's order");
+            let v = scale.mul_add(s, theta[j]) * keep;
+            assert_eq!(out[j].to_bits(), v.to_bits(), "n={n}: out[{j}] = fma(scale, Σδ, θ)·keep, keep = {keep}");
         }
         let want: Vec<f32> = (0..p)
-            .map(|j| (theta[j] as f64 + scale as f64 * (0..n).map(|i| delta[i * p + j] as f64).sum::<f64>()) as f32)
+            .map(|j| {
+                let s: f64 = (0..n).map(|i| delta[i * p + j] as f64).sum();
+                ((theta[j] as f64 + scale as f64 * s) * keep as f64) as f32
+            })
             .collect();
-        assert_close(&format!("n={n} θ"), &out, &want, 1e-6 * (n as f32).sqrt(), 1e-6);
+        assert_close(&format!("n={n} θ, keep = {keep}"), &out, &want, 1e-6 * (n as f32).sqrt(), 1e-6);
     }
     let mut delta = vec![0.01f32; 3 * 100];
     delta[150] = f32::NAN;
-    let (_, _, finite) = gpu.interpolate(&[0.5; 100], &delta, 3, 0.1).unwrap();
+    let (_, _, finite) = gpu.interpolate(&[0.5; 100], &delta, 3, 0.1, 1.0).unwrap();
     assert!(!finite, "a NaN delta must be reported");
 }
 
@@ -267,7 +274,7 @@ fn gpu_benchmarks() {
         ));
         let p = spec.num_params();
         let deltas: Vec<f32> = (0..n * p).map(|i| (i % 97) as f32 * 1e-4).collect();
-        gpu.interpolate(&theta, &deltas, n, 0.1 / n as f32).unwrap();
+        gpu.interpolate(&theta, &deltas, n, 0.1 / n as f32, 1.0).unwrap();
         let t = gpu.time_update_kernels(n, p, 20).unwrap();
         let nc = plan::reduction_chunks(n);
         let bytes = (n * p + 2 * nc * p + 3 * p) as f64 * 4.0;
@@ -344,8 +351,16 @@ fn resident_sine_loop_matches_the_cpu_reference() {
     let Some(mut gpu) = backend() else { return };
     let spec = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap();
     let theta = Model::new(spec.clone(), 6).into_params();
-    for (outer, n) in [(OuterRule::Reptile, 1usize), (OuterRule::Reptile, 37), (OuterRule::Fomaml { tail: None }, 4)] {
-        let config = ReptileConfig { outer, planned_iters: 100, ..ReptileConfig::sine() };
+    // With an outer decay on the serial kernel's case and on a batched one.
+    let cases = [
+        (OuterRule::Reptile, 1usize, 0.0f32),
+        (OuterRule::Reptile, 1, 0.05),
+        (OuterRule::Reptile, 37, 0.0),
+        (OuterRule::Reptile, 37, 0.05),
+        (OuterRule::Fomaml { tail: None }, 4, 0.0),
+    ];
+    for (outer, n, outer_decay) in cases {
+        let config = ReptileConfig { outer, planned_iters: 100, outer_decay, ..ReptileConfig::sine() };
         let want = sine::reference_run(&spec, &theta, &config, n, 17, 3, 60).unwrap();
         gpu.set_fused_block(if n == 37 { Some(512) } else { None }).unwrap();
         gpu.set_serial_sine(false);
@@ -449,7 +464,7 @@ fn sanitizer_small_case() {
         for path in [Path::Fused, Path::Tiled] {
             let (d, _) = gpu.inner_deltas(path, &spec, &theta, &x, y, m, &plan, inner.lr, tail.is_some()).unwrap();
             assert_close(&format!("sanitizer case {path:?} delta"), &d, &d_ref, 5e-5, 1e-3);
-            let (out, _, finite) = gpu.interpolate(&theta, &d, n, 0.1).unwrap();
+            let (out, _, finite) = gpu.interpolate(&theta, &d, n, 0.1, 0.99).unwrap();
             assert!(finite && out.len() == theta.len());
         }
     }

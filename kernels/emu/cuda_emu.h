@@ -117,4 +117,8 @@ inline unsigned __float_as_uint(float f) {
     return u;
 }
 
+// Round-to-nearest arithmetic intrinsics: plain float operations (ISO C++ mode contracts nothing).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+
 inline unsigned atomicOr(unsigned* p, unsigned v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }

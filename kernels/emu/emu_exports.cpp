@@ -12,7 +12,7 @@ extern "C" void reptile_fused_inner(FusedParams P, const float* theta, const flo
                                     const unsigned* labels, const unsigned* idx, float* delta, float* losses);
 extern "C" void reptile_chunk_sums(const float* delta, int n, int num_params, int nc, float* partial);
 extern "C" void reptile_interpolate(const float* theta, const float* partial, int nc, int num_params, float scale,
-                                    float* out, float* sum, unsigned* bad);
+                                    float keep, float* out, float* sum, unsigned* bad);
 extern "C" void reptile_tiled_forward(int, int, int, int, const float*, int, const float*, int, int, int, float*, int);
 extern "C" void reptile_tiled_input_grad(int, int, int, int, const float*, int, const float*, int, int, const float*,
                                          int, float*, int);
@@ -24,10 +24,10 @@ extern "C" void reptile_tiled_loss(int, int, int, const float*, int, const float
 extern "C" void reptile_tiled_copy(const float*, int, int, float*);
 extern "C" void reptile_tiled_diff(const float*, const float*, int, int, float*);
 extern "C" void reptile_sine_sample(unsigned, unsigned, const unsigned*, int, int, int, float*, float*, unsigned*);
-extern "C" void reptile_interpolate_sched(const float*, const float*, int, int, float, float, unsigned, int,
+extern "C" void reptile_interpolate_sched(const float*, const float*, int, int, float, float, float, unsigned, int,
                                           const unsigned*, float*, unsigned*);
 extern "C" void reptile_commit(const float*, float*, int, const unsigned*, unsigned*);
-extern "C" void reptile_sine_serial(FusedParams, unsigned, unsigned, float, float, unsigned, int, float*, unsigned*,
+extern "C" void reptile_sine_serial(FusedParams, unsigned, unsigned, float, float, float, unsigned, int, float*, unsigned*,
                                     unsigned*, float*);
 
 namespace {
@@ -79,7 +79,7 @@ extern "C" int emu_chunk_sums(unsigned grid_x, unsigned grid_y, unsigned block, 
 }
 
 extern "C" int emu_interpolate(unsigned grid, unsigned block, const float* theta, const float* partial, int nc,
-                               int num_params, float scale, float* out, float* sum, unsigned* bad) {
-    return emu::launch(dim3(grid), dim3(block), 0, reptile_interpolate, theta, partial, nc, num_params, scale, out, sum,
-                       bad);
+                               int num_params, float scale, float keep, float* out, float* sum, unsigned* bad) {
+    return emu::launch(dim3(grid), dim3(block), 0, reptile_interpolate, theta, partial, nc, num_params, scale, keep,
+                       out, sum, bad);
 }

@@ -408,14 +408,17 @@ impl CudaBackend {
         Ok((delta, losses))
     }
 
-    /// Kernel 2 alone: `θ + scale·Σ_i δ_i` over `n` deltas `[n × P]`, reduced in the fixed
-    /// chunk order. Returns (the interpolated θ, Σδ, whether every result is finite).
+    /// Kernel 2 alone: `keep·(θ + scale·Σ_i δ_i)` over `n` deltas `[n × P]`, reduced in the
+    /// fixed chunk order, as [`crate::cpu::update::interpolate`] (`keep = 1 − ε·λ` for an
+    /// outer decay λ, see [`ReptileConfig::keep`]; 1 without one). Returns (the interpolated θ,
+    /// Σδ, whether every result is finite).
     pub fn interpolate(
         &mut self,
         theta: &[f32],
         deltas: &[f32],
         n: usize,
         scale: f32,
+        keep: f32,
     ) -> CudaResult<(Vec<f32>, Vec<f32>, bool)> {
         let p = theta.len();
         if n == 0 || deltas.len() != n * p {
@@ -423,7 +426,7 @@ impl CudaBackend {
         }
         upload(&self.stream, &mut self.bufs.theta, theta)?;
         upload(&self.stream, &mut self.bufs.delta, deltas)?;
-        self.launch_update(n, p, scale)?;
+        self.launch_update(n, p, scale, keep)?;
         self.download_update(p)
     }
 
@@ -467,7 +470,9 @@ impl CudaBackend {
         let path = self.path_for(spec, plan.stride)?;
         self.launch_inner(path, spec, trainer.params(), batch.x(), y, m, &plan, config.train.lr, fomaml)?;
         let p = spec.num_params();
-        self.launch_update(n, p, config.epsilon(trainer.iteration()) / n as f32)?;
+        let eps = config.epsilon(trainer.iteration());
+        // Only Σδ comes back: the host applies the step (Trainer::apply_delta).
+        self.launch_update(n, p, eps / n as f32, config.keep(eps))?;
         let (_, sum, _) = self.download_update(p)?;
         let mut losses = vec![0.0f32; 2 * n];
         let l = self.bufs.losses.as_ref().expect("allocated by launch_fused");
@@ -762,14 +767,14 @@ impl CudaBackend {
         self.synchronize()?;
         let t = std::time::Instant::now();
         for _ in 0..reps.max(1) {
-            self.launch_update(n, p, 0.5)?;
+            self.launch_update(n, p, 0.5, 0.999)?;
         }
         self.synchronize()?;
         Ok(t.elapsed().as_secs_f64() / reps.max(1) as f64)
     }
 
     /// Kernel 2 on the `n × p` deltas already in `bufs.delta` and θ in `bufs.theta`.
-    fn launch_update(&mut self, n: usize, p: usize, scale: f32) -> CudaResult<()> {
+    fn launch_update(&mut self, n: usize, p: usize, scale: f32, keep: f32) -> CudaResult<()> {
         let s = self.stream.clone();
         let nc = plan::reduction_chunks(n);
         let b = &mut self.bufs;
@@ -803,12 +808,14 @@ impl CudaBackend {
             .arg(&nc32)
             .arg(&p32)
             .arg(&scale)
+            .arg(&keep)
             .arg(b.out.as_mut().expect("ensured"))
             .arg(b.sum.as_mut().expect("ensured"))
             .arg(b.bad.as_mut().expect("ensured"));
         let cfg = LaunchConfig { grid_dim: (gx, 1, 1), block_dim: (UPDATE_BLOCK, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: matches `reptile_interpolate(const float*, const float*, int, int, float,
-        // float*, float*, unsigned*)`; θ, out and sum hold P floats, partial nc·P, bad one u32.
+        // float, float*, float*, unsigned*)`; θ, out and sum hold P floats, partial nc·P, bad
+        // one u32.
         unsafe { l.launch(cfg) }.map_err(|e| driver_err("launching reptile_interpolate", e))?;
         Ok(())
     }

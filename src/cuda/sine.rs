@@ -187,6 +187,7 @@ pub fn resident_program(spec: &MlpSpec, config: &ReptileConfig, n: usize, seed: 
                 Arg::I32(p32),
                 Arg::F32(config.eps_start),
                 Arg::F32(config.eps_end),
+                Arg::F32(config.outer_decay),
                 Arg::I32(config.planned_iters as u32 as i32),
                 Arg::I32(n32),
                 Arg::Ptr(Buf::Iter, 0),
@@ -249,6 +250,7 @@ pub fn serial_program(spec: &MlpSpec, config: &ReptileConfig, seed: u64, block: 
             Arg::I32((seed >> 32) as u32 as i32),
             Arg::F32(config.eps_start),
             Arg::F32(config.eps_end),
+            Arg::F32(config.outer_decay),
             Arg::I32(config.planned_iters as u32 as i32),
             Arg::I32(1), // SERIAL_COUNT_ARG
             Arg::Ptr(Buf::Theta, 0),
@@ -263,7 +265,7 @@ pub fn serial_program(spec: &MlpSpec, config: &ReptileConfig, seed: u64, block: 
 }
 
 /// Position of `count` among `reptile_sine_serial`'s arguments.
-const SERIAL_COUNT_ARG: usize = 6;
+const SERIAL_COUNT_ARG: usize = 7;
 
 /// Sets how many iterations each launch of a [`serial_program`] runs.
 pub fn set_serial_count(prog: &mut TiledProgram, count: u32) {
@@ -286,8 +288,8 @@ pub struct ResidentRun {
 }
 
 /// The resident loop on the CPU: `iterations` iterations from `start` with [`sample_tasks`],
-/// [`plan::cpu_deltas`], the fixed-order chunked sum and the same ε schedule and rounding as
-/// the kernels.
+/// [`plan::cpu_deltas`], the fixed-order chunked sum and the same ε schedule, outer decay
+/// ([`ReptileConfig::keep`]) and rounding as the kernels.
 pub fn reference_run(
     spec: &MlpSpec,
     theta: &[f32],
@@ -311,6 +313,7 @@ pub fn reference_run(
         let frac = (it as f64 / config.planned_iters as f64).min(1.0);
         let eps = (config.eps_start as f64 + (config.eps_end as f64 - config.eps_start as f64) * frac) as f32;
         let scale = eps / n as f32;
+        let keep = config.keep(eps);
         let mut cand = vec![0.0f32; p];
         for (j, c) in cand.iter_mut().enumerate() {
             let mut s = 0.0f32;
@@ -318,7 +321,7 @@ pub fn reference_run(
                 let cs = (k * n / nc..(k + 1) * n / nc).fold(0.0f32, |a, i| a + d[i * p + j]);
                 s = if k == 0 { cs } else { s + cs };
             }
-            *c = scale.mul_add(s, th[j]);
+            *c = scale.mul_add(s, th[j]) * keep;
         }
         if cand.iter().any(|v| !v.is_finite()) {
             return Ok(ResidentRun { theta: th, iteration: it as u64, diverged: true, losses });
