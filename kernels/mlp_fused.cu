@@ -765,10 +765,10 @@ extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const fl
 // task on the device (reptile_sine_draw: the Philox counters of reptile_sine_sample, so the
 // same tasks as the resident program), runs the inner loop above on it, and interpolates
 // θ ← fmaf(ε(it), θ' − θ, θ)·keep: the resident program's arithmetic for n = 1, with ε(t) =
-// ε0 + (ε1 − ε0)·min(t/T, 1) in double, rounded to float, and keep = 1 − ε·decay. A non-finite candidate sets *bad and
-// ends the run: θ keeps its last finite value and *iter the failing iteration (as
-// reptile_commit); a launch that finds *bad set does nothing. losses = (loss before, loss
-// after adaptation) of the last iteration, or (before, NaN) of the failing one.
+// ε0 + (ε1 − ε0)·min(t/T, 1) in double, rounded to float, and keep = 1 − ε·decay. A non-finite
+// candidate sets *bad and ends the run: θ keeps its last finite value and *iter the failing
+// iteration (as reptile_commit); a launch that finds *bad set does nothing. losses = (loss
+// before, loss after adaptation) of the last iteration, or (before, NaN) of the failing one.
 // Shared memory: the fused layout with the task staged (P: Reptile, P.stage = 1, m = 50,
 // in = out = 1, REPTILE_SPLIT − 1 partial-sum buffers), then θ in the padded layout
 // (plan::serial_bytes), then 64 unsigned: the draws' key scratch and the divergence flag.

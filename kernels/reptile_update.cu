@@ -16,8 +16,8 @@
 //                        order, writes sum[j] (optional, for split steps) and
 //                        out[j] = fma(scale, sum, θ[j])·keep with scale = ε/n (the product
 //                        rounded once more, so keep = 1 gives the undecayed bits, as the CPU
-//                        trainer's update::interpolate), and raises *bad when a
-//                        result is not finite (the host then keeps θ and reports divergence).
+//                        trainer's update::interpolate), and raises *bad when a result is
+//                        not finite (the host then keeps θ and reports divergence).
 
 #include "common.cuh"
 
