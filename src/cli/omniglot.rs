@@ -132,8 +132,8 @@ pub struct OmniglotArgs {
     #[arg(long, default_value_t = 0.0)]
     eps_end: f32,
     /// Decoupled decay λ of θ in the outer step, `θ ← (1 − ε·λ)·(θ + ε·mean Δ)` (the paper:
-    /// 0; 4e-5 gave the MLP a higher mean accuracy over four training seeds, three up and one
-    /// down, a gain not yet significant: see BENCHMARKS.md).
+    /// 0; 4e-5 raised the MLP's accuracy by 0.8 points at 1-shot and 0.2 at 5-shot on average
+    /// over nine training seeds, eight of them up: see BENCHMARKS.md).
     #[arg(long, default_value_t = 4e-5)]
     outer_decay: f32,
     /// Tail averaging: the model kept (checkpoint, final evaluation) is the mean of θ after
