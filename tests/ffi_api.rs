@@ -623,6 +623,38 @@ fn trainer_steps_evaluation_and_split_steps_match_the_rust_trainer() {
     }
 }
 
+/// One step of the C trainer `t` and of each of `rust` on the same two-task sine batch
+/// (`sine_batch(seed, 2)`). Returns the C step's statistics and the first Rust trainer's.
+///
+/// # Safety
+/// `t` is a live trainer handle.
+unsafe fn step_c_and_rust(
+    t: *mut reptile_trainer,
+    spec: &MlpSpec,
+    seed: u64,
+    rust: &mut [&mut Trainer],
+) -> (reptile_step_stats, reptile::StepStats) {
+    // SAFETY: `st` is plain data; `t` is live (the caller's contract) and the view borrows
+    // `x` and `y`, which outlive the call.
+    let mut st = unsafe { std::mem::zeroed::<reptile_step_stats>() };
+    let (x, y) = sine_batch(seed, 2);
+    ok(unsafe { reptile_trainer_step(t, &view(2, 50, &x, &y), &mut st) });
+    let rb = TaskBatch::new(spec, 2, 50, x, Targets::Values(Cow::Owned(y))).unwrap();
+    let stats: Vec<reptile::StepStats> = rust.iter_mut().map(|r| r.step(&rb).unwrap()).collect();
+    (st, stats[0])
+}
+
+/// θ of the C trainer `t` (`p` parameters).
+///
+/// # Safety
+/// `t` is a live trainer handle.
+unsafe fn c_params(t: *const reptile_trainer, p: usize) -> Vec<f32> {
+    let mut theta = vec![0f32; p];
+    // SAFETY: `t` is live (the caller's contract); `theta` holds `p` floats.
+    ok(unsafe { reptile_trainer_get_params(t, theta.as_mut_ptr(), p) });
+    theta
+}
+
 /// Version 1 of `reptile_trainer_config` ends before `outer_decay`: a host built against
 /// that header passes `struct_size` = the offset of `outer_decay`. The library writes only
 /// those bytes, reads only those bytes (whatever follows them), and the missing field takes
@@ -650,14 +682,8 @@ fn a_version_1_config_is_read_and_written_as_a_prefix() {
     let mut rust = Trainer::new(Model::new(spec.clone(), 7), ReptileConfig::sine()).unwrap();
     // SAFETY (whole block): live handles and valid views.
     unsafe {
-        let mut st = std::mem::zeroed::<reptile_step_stats>();
-        let (x, y) = sine_batch(60, 2);
-        ok(reptile_trainer_step(t, &view(2, 50, &x, &y), &mut st));
-        let rb = TaskBatch::new(&spec, 2, 50, x, Targets::Values(Cow::Owned(y))).unwrap();
-        rust.step(&rb).unwrap();
-        let mut theta = vec![0f32; spec.num_params()];
-        ok(reptile_trainer_get_params(t, theta.as_mut_ptr(), theta.len()));
-        assert_eq!(theta, rust.params(), "a v1 config trains without decay");
+        step_c_and_rust(t, &spec, 60, &mut [&mut rust]);
+        assert_eq!(c_params(t, spec.num_params()), rust.params(), "a v1 config trains without decay");
         reptile_trainer_free(t);
         reptile_model_free(m);
     }
@@ -677,16 +703,10 @@ fn outer_decay_through_the_c_config_matches_the_rust_trainer() {
     let mut plain = Trainer::new(Model::new(spec.clone(), 7), ReptileConfig { outer_decay: 0.0, ..rc }).unwrap();
     // SAFETY (whole block): live handles and valid views.
     unsafe {
-        let mut st = std::mem::zeroed::<reptile_step_stats>();
         for i in 0..3 {
-            let (x, y) = sine_batch(70 + i, 2);
-            ok(reptile_trainer_step(t, &view(2, 50, &x, &y), &mut st));
-            let rb = TaskBatch::new(&spec, 2, 50, x, Targets::Values(Cow::Owned(y))).unwrap();
-            rust.step(&rb).unwrap();
-            plain.step(&rb).unwrap();
+            step_c_and_rust(t, &spec, 70 + i, &mut [&mut rust, &mut plain]);
         }
-        let mut theta = vec![0f32; spec.num_params()];
-        ok(reptile_trainer_get_params(t, theta.as_mut_ptr(), theta.len()));
+        let theta = c_params(t, spec.num_params());
         assert_eq!(theta, rust.params());
         assert_ne!(theta, plain.params(), "the decay shows");
         reptile_trainer_free(t);
@@ -713,16 +733,11 @@ fn adam_through_the_c_config_matches_the_rust_trainer() {
     let mut sgd = Trainer::new(Model::new(spec.clone(), 7), ReptileConfig::sine()).unwrap();
     // SAFETY (whole block): live handles and valid views.
     unsafe {
-        let mut st = std::mem::zeroed::<reptile_step_stats>();
         for i in 0..5 {
-            let (x, y) = sine_batch(50 + i, 2);
-            ok(reptile_trainer_step(t, &view(2, 50, &x, &y), &mut st));
-            let rb = TaskBatch::new(&spec, 2, 50, x, Targets::Values(Cow::Owned(y))).unwrap();
-            assert_eq!(st.loss_after, rust.step(&rb).unwrap().loss_after);
-            sgd.step(&rb).unwrap();
+            let (st, rs) = step_c_and_rust(t, &spec, 50 + i, &mut [&mut rust, &mut sgd]);
+            assert_eq!(st.loss_after, rs.loss_after);
         }
-        let mut theta = vec![0f32; spec.num_params()];
-        ok(reptile_trainer_get_params(t, theta.as_mut_ptr(), theta.len()));
+        let mut theta = c_params(t, spec.num_params());
         assert_eq!(theta, rust.params());
         assert_ne!(theta, sgd.params(), "Adam and SGD differ");
         let (x, y) = sine_batch(77, 1);

@@ -112,6 +112,9 @@ pub struct reptile_trainer_config {
 
 /// Size of version 1 of `reptile_trainer_config`: every field before `outer_decay`.
 const CONFIG_V1_SIZE: usize = std::mem::offset_of!(reptile_trainer_config, outer_decay);
+// A v1 host's `sizeof` is that offset rounded up to the struct's alignment; they agree only if
+// the offset is already aligned (128 bytes on 64-bit targets), so v1 had no tail padding.
+const _: () = assert!(CONFIG_V1_SIZE.is_multiple_of(std::mem::align_of::<reptile_trainer_config>()));
 
 /// The config sizes this library accepts: one per header version that added fields (v1,
 /// then v2 with `outer_decay`). When fields are added, append the new size here; an older

@@ -642,10 +642,10 @@ impl Trainer {
     /// [`crate::workloads::sine::SineTasks`] draws, so the run is statistically equivalent to
     /// [`Self::step`] over those, not identical; the outer step applies the config's
     /// [`ReptileConfig::outer_decay`] as [`Self::step`] does. Needs [`Device::Cuda`], a 1-in
-    /// 1-out MSE net, SGD inner steps and no FOMAML tail; else [`Error::InvalidArgument`] or [`Error::Cuda`].
-    /// Returns the last iteration's per-task losses `[n × 2]` (before, after adaptation). On
-    /// a non-finite update θ keeps its last finite value, the iteration count stops at the
-    /// failing iteration, and the result is [`Error::Diverged`].
+    /// 1-out MSE net, SGD inner steps and no FOMAML tail; else [`Error::InvalidArgument`] or
+    /// [`Error::Cuda`]. Returns the last iteration's per-task losses `[n × 2]` (before, after
+    /// adaptation). On a non-finite update θ keeps its last finite value, the iteration count
+    /// stops at the failing iteration, and the result is [`Error::Diverged`].
     pub fn train_sine_resident(&mut self, iterations: u32, seed: u64) -> Result<Vec<f32>> {
         if self.cuda.is_none() {
             return Err(Error::InvalidArgument("device-resident training needs a CUDA device".into()));
