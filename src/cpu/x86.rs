@@ -759,8 +759,71 @@ unsafe fn axpy_avx512_gated<const G: u8>(
     }
 }
 
+/// One block of [`axpy_avx2`]: `RR ≤ 4` rows × 16 columns (two ymm vectors per row). `FULL`:
+/// both vectors whole, plain loads and stores; otherwise `vmaskmov` with masks `m0` and
+/// `m1.0` (`m1.1`: the second vector has any lane at all).
+///
+/// # Safety
+/// AVX2 + FMA; the rows `r0..r0+RR` of `A` and `C`, rows `0..k` of `B` and the unmasked
+/// columns exist.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn axpy_block_avx2<const RR: usize, const FULL: bool>(
+    (k, alpha, beta): (usize, f32, f32),
+    (ap, rsa, csa): (*const f32, usize, usize),
+    (bp, ldb): (*const f32, usize),
+    (cp, ldc): (*mut f32, usize),
+    r0: usize,
+    c0: usize,
+    m0: __m256i,
+    m1: (__m256i, bool),
+) {
+    // SAFETY: guaranteed by the caller; masked-off lanes are neither read nor written.
+    unsafe {
+        // Whole vectors without masks: a `vmaskmov` load takes an extra µop, and a masked
+        // store is far slower still on some AMD cores.
+        let load = |p: *const f32, m: __m256i| if FULL { _mm256_loadu_ps(p) } else { _mm256_maskload_ps(p, m) };
+        let two = FULL || m1.1;
+        let mut acc = [[_mm256_setzero_ps(); 2]; RR];
+        for kk in 0..k {
+            let brow = bp.add(kk * ldb + c0);
+            let b0 = load(brow, m0);
+            let b1 = if two { load(brow.add(8), m1.0) } else { _mm256_setzero_ps() };
+            for r in 0..RR {
+                let av = _mm256_set1_ps(*ap.add((r0 + r) * rsa + kk * csa));
+                acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+                if two {
+                    acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+                }
+            }
+        }
+        let (va, vb) = (_mm256_set1_ps(alpha), _mm256_set1_ps(beta));
+        for (r, acc) in acc.iter().enumerate() {
+            let crow = cp.add((r0 + r) * ldc + c0);
+            for (h, mask) in [(0, m0), (1, m1.0)] {
+                if h == 1 && !two {
+                    continue;
+                }
+                let v = if beta == 0.0 {
+                    _mm256_mul_ps(va, acc[h])
+                } else {
+                    let c = load(crow.add(8 * h), mask);
+                    _mm256_fmadd_ps(va, acc[h], if beta == 1.0 { c } else { _mm256_mul_ps(vb, c) })
+                };
+                if FULL {
+                    _mm256_storeu_ps(crow.add(8 * h), v);
+                } else {
+                    _mm256_maskstore_ps(crow.add(8 * h), mask, v);
+                }
+            }
+        }
+    }
+}
+
 /// AVX2 axpy product, as [`axpy_avx512`] with 4 rows × 16 columns (8 ymm accumulators) and
-/// `vmaskmov` loads/stores at the right edge.
+/// `vmaskmov` loads/stores at the right edge only.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
@@ -790,38 +853,7 @@ pub unsafe fn axpy_avx2(
             let left = n.saturating_sub(from).min(8);
             (_mm256_cmpgt_epi32(_mm256_set1_epi32(left as i32), lanes), left > 0)
         };
-        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-        let (va, vb) = (_mm256_set1_ps(alpha), _mm256_set1_ps(beta));
-        let block = |r0: usize, rr: usize, c0: usize, m0: __m256i, m1: (__m256i, bool)| {
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            for kk in 0..k {
-                let brow = bp.add(kk * ldb + c0);
-                let b0 = _mm256_maskload_ps(brow, m0);
-                let b1 = if m1.1 { _mm256_maskload_ps(brow.add(8), m1.0) } else { _mm256_setzero_ps() };
-                for r in 0..rr {
-                    let av = _mm256_set1_ps(*ap.add((r0 + r) * rsa + kk * csa));
-                    acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
-                    if m1.1 {
-                        acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
-                    }
-                }
-            }
-            for (r, acc) in acc.iter().enumerate().take(rr) {
-                let crow = cp.add((r0 + r) * ldc + c0);
-                for (h, (mask, any)) in [(0, (m0, true)), (1, m1)] {
-                    if !any {
-                        continue;
-                    }
-                    let v = if beta == 0.0 {
-                        _mm256_mul_ps(va, acc[h])
-                    } else {
-                        let c = _mm256_maskload_ps(crow.add(8 * h), mask);
-                        _mm256_fmadd_ps(va, acc[h], if beta == 1.0 { c } else { _mm256_mul_ps(vb, c) })
-                    };
-                    _mm256_maskstore_ps(crow.add(8 * h), mask, v);
-                }
-            }
-        };
+        let (ab, a_, b_, c_) = ((k, alpha, beta), (a.as_ptr(), rsa, csa), (b.as_ptr(), ldb), (c.as_mut_ptr(), ldc));
         let all = _mm256_set1_epi32(-1);
         let mut c0 = 0;
         while c0 < n {
@@ -831,10 +863,20 @@ pub unsafe fn axpy_avx2(
             let mut r0 = 0;
             while r0 < m {
                 let rr = (m - r0).min(R);
-                if rr == R && full {
-                    block(r0, R, c0, all, (all, true));
-                } else {
-                    block(r0, rr, c0, m0, m1);
+                macro_rules! run {
+                    ($rr:literal) => {
+                        if full {
+                            axpy_block_avx2::<$rr, true>(ab, a_, b_, c_, r0, c0, all, (all, true))
+                        } else {
+                            axpy_block_avx2::<$rr, false>(ab, a_, b_, c_, r0, c0, m0, m1)
+                        }
+                    };
+                }
+                match rr {
+                    4 => run!(4),
+                    3 => run!(3),
+                    2 => run!(2),
+                    _ => run!(1),
                 }
                 r0 += rr;
             }
@@ -1214,11 +1256,33 @@ mod tests {
     /// padding between rows of `C` is never written.
     #[test]
     fn axpy_avx512_matches_f64_reference() {
-        use rand::{Rng, SeedableRng};
         if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl")) {
             eprintln!("skipped: no AVX-512 on this CPU");
             return;
         }
+        // SAFETY: AVX-512F/VL detected above (FMA comes with it on every such CPU).
+        check_axpy_kernel(|m, k, n, al, a, rsa, csa, b, ldb, be, c, ldc| unsafe {
+            axpy_avx512(m, k, n, al, a, rsa, csa, b, ldb, be, c, ldc)
+        });
+    }
+
+    /// [`axpy_avx512_matches_f64_reference`] for the AVX2 product.
+    #[test]
+    fn axpy_avx2_matches_f64_reference() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            eprintln!("skipped: no AVX2 + FMA on this CPU");
+            return;
+        }
+        // SAFETY: AVX2 and FMA detected above.
+        check_axpy_kernel(|m, k, n, al, a, rsa, csa, b, ldb, be, c, ldc| unsafe {
+            axpy_avx2(m, k, n, al, a, rsa, csa, b, ldb, be, c, ldc)
+        });
+    }
+
+    type AxpyFn = fn(usize, usize, usize, f32, &[f32], usize, usize, &[f32], usize, f32, &mut [f32], usize);
+
+    fn check_axpy_kernel(kernel: AxpyFn) {
+        use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0xa8b1);
         let mut shapes = vec![(10, 64, 64), (64, 10, 64), (25, 128, 64), (10, 64, 1), (7, 3, 100)];
         for _ in 0..80 {
@@ -1237,8 +1301,7 @@ mod tests {
                 .map(|j| if beta == 0.0 && j % ldc < n { f32::NAN } else { rng.random_range(-1.0f32..1.0) })
                 .collect();
             let mut c = c0.clone();
-            // SAFETY: AVX-512F/VL detected above (FMA comes with it on every such CPU).
-            unsafe { axpy_avx512(m, k, n, alpha, &a, rsa, csa, &b, ldb, beta, &mut c, ldc) };
+            kernel(m, k, n, alpha, &a, rsa, csa, &b, ldb, beta, &mut c, ldc);
             for r in 0..m {
                 for j in 0..ldc {
                     let got = c[r * ldc + j];
