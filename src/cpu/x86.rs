@@ -466,8 +466,130 @@ unsafe fn xwt_block_avx2<const RP: usize, const RO: usize>(
     }
 }
 
+/// Inputs per group of the AVX2 pair-tiled forward ([`xwt_pairs_avx2`]): half a ymm register.
+const PAIR_GROUP_AVX2: usize = 4;
+
+/// Largest `points / 2 · in / 4` (pair-tiled `X` vectors, 32 bytes each) that
+/// [`xwt_pairs_avx2`] stages on the stack: 16 KB.
+const PAIR_TILES_MAX_AVX2: usize = 512;
+
+/// Sums 4 pair-tiled AVX2 accumulators over their 4 input phases: `a[o]` holds point 0's
+/// partial sums of output `o` in lanes 0–3 and point 1's in lanes 4–7; the result holds point
+/// 0's outputs 0–3, then point 1's. 9 vector operations for 8 dot products.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn reduce_pairs_avx2(a: [__m256; 4]) -> __m256 {
+    // Per 128-bit half: [a_2j(0+2), a_2j+1(0+2), a_2j(1+3), a_2j+1(1+3)].
+    let t: [__m256; 2] = std::array::from_fn(|j| {
+        let (x, y) = (a[2 * j], a[2 * j + 1]);
+        _mm256_add_ps(_mm256_unpacklo_ps(x, y), _mm256_unpackhi_ps(x, y))
+    });
+    let (x, y) = (_mm256_castps_pd(t[0]), _mm256_castps_pd(t[1]));
+    _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(x, y)), _mm256_castpd_ps(_mm256_unpackhi_pd(x, y)))
+}
+
+/// One block of [`xwt_pairs_avx2`]: `NP` point pairs (from pair `j0`) × 4 outputs (from `o0`).
+///
+/// # Safety
+/// AVX2 + FMA; `tiles` holds `groups` vectors per pair for pairs `j0..j0+NP`; `w` has rows
+/// `o0..o0+4` of `4·groups` floats; `z` rows `2·j0..2·(j0+NP)` of width `out` ≥ `o0 + 4`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn xwt_pairs_block_avx2<const NP: usize>(
+    tiles: *const __m256,
+    groups: usize,
+    wp: *const f32,
+    bias: *const f32,
+    zp: *mut f32,
+    out: usize,
+    j0: usize,
+    o0: usize,
+) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let inp = groups * PAIR_GROUP_AVX2;
+        let mut acc = [[_mm256_setzero_ps(); 4]; NP];
+        for g in 0..groups {
+            let xv: [__m256; NP] = std::array::from_fn(|q| *tiles.add((j0 + q) * groups + g));
+            for o in 0..4 {
+                // W[o0 + o, 4g..4g + 4] in both halves: one load µop.
+                let wv = _mm256_broadcast_ps(&*wp.add((o0 + o) * inp + PAIR_GROUP_AVX2 * g).cast::<__m128>());
+                for q in 0..NP {
+                    acc[q][o] = _mm256_fmadd_ps(xv[q], wv, acc[q][o]);
+                }
+            }
+        }
+        let bv = _mm256_broadcast_ps(&*bias.add(o0).cast::<__m128>());
+        for (q, acc) in acc.into_iter().enumerate() {
+            let r = _mm256_add_ps(reduce_pairs_avx2(acc), bv);
+            _mm_storeu_ps(zp.add(2 * (j0 + q) * out + o0), _mm256_castps256_ps128(r));
+            _mm_storeu_ps(zp.add((2 * (j0 + q) + 1) * out + o0), _mm256_extractf128_ps::<1>(r));
+        }
+    }
+}
+
+/// Pair-tiled AVX2 forward product, as [`xwt_pairs_avx512`] with half the widths: vectors of
+/// 4 consecutive inputs of two points, row pieces `W[o, 4g..4g+4]` broadcast to both halves,
+/// 4-phase sums ([`reduce_pairs_avx2`]: 9 operations per 8 outputs, against about 6 per output
+/// for separate horizontal sums). Work mapping: blocks of 2 pairs × 4 outputs (8 accumulators;
+/// per group, 2 `X'` loads and 4 broadcast loads feed 8 FMAs). Covers pairs `0..pairs` and
+/// outputs `0..out4` (a multiple of 4); returns false (touching nothing) when `X'` would not
+/// fit its stack buffer.
+///
+/// # Safety
+/// AVX2 + FMA; `x` holds `2·pairs` rows of `inp` floats, `w` `out4` rows of `inp`, `bias`
+/// `out4` floats and `z` `2·pairs` rows of `out ≥ out4`; `inp` is a multiple of 4.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn xwt_pairs_avx2(
+    pairs: usize,
+    inp: usize,
+    out: usize,
+    out4: usize,
+    xp: *const f32,
+    wp: *const f32,
+    bias: *const f32,
+    zp: *mut f32,
+) -> bool {
+    let groups = inp / PAIR_GROUP_AVX2;
+    if pairs * groups > PAIR_TILES_MAX_AVX2 {
+        return false;
+    }
+    let mut tiles = [std::mem::MaybeUninit::<__m256>::uninit(); PAIR_TILES_MAX_AVX2];
+    // SAFETY: reads stay inside rows 2j, 2j + 1 < 2·pairs of x (4g + 4 ≤ inp); the tiles
+    // written here (pairs·groups ≤ PAIR_TILES_MAX_AVX2) are the only ones the blocks read.
+    unsafe {
+        for j in 0..pairs {
+            for g in 0..groups {
+                let lo = _mm_loadu_ps(xp.add(2 * j * inp + PAIR_GROUP_AVX2 * g));
+                let hi = _mm_loadu_ps(xp.add((2 * j + 1) * inp + PAIR_GROUP_AVX2 * g));
+                tiles[j * groups + g].write(_mm256_set_m128(hi, lo));
+            }
+        }
+        let tp = tiles.as_ptr().cast::<__m256>();
+        let p2 = pairs / 2 * 2;
+        for j0 in (0..p2).step_by(2) {
+            for o0 in (0..out4).step_by(4) {
+                xwt_pairs_block_avx2::<2>(tp, groups, wp, bias, zp, out, j0, o0);
+            }
+        }
+        if p2 < pairs {
+            for o0 in (0..out4).step_by(4) {
+                xwt_pairs_block_avx2::<1>(tp, groups, wp, bias, zp, out, p2, o0);
+            }
+        }
+    }
+    true
+}
+
 /// AVX2 forward product: blocks of 2 points × 4 outputs (8 accumulators + operands of the 16
 /// ymm registers), edges in blocks of 2×1, 1×4 and 1×1; the `in % 8` tail in scalar FMA.
+/// Short rows that are a multiple of 4 with `W` in L1 take the pair-tiled kernel
+/// ([`xwt_pairs_avx2`]) for all point pairs and whole blocks of 4 outputs.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
@@ -480,9 +602,17 @@ pub unsafe fn xwt_avx2(points: usize, inp: usize, out: usize, x: &[f32], w: &[f3
     // SAFETY: `check` proved the extents; every block covers rows p0 + RP ≤ points and
     // o0 + RO ≤ out.
     unsafe {
+        // Short rows whose W fits in L1: the pair-tiled kernel for all point pairs × whole
+        // blocks of 4 outputs, when X' fits its stack buffer.
+        let tiled = inp.is_multiple_of(PAIR_GROUP_AVX2)
+            && out * inp <= XWT_W_L1
+            && inp < XWT_LONG_ROWS
+            && xwt_pairs_avx2(p2 / 2, inp, out, o4, x.as_ptr(), w.as_ptr(), bias.as_ptr(), z.as_mut_ptr());
         for p0 in (0..p2).step_by(2) {
-            for o0 in (0..o4).step_by(4) {
-                xwt_block_avx2::<2, 4>(x, w, z, bias, inp, out, p0, o0, full);
+            if !tiled {
+                for o0 in (0..o4).step_by(4) {
+                    xwt_block_avx2::<2, 4>(x, w, z, bias, inp, out, p0, o0, full);
+                }
             }
             for o0 in o4..out {
                 xwt_block_avx2::<2, 1>(x, w, z, bias, inp, out, p0, o0, full);
@@ -1217,16 +1347,35 @@ mod tests {
     /// data: |z − ref| ≤ 1e-6 + 4e-7·Σ|x·w| (f32 sums of up to 800 products).
     #[test]
     fn xwt_avx512_matches_f64_reference() {
-        use rand::{Rng, SeedableRng};
         if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl")) {
             eprintln!("skipped: no AVX-512 on this CPU");
             return;
         }
+        // SAFETY: AVX-512F/VL detected above (FMA comes with it on every such CPU).
+        check_xwt_kernel(|p, i, o, x, w, b, z| unsafe { xwt_avx512(p, i, o, x, w, b, z) });
+    }
+
+    /// [`xwt_avx512_matches_f64_reference`] for the AVX2 forward product (pair-tiled for rows
+    /// that are multiples of 4, 2 × 4 blocks and the scalar tail otherwise).
+    #[test]
+    fn xwt_avx2_matches_f64_reference() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            eprintln!("skipped: no AVX2 + FMA on this CPU");
+            return;
+        }
+        // SAFETY: AVX2 and FMA detected above.
+        check_xwt_kernel(|p, i, o, x, w, b, z| unsafe { xwt_avx2(p, i, o, x, w, b, z) });
+    }
+
+    type XwtFn = fn(usize, usize, usize, &[f32], &[f32], &[f32], &mut [f32]);
+
+    fn check_xwt_kernel(kernel: XwtFn) {
+        use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5157);
         let mut shapes = vec![(10, 64, 64), (25, 128, 64), (10, 64, 5), (9, 64, 64), (2, 8, 8), (1, 64, 64)];
         shapes.extend([(33, 64, 24), (40, 200, 70), (10, 784, 20), (7, 40, 300), (12, 17, 9)]);
         for _ in 0..60 {
-            let inp = if rng.random_bool(0.6) { 8 * rng.random_range(1..=20) } else { rng.random_range(1..=130) };
+            let inp = if rng.random_bool(0.6) { 4 * rng.random_range(1..=40) } else { rng.random_range(1..=130) };
             shapes.push((rng.random_range(1..=40), inp, rng.random_range(1..=70)));
         }
         for (points, inp, out) in shapes {
@@ -1234,8 +1383,7 @@ mod tests {
             let w: Vec<f32> = (0..out * inp).map(|_| rng.random_range(-1.0f32..1.0)).collect();
             let b: Vec<f32> = (0..out).map(|_| rng.random_range(-1.0f32..1.0)).collect();
             let mut z = vec![f32::NAN; points * out];
-            // SAFETY: AVX-512F/VL detected above (FMA comes with it on every such CPU).
-            unsafe { xwt_avx512(points, inp, out, &x, &w, &b, &mut z) };
+            kernel(points, inp, out, &x, &w, &b, &mut z);
             for p in 0..points {
                 for o in 0..out {
                     let terms = (0..inp).map(|i| x[p * inp + i] as f64 * w[o * inp + i] as f64);
