@@ -324,8 +324,9 @@ const XWT_LONG_ROWS: usize = 256;
 
 /// AVX-512 forward product: blocks of 2 points × 8 outputs (16 accumulators + 3 operands of
 /// the 32 zmm registers), edges in blocks of 2×1, 1×8 and 1×1. Small `W` (the sine net's 64 ×
-/// 64) stays in L1, so point pairs run outermost; a large `W` (Omniglot's 256 × 784) is
-/// walked once with the output blocks outermost.
+/// 64) stays in L1, so point pairs run outermost, and rows that are a multiple of 8 take the
+/// pair-tiled kernel ([`xwt_pairs_avx512`]) for all point pairs and whole blocks of 8 outputs;
+/// a large `W` (Omniglot's 256 × 784) is walked once with the output blocks outermost.
 ///
 /// # Safety
 /// The CPU must support AVX-512F/VL and FMA.
@@ -489,6 +490,19 @@ fn reduce_pairs_avx2(a: [__m256; 4]) -> __m256 {
     _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(x, y)), _mm256_castpd_ps(_mm256_unpackhi_pd(x, y)))
 }
 
+/// Four floats at `p` (any alignment) in both 128-bit halves.
+///
+/// # Safety
+/// AVX; `p..p+4` readable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn splat128(p: *const f32) -> __m256 {
+    // SAFETY: guaranteed by the caller; an unaligned load.
+    let v = unsafe { _mm_loadu_ps(p) };
+    _mm256_set_m128(v, v)
+}
+
 /// One block of [`xwt_pairs_avx2`]: `NP` point pairs (from pair `j0`) × 4 outputs (from `o0`).
 ///
 /// # Safety
@@ -515,14 +529,15 @@ unsafe fn xwt_pairs_block_avx2<const NP: usize>(
         for g in 0..groups {
             let xv: [__m256; NP] = std::array::from_fn(|q| *tiles.add((j0 + q) * groups + g));
             for o in 0..4 {
-                // W[o0 + o, 4g..4g + 4] in both halves: one load µop.
-                let wv = _mm256_broadcast_ps(&*wp.add((o0 + o) * inp + PAIR_GROUP_AVX2 * g).cast::<__m128>());
+                // W[o0 + o, 4g..4g + 4] in both halves (one `vbroadcastf128` load; no reference
+                // to a possibly unaligned `__m128`).
+                let wv = splat128(wp.add((o0 + o) * inp + PAIR_GROUP_AVX2 * g));
                 for q in 0..NP {
                     acc[q][o] = _mm256_fmadd_ps(xv[q], wv, acc[q][o]);
                 }
             }
         }
-        let bv = _mm256_broadcast_ps(&*bias.add(o0).cast::<__m128>());
+        let bv = splat128(bias.add(o0));
         for (q, acc) in acc.into_iter().enumerate() {
             let r = _mm256_add_ps(reduce_pairs_avx2(acc), bv);
             _mm_storeu_ps(zp.add(2 * (j0 + q) * out + o0), _mm256_castps256_ps128(r));
