@@ -8,7 +8,7 @@
 //! lanes and the bias added. AVX-512 covers the `in % 16` tail with masked loads (masked-off
 //! lanes are neither read nor faulted); AVX2 finishes it in scalar code. For short rows that
 //! are a multiple of 8 (the sine net's 64 × 64) AVX-512 runs a pair-tiled variant instead
-//! ([`xwt_pairs_avx512`]): one register holds 8 inputs of two points, so the final sums run
+//! (`xwt_pairs_avx512`): one register holds 8 inputs of two points, so the final sums run
 //! over 8 lanes instead of 16, about half the shuffles.
 //!
 //! The file also holds the AVX-512 / AVX2 axpy products, the vector `tanh` and the fused
@@ -169,7 +169,7 @@ fn reduce16(v: [__m512; 16]) -> __m512 {
     _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)))
 }
 
-/// Inputs per group of the pair-tiled forward ([`xwt_pairs_avx512`]): half a zmm register.
+/// Inputs per group of the pair-tiled forward (`xwt_pairs_avx512`): half a zmm register.
 const PAIR_GROUP: usize = 8;
 
 /// Largest `points / 2 · in / 8` (pair-tiled `X` vectors, 64 bytes each) that
@@ -325,7 +325,7 @@ const XWT_LONG_ROWS: usize = 256;
 /// AVX-512 forward product: blocks of 2 points × 8 outputs (16 accumulators + 3 operands of
 /// the 32 zmm registers), edges in blocks of 2×1, 1×8 and 1×1. Small `W` (the sine net's 64 ×
 /// 64) stays in L1, so point pairs run outermost, and rows that are a multiple of 8 take the
-/// pair-tiled kernel ([`xwt_pairs_avx512`]) for all point pairs and whole blocks of 8 outputs;
+/// pair-tiled kernel (`xwt_pairs_avx512`) for all point pairs and whole blocks of 8 outputs;
 /// a large `W` (Omniglot's 256 × 784) is walked once with the output blocks outermost.
 ///
 /// # Safety
@@ -467,7 +467,7 @@ unsafe fn xwt_block_avx2<const RP: usize, const RO: usize>(
     }
 }
 
-/// Inputs per group of the AVX2 pair-tiled forward ([`xwt_pairs_avx2`]): half a ymm register.
+/// Inputs per group of the AVX2 pair-tiled forward (`xwt_pairs_avx2`): half a ymm register.
 const PAIR_GROUP_AVX2: usize = 4;
 
 /// Largest `points / 2 · in / 4` (pair-tiled `X` vectors, 32 bytes each) that
@@ -604,7 +604,7 @@ unsafe fn xwt_pairs_avx2(
 /// AVX2 forward product: blocks of 2 points × 4 outputs (8 accumulators + operands of the 16
 /// ymm registers), edges in blocks of 2×1, 1×4 and 1×1; the `in % 8` tail in scalar FMA.
 /// Short rows that are a multiple of 4 with `W` in L1 take the pair-tiled kernel
-/// ([`xwt_pairs_avx2`]) for all point pairs and whole blocks of 4 outputs.
+/// (`xwt_pairs_avx2`) for all point pairs and whole blocks of 4 outputs.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
