@@ -43,9 +43,9 @@ extern "C" __global__ void reptile_sine_sample(unsigned seed_lo, unsigned seed_h
 // rounded to float, scale = ε/n in float (as the CPU trainer), cand = fma(scale, Σδ, θ)·keep with
 // keep = 1 − ε·decay (reptile_keep; exactly 1 without a decay).
 extern "C" __global__ void reptile_interpolate_sched(const float* __restrict__ theta, const float* __restrict__ partial,
-                                                     int nc, int num_params, float eps0, float eps1, float decay, unsigned planned,
-                                                     int n, const unsigned* __restrict__ iter, float* __restrict__ cand,
-                                                     unsigned* __restrict__ bad) {
+                                                     int nc, int num_params, float eps0, float eps1, float decay,
+                                                     unsigned planned, int n, const unsigned* __restrict__ iter,
+                                                     float* __restrict__ cand, unsigned* __restrict__ bad) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= num_params) return;
     double frac = (double)*iter / (double)planned;
