@@ -38,8 +38,9 @@
 #define REPTILE_KUNROLL 1
 #endif
 
-// Most warp slices that split one product's reduction in the fused kernel (see fused_split);
-// the layout reserves REPTILE_SPLIT − 1 partial-sum buffers.
+// Most slices that split one product's reduction in the fused kernel (see fused_slices): warp
+// slices, for which the layout reserves REPTILE_SPLIT − 1 partial-sum buffers, or lanes of a
+// warp (FusedParams::lanes; 2 or 4 of them, summed by shuffles).
 #define REPTILE_SPLIT 4
 
 // Activation and loss codes (match src/cuda/plan.rs).
@@ -67,6 +68,9 @@ struct FusedParams {
     int stage;                           // 1: the task's points and index lists are copied to
                                          // shared memory once (plan::stage_floats), so the
                                          // per-step gathers wait on no global load
+    int lanes;                           // 1: products split over the lanes of a warp and summed
+                                         // by shuffles (no partial-sum buffers, no epilogue
+                                         // barrier); 0: over warp slices (fused_slices)
 };
 
 // Row strides of the fused kernel's shared memory, W_l rows (reptile_ldw(in)) and per-point

@@ -57,6 +57,7 @@
 #define FS_STRIDE(P) (REPTILE_SPEC_B > REPTILE_SPEC_BLAST ? REPTILE_SPEC_B : REPTILE_SPEC_BLAST)
 #define FS_BLOCK REPTILE_SPEC_BLOCK
 #define FS_STAGE(P) REPTILE_SPEC_STAGE
+#define FS_LANES(P) REPTILE_SPEC_LANES
 #define FS_LAYER_UNROLL REPTILE_UNROLL
 __device__ __forceinline__ constexpr int fs_width(int l) {
     return l == 0 ? REPTILE_SPEC_W0 : l == 1 ? REPTILE_SPEC_W1 : l == 2 ? REPTILE_SPEC_W2 : l == 3 ? REPTILE_SPEC_W3
@@ -87,6 +88,7 @@ __device__ __forceinline__ constexpr int fs_gmax() {
 #define FS_STRIDE(P) (P).idx_stride
 #define FS_BLOCK ((int)blockDim.x)
 #define FS_STAGE(P) (P).stage
+#define FS_LANES(P) (P).lanes
 #define FS_LAYER_UNROLL
 #endif
 
@@ -273,44 +275,100 @@ __device__ __forceinline__ void fused_gather_task(const FusedParams& P, const Fu
     }
 }
 
-// Warp slices that split a product's reduction (nq 16-byte quads of the reduced dimension)
-// when its tiles fill only part of the block: slice s of S sums quads [s·Qc, (s+1)·Qc),
-// Qc = ⌈nq/S⌉, with every warp of a slice on the same quads (so W reads stay conflict-free
-// and point reads stay broadcasts); slices write partial sums that an epilogue phase adds in
-// slice order. S = min(REPTILE_SPLIT, warps per block / warps the tiles need, nq), at least 1:
-// uniform across the block (mirrored on the host by `plan::fused_splits`, which sizes the
-// partial-sum buffers).
+// Slices that split a product's reduction (nq 16-byte quads of the reduced dimension) when its
+// tiles fill only part of the block: slice s of S sums quads [s·Qc, (s+1)·Qc), Qc = ⌈nq/S⌉.
+// S is uniform across the block. Two ways to split, chosen by FusedParams::lanes:
+//  - warp slices (lanes = 0): every warp of a slice on the same quads (so W reads stay
+//    conflict-free and point reads stay broadcasts); slices write partial sums that an
+//    epilogue phase adds in slice order, after a barrier. S = min(REPTILE_SPLIT, warps per
+//    block / warps the tiles need, nq), at least 1 (mirrored on the host by
+//    `plan::fused_splits`, which sizes the partial-sum buffers).
+//  - lanes (lanes = 1): the S lanes lane ^ (32/S)·j of a warp share a tile, lane slice
+//    lane / (32/S), so the 8 lanes of each 16-byte phase hold 8 consecutive tiles of one slice
+//    (the same conflict-free W reads and broadcast point reads); fused_scatter sums them by
+//    shuffles and leaves each lane N/S of the tile's totals to store. S = 4 or 2 where
+//    items·S ≤ blockDim and S ≤ min(REPTILE_SPLIT, nq), else 1. The warps cover the tiles in
+//    one pass; lanes past the last tile in a warp that has tiles (`live` false) compute a copy
+//    of tile 0 for the shuffles and store nothing.
+// The item loop runs `for (item = first; sl < split && item < end; item += step)`.
 struct FusedSlices {
     int split;   // S
     int sl;      // this thread's slice (idle when ≥ split)
     int first;   // its first tile
-    int step;    // tile stride: the block (S = 1) or one pass (S > 1, warp w in slice w / need)
+    int step;    // tile stride
+    int end;     // loop bound: items, or (lanes) items rounded up to whole warps' tiles
     int q0, q1;  // its range of quads
+    bool lanes;  // split over lanes: the loop body calls fused_scatter (warp-uniform trip count)
 };
 
-__device__ __forceinline__ FusedSlices fused_slices(int items, int nq) {
-    const int need = (items + 31) >> 5;
-    int S = (FS_BLOCK >> 5) / need;
-    if (S > REPTILE_SPLIT) S = REPTILE_SPLIT;
-    if (S > nq) S = nq;
-    if (S < 1) S = 1;
+__device__ __forceinline__ FusedSlices fused_slices(int items, int nq, int lanes) {
     FusedSlices f;
+    int S;
+    if (lanes) {
+        S = 4 <= REPTILE_SPLIT && 4 <= nq && items * 4 <= FS_BLOCK ? 4 : 2 <= nq && items * 2 <= FS_BLOCK ? 2 : 1;
+    } else {
+        const int need = (items + 31) >> 5;
+        S = (FS_BLOCK >> 5) / need;
+        if (S > REPTILE_SPLIT) S = REPTILE_SPLIT;
+        if (S > nq) S = nq;
+        if (S < 1) S = 1;
+    }
     f.split = S;
+    f.lanes = lanes && S > 1;
+    f.end = items;
     if (S == 1) {
         f.sl = 0;
         f.first = threadIdx.x;
         f.step = FS_BLOCK;
         f.q0 = 0;
         f.q1 = nq;
+        return f;
+    }
+    const int qc = (nq + S - 1) / S;
+    if (f.lanes) {
+        const int tw = 32 / S, lane = (int)(threadIdx.x & 31);
+        f.sl = lane / tw;
+        f.first = (int)(threadIdx.x >> 5) * tw + (lane - f.sl * tw);
+        f.step = FS_BLOCK / S;
+        f.end = (items + tw - 1) / tw * tw;
     } else {
-        const int w = threadIdx.x >> 5, qc = (nq + S - 1) / S;
+        const int need = (items + 31) >> 5, w = threadIdx.x >> 5;
         f.sl = w / need;
         f.first = (w - f.sl * need) * 32 + (int)(threadIdx.x & 31);
         f.step = items;
-        f.q0 = f.sl * qc;
-        f.q1 = f.q0 + qc < nq ? f.q0 + qc : nq;
     }
+    f.q0 = f.sl * qc;
+    f.q1 = f.q0 + qc < nq ? f.q0 + qc : nq;
     return f;
+}
+
+// The lane split's reduction (FusedSlices::lanes): the S = split lanes lane ^ (32/S)·j of a
+// warp hold partial sums v[0..N) of one tile; afterwards lane slice sl holds the totals of the
+// tile's values [sl·N/S, (sl+1)·N/S) in v[0..N/S). Each round halves the values a lane keeps
+// and adds its partner's half, so every total is (s0 + s2) + (s1 + s3) (S = 4) or s0 + s1
+// (S = 2), the same bits whichever lane computes it. Returns N/S. All 32 lanes must call it.
+template <int N>
+__device__ __forceinline__ int fused_scatter(float (&v)[N], int split) {
+    const unsigned lane = threadIdx.x & 31u;
+    if (split >= 2) {
+        const bool hi = (lane & 16u) != 0;
+        REPTILE_UNROLL
+        for (int i = 0; i < N / 2; ++i) {
+            const float send = hi ? v[i] : v[i + N / 2];
+            const float keep = hi ? v[i + N / 2] : v[i];
+            v[i] = keep + __shfl_xor_sync(0xffffffffu, send, 16);
+        }
+    }
+    if (split >= 4) {
+        const bool hi = (lane & 8u) != 0;
+        REPTILE_UNROLL
+        for (int i = 0; i < N / 4; ++i) {
+            const float send = hi ? v[i] : v[i + N / 4];
+            const float keep = hi ? v[i + N / 4] : v[i];
+            v[i] = keep + __shfl_xor_sync(0xffffffffu, send, 8);
+        }
+    }
+    return N / split;
 }
 
 // Whether point p = p0 + q of a tile (p0 a multiple of REPTILE_PTP below bs) is in the
@@ -325,6 +383,16 @@ __device__ __forceinline__ void fused_zero(float acc[REPTILE_PT][REPTILE_PTP]) {
     for (int r = 0; r < REPTILE_PT; ++r) {
         REPTILE_UNROLL
         for (int q = 0; q < REPTILE_PTP; ++q) acc[r][q] = 0.0f;
+    }
+}
+
+// A register tile as one array, v[r·REPTILE_PTP + q] = acc[r][q] (constant indices).
+__device__ __forceinline__ void fused_flatten(const float acc[REPTILE_PT][REPTILE_PTP],
+                                              float (&v)[REPTILE_PT * REPTILE_PTP]) {
+    REPTILE_UNROLL
+    for (int r = 0; r < REPTILE_PT; ++r) {
+        REPTILE_UNROLL
+        for (int q = 0; q < REPTILE_PTP; ++q) v[r * REPTILE_PTP + q] = acc[r][q];
     }
 }
 
@@ -453,9 +521,11 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
             continue;
         }
         const int To = (out + REPTILE_PT - 1) / REPTILE_PT, items = To * Tp;
-        const FusedSlices f = fused_slices(items, nq);
+        const FusedSlices f = fused_slices(items, nq, FS_LANES(P));
         const int split = f.split, sl = f.sl;
-        for (int item = f.first; sl < split && item < items; item += f.step) {
+        for (int item0 = f.first; sl < split && item0 < f.end; item0 += f.step) {
+            const bool live = item0 < items;  // false only for a lane split's spare lanes
+            const int item = live ? item0 : 0;
             const int ot = item % To, p0 = (item / To) * REPTILE_PTP;
             int woff[REPTILE_PT], xoff[REPTILE_PTP];
             REPTILE_UNROLL
@@ -471,6 +541,21 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
             float acc[REPTILE_PT][REPTILE_PTP];
             fused_zero(acc);
             fused_tile_rows(W, woff, a_prev, xoff, f.q0, f.q1, acc);
+            if (f.lanes) {
+                float v[REPTILE_PT * REPTILE_PTP];
+                fused_flatten(acc, v);
+                const int cnt = fused_scatter(v, split);
+                REPTILE_UNROLL
+                for (int i = 0; i < REPTILE_PT * REPTILE_PTP / 2; ++i) {
+                    const int j = sl * cnt + i, r = j / REPTILE_PTP, q = j - r * REPTILE_PTP;
+                    const int o = ot + r * To, p = p0 + q;
+                    if (i < cnt && live && o < out && fused_in_batch(p, bs)) {
+                        const float val = bias[o] + v[i];
+                        z[p * lda_out + o] = hidden ? reptile_act(FS_ACT(P), val) : val;
+                    }
+                }
+                continue;
+            }
             float* dst = sl == 0 ? z : fused_part(P, S, sl);
             REPTILE_UNROLL
             for (int r = 0; r < REPTILE_PT; ++r) {
@@ -489,7 +574,7 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
                 }
             }
         }
-        if (split > 1) {
+        if (split > 1 && !f.lanes) {
             __syncthreads();  // every slice's partial sums written
             for (int e = threadIdx.x; e < bs * out; e += FS_BLOCK) {
                 const int p = e / out, o = e - p * out, a = p * lda_out + o;
@@ -504,8 +589,12 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
 }
 
 // Loss of the last forward output against the gathered targets; with `grad`, dL/dY into g0.
-// Returns the loss in thread 0 (other threads: unspecified). All threads must call it.
-__device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSmem& S, int bs, bool grad) {
+// With `total`, returns the loss in thread 0 (other threads: unspecified); without, skips the
+// loss value and its block reduction (a barrier and thread 0's serial sum: the inner steps
+// after the first need only the gradient) and returns 0. All threads must call it; it ends
+// with the block synchronized (g0 complete).
+__device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSmem& S, int bs, bool grad,
+                                            bool total = true) {
     const int L = FS_L(P), out = S.width(L), lda_out = reptile_lda(out);
     const float* yhat = S.acts + S.act_off(L - 1) * FS_STRIDE(P);
     float part = 0.0f;
@@ -515,7 +604,7 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
         for (int e = threadIdx.x; e < bs * out; e += FS_BLOCK) {
             const int p = e / out, a = p * lda_out + (e - p * out);
             const float d = yhat[a] - S.yb[a];
-            part = fmaf(d, d, part);
+            if (total) part = fmaf(d, d, part);
             if (grad) S.g0[a] = scale * d;
         }
         denom = (double)(bs * out);
@@ -529,7 +618,7 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
             float s = 0.0f;
             for (int j = 0; j < out; ++j) s += expf(row[j] - mx);
             const int c = (int)lb[p];
-            part += mx + logf(s) - row[c];
+            if (total) part += mx + logf(s) - row[c];
             if (grad) {
                 float* g = S.g0 + p * lda_out;
                 const float k = inv / s;
@@ -539,8 +628,12 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
         }
         denom = (double)bs;
     }
-    const double total = reptile_block_sum(part, S.red);  // synchronizes: g0 is complete
-    return (float)(total / denom);
+    if (!total) {
+        __syncthreads();  // g0 complete
+        return 0.0f;
+    }
+    const double sum = reptile_block_sum(part, S.red);  // synchronizes: g0 is complete
+    return (float)(sum / denom);
 }
 
 // Backward pass fused with SGD: per layer from the last, dA_{l−1} = (dZ_l·W_l) ⊙ act'(A_{l−1})
@@ -566,9 +659,11 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
         const int Ti = (in + 3) >> 2, To = (out + 3) >> 2;
         if (l > 0) {
             const int items = Ti * Tp;
-            const FusedSlices f = fused_slices(items, To);
+            const FusedSlices f = fused_slices(items, To, FS_LANES(P));
             const int split = f.split, sl = f.sl;
-            for (int item = f.first; sl < split && item < items; item += f.step) {
+            for (int item0 = f.first; sl < split && item0 < f.end; item0 += f.step) {
+                const bool live = item0 < items;  // false only for a lane split's spare lanes
+                const int item = live ? item0 : 0;
                 const int it = item % Ti, p0 = (item / Ti) * REPTILE_PTP, i0 = 4 * it;
                 int goff[REPTILE_PTP];
                 REPTILE_UNROLL
@@ -580,6 +675,19 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
                 fused_zero(acc);
                 const int o1 = 4 * f.q1 < out ? 4 * f.q1 : out;
                 fused_tile_cols(W, ldw, i0, gcur, goff, 4 * f.q0, o1, acc);
+                if (f.lanes) {
+                    float v[REPTILE_PT * REPTILE_PTP];
+                    fused_flatten(acc, v);
+                    const int cnt = fused_scatter(v, split);
+                    REPTILE_UNROLL
+                    for (int u = 0; u < REPTILE_PT * REPTILE_PTP / 2; ++u) {
+                        const int j = sl * cnt + u, c = j / REPTILE_PTP, q = j - c * REPTILE_PTP;
+                        const int i = i0 + c, p = p0 + q, a = p * lda_in + i;
+                        if (u < cnt && live && i < in && fused_in_batch(p, bs))
+                            gnext[a] = v[u] * reptile_act_grad(FS_ACT(P), a_prev[a]);
+                    }
+                    continue;
+                }
                 float* dst = sl == 0 ? gnext : fused_part(P, S, sl);
                 REPTILE_UNROLL
                 for (int q = 0; q < REPTILE_PTP; ++q) {
@@ -593,7 +701,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
                     }
                 }
             }
-            if (split > 1) {
+            if (split > 1 && !f.lanes) {
                 __syncthreads();  // every slice's partial sums written
                 for (int e = threadIdx.x; e < bs * in; e += FS_BLOCK) {
                     const int p = e / in, a = p * lda_in + (e - p * in);
@@ -740,7 +848,7 @@ extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const fl
         fused_gather_task(P, S, xt, yt, lt, it, s, bs);
         __syncthreads();
         fused_forward(P, S, bs);
-        const float l = fused_loss(P, S, bs, true);
+        const float l = fused_loss(P, S, bs, true, s == 0);
         if (s == 0) loss_before = l;
         fused_backward_sgd(P, S, bs);
     }
@@ -808,7 +916,7 @@ extern "C" __global__ void FS_BOUNDS reptile_sine_serial(FusedParams P, unsigned
             fused_gather(P, S, xs, ys, nullptr, is + s * stride, b);
             __syncthreads();
             fused_forward(P, S, b);
-            const float l = fused_loss(P, S, b, true);
+            const float l = fused_loss(P, S, b, true, s == 0);
             if (s == 0) loss_before = l;
             fused_backward_sgd(P, S, b);
         }

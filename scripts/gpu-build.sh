@@ -26,3 +26,5 @@ done
 cargo build --release --bin reptile
 objcopy --strip-debug target/release/reptile "$out/reptile"
 ls -la "$out"
+# Kernel variant folders for gpu-check.sh's kernel-variants step.
+bash scripts/gpu-variants.sh

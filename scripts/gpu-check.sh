@@ -6,6 +6,9 @@
 #   2. the GPU benchmarks (sine meta-step at three block sizes, interpolation vs D2D copy,
 #      the Omniglot MLP on the tiled path, the sine demo);
 #   3. the CLI's sine demo on the GPU (`reptile sine --device cuda:0`, and with --resident), timed;
+#   3b. the fused sine meta-step under each launch choice of the back end (gpu_variants:
+#      occupancy bound, lane split, staging) and with each kernel variant folder that
+#      scripts/gpu-variants.sh made under $1/variants (bench_fused_default);
 #   4. NVRTC + ptxas on the real toolkit (REPTILE_REQUIRE_NVRTC=1);
 #   5. compute-sanitizer memcheck and racecheck on a small case;
 #   6. ncu on one launch of the fused kernel and of the tiled forward kernel.
@@ -51,6 +54,13 @@ if [[ -x $bin/reptile ]]; then
     step cli-sine 90 "$bin/reptile" sine --device cuda:0 --quiet --out "$logs/sine-cuda"
     step cli-resident 90 "$bin/reptile" sine --device cuda:0 --resident --quiet --out "$logs/sine-resident"
 fi
+step variants 240 "$bin/cuda_gpu" --ignored gpu_variants --exact --nocapture
+if compgen -G "$bin/variants/*/" >/dev/null; then
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    step kernel-variants 240 bash -c 'for v in "$0"/variants/*/; do
+        REPTILE_KERNELS_DIR="$PWD/$v" "$0/cuda_gpu" --ignored bench_fused_default --exact --nocapture || echo "variant $v failed"
+    done' "$bin"
+fi
 step nvrtc-ptxas 60 env REPTILE_REQUIRE_NVRTC=1 REPTILE_PTXAS="$(command -v ptxas || echo ptxas)" "$bin/cuda_nvrtc" --nocapture
 if command -v compute-sanitizer >/dev/null; then
     step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 1 "$bin/cuda_gpu" sanitizer_small_case --exact
@@ -73,6 +83,8 @@ fi
     printf '%s\n' "${rows[@]}"
     grep -hE '^(device|fused inner loop|  with uploads|tiled inner loop|interpolation|sine demo)' "$logs/benchmarks.log" 2>/dev/null
     grep -hE '^inner loops' "$logs/gpu-tests.log" 2>/dev/null
+    grep -hE '^variant ' "$logs/variants.log" 2>/dev/null
+    grep -hE '^kernels |failed$' "$logs/kernel-variants.log" 2>/dev/null
     for f in cli-sine cli-resident; do
         grep -hE '^reptile sine|^trained|^ +(0|8|32) ' "$logs/$f.log" 2>/dev/null | head -9
     done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds kernel variant folders under .gpu-bin/variants/ for REPTILE_KERNELS_DIR experiments:
 # each is a full copy of kernels/ with one change. Run on the GPU machine with
-#   for v in .gpu-bin/variants/*; do REPTILE_KERNELS_DIR=$v .gpu-bin/cuda_gpu --ignored bench_fused --exact --nocapture; done
+#   for v in .gpu-bin/variants/*; do REPTILE_KERNELS_DIR=$v .gpu-bin/cuda_gpu --ignored bench_fused_default --exact --nocapture; done
+# (scripts/gpu-check.sh does this in its kernel-variants step; scripts/gpu-build.sh calls this script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=.gpu-bin/variants
@@ -20,16 +21,14 @@ grep -q 'REPTILE_SPLIT 1' "$root/no-split/common.cuh"
 mk kunroll2
 sed -i 's|#define REPTILE_KUNROLL 1|#define REPTILE_KUNROLL 2|' "$root/kunroll2/common.cuh"
 grep -q 'REPTILE_KUNROLL 2' "$root/kunroll2/common.cuh"
-# minblocks: specialized builds of 64 and 128 threads bounded to ≤ 102 registers (5 or 10
-# blocks per SM, what 39 KB of shared memory allows on an SM of 228 KB) instead of the default
-# bound of 128 (session 10: 16.4% against 15.2% before that default existed; the sine build
-# now takes 96 registers under either).
-mk minblocks
-sed -i '1i #if defined(REPTILE_SPEC) \&\& REPTILE_SPEC_BLOCK == 128\n#define REPTILE_MIN_BLOCKS 5\n#elif defined(REPTILE_SPEC) \&\& REPTILE_SPEC_BLOCK == 64\n#define REPTILE_MIN_BLOCKS 10\n#endif' "$root/minblocks/mlp_fused.cu"
-grep -q 'REPTILE_MIN_BLOCKS 5' "$root/minblocks/mlp_fused.cu"
 # clamp: session 10's point clamp in every tile (before fused_in_batch let full tiles skip it),
 # to time session 11's change against it.
 mk clamp
 sed -i 's/return bs % REPTILE_PTP == 0 || p < bs;/return p < bs;/' "$root/clamp/mlp_fused.cu"
 grep -q 'return p < bs;' "$root/clamp/mlp_fused.cu"
+# loss-every-step: every inner step reduces its loss over the block (before session 18 only
+# the first step's is kept, so the others skip the reduction and its barrier).
+mk loss-every-step
+sed -i 's/fused_loss(P, S, bs, true, s == 0)/fused_loss(P, S, bs, true)/' "$root/loss-every-step/mlp_fused.cu"
+grep -q 'fused_loss(P, S, bs, true);' "$root/loss-every-step/mlp_fused.cu"
 ls "$root"

@@ -127,7 +127,9 @@ fn load_emu(path: PathBuf) -> Emu {
 
 /// Runs the fused kernel in the emulation library `lib` ([`emu`], or a shape-specialized
 /// build), with the task staging forced on or off (`stage`; `None`: as `fused_params`
-/// decides); returns (deltas [n × P], losses [n × 2]).
+/// decides) and products split over warp slices or, with `lanes`, over the lanes of a warp
+/// (a specialized build must have been compiled for the same choice); returns
+/// (deltas [n × P], losses [n × 2]).
 #[allow(clippy::too_many_arguments)]
 fn run_fused(
     lib: &Emu,
@@ -141,11 +143,13 @@ fn run_fused(
     fomaml: bool,
     block: u32,
     stage: Option<bool>,
+    lanes: bool,
 ) -> (Vec<f32>, Vec<f32>) {
     let mut params = plan.fused_params(spec, m, lr, fomaml).unwrap();
     if let Some(on) = stage {
         params.stage = on as i32;
     }
+    params.lanes = lanes as i32;
     // The shared memory the back end launches with: only the partial-sum buffers this block
     // size's warp slices use (an underestimate would overrun into the emulation's guard zone).
     let smem = plan::fused_launch_bytes(spec, &params, block);
@@ -258,6 +262,7 @@ fn random_tasks(rng: &mut ChaCha8Rng, spec: &MlpSpec, n: usize, m: usize) -> (Ve
 #[test]
 fn fused_inner_loop_matches_cpu_on_random_specs() {
     let mut worst = 0.0f32;
+    let mut lane_split_cases = 0;
     for case in 0..24u64 {
         let mut rng = ChaCha8Rng::seed_from_u64(1000 + case);
         let spec = random_spec(&mut rng);
@@ -284,11 +289,15 @@ fn fused_inner_loop_matches_cpu_on_random_specs() {
         let block = [32u32, 64, 96][case as usize % 3];
 
         let (d_ref, l_ref) = plan::cpu_deltas(&spec, &theta, &x, y, m, &plan, lr, fomaml);
-        // Every other case gathers from global memory instead of the staged task.
-        let stage = case % 2 == 0;
-        let (d_emu, l_emu) = run_fused(emu(), &spec, &theta, &x, y, m, &plan, lr, fomaml, block, Some(stage));
+        // Every other case gathers from global memory instead of the staged task; every other
+        // pair splits products over lanes instead of warp slices.
+        let (stage, lanes) = (case % 2 == 0, case % 4 >= 2);
+        if lanes {
+            lane_split_cases += (lane_split_products(&spec, plan.b.max(plan.b_last), block) > 0) as usize;
+        }
+        let (d_emu, l_emu) = run_fused(emu(), &spec, &theta, &x, y, m, &plan, lr, fomaml, block, Some(stage), lanes);
         let what = format!(
-            "case {case}: {:?} {:?} n={n} m={m} {inner:?} tail={tail:?} block={block} stage={stage}",
+            "case {case}: {:?} {:?} n={n} m={m} {inner:?} tail={tail:?} block={block} stage={stage} lanes={lanes}",
             spec.widths(),
             spec.loss()
         );
@@ -297,7 +306,26 @@ fn fused_inner_loop_matches_cpu_on_random_specs() {
         assert_close(&format!("{what} losses"), &l_emu, &l_ref, 1e-5, 1e-4);
         assert!(d_ref.iter().any(|&d| d != 0.0), "{what}: the test must move θ");
     }
-    println!("fused kernel vs CPU: worst |Δ| over 24 random cases = {worst:e}");
+    // The lane cases must include products the lanes actually split.
+    assert!(lane_split_cases >= 3, "only {lane_split_cases} lane cases split a product");
+    println!("fused kernel vs CPU: worst |Δ| over 24 random cases = {worst:e} ({lane_split_cases} lane-split cases)");
+}
+
+/// Products of `spec` that the generic build splits over 2 or 4 lanes (the kernel's
+/// `fused_slices` with lanes on: tiles of 4 outputs or inputs × 4 points) for minibatches of
+/// `bs` points and `block` threads: forward products of layers with more than 4 inputs and
+/// outputs, input-gradient products of every layer but the first.
+fn lane_split_products(spec: &MlpSpec, bs: usize, block: u32) -> usize {
+    let (w, block) = (spec.widths(), block as usize);
+    let split = |items: usize, nq: usize| (nq >= 2 && items * 2 <= block) as usize;
+    let tp = bs.div_ceil(plan::POINTS_PER_THREAD);
+    (0..spec.num_layers())
+        .map(|l| {
+            let fwd = if w[l] > 4 && w[l + 1] > 4 { split(w[l + 1].div_ceil(4) * tp, w[l].div_ceil(4)) } else { 0 };
+            let da = if l > 0 { split(w[l].div_ceil(4) * tp, w[l + 1].div_ceil(4)) } else { 0 };
+            fwd + da
+        })
+        .sum()
 }
 
 #[test]
@@ -311,14 +339,19 @@ fn fused_inner_loop_sine_shape() {
     let inner = ReptileConfig::sine().train;
     let plan = MinibatchPlan::training(3, 50, &inner, OuterRule::Reptile, 5, 0, 0).unwrap();
     let (d_ref, l_ref) = plan::cpu_deltas(&spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, inner.lr, false);
-    let (d_emu, l_emu) =
-        run_fused(emu(), &spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, inner.lr, false, 128, None);
-    let worst = assert_close("sine delta", &d_emu, &d_ref, 1e-5, 1e-4);
-    assert_close("sine losses", &l_emu, &l_ref, 1e-5, 1e-4);
-    println!(
-        "sine 1-64-64-1, k=5, b=10: shared memory {} B, worst |Δ| = {worst:e}",
-        FusedLayout::new(&spec, 10).bytes()
-    );
+    // At 128 threads (the generic build's tiles of 4 points) both 64-wide products split 2
+    // ways: over warps, or over lanes.
+    assert_eq!(lane_split_products(&spec, 10, 128), 2);
+    for lanes in [false, true] {
+        let (d_emu, l_emu) =
+            run_fused(emu(), &spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, inner.lr, false, 128, None, lanes);
+        let worst = assert_close(&format!("sine delta (lanes {lanes})"), &d_emu, &d_ref, 1e-5, 1e-4);
+        assert_close(&format!("sine losses (lanes {lanes})"), &l_emu, &l_ref, 1e-5, 1e-4);
+        println!(
+            "sine 1-64-64-1, k=5, b=10, lanes {lanes}: shared memory {} B, worst |Δ| = {worst:e}",
+            FusedLayout::new(&spec, 10).bytes()
+        );
+    }
 }
 
 #[test]
@@ -327,11 +360,17 @@ fn specialized_builds_match_the_cpu() {
     // it per shape with NVRTC) on the sine net (Reptile) and a cross-entropy net with a FOMAML
     // tail (b ≠ b_last), against the CPU path; block sizes whose products split over warps.
     let mut rng = ChaCha8Rng::seed_from_u64(404);
+    // Each also with products split over lanes: the sine net at 128 threads as the back end
+    // launches it for many tasks (tiles of 5 points: both 64-wide products split over 4 lanes).
+    let sine = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap();
+    let ce = MlpSpec::new(&[6, 40, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
     let cases = [
-        (MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap(), None, 96u32, "sine"),
-        (MlpSpec::new(&[6, 40, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap(), Some(3), 64, "ce"),
+        (sine.clone(), None, 96u32, "sine", false),
+        (sine, None, 128, "sine_lanes", true),
+        (ce.clone(), Some(3), 64, "ce", false),
+        (ce, Some(3), 64, "ce_lanes", true),
     ];
-    for (spec, tail, block, name) in cases {
+    for (spec, tail, block, name, lanes) in cases {
         let (n, m) = (3, 12);
         let inner = InnerLoop { lr: 0.03, steps: 3, batch_size: 10 };
         let plan = MinibatchPlan::build(n, m, &inner, tail, |i| {
@@ -339,7 +378,8 @@ fn specialized_builds_match_the_cpu() {
         })
         .unwrap();
         let fomaml = tail.is_some();
-        let params = plan.fused_params(&spec, m, inner.lr, fomaml).unwrap();
+        let params =
+            plan::FusedParams { lanes: lanes as i32, ..plan.fused_params(&spec, m, inner.lr, fomaml).unwrap() };
         let mut defines = plan::FusedShape::new(&params, block).defines();
         // With the shapes constant, some helpers no longer read their FusedParams argument.
         defines.push("-Wno-unused-parameter".into());
@@ -350,7 +390,7 @@ fn specialized_builds_match_the_cpu() {
         let lab: Vec<u32> = (0..n * m).map(|_| rng.random_range(0..spec.out_dim() as u32)).collect();
         let y = if spec.loss() == Loss::Mse { Tgt::Values(&yv) } else { Tgt::Labels(&lab) };
         let (d_ref, l_ref) = plan::cpu_deltas(&spec, &theta, &x, y, m, &plan, inner.lr, fomaml);
-        let (d, l) = run_fused(&lib, &spec, &theta, &x, y, m, &plan, inner.lr, fomaml, block, None);
+        let (d, l) = run_fused(&lib, &spec, &theta, &x, y, m, &plan, inner.lr, fomaml, block, None, lanes);
         let worst = assert_close(&format!("{name} specialized delta"), &d, &d_ref, 5e-5, 1e-3);
         assert_close(&format!("{name} specialized losses"), &l, &l_ref, 1e-5, 1e-3);
         println!("{name} specialized (block {block}): worst |Δ| = {worst:e}");
@@ -390,8 +430,20 @@ fn meta_step_matches_the_cpu_trainer() {
             let cpu = trainer.task_deltas(&batch, 0).unwrap();
             let plan = MinibatchPlan::training(n, m, &config.train, outer, config.seed, it, 0).unwrap();
             let fomaml = outer != OuterRule::Reptile;
-            let (d, losses) =
-                run_fused(emu(), &spec, &theta, &x, Tgt::Values(&y), m, &plan, config.train.lr, fomaml, 64, None);
+            let (d, losses) = run_fused(
+                emu(),
+                &spec,
+                &theta,
+                &x,
+                Tgt::Values(&y),
+                m,
+                &plan,
+                config.train.lr,
+                fomaml,
+                64,
+                None,
+                false,
+            );
             let scale = config.epsilon(it) / n as f32;
             let (out, sum, bad) = run_update(&theta, &d, n, scale, config.keep(config.epsilon(it)), 64);
             assert_eq!(bad, 0);

@@ -94,8 +94,10 @@ fn fused_kernel_matches_cpu_on_random_specs() {
         }
         // The fused kernel at several block sizes: its results must not depend on blockDim.
         gpu.set_fused_block(Some([256, 128, 512, 64, 96][case as usize % 5])).unwrap();
-        // A third of the cases on the shape-specialized build (one NVRTC compile each).
+        // A third of the cases on the shape-specialized build (one NVRTC compile each); half
+        // with products split over lanes instead of warp slices.
         gpu.set_specialize(case % 3 == 0);
+        gpu.set_lane_split(case % 2 == 1);
         for path in paths {
             let (d_gpu, l_gpu) = gpu.inner_deltas(path, &spec, &theta, &x, y, m, &plan, lr, fomaml).unwrap();
             worst = worst.max(assert_close(&format!("{what} {path:?} delta"), &d_gpu, &d_ref, 5e-5, 1e-3));
@@ -104,6 +106,31 @@ fn fused_kernel_matches_cpu_on_random_specs() {
     }
     assert!(gpu.set_fused_block(Some(100)).is_err() && gpu.set_fused_block(Some(1024)).is_err());
     gpu.set_fused_block(None).unwrap();
+    gpu.set_lane_split(false);
+    // The sine net as the benchmark launches it (n = 4096: 128 threads, the occupancy-bounded
+    // specialized build), with either split.
+    let case = SineCase::new(4096);
+    let (d_ref, l_ref) =
+        plan::cpu_deltas(&case.spec, &case.theta, case.batch.x(), case.y(), 50, &case.plan, case.lr, false);
+    for lanes in [false, true] {
+        gpu.set_lane_split(lanes);
+        let (d, l) = gpu
+            .inner_deltas(
+                Path::Fused,
+                &case.spec,
+                &case.theta,
+                case.batch.x(),
+                case.y(),
+                50,
+                &case.plan,
+                case.lr,
+                false,
+            )
+            .unwrap();
+        worst = worst.max(assert_close(&format!("sine n=4096 lanes={lanes} delta"), &d, &d_ref, 5e-5, 1e-3));
+        assert_close(&format!("sine n=4096 lanes={lanes} losses"), &l, &l_ref, 1e-5, 1e-3);
+    }
+    gpu.set_lane_split(false);
     println!("inner loops (fused and tiled), GPU vs CPU: worst |Δ| = {worst:e}");
 }
 
@@ -421,6 +448,76 @@ fn bench_fused() {
     }
 }
 
+/// The fused sine meta-step (k = 5, 128 threads, specialized) at n = 4096 and 16384 under each
+/// launch choice the back end has, to pick its defaults by measurement (run by
+/// scripts/gpu-check.sh): registers bounded by occupancy or not (`set_occupancy_bound`),
+/// products split over warp slices or lanes (`set_lane_split`), task staging as decided or
+/// forced on (`set_staging`). Each configuration is timed twice, alternating, so a drift of the
+/// clocks shows as a disagreement between the two rounds.
+#[test]
+#[ignore = "benchmark: run explicitly on a GPU"]
+fn gpu_variants() {
+    let Some(mut gpu) = backend() else { return };
+    gpu.set_poison_outputs(false);
+    gpu.set_fused_block(Some(128)).unwrap();
+    for n in [4096usize, 16384] {
+        let case = SineCase::new(n);
+        let mut rows = vec![];
+        for round in 0..2 {
+            for (i, (occupancy, lanes, staging)) in [
+                (true, false, None),
+                (false, false, None),
+                (true, true, None),
+                (false, true, None),
+                (true, false, Some(true)),
+                (true, true, Some(true)),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                gpu.set_occupancy_bound(occupancy);
+                gpu.set_lane_split(lanes);
+                gpu.set_staging(staging);
+                case.time_fused(&mut gpu, 3); // compile and warm up
+                let secs = case.time_fused(&mut gpu, 20);
+                let pct = 100.0 * case.flops / secs / 67e12;
+                if round == 0 {
+                    rows.push((format!("occupancy={occupancy} lanes={lanes} staging={staging:?}"), secs, pct, 0.0));
+                } else {
+                    rows[i].3 = pct;
+                }
+            }
+        }
+        for (what, secs, pct0, pct1) in rows {
+            println!(
+                "variant sine k=5 n={n} block=128 {what}: {:.4} ms, {pct0:.1}% / {pct1:.1}% of FP32 peak (two rounds)",
+                secs * 1e3
+            );
+        }
+    }
+    gpu.set_occupancy_bound(true);
+    gpu.set_lane_split(false);
+    gpu.set_staging(None);
+    gpu.set_fused_block(None).unwrap();
+}
+
+/// The fused sine meta-step (k = 5, 128 threads) at n = 4096 with the back end's defaults,
+/// three rounds: what scripts/gpu-check.sh times for each kernel variant folder of
+/// scripts/gpu-variants.sh (`REPTILE_KERNELS_DIR`).
+#[test]
+#[ignore = "benchmark: run explicitly on a GPU"]
+fn bench_fused_default() {
+    let Some(mut gpu) = backend() else { return };
+    gpu.set_poison_outputs(false);
+    gpu.set_fused_block(Some(128)).unwrap();
+    let case = SineCase::new(4096);
+    case.time_fused(&mut gpu, 3); // compile and warm up
+    let pct: Vec<String> =
+        (0..3).map(|_| format!("{:.1}%", 100.0 * case.flops / case.time_fused(&mut gpu, 20) / 67e12)).collect();
+    let dir = std::env::var("REPTILE_KERNELS_DIR").unwrap_or_else(|_| "embedded".into());
+    println!("kernels {dir}: sine k=5 n=4096 block=128: {} of FP32 peak", pct.join(" / "));
+}
+
 /// One launch of each hot kernel at benchmark size, for a profiler (`ncu --launch-count`) in
 /// scripts/gpu-check.sh: the fused inner loop on the sine net (n = 4096, k = 5) and the tiled
 /// path on the Omniglot MLP (n = 64).
@@ -461,6 +558,16 @@ fn sanitizer_small_case() {
         })
         .unwrap();
         let (d_ref, _) = plan::cpu_deltas(&spec, &theta, &x, y, m, &plan, inner.lr, tail.is_some());
+        // The fused kernel with either split (at 64 threads both nets' products split).
+        gpu.set_fused_block(Some(64)).unwrap();
+        for lanes in [false, true] {
+            gpu.set_lane_split(lanes);
+            let (d, _) =
+                gpu.inner_deltas(Path::Fused, &spec, &theta, &x, y, m, &plan, inner.lr, tail.is_some()).unwrap();
+            assert_close(&format!("sanitizer case lanes={lanes} delta"), &d, &d_ref, 5e-5, 1e-3);
+        }
+        gpu.set_lane_split(false);
+        gpu.set_fused_block(None).unwrap();
         for path in [Path::Fused, Path::Tiled] {
             let (d, _) = gpu.inner_deltas(path, &spec, &theta, &x, y, m, &plan, inner.lr, tail.is_some()).unwrap();
             assert_close(&format!("sanitizer case {path:?} delta"), &d, &d_ref, 5e-5, 1e-3);

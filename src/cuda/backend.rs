@@ -85,6 +85,13 @@ pub struct CudaBackend {
     /// The `mlp_fused.cu` kernel a program's launches of that name use (specialized or not).
     program_fused: Option<(&'static str, CudaFunction)>,
     serial: bool,
+    /// How the fused kernel splits a product's reduction ([`Self::set_lane_split`]).
+    lanes: bool,
+    /// Whether specialized fused builds bound their registers by occupancy
+    /// ([`Self::set_occupancy_bound`]).
+    occupancy: bool,
+    /// Task staging: None decides per launch ([`Self::set_staging`]).
+    staging: Option<bool>,
     poison: bool,
     bufs: Buffers,
 }
@@ -222,6 +229,9 @@ impl CudaBackend {
                 spec_fused: HashMap::new(),
                 program_fused: None,
                 serial: true,
+                lanes: false,
+                occupancy: true,
+                staging: None,
                 poison: false,
                 bufs: Buffers::default(),
             })
@@ -305,16 +315,45 @@ impl CudaBackend {
         self.specialize = on;
     }
 
-    /// `params` with task staging only where it pays: for fewer than two tasks per
-    /// multiprocessor, where the per-step gathers' global latency is the launch's latency (with
-    /// more, other blocks hide it; and before specialized builds were bounded to 128 registers,
-    /// staging raised the sine build from 128 to 152 registers), and only where the staged
-    /// launch fits this device's shared memory per block (the layout without it was checked by
+    /// With `on`, fused launches split a product's reduction over the lanes of a warp, summed
+    /// by shuffles ([`plan::FusedParams::lanes`]: no partial-sum buffers, so less shared memory
+    /// per task, and no epilogue barrier); off (the default), over warp slices. Both compute
+    /// the same function; which is faster is measured by `gpu_variants` in
+    /// `tests/cuda_gpu.rs`.
+    pub fn set_lane_split(&mut self, on: bool) {
+        self.lanes = on;
+    }
+
+    /// With `on` (the default), a specialized fused build for a launch of many tasks bounds its
+    /// registers so that as many blocks fit an SM as its shared memory and tasks allow
+    /// ([`plan::occupancy_blocks`]); off, every build takes the default bound of 128 registers
+    /// per thread.
+    pub fn set_occupancy_bound(&mut self, on: bool) {
+        self.occupancy = on;
+    }
+
+    /// Task staging in fused launches ([`plan::FusedParams::stage`]): `None` (the default)
+    /// stages where it pays (see `fit_launch`), `Some(on)` forces it on (where the task is
+    /// small enough to stage and the launch fits) or off.
+    pub fn set_staging(&mut self, staging: Option<bool>) {
+        self.staging = staging;
+    }
+
+    /// `params` as this back end launches them with `block` threads: the split of
+    /// [`Self::set_lane_split`], and task staging (unless [`Self::set_staging`] says otherwise)
+    /// only where it pays: for fewer than two tasks per multiprocessor, where the per-step
+    /// gathers' global latency is the launch's latency (with more, other blocks hide it; and
+    /// before specialized builds were bounded to 128 registers, staging raised the sine build
+    /// from 128 to 152 registers). Staging is dropped where the staged launch would not fit
+    /// this device's shared memory per block (the layout without it was checked by
     /// [`Self::fused_shared_memory`]).
-    fn fit_stage(&self, spec: &MlpSpec, mut params: plan::FusedParams, block: u32) -> plan::FusedParams {
-        if params.n_tasks.max(0) as usize >= 2 * self.info.multiprocessors as usize
-            || plan::fused_launch_bytes(spec, &params, block) > self.info.max_shared_per_block
-        {
+    fn fit_launch(&self, spec: &MlpSpec, mut params: plan::FusedParams, block: u32) -> plan::FusedParams {
+        params.lanes = self.lanes as i32;
+        let many = params.n_tasks.max(0) as usize >= 2 * self.info.multiprocessors as usize;
+        if params.stage != 0 && !self.staging.unwrap_or(!many) {
+            params.stage = 0;
+        }
+        if plan::fused_launch_bytes(spec, &params, block) > self.info.max_shared_per_block {
             params.stage = 0;
         }
         params
@@ -351,7 +390,11 @@ impl CudaBackend {
             set_limit(f, self.smem_attr.entry(name).or_insert(DEFAULT_SMEM_LIMIT))?;
             return Ok(f.clone());
         }
-        let shape = plan::FusedShape::new(params, block);
+        let mut shape = plan::FusedShape::new(params, block);
+        if self.occupancy && name == "reptile_fused_inner" {
+            let (n, sms) = (params.n_tasks.max(0) as usize, self.info.multiprocessors as usize);
+            shape = shape.with_min_blocks(plan::occupancy_blocks(smem, block, n, sms, self.info.max_shared_per_sm));
+        }
         if !self.spec_fused.contains_key(&(shape, name)) {
             let mut defines = shape.defines();
             if name == "reptile_sine_serial" {
@@ -680,7 +723,7 @@ impl CudaBackend {
     /// Launches the fused kernel on the buffers [`Self::launch_fused`] filled.
     fn run_fused_kernel(&mut self, spec: &MlpSpec, params: &plan::FusedParams) -> CudaResult<()> {
         let block = self.fused_block_for(params.n_tasks.max(0) as usize);
-        let params = &self.fit_stage(spec, *params, block);
+        let params = &self.fit_launch(spec, *params, block);
         let smem = plan::fused_launch_bytes(spec, params, block);
         let func = self.fused_kernel(params, block, smem)?;
         let s = self.stream.clone();
@@ -870,7 +913,7 @@ impl CudaBackend {
         for l in prog.launches.iter_mut().filter(|l| l.kernel == "reptile_fused_inner") {
             let p = l.args.iter().find_map(|a| if let Arg::Fused(p) = a { Some(*p) } else { None });
             let p = p.ok_or_else(|| CudaError::InvalidArgument("fused launch without its parameters".into()))?;
-            let p = self.fit_stage(spec, p, block);
+            let p = self.fit_launch(spec, p, block);
             for a in l.args.iter_mut() {
                 if let Arg::Fused(q) = a {
                     *q = p;
@@ -917,6 +960,12 @@ impl CudaBackend {
                 "the serial sine kernel needs {smem} B of shared memory, the device allows {} B",
                 self.info.max_shared_per_block
             )));
+        }
+        let params = plan::FusedParams { lanes: self.lanes as i32, ..params };
+        for a in prog.launches.iter_mut().flat_map(|l| l.args.iter_mut()) {
+            if let Arg::Fused(p) = a {
+                *p = params;
+            }
         }
         let f = self.fused_family_kernel("reptile_sine_serial", &params, block, smem)?;
         self.program_fused = Some(("reptile_sine_serial", f));

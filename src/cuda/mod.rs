@@ -93,6 +93,8 @@ pub struct DeviceInfo {
     pub multiprocessors: u32,
     /// Largest dynamic shared memory one block can opt in to, in bytes.
     pub max_shared_per_block: usize,
+    /// Shared memory of one multiprocessor, in bytes (what its resident blocks share).
+    pub max_shared_per_sm: usize,
     /// Device memory in bytes.
     pub total_memory: usize,
     /// The driver's CUDA version as `1000·major + 10·minor` (e.g. 13000).
@@ -294,6 +296,7 @@ pub fn device_info(ordinal: usize) -> CudaResult<DeviceInfo> {
         let minor = attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, "compute capability")?;
         let sms = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, "multiprocessor count")?;
         let smem = attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, "shared memory per block")?;
+        let smem_sm = attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR, "shared memory per SM")?;
         // SAFETY: valid device handle; plain query.
         let total = unsafe { device::total_mem(dev) }.map_err(|e| driver_err("cuDeviceTotalMem", e))?;
         Ok(DeviceInfo {
@@ -303,6 +306,7 @@ pub fn device_info(ordinal: usize) -> CudaResult<DeviceInfo> {
             minor: minor.max(0) as u32,
             multiprocessors: sms.max(0) as u32,
             max_shared_per_block: smem.max(0) as usize,
+            max_shared_per_sm: smem_sm.max(0) as usize,
             total_memory: total,
             driver_version,
         })

@@ -79,6 +79,10 @@ pub struct FusedParams {
     /// 1: the kernel copies the task's points and index lists to shared memory once
     /// ([`stage_floats`]); 0: each step gathers its minibatch from global memory.
     pub stage: i32,
+    /// 1: products whose tiles fill only part of the block split their reduction over the
+    /// lanes of a warp and sum it by shuffles (no partial-sum buffers in shared memory, no
+    /// epilogue barrier); 0: over warp slices ([`fused_splits`]). Same function either way.
+    pub lanes: i32,
 }
 
 // SAFETY: `FusedParams` is `#[repr(C)]`, `Copy`, made of i32/f32 only (no padding, no
@@ -167,12 +171,37 @@ pub fn stage_floats(p: &FusedParams) -> usize {
 }
 
 /// Dynamic shared memory, in bytes, of one fused launch of `params` with `block` threads:
-/// [`FusedLayout::with_splits`] with the warp slices [`fused_splits`] says that block uses,
-/// plus the staged task when `params.stage` is set.
+/// [`FusedLayout::with_splits`] with the warp slices [`fused_splits`] says that block uses
+/// (none when the products split over lanes, [`FusedParams::lanes`]), plus the staged task
+/// when `params.stage` is set.
 pub fn fused_launch_bytes(spec: &MlpSpec, params: &FusedParams, block: u32) -> usize {
     let (b, b_last) = (params.b.max(0) as usize, params.b_last.max(0) as usize);
     let staged = if params.stage != 0 { 4 * stage_floats(params) } else { 0 };
-    FusedLayout::with_splits(spec, b.max(b_last), fused_splits(spec, b, b_last, block)).bytes() + staged
+    let splits = if params.lanes != 0 { 1 } else { fused_splits(spec, b, b_last, block) };
+    FusedLayout::with_splits(spec, b.max(b_last), splits).bytes() + staged
+}
+
+/// Registers per thread an SM holds (64K on every architecture the kernels target).
+pub const SM_REGISTERS: usize = 65536;
+
+/// Shared memory the driver reserves per resident block on sm_80 and later, in bytes.
+pub const BLOCK_RESERVED_SHARED: usize = 1024;
+
+/// Resident blocks per SM to bound a specialized fused build's registers for
+/// (`REPTILE_MIN_BLOCKS`, the second launch bound), or 0 to leave the build's default bound
+/// (128 registers per thread). Left alone, ptxas gives a build up to 128 registers, and the
+/// registers can then hold fewer blocks per SM than shared memory does (the sine net at 128
+/// threads: 128 registers allow 4 blocks, its 39 KB of shared memory 5). This returns the
+/// blocks the launch can use, at most: those its tasks fill (`⌈n_tasks / sms⌉`), those shared
+/// memory holds (`smem_per_sm` over `launch_bytes` plus the driver's reserve), the SM's 2048
+/// threads, and the blocks that still leave 64 registers per thread (fewer spill). It is 0
+/// where that is no more than the default bound allows.
+pub fn occupancy_blocks(launch_bytes: usize, block: u32, n_tasks: usize, sms: usize, smem_per_sm: usize) -> u32 {
+    let block = block.max(32) as usize;
+    let default = (SM_REGISTERS / (block * 128)).max(1);
+    let by_smem = smem_per_sm / (launch_bytes + BLOCK_RESERVED_SHARED);
+    let want = n_tasks.div_ceil(sms.max(1)).min(by_smem).min(2048 / block).min(SM_REGISTERS / (block * 64));
+    if want > default { want as u32 } else { 0 }
 }
 
 /// Dynamic shared memory, in bytes, of `reptile_sine_serial` for `params` (staged, Reptile):
@@ -331,6 +360,7 @@ impl MinibatchPlan {
             lr,
             num_params: int(spec.num_params(), "parameters")?,
             stage: 0,
+            lanes: 0,
         };
         p.stage = (4 * stage_floats(&p) <= STAGE_BYTES) as i32;
         Ok(p)
@@ -351,10 +381,13 @@ pub struct FusedShape {
     b_last: i32,
     block: u32,
     stage: i32,
+    lanes: i32,
+    min_blocks: u32,
 }
 
 impl FusedShape {
-    /// The shape of a launch of `params` with `block` threads.
+    /// The shape of a launch of `params` with `block` threads, with the build's default
+    /// register bound ([`Self::with_min_blocks`] sets another).
     pub fn new(params: &FusedParams, block: u32) -> Self {
         FusedShape {
             n_layers: params.n_layers,
@@ -365,7 +398,15 @@ impl FusedShape {
             b_last: params.b_last,
             block,
             stage: params.stage,
+            lanes: params.lanes,
+            min_blocks: 0,
         }
+    }
+
+    /// The same shape built for `blocks` resident blocks per SM ([`occupancy_blocks`]; 0: the
+    /// default bound): ptxas keeps the registers per thread within what that many blocks allow.
+    pub fn with_min_blocks(self, blocks: u32) -> Self {
+        FusedShape { min_blocks: blocks, ..self }
     }
 
     /// The NVRTC `-D` options of the specialized build.
@@ -379,9 +420,13 @@ impl FusedShape {
             format!("-DREPTILE_SPEC_BLAST={}", self.b_last),
             format!("-DREPTILE_SPEC_BLOCK={}", self.block),
             format!("-DREPTILE_SPEC_STAGE={}", (self.stage != 0) as i32),
+            format!("-DREPTILE_SPEC_LANES={}", (self.lanes != 0) as i32),
             format!("-DREPTILE_PTP={}", point_tile(self.b.max(self.b_last).max(1) as usize)),
         ];
         d.extend(self.widths.iter().enumerate().map(|(l, w)| format!("-DREPTILE_SPEC_W{l}={w}")));
+        if self.min_blocks > 0 {
+            d.push(format!("-DREPTILE_MIN_BLOCKS={}", self.min_blocks));
+        }
         d
     }
 }
@@ -467,5 +512,29 @@ fn tgt_like<'a>(like: crate::cpu::mlp::Tgt<'_>, yb: &'a [f32], lb: &'a [u32]) ->
     match like {
         Tgt::Values(_) => Tgt::Values(yb),
         Tgt::Labels(_) => Tgt::Labels(lb),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn occupancy_blocks_follow_shared_memory_tasks_and_the_register_floor() {
+        const H200_SM: usize = 228 * 1024;
+        // The sine net at 128 threads, n = 4096 on 132 SMs: 39,024 B per task (warp slices)
+        // hold 5 blocks, 30,864 B (lanes) 7; the default bound (128 registers) allows 4.
+        assert_eq!(occupancy_blocks(39_024, 128, 4096, 132, H200_SM), 5);
+        assert_eq!(occupancy_blocks(30_864, 128, 4096, 132, H200_SM), 7);
+        // Too few tasks to fill more blocks than the default bound allows: no bound.
+        assert_eq!(occupancy_blocks(39_024, 128, 4 * 132, 132, H200_SM), 0);
+        assert_eq!(occupancy_blocks(39_024, 128, 4 * 132 + 1, 132, H200_SM), 5);
+        // A tiny task: at most 64 registers per thread (8 blocks of 128), never beyond the
+        // SM's 2048 threads.
+        assert_eq!(occupancy_blocks(2_000, 128, 1 << 20, 132, H200_SM), 8);
+        assert_eq!(occupancy_blocks(2_000, 512, 1 << 20, 132, H200_SM), 2);
+        // 256 threads: the default bound allows 2 blocks; shared memory for 3 raises it.
+        assert_eq!(occupancy_blocks(70_000, 256, 4096, 132, H200_SM), 3);
+        assert_eq!(occupancy_blocks(90_000, 256, 4096, 132, H200_SM), 0);
     }
 }
