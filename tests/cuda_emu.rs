@@ -827,12 +827,21 @@ fn serial_sine_kernel_matches_the_cpu_reference() {
     // Kernel 5 (serial Reptile, many iterations per launch) against the CPU reference of the
     // resident loop for n = 1: three iterations as launches of 2 and 1, from iteration 5 (the
     // ε schedule is past its end there: planned_iters = 4), then from iteration 0.
-    // The second pass with an outer decay.
-    for (start, counts, outer_decay) in [(5u32, [2u32, 1], 0.0f32), (0, [1, 2], 0.5)] {
+    // The second pass with an outer decay; the third at 128 threads with products split over
+    // lanes (the 64-wide products split 2 ways there).
+    for (start, counts, outer_decay, lanes) in
+        [(5u32, [2u32, 1], 0.0f32, false), (0, [1, 2], 0.5, false), (0, [1, 2], 0.5, true)]
+    {
         let (spec, mut config, theta) = sine_setup(1, 3, 10, 0.02);
         config.outer_decay = outer_decay;
         let seed = 0x0bad_cafe_u64;
-        let mut prog = sine::serial_program(&spec, &config, seed, 64).unwrap();
+        let mut prog = sine::serial_program(&spec, &config, seed, if lanes { 128 } else { 64 }).unwrap();
+        if lanes {
+            let b = prog.launches[0].args.iter_mut().find_map(|a| if let Arg::Fused(p) = a { Some(p) } else { None });
+            let p = b.expect("the serial launch takes FusedParams");
+            assert_eq!(lane_split_products(&spec, p.b as usize, 128), 2);
+            p.lanes = 1;
+        }
         let mut mem = EmuMem::new(&prog);
         mem.put_f32(Buf::Theta, &theta);
         mem.put(Buf::Iter, &[start]);
@@ -850,7 +859,8 @@ fn serial_sine_kernel_matches_the_cpu_reference() {
         assert_close("serial losses", &mem.get_f32(Buf::Losses, 2), &want.losses, 1e-5, 1e-4);
         assert!(got.iter().zip(&theta).any(|(a, b)| a != b), "θ must move");
         println!(
-            "serial sine kernel from {start}, launches of {counts:?}, outer decay {outer_decay}: worst |Δθ| = {worst:e}"
+            "serial sine kernel from {start}, launches of {counts:?}, outer decay {outer_decay}, lanes {lanes}: \
+             worst |Δθ| = {worst:e}"
         );
     }
 }

@@ -403,6 +403,13 @@ fn resident_sine_loop_matches_the_cpu_reference() {
             assert!(!serial.diverged && serial.iteration == 63);
             assert_close("serial kernel θ after 60 iterations", &serial.theta, &want.theta, 1e-4, 1e-3);
             assert_close("serial kernel losses", &serial.losses, &want.losses, 1e-4, 1e-3);
+            // With products split over lanes.
+            gpu.set_lane_split(true);
+            let lanes = gpu.train_sine_resident(&spec, &theta, &config, n, 17, 3, 60, false);
+            gpu.set_lane_split(false);
+            let lanes = lanes.unwrap();
+            assert!(!lanes.diverged && lanes.iteration == 63);
+            assert_close("serial kernel (lanes) θ after 60 iterations", &lanes.theta, &want.theta, 1e-4, 1e-3);
         }
     }
     gpu.set_fused_block(None).unwrap();
@@ -496,9 +503,20 @@ fn gpu_variants() {
         }
     }
     gpu.set_occupancy_bound(true);
-    gpu.set_lane_split(false);
     gpu.set_staging(None);
     gpu.set_fused_block(None).unwrap();
+    // The 30,000-iteration demo on the serial sine kernel with either split, each run twice
+    // (the first run of a split includes its build's NVRTC compile).
+    let spec = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap();
+    let theta = Model::new(spec.clone(), 0).into_params();
+    for lanes in [false, true, false, true] {
+        gpu.set_lane_split(lanes);
+        let t = std::time::Instant::now();
+        let run = gpu.train_sine_resident(&spec, &theta, &ReptileConfig::sine(), 1, 0, 0, 30_000, false).unwrap();
+        assert!(!run.diverged && run.iteration == 30_000);
+        println!("variant sine demo serial kernel lanes={lanes}: {:.3} s", t.elapsed().as_secs_f64());
+    }
+    gpu.set_lane_split(false);
 }
 
 /// The fused sine meta-step (k = 5, 128 threads) at n = 4096 with the back end's defaults,
