@@ -27,9 +27,11 @@
 //   forward, layer l:  tile = 4 outputs {ot + r·To} (strided: a warp reads 8 consecutive rows
 //                      of W per 16-byte phase at the odd-vector stride) × REPTILE_PTP
 //                      consecutive points (A reads are broadcasts). When the tiles fill only
-//                      part of the block, the reduction is split over up to REPTILE_SPLIT warp
-//                      slices (fused_slices); their partial sums are added in slice order by an
-//                      epilogue phase. A layer with ≤ 4 inputs: one thread per output element;
+//                      part of the block, the reduction is split (fused_slices) over up to
+//                      REPTILE_SPLIT warp slices, whose partial sums an epilogue phase adds in
+//                      slice order, or (FusedParams::lanes) over 2 or 4 lanes of each warp,
+//                      summed by shuffles (fused_scatter) with no epilogue phase and no
+//                      partial-sum buffers. A layer with ≤ 4 inputs: one thread per output element;
 //                      with ≤ 4 outputs: one warp per output element, lanes over the reduction.
 //   loss (MSE):        item = output element (p, j); loss partial sums reduced by warp shuffles.
 //   loss (CE):         item = point p (max, Σexp, gradient over the point's outputs).
@@ -39,7 +41,7 @@
 //                      read W; the it = 0 tiles also sum the bias gradient. A layer with
 //                      out·(in + 1) ≤ 2·blockDim: one thread per weight or bias.
 // Requirements: blockDim.x a multiple of 32, at most 512 (see the launch bounds below);
-// dynamic shared memory as `FusedLayout::with_splits` for the launch's block size.
+// dynamic shared memory as `plan::fused_launch_bytes` for the launch's block size and split.
 
 #include "common.cuh"
 
@@ -794,7 +796,11 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
 // 512), while without it the generic build takes ~80 and no spills. A specialized build
 // states its block and the blocks per SM that 128 registers per thread allow (64K registers:
 // 4 blocks of 128 threads, 2 of 256): left alone, ptxas gives the sine build 148 registers
-// and 3 blocks per SM (tests/cuda_nvrtc.rs checks it does not spill under the cap).
+// and 3 blocks per SM (tests/cuda_nvrtc.rs checks it does not spill under the cap). Under that
+// cap the sine build at 128 threads takes 110–128 registers (4 blocks per SM) although its
+// shared memory holds 5, so for launches of many tasks the host passes REPTILE_MIN_BLOCKS,
+// the blocks shared memory and tasks allow (plan::occupancy_blocks): 5 (96 registers), or 7
+// with the lane split (72), with no spills (checked by tests/cuda_nvrtc.rs).
 #if defined(REPTILE_SPEC) && defined(REPTILE_MIN_BLOCKS)
 #define FS_BOUNDS REPTILE_LAUNCH_BOUNDS_MIN(REPTILE_SPEC_BLOCK, REPTILE_MIN_BLOCKS)
 #elif defined(REPTILE_SPEC)
