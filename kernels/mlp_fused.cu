@@ -307,7 +307,9 @@ __device__ __forceinline__ FusedSlices fused_slices(int items, int nq, int lanes
     FusedSlices f;
     int S;
     if (lanes) {
-        S = 4 <= REPTILE_SPLIT && 4 <= nq && items * 4 <= FS_BLOCK ? 4 : 2 <= nq && items * 2 <= FS_BLOCK ? 2 : 1;
+        S = 1;
+        if (2 <= REPTILE_SPLIT && 2 <= nq && items * 2 <= FS_BLOCK) S = 2;
+        if (4 <= REPTILE_SPLIT && 4 <= nq && items * 4 <= FS_BLOCK) S = 4;
     } else {
         const int need = (items + 31) >> 5;
         S = (FS_BLOCK >> 5) / need;
