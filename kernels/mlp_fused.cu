@@ -346,6 +346,20 @@ __device__ __forceinline__ FusedSlices fused_slices(int items, int nq, int lanes
     return f;
 }
 
+// One round of the lane split's reduction: lanes lane and lane ^ bit hold partial sums
+// v[0..2H) of the same values; the lane without `bit` keeps v[0..H), the other v[H..2H), each
+// adding its partner's half, so on return v[0..H) holds the pair's sums of its half.
+template <int H, int N>
+__device__ __forceinline__ void fused_halve(float (&v)[N], unsigned bit) {
+    const bool hi = (threadIdx.x & bit) != 0;
+    REPTILE_UNROLL
+    for (int i = 0; i < H; ++i) {
+        const float send = hi ? v[i] : v[i + H];
+        const float keep = hi ? v[i + H] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, (int)bit);
+    }
+}
+
 // The lane split's reduction (FusedSlices::lanes): the S = split lanes lane ^ (32/S)·j of a
 // warp hold partial sums v[0..N) of one tile; afterwards lane slice sl holds the totals of the
 // tile's values [sl·N/S, (sl+1)·N/S) in v[0..N/S). Each round halves the values a lane keeps
@@ -353,25 +367,8 @@ __device__ __forceinline__ FusedSlices fused_slices(int items, int nq, int lanes
 // (S = 2), the same bits whichever lane computes it. Returns N/S. All 32 lanes must call it.
 template <int N>
 __device__ __forceinline__ int fused_scatter(float (&v)[N], int split) {
-    const unsigned lane = threadIdx.x & 31u;
-    if (split >= 2) {
-        const bool hi = (lane & 16u) != 0;
-        REPTILE_UNROLL
-        for (int i = 0; i < N / 2; ++i) {
-            const float send = hi ? v[i] : v[i + N / 2];
-            const float keep = hi ? v[i + N / 2] : v[i];
-            v[i] = keep + __shfl_xor_sync(0xffffffffu, send, 16);
-        }
-    }
-    if (split >= 4) {
-        const bool hi = (lane & 8u) != 0;
-        REPTILE_UNROLL
-        for (int i = 0; i < N / 4; ++i) {
-            const float send = hi ? v[i] : v[i + N / 4];
-            const float keep = hi ? v[i + N / 4] : v[i];
-            v[i] = keep + __shfl_xor_sync(0xffffffffu, send, 8);
-        }
-    }
+    if (split >= 2) fused_halve<N / 2>(v, 16u);
+    if (split >= 4) fused_halve<N / 4>(v, 8u);
     return N / split;
 }
 
