@@ -519,9 +519,9 @@ fn gpu_variants() {
     gpu.set_lane_split(false);
 }
 
-/// The fused sine meta-step (k = 5, 128 threads) at n = 4096 with the back end's defaults,
-/// three rounds: what scripts/gpu-check.sh times for each kernel variant folder of
-/// scripts/gpu-variants.sh (`REPTILE_KERNELS_DIR`).
+/// The fused sine meta-step (k = 5, 128 threads) at n = 4096 with the back end's defaults and
+/// with the lane split, three rounds each: what scripts/gpu-check.sh times for each kernel
+/// variant folder of scripts/gpu-variants.sh (`REPTILE_KERNELS_DIR`).
 #[test]
 #[ignore = "benchmark: run explicitly on a GPU"]
 fn bench_fused_default() {
@@ -529,11 +529,15 @@ fn bench_fused_default() {
     gpu.set_poison_outputs(false);
     gpu.set_fused_block(Some(128)).unwrap();
     let case = SineCase::new(4096);
-    case.time_fused(&mut gpu, 3); // compile and warm up
-    let pct: Vec<String> =
-        (0..3).map(|_| format!("{:.1}%", 100.0 * case.flops / case.time_fused(&mut gpu, 20) / 67e12)).collect();
     let dir = std::env::var("REPTILE_KERNELS_DIR").unwrap_or_else(|_| "embedded".into());
-    println!("kernels {dir}: sine k=5 n=4096 block=128: {} of FP32 peak", pct.join(" / "));
+    for lanes in [false, true] {
+        gpu.set_lane_split(lanes);
+        case.time_fused(&mut gpu, 3); // compile and warm up
+        let pct: Vec<String> =
+            (0..3).map(|_| format!("{:.1}%", 100.0 * case.flops / case.time_fused(&mut gpu, 20) / 67e12)).collect();
+        println!("kernels {dir}: sine k=5 n=4096 block=128 lanes={lanes}: {} of FP32 peak", pct.join(" / "));
+    }
+    gpu.set_lane_split(false);
 }
 
 /// One launch of each hot kernel at benchmark size, for a profiler (`ncu --launch-count`) in
