@@ -11,8 +11,8 @@
 // Everything a task touches lives in dynamic shared memory for the whole launch (layout below,
 // mirrored by `FusedLayout` in src/cuda/plan.rs): θ' with W rows padded to an odd number of
 // 16-byte vectors (reptile_ldw) and biases to whole vectors, the activations of every layer
-// for the minibatch, two gradient buffers (dL/dZ of the current layer and dL/dA of the one
-// below), the gathered minibatch inputs and targets (all these per-point buffers with rows at
+// for the minibatch (the loss gradient overwrites the output's), two gradient buffers for the
+// hidden layers' dL/dZ (fused_dz), the gathered minibatch inputs and targets (all these per-point buffers with rows at
 // the same kind of stride, reptile_lda), 32 floats of reduction scratch, the staged task when
 // P.stage is set (its points and index lists, copied once), and the partial sums of products
 // split over warp slices. Padding is cleared at the start and never written. Global memory is
@@ -37,9 +37,10 @@
 //   loss (CE):         item = point p (max, Σexp, gradient over the point's outputs).
 //   backward dA:       tile = 4 consecutive inputs × REPTILE_PTP points, same split rule.
 //   backward dW + SGD: tile = 4 consecutive outputs × 4 consecutive inputs, it fast; sums over
-//                      the minibatch's points and updates its 16 weights in place after dA has
-//                      read W; the it = 0 tiles also sum the bias gradient. A layer with
-//                      out·(in + 1) ≤ 2·blockDim: one thread per weight or bias.
+//                      the minibatch's points and updates its 16 weights in place a phase after
+//                      dA has read W (beside the next layer's dA where the buffers allow:
+//                      fused_backward_sgd); the it = 0 tiles also sum the bias gradient. A layer
+//                      with out·(in + 1) ≤ 2·blockDim: one thread per weight or bias.
 // Requirements: blockDim.x a multiple of 32, at most 512 (see the launch bounds below);
 // dynamic shared memory as `plan::fused_launch_bytes` for the launch's block size and split.
 
@@ -593,11 +594,11 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
 // With `total`, returns the loss in thread 0 (other threads: unspecified); without, skips the
 // loss value and its block reduction (a barrier and thread 0's serial sum: the inner steps
 // after the first need only the gradient) and returns 0. All threads must call it; it ends
-// with the block synchronized (g0 complete).
+// with the block synchronized (dL/dŶ complete).
 __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSmem& S, int bs, bool grad,
                                             bool total = true) {
     const int L = FS_L(P), out = S.width(L), lda_out = reptile_lda(out);
-    const float* yhat = S.acts + S.act_off(L - 1) * FS_STRIDE(P);
+    float* yhat = S.acts + S.act_off(L - 1) * FS_STRIDE(P);  // with `grad`, overwritten by dL/dŶ
     float part = 0.0f;
     double denom;
     if (FS_LOSS(P) == REPTILE_LOSS_MSE) {
@@ -606,7 +607,7 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
             const int p = e / out, a = p * lda_out + (e - p * out);
             const float d = yhat[a] - S.yb[a];
             if (total) part = fmaf(d, d, part);
-            if (grad) S.g0[a] = scale * d;
+            if (grad) yhat[a] = scale * d;  // in place: this thread's element, read above
         }
         denom = (double)(bs * out);
     } else {
@@ -621,7 +622,7 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
             const int c = (int)lb[p];
             if (total) part += mx + logf(s) - row[c];
             if (grad) {
-                float* g = S.g0 + p * lda_out;
+                float* g = yhat + p * lda_out;  // in place: row was read above, each g[j] after row[j]
                 const float k = inv / s;
                 for (int j = 0; j < out; ++j) g[j] = expf(row[j] - mx) * k;
                 g[c] -= inv;
@@ -630,160 +631,188 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
         denom = (double)bs;
     }
     if (!total) {
-        __syncthreads();  // g0 complete
+        __syncthreads();  // dL/dŶ complete
         return 0.0f;
     }
-    const double sum = reptile_block_sum(part, S.red);  // synchronizes: g0 is complete
+    const double sum = reptile_block_sum(part, S.red);  // synchronizes: dL/dŶ is complete
     return (float)(sum / denom);
 }
 
-// Backward pass fused with SGD: per layer from the last, dA_{l−1} = (dZ_l·W_l) ⊙ act'(A_{l−1})
-// from W_l before the update, then W_l −= α·dZ_lᵀ·A_{l−1}, b_l −= α·Σ_p dZ_l.
-// Work map: dA: a thread owns 4 consecutive inputs 4·it.. (a warp reads one contiguous run of
-// a W row per 16-byte load) × REPTILE_PTP consecutive points, with the forward pass's warp
-// slices over quads of outputs (slice 0 writes raw sums into dA, the epilogue adds the others
-// and applies act'); dW + SGD: a thread owns 4 consecutive outputs 4·ot.. × 4 consecutive
-// inputs 4·it.. (it fast), sums over the minibatch's points with one 16-byte load of dZ and
-// one of A per point, and updates its 16 weights in place; the it = 0 tiles also sum and apply
-// the bias gradient. Small layers (out·(in + 1) ≤ 2·blockDim): one thread per weight or bias.
-__device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const FusedSmem& S, int bs) {
+// dL/dZ_l, [points × out_l] at row stride lda(out_l): the last layer's in place of its output
+// (fused_loss writes it over Ŷ, which nothing reads afterwards), the hidden layers' in g0 and
+// g1 alternately from the top (dZ_{L−2} in g0, dZ_{L−3} in g1, ...).
+__device__ __forceinline__ float* fused_dz(const FusedParams& P, const FusedSmem& S, int l) {
+    const int L = FS_L(P);
+    if (l == L - 1) return S.acts + S.act_off(L - 1) * FS_STRIDE(P);
+    return ((L - 2 - l) & 1) ? S.g1 : S.g0;
+}
+
+// Input gradient of layer l > 0: dZ_{l−1} = (dZ_l·W_l) ⊙ act'(A_{l−1}) from W_l before its
+// update. Work map: a thread owns 4 consecutive inputs 4·it.. (a warp reads one contiguous run
+// of a W row per 16-byte load) × REPTILE_PTP consecutive points, with the forward pass's split
+// over quads of outputs (warp slices: slice 0 writes raw sums into dZ_{l−1}, an epilogue after
+// a barrier adds the others and applies act'; lanes: fused_scatter, no epilogue). Ends without
+// a barrier.
+__device__ __forceinline__ void fused_input_grad(const FusedParams& P, const FusedSmem& S, int l, int bs) {
     const int Tp = (bs + REPTILE_PTP - 1) / REPTILE_PTP;
-    float* gcur = S.g0;
-    float* gnext = S.g1;
-    FS_LAYER_UNROLL
-    for (int l = FS_L(P) - 1; l >= 0; --l) {
-        const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
-        const int lda_in = reptile_lda(in), lda_out = reptile_lda(out);
-        const float* a_prev = l == 0 ? S.xb : S.acts + S.act_off(l - 1) * FS_STRIDE(P);
-        float* W = S.theta + S.w_off(l);
-        float* bias = S.theta + S.b_off(l);
-        const int Ti = (in + 3) >> 2, To = (out + 3) >> 2;
-        if (l > 0) {
-            const int items = Ti * Tp;
-            const FusedSlices f = fused_slices(items, To, FS_LANES(P));
-            const int split = f.split, sl = f.sl;
-            for (int item0 = f.first; sl < split && item0 < f.end; item0 += f.step) {
-                const bool live = item0 < items;  // false only for a lane split's spare lanes
-                const int item = live ? item0 : 0;
-                const int it = item % Ti, p0 = (item / Ti) * REPTILE_PTP, i0 = 4 * it;
-                int goff[REPTILE_PTP];
-                REPTILE_UNROLL
-                for (int q = 0; q < REPTILE_PTP; ++q) {
-                    const int p = p0 + q;
-                    goff[q] = (fused_in_batch(p, bs) ? p : p0) * lda_out;
-                }
-                float acc[REPTILE_PT][REPTILE_PTP];
-                fused_zero(acc);
-                const int o1 = 4 * f.q1 < out ? 4 * f.q1 : out;
-                fused_tile_cols(W, ldw, i0, gcur, goff, 4 * f.q0, o1, acc);
-                if (f.lanes) {
-                    float v[REPTILE_PT * REPTILE_PTP];
-                    fused_flatten(acc, v);
-                    const int cnt = fused_scatter(v, split);
-                    REPTILE_UNROLL
-                    for (int u = 0; u < REPTILE_PT * REPTILE_PTP / 2; ++u) {
-                        const int j = sl * cnt + u, c = j / REPTILE_PTP, q = j - c * REPTILE_PTP;
-                        const int i = i0 + c, p = p0 + q, a = p * lda_in + i;
-                        if (u < cnt && live && i < in && fused_in_batch(p, bs))
-                            gnext[a] = v[u] * reptile_act_grad(FS_ACT(P), a_prev[a]);
-                    }
-                    continue;
-                }
-                float* dst = sl == 0 ? gnext : fused_part(P, S, sl);
-                REPTILE_UNROLL
-                for (int q = 0; q < REPTILE_PTP; ++q) {
-                    const int p = p0 + q;
-                    if (fused_in_batch(p, bs)) {
-                        REPTILE_UNROLL
-                        for (int c = 0; c < REPTILE_PT; ++c) {
-                            const int i = i0 + c, a = p * lda_in + i;
-                            if (i < in) dst[a] = split == 1 ? acc[c][q] * reptile_act_grad(FS_ACT(P), a_prev[a]) : acc[c][q];
-                        }
-                    }
-                }
-            }
-            if (split > 1 && !f.lanes) {
-                __syncthreads();  // every slice's partial sums written
-                for (int e = threadIdx.x; e < bs * in; e += FS_BLOCK) {
-                    const int p = e / in, a = p * lda_in + (e - p * in);
-                    float v = gnext[a];
-                    for (int t = 1; t < split; ++t) v += fused_part(P, S, t)[a];
-                    gnext[a] = v * reptile_act_grad(FS_ACT(P), a_prev[a]);
-                }
-            }
-            __syncthreads();  // every dA read W_l before any thread updates it
+    const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
+    const int lda_in = reptile_lda(in), lda_out = reptile_lda(out);
+    const float* a_prev = S.acts + S.act_off(l - 1) * FS_STRIDE(P);
+    const float* W = S.theta + S.w_off(l);
+    const float* gcur = fused_dz(P, S, l);
+    float* gnext = fused_dz(P, S, l - 1);
+    const int Ti = (in + 3) >> 2, To = (out + 3) >> 2;
+    const int items = Ti * Tp;
+    const FusedSlices f = fused_slices(items, To, FS_LANES(P));
+    const int split = f.split, sl = f.sl;
+    for (int item0 = f.first; sl < split && item0 < f.end; item0 += f.step) {
+        const bool live = item0 < items;  // false only for a lane split's spare lanes
+        const int item = live ? item0 : 0;
+        const int it = item % Ti, p0 = (item / Ti) * REPTILE_PTP, i0 = 4 * it;
+        int goff[REPTILE_PTP];
+        REPTILE_UNROLL
+        for (int q = 0; q < REPTILE_PTP; ++q) {
+            const int p = p0 + q;
+            goff[q] = (fused_in_batch(p, bs) ? p : p0) * lda_out;
         }
-        const float nlr = -P.lr;
-        if (out * (in + 1) <= 2 * FS_BLOCK) {
-            // A small layer (the sine net's first and last): one thread per weight or bias, so
-            // its few products spread over the block instead of a few 4 × 4 tiles.
-            for (int e = threadIdx.x; e < out * (in + 1); e += FS_BLOCK) {
-                const int o = e / (in + 1), i = e - o * (in + 1);
-                float acc = 0.0f;
-                if (i < in) {
-                    for (int p = 0; p < bs; ++p) acc = fmaf(gcur[p * lda_out + o], a_prev[p * lda_in + i], acc);
-                    W[o * ldw + i] += nlr * acc;
-                } else {
-                    for (int p = 0; p < bs; ++p) acc += gcur[p * lda_out + o];
-                    bias[o] += nlr * acc;
-                }
+        float acc[REPTILE_PT][REPTILE_PTP];
+        fused_zero(acc);
+        const int o1 = 4 * f.q1 < out ? 4 * f.q1 : out;
+        fused_tile_cols(W, ldw, i0, gcur, goff, 4 * f.q0, o1, acc);
+        if (f.lanes) {
+            float v[REPTILE_PT * REPTILE_PTP];
+            fused_flatten(acc, v);
+            const int cnt = fused_scatter(v, split);
+            REPTILE_UNROLL
+            for (int u = 0; u < REPTILE_PT * REPTILE_PTP / 2; ++u) {
+                const int j = sl * cnt + u, c = j / REPTILE_PTP, q = j - c * REPTILE_PTP;
+                const int i = i0 + c, p = p0 + q, a = p * lda_in + i;
+                if (u < cnt && live && i < in && fused_in_batch(p, bs))
+                    gnext[a] = v[u] * reptile_act_grad(FS_ACT(P), a_prev[a]);
             }
-            __syncthreads();  // θ' of layer l final, gcur free for reuse
-            float* t = gcur;
-            gcur = gnext;
-            gnext = t;
             continue;
         }
-        for (int e = threadIdx.x; e < To * Ti; e += FS_BLOCK) {
-            const int ot = e / Ti, it = e - ot * Ti, o0 = 4 * ot, i0 = 4 * it;
-            float acc[4][4];
-            REPTILE_UNROLL
-            for (int r = 0; r < 4; ++r) {
+        float* dst = sl == 0 ? gnext : fused_part(P, S, sl);
+        REPTILE_UNROLL
+        for (int q = 0; q < REPTILE_PTP; ++q) {
+            const int p = p0 + q;
+            if (fused_in_batch(p, bs)) {
                 REPTILE_UNROLL
-                for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
-            }
-            float bsum[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // the bias gradient, by the it = 0 tiles
-            REPTILE_UNROLL_N(2)
-            for (int p = 0; p < bs; ++p) {
-                // Columns past out / in hold zeros or stale finite-or-not values; the sums they
-                // feed are never stored.
-                const float4 g = reptile_ld4v(gcur + p * lda_out + o0);
-                const float4 a = reptile_ld4v(a_prev + p * lda_in + i0);
-                REPTILE_UNROLL
-                for (int r = 0; r < 4; ++r) {
-                    bsum[r] += reptile_comp(g, r);
-                    REPTILE_UNROLL
-                    for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(reptile_comp(g, r), reptile_comp(a, c), acc[r][c]);
-                }
-            }
-            if (it == 0) {
-                REPTILE_UNROLL
-                for (int r = 0; r < 4; ++r)
-                    if (o0 + r < out) bias[o0 + r] += nlr * bsum[r];
-            }
-            REPTILE_UNROLL
-            for (int r = 0; r < 4; ++r) {
-                if (o0 + r < out) {
-                    float* row = W + (o0 + r) * ldw + i0;
-                    if (i0 + 4 <= in) {
-                        float4 w = reptile_ld4v(row);
-                        w.x += nlr * acc[r][0];
-                        w.y += nlr * acc[r][1];
-                        w.z += nlr * acc[r][2];
-                        w.w += nlr * acc[r][3];
-                        reptile_st4v(row, w);
-                    } else {
-                        REPTILE_UNROLL
-                        for (int c = 0; c < 4; ++c)
-                            if (i0 + c < in) row[c] += nlr * acc[r][c];
-                    }
+                for (int c = 0; c < REPTILE_PT; ++c) {
+                    const int i = i0 + c, a = p * lda_in + i;
+                    if (i < in) dst[a] = split == 1 ? acc[c][q] * reptile_act_grad(FS_ACT(P), a_prev[a]) : acc[c][q];
                 }
             }
         }
-        __syncthreads();  // θ' of layer l final, gcur free for reuse
-        float* t = gcur;
-        gcur = gnext;
-        gnext = t;
+    }
+    if (split > 1 && !f.lanes) {
+        __syncthreads();  // every slice's partial sums written
+        for (int e = threadIdx.x; e < bs * in; e += FS_BLOCK) {
+            const int p = e / in, a = p * lda_in + (e - p * in);
+            float v = gnext[a];
+            for (int t = 1; t < split; ++t) v += fused_part(P, S, t)[a];
+            gnext[a] = v * reptile_act_grad(FS_ACT(P), a_prev[a]);
+        }
+    }
+}
+
+// SGD step of layer l: W_l −= α·dZ_lᵀ·A_{l−1}, b_l −= α·Σ_p dZ_l. Work map: a thread owns 4
+// consecutive outputs 4·ot.. × 4 consecutive inputs 4·it.. (it fast), sums over the minibatch's
+// points with one 16-byte load of dZ and one of A per point, and updates its 16 weights in
+// place; the it = 0 tiles also sum and apply the bias gradient. Small layers (out·(in + 1) ≤
+// 2·blockDim): one thread per weight or bias. Ends without a barrier.
+__device__ __forceinline__ void fused_weight_sgd(const FusedParams& P, const FusedSmem& S, int l, int bs) {
+    const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
+    const int lda_in = reptile_lda(in), lda_out = reptile_lda(out);
+    const float* a_prev = l == 0 ? S.xb : S.acts + S.act_off(l - 1) * FS_STRIDE(P);
+    float* W = S.theta + S.w_off(l);
+    float* bias = S.theta + S.b_off(l);
+    const float* gcur = fused_dz(P, S, l);
+    const float nlr = -P.lr;
+    if (out * (in + 1) <= 2 * FS_BLOCK) {
+        // A small layer (the sine net's first and last): one thread per weight or bias, so
+        // its few products spread over the block instead of a few 4 × 4 tiles.
+        for (int e = threadIdx.x; e < out * (in + 1); e += FS_BLOCK) {
+            const int o = e / (in + 1), i = e - o * (in + 1);
+            float acc = 0.0f;
+            if (i < in) {
+                for (int p = 0; p < bs; ++p) acc = fmaf(gcur[p * lda_out + o], a_prev[p * lda_in + i], acc);
+                W[o * ldw + i] += nlr * acc;
+            } else {
+                for (int p = 0; p < bs; ++p) acc += gcur[p * lda_out + o];
+                bias[o] += nlr * acc;
+            }
+        }
+        return;
+    }
+    const int Ti = (in + 3) >> 2, To = (out + 3) >> 2;
+    for (int e = threadIdx.x; e < To * Ti; e += FS_BLOCK) {
+        const int ot = e / Ti, it = e - ot * Ti, o0 = 4 * ot, i0 = 4 * it;
+        float acc[4][4];
+        REPTILE_UNROLL
+        for (int r = 0; r < 4; ++r) {
+            REPTILE_UNROLL
+            for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
+        }
+        float bsum[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // the bias gradient, by the it = 0 tiles
+        REPTILE_UNROLL_N(2)
+        for (int p = 0; p < bs; ++p) {
+            // Columns past out / in hold zeros or stale finite-or-not values; the sums they
+            // feed are never stored.
+            const float4 g = reptile_ld4v(gcur + p * lda_out + o0);
+            const float4 a = reptile_ld4v(a_prev + p * lda_in + i0);
+            REPTILE_UNROLL
+            for (int r = 0; r < 4; ++r) {
+                bsum[r] += reptile_comp(g, r);
+                REPTILE_UNROLL
+                for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(reptile_comp(g, r), reptile_comp(a, c), acc[r][c]);
+            }
+        }
+        if (it == 0) {
+            REPTILE_UNROLL
+            for (int r = 0; r < 4; ++r)
+                if (o0 + r < out) bias[o0 + r] += nlr * bsum[r];
+        }
+        REPTILE_UNROLL
+        for (int r = 0; r < 4; ++r) {
+            if (o0 + r < out) {
+                float* row = W + (o0 + r) * ldw + i0;
+                if (i0 + 4 <= in) {
+                    float4 w = reptile_ld4v(row);
+                    w.x += nlr * acc[r][0];
+                    w.y += nlr * acc[r][1];
+                    w.z += nlr * acc[r][2];
+                    w.w += nlr * acc[r][3];
+                    reptile_st4v(row, w);
+                } else {
+                    REPTILE_UNROLL
+                    for (int c = 0; c < 4; ++c)
+                        if (i0 + c < in) row[c] += nlr * acc[r][c];
+                }
+            }
+        }
+    }
+}
+
+// Backward pass fused with SGD, per layer from the last: the input gradient of layer l
+// (fused_input_grad) reads W_l before its update, so W_l's update (fused_weight_sgd) runs a
+// phase later, beside layer l − 1's input gradient, where their buffers do not collide (dZ_{l+1}
+// is read there while dZ_{l−1} is written: different buffers when dZ_{l+1} is the last layer's
+// or there is no dZ_{l−1}, i.e. l = L − 2 or l = 0, see fused_dz); elsewhere it takes a phase
+// of its own before. The sine net (L = 3) takes three phases: dA_2 | dA_1 + dW_2 | dW_1 + dW_0.
+__device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const FusedSmem& S, int bs) {
+    const int L = FS_L(P);
+    FS_LAYER_UNROLL
+    for (int l = L - 1; l >= 0; --l) {
+        const bool merge = l == 0 || l == L - 2;
+        if (l + 1 < L && !merge) {
+            fused_weight_sgd(P, S, l + 1, bs);
+            __syncthreads();  // dZ_{l+1} read: its buffer takes dZ_{l−1}
+        }
+        if (l > 0) fused_input_grad(P, S, l, bs);
+        if (l + 1 < L && merge) fused_weight_sgd(P, S, l + 1, bs);
+        if (l == 0) fused_weight_sgd(P, S, 0, bs);
+        __syncthreads();  // dZ_{l−1} complete, W_l read by this phase's input gradient
     }
 }
 

@@ -329,6 +329,36 @@ fn lane_split_products(spec: &MlpSpec, bs: usize, block: u32) -> usize {
 }
 
 #[test]
+fn fused_inner_loop_on_deep_networks() {
+    // Networks of 4 and 6 layers, where some weight updates take a phase of their own (the
+    // backward pass defers W_{l+1}'s update into layer l's input-gradient phase only for
+    // l = L − 2 and l = 0), with either split, staged and not.
+    let specs = [
+        MlpSpec::new(&[3, 9, 17, 12, 4], Activation::Tanh, Loss::Mse).unwrap(),
+        MlpSpec::new(&[5, 20, 7, 33, 6, 11, 4], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap(),
+    ];
+    for (k, spec) in specs.iter().enumerate() {
+        let mut rng = ChaCha8Rng::seed_from_u64(77 + k as u64);
+        let (n, m) = (3, 11);
+        let inner = InnerLoop { lr: 0.2, steps: 4, batch_size: 7 };
+        let theta = Model::new(spec.clone(), 40 + k as u64).into_params();
+        let (x, yv, lab) = random_tasks(&mut rng, spec, n, m);
+        let y = if spec.loss() == Loss::Mse { Tgt::Values(&yv) } else { Tgt::Labels(&lab) };
+        let plan = MinibatchPlan::build(n, m, &inner, None, |i| {
+            reptile::rng::stream(5, reptile::rng::Purpose::InnerShuffle, i as u64)
+        })
+        .unwrap();
+        let (d_ref, l_ref) = plan::cpu_deltas(spec, &theta, &x, y, m, &plan, inner.lr, false);
+        for (lanes, stage, block) in [(false, false, 64u32), (true, true, 64), (false, true, 96), (true, false, 128)] {
+            let (d, l) = run_fused(emu(), spec, &theta, &x, y, m, &plan, inner.lr, false, block, Some(stage), lanes);
+            let what = format!("{:?} lanes={lanes} stage={stage} block={block}", spec.widths());
+            assert_close(&format!("{what} delta"), &d, &d_ref, 2e-5, 1e-4);
+            assert_close(&format!("{what} losses"), &l, &l_ref, 1e-5, 1e-4);
+        }
+    }
+}
+
+#[test]
 fn fused_inner_loop_sine_shape() {
     // The sine network 1-64-64-1 with the paper's inner loop (k = 5, b = 10 of 50 points).
     let spec = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap();
