@@ -31,4 +31,16 @@ grep -q 'return p < bs;' "$root/clamp/mlp_fused.cu"
 mk loss-every-step
 sed -i 's/fused_loss(P, S, bs, true, s == 0)/fused_loss(P, S, bs, true)/' "$root/loss-every-step/mlp_fused.cu"
 grep -q 'fused_loss(P, S, bs, true);' "$root/loss-every-step/mlp_fused.cu"
+# session-start: the kernels as session 18 found them (a5f2322), to time that session's kernel
+# changes as a whole against `base` (same host code: the kernel reads the prefix of the longer
+# FusedParams it is passed). It knows no lane split, and the host sizes a lane-split launch's
+# shared memory without the partial-sum buffers these kernels would write, so the folder holds
+# a `slices-only` marker that bench_fused_default honours.
+if git cat-file -e a5f2322 2>/dev/null; then
+    mk session-start
+    for f in common.cuh mlp_fused.cu mlp_tiled.cu reptile_update.cu sine_device.cu; do
+        git show "a5f2322:kernels/$f" >"$root/session-start/$f"
+    done
+    touch "$root/session-start/slices-only"
+fi
 ls "$root"
