@@ -476,8 +476,15 @@ __device__ __forceinline__ float* fused_part(const FusedParams& P, const FusedSm
 // the others into scratch, and an epilogue phase (one thread per element) adds them in slice
 // order, then bias and activation. Layers with at most 4 outputs (a regression head): one
 // warp per output element, lanes over quads of the reduction, summed by shuffles.
-__device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedSmem& S, int bs) {
+//
+// With `loss` (a training step), an MSE network whose last layer takes that one-warp-per-element
+// path also finishes the loss there: the writing lane stores dL/dŶ = 2(Ŷ − Y)/(bs·out) in place
+// of Ŷ (as fused_loss would) and adds (Ŷ − Y)² to *loss; the call then returns true and
+// fused_loss is told so (no phase of its own). Otherwise it returns false and *loss is unchanged.
+__device__ __forceinline__ bool fused_forward(const FusedParams& P, const FusedSmem& S, int bs,
+                                              float* loss = nullptr) {
     const int L = FS_L(P), Tp = (bs + REPTILE_PTP - 1) / REPTILE_PTP;
+    bool fused = false;
     FS_LAYER_UNROLL
     for (int l = 0; l < L; ++l) {
         const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
@@ -516,9 +523,15 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
                 v = reptile_warp_sum(v);
                 if (lane == 0) {
                     v = bias[o] + v;
+                    if (!hidden && loss != nullptr && FS_LOSS(P) == REPTILE_LOSS_MSE) {
+                        const float d = v - S.yb[p * lda_out + o];
+                        *loss = fmaf(d, d, *loss);
+                        v = 2.0f / (float)(bs * out) * d;
+                    }
                     z[p * lda_out + o] = hidden ? reptile_act(FS_ACT(P), v) : v;
                 }
             }
+            fused = !hidden && loss != nullptr && FS_LOSS(P) == REPTILE_LOSS_MSE;
             __syncthreads();
             continue;
         }
@@ -588,20 +601,27 @@ __device__ __forceinline__ void fused_forward(const FusedParams& P, const FusedS
         }
         __syncthreads();
     }
+    return fused;
 }
 
 // Loss of the last forward output against the gathered targets; with `grad`, dL/dY into g0.
 // With `total`, returns the loss in thread 0 (other threads: unspecified); without, skips the
 // loss value and its block reduction (a barrier and thread 0's serial sum: the inner steps
-// after the first need only the gradient) and returns 0. All threads must call it; it ends
-// with the block synchronized (dL/dŶ complete).
+// after the first need only the gradient) and returns 0. `done`: the forward pass already
+// wrote the gradient and summed this thread's part of the loss (fused_forward's `loss`), so
+// only the reduction is left. All threads must call it; it ends with the block synchronized
+// (dL/dŶ complete).
 __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSmem& S, int bs, bool grad,
-                                            bool total = true) {
+                                            bool total = true, bool done = false, float done_part = 0.0f) {
     const int L = FS_L(P), out = S.width(L), lda_out = reptile_lda(out);
     float* yhat = S.acts + S.act_off(L - 1) * FS_STRIDE(P);  // with `grad`, overwritten by dL/dŶ
     float part = 0.0f;
     double denom;
-    if (FS_LOSS(P) == REPTILE_LOSS_MSE) {
+    if (done) {
+        if (!total) return 0.0f;  // fused_forward ended with a barrier
+        part = done_part;
+        denom = (double)(bs * out);
+    } else if (FS_LOSS(P) == REPTILE_LOSS_MSE) {
         const float scale = 2.0f / (float)(bs * out);
         for (int e = threadIdx.x; e < bs * out; e += FS_BLOCK) {
             const int p = e / out, a = p * lda_out + (e - p * out);
@@ -630,7 +650,7 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
         }
         denom = (double)bs;
     }
-    if (!total) {
+    if (!total) {  // here !done
         __syncthreads();  // dL/dŶ complete
         return 0.0f;
     }
@@ -881,8 +901,9 @@ extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const fl
         if (last && P.fomaml) fused_store_theta(P, S, dt);  // θ'_{k−1}, read back by the same threads
         fused_gather_task(P, S, xt, yt, lt, it, s, bs);
         __syncthreads();
-        fused_forward(P, S, bs);
-        const float l = fused_loss(P, S, bs, true, s == 0);
+        float part = 0.0f;
+        const bool done = fused_forward(P, S, bs, &part);
+        const float l = fused_loss(P, S, bs, true, s == 0, done, part);
         if (s == 0) loss_before = l;
         fused_backward_sgd(P, S, bs);
     }
@@ -949,8 +970,9 @@ extern "C" __global__ void FS_BOUNDS reptile_sine_serial(FusedParams P, unsigned
         for (int s = 0; s < P.steps; ++s) {
             fused_gather(P, S, xs, ys, nullptr, is + s * stride, b);
             __syncthreads();
-            fused_forward(P, S, b);
-            const float l = fused_loss(P, S, b, true, s == 0);
+            float part = 0.0f;
+            const bool done = fused_forward(P, S, b, &part);
+            const float l = fused_loss(P, S, b, true, s == 0, done, part);
             if (s == 0) loss_before = l;
             fused_backward_sgd(P, S, b);
         }
