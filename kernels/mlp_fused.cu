@@ -34,6 +34,8 @@
 //                      partial-sum buffers. A layer with ≤ 4 inputs: one thread per output element;
 //                      with ≤ 4 outputs: one warp per output element, lanes over the reduction.
 //   loss (MSE):        item = output element (p, j); loss partial sums reduced by warp shuffles.
+//                      In training steps an output layer on the one-warp-per-element path
+//                      computes it instead, in the lane that writes the element (fused_forward).
 //   loss (CE):         item = point p (max, Σexp, gradient over the point's outputs).
 //   backward dA:       tile = 4 consecutive inputs × REPTILE_PTP points, same split rule.
 //   backward dW + SGD: tile = 4 consecutive outputs × 4 consecutive inputs, it fast; sums over
