@@ -108,6 +108,8 @@ struct FusedSmem {
     float* g1;
     float* xb;       // gathered inputs [bmax × in], row stride lda(in)
     float* yb;       // gathered targets [bmax × out], row stride lda(out) (labels: unsigned [bmax])
+    float* xb2;      // the next minibatch's, gathered during the last backward phase
+    float* yb2;      //   (fused_swap_batch exchanges them with xb, yb)
     float* red;      // 32 floats of reduction scratch
     float* task;     // staged task (P.stage): x [m × in], y [m × out] or labels [m], idx [steps × stride]
     float* scr;      // (REPTILE_SPLIT − 1) partial-sum buffers, bmax·lda(gmax) each
@@ -180,7 +182,9 @@ __device__ __forceinline__ void fused_carve(const FusedParams& P, float* smem, F
     REPTILE_UNROLL
     for (int l = 1; l <= REPTILE_MAX_LAYERS; ++l)
         if (l == L) dout = P.widths[l];
-    S.red = S.yb + reptile_lda(dout) * bmax;
+    S.xb2 = S.yb + reptile_lda(dout) * bmax;
+    S.yb2 = S.xb2 + reptile_lda(P.widths[0]) * bmax;
+    S.red = S.yb2 + reptile_lda(dout) * bmax;
     S.task = S.red + 32;
     S.scr = S.task + (FS_STAGE(P) ? fused_stage(P, P.widths[0], dout).floats : 0);
     S.gm = gmax;
@@ -237,24 +241,47 @@ __device__ __forceinline__ void fused_store_theta(const FusedParams& P, const Fu
     }
 }
 
-// Gathers the `bs` points idx[0..bs] of the task into xb / yb.
-__device__ __forceinline__ void fused_gather(const FusedParams& P, const FusedSmem& S, const float* __restrict__ x,
-                                             const float* __restrict__ y, const unsigned* __restrict__ labels,
-                                             const unsigned* __restrict__ idx, int bs) {
-    const int din = S.width(0), dout = S.width(FS_L(P));
+// One minibatch to gather: the `bs` points idx[0..bs] of a task's x / y (values) or labels.
+// idx == nullptr: none.
+struct FusedBatch {
+    const float* x;
+    const float* y;
+    const unsigned* labels;
+    const unsigned* idx;
+    int bs;
+};
+
+// Gathers minibatch `m` into xb / yb, or with `next` into xb2 / yb2 (the next step's, while
+// this step's are still being read).
+__device__ __forceinline__ void fused_gather(const FusedParams& P, const FusedSmem& S, const FusedBatch& m,
+                                             bool next = false) {
+    const int din = S.width(0), dout = S.width(FS_L(P)), bs = m.bs;
+    float* xb = next ? S.xb2 : S.xb;
+    float* yb = next ? S.yb2 : S.yb;
     for (int e = threadIdx.x; e < bs * din; e += FS_BLOCK) {
         const int p = e / din, i = e - p * din;
-        S.xb[p * reptile_lda(din) + i] = x[(size_t)idx[p] * din + i];
+        xb[p * reptile_lda(din) + i] = m.x[(size_t)m.idx[p] * din + i];
     }
     if (FS_LOSS(P) == REPTILE_LOSS_MSE) {
         for (int e = threadIdx.x; e < bs * dout; e += FS_BLOCK) {
             const int p = e / dout, j = e - p * dout;
-            S.yb[p * reptile_lda(dout) + j] = y[(size_t)idx[p] * dout + j];
+            yb[p * reptile_lda(dout) + j] = m.y[(size_t)m.idx[p] * dout + j];
         }
     } else {
-        unsigned* lb = (unsigned*)S.yb;
-        for (int p = threadIdx.x; p < bs; p += FS_BLOCK) lb[p] = labels[idx[p]];
+        unsigned* lb = (unsigned*)yb;
+        for (int p = threadIdx.x; p < bs; p += FS_BLOCK) lb[p] = m.labels[m.idx[p]];
     }
+}
+
+// After a barrier that completed a `next` gather: the next minibatch becomes the current one.
+// Every thread swaps its own copy of the pointers the same way.
+__device__ __forceinline__ void fused_swap_batch(FusedSmem& S) {
+    float* t = S.xb;
+    S.xb = S.xb2;
+    S.xb2 = t;
+    t = S.yb;
+    S.yb = S.yb2;
+    S.yb2 = t;
 }
 
 // Clears the block's shared memory from θ' up to the reduction scratch, so every padding
@@ -266,18 +293,17 @@ __device__ __forceinline__ void fused_clear(const FusedSmem& S) {
     for (int e = threadIdx.x; e < n4; e += FS_BLOCK) reptile_st4v(S.theta + 4 * e, z);
 }
 
-// Step s's minibatch of the task: from the staged copy in shared memory (P.stage), else from
-// global memory (xt, yt, lt: the task's points; it: its index lists).
-__device__ __forceinline__ void fused_gather_task(const FusedParams& P, const FusedSmem& S, const float* xt,
-                                                  const float* yt, const unsigned* lt, const unsigned* it, int s,
-                                                  int bs) {
+// Step s's minibatch of the task (bs points): from the staged copy in shared memory (P.stage),
+// else from global memory (xt, yt, lt: the task's points; it: its index lists).
+__device__ __forceinline__ FusedBatch fused_task_batch(const FusedParams& P, const FusedSmem& S, const float* xt,
+                                                       const float* yt, const unsigned* lt, const unsigned* it,
+                                                       int s, int bs) {
     if (FS_STAGE(P)) {
         const FusedStage g = fused_stage(P, S.width(0), S.width(FS_L(P)));
         const unsigned* su = (const unsigned*)S.task;
-        fused_gather(P, S, S.task, S.task + g.nx, su + g.nx, su + g.nx + g.ny + s * FS_STRIDE(P), bs);
-    } else {
-        fused_gather(P, S, xt, yt, lt, it + (size_t)s * FS_STRIDE(P), bs);
+        return FusedBatch{S.task, S.task + g.nx, su + g.nx, su + g.nx + g.ny + s * FS_STRIDE(P), bs};
     }
+    return FusedBatch{xt, yt, lt, it + (size_t)s * FS_STRIDE(P), bs};
 }
 
 // Slices that split a product's reduction (nq 16-byte quads of the reduced dimension) when its
@@ -822,7 +848,11 @@ __device__ __forceinline__ void fused_weight_sgd(const FusedParams& P, const Fus
 // is read there while dZ_{l−1} is written: different buffers when dZ_{l+1} is the last layer's
 // or there is no dZ_{l−1}, i.e. l = L − 2 or l = 0, see fused_dz); elsewhere it takes a phase
 // of its own before. The sine net (L = 3) takes three phases: dA_2 | dA_1 + dW_2 | dW_1 + dW_0.
-__device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const FusedSmem& S, int bs) {
+// The last phase also gathers `next` (if any) into xb2 / yb2: nothing reads them before its
+// barrier, and the caller then swaps them in (fused_swap_batch), so the next step starts
+// without a gather phase of its own.
+__device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const FusedSmem& S, int bs,
+                                                   const FusedBatch& next) {
     const int L = FS_L(P);
     FS_LAYER_UNROLL
     for (int l = L - 1; l >= 0; --l) {
@@ -833,7 +863,10 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
         }
         if (l > 0) fused_input_grad(P, S, l, bs);
         if (l + 1 < L && merge) fused_weight_sgd(P, S, l + 1, bs);
-        if (l == 0) fused_weight_sgd(P, S, 0, bs);
+        if (l == 0) {
+            fused_weight_sgd(P, S, 0, bs);
+            if (next.idx != nullptr) fused_gather(P, S, next, true);
+        }
         __syncthreads();  // dZ_{l−1} complete, W_l read by this phase's input gradient
     }
 }
@@ -842,8 +875,9 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
 // written). losses: [n_tasks × 2]. idx: [n_tasks × steps × idx_stride].
 // Launch bounds. The kernel takes blocks of up to 512 threads, so it must use at most 128
 // registers (tests/cuda_nvrtc.rs checks the generic build's count). The generic build states
-// no bound: with `.maxntid` alone, ptxas 13 caps registers at 64 and spills (seen for 256 and
-// 512), while without it the generic build takes ~80 and no spills. A specialized build
+// 512 threads and one block per SM, which caps it at 128 (with `.maxntid` alone ptxas 13 capped
+// it at 64 and spilled; with no bound at all, once the minibatch was double-buffered, ptxas
+// gave the generic serial kernel 151 registers on sm_80; bounded, 121 and no spills). A specialized build
 // states its block and the blocks per SM that 128 registers per thread allow (64K registers:
 // 4 blocks of 128 threads, 2 of 256): left alone, ptxas gives the sine build 148 registers
 // and 3 blocks per SM (tests/cuda_nvrtc.rs checks it does not spill under the cap). Under that
@@ -857,7 +891,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
 #define FS_BOUNDS \
     REPTILE_LAUNCH_BOUNDS_MIN(REPTILE_SPEC_BLOCK, (65536 / (REPTILE_SPEC_BLOCK * 128)) > 0 ? 65536 / (REPTILE_SPEC_BLOCK * 128) : 1)
 #else
-#define FS_BOUNDS
+#define FS_BOUNDS REPTILE_LAUNCH_BOUNDS_MIN(512, 1)
 #endif
 // A specialized build holds one entry point: reptile_sine_serial with REPTILE_SPEC_SERIAL
 // defined, else reptile_fused_inner (half the NVRTC time per shape).
@@ -897,22 +931,26 @@ extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const fl
         __syncthreads();  // staged task complete
     }
     float loss_before = 0.0f;
+    // Step s's minibatch size; the first is also the one of the loss after adaptation.
+    const int b0 = P.steps == 1 ? FS_BLAST(P) : FS_B(P);
+    fused_gather(P, S, fused_task_batch(P, S, xt, yt, lt, it, 0, b0));
+    __syncthreads();
     for (int s = 0; s < P.steps; ++s) {
         const bool last = s + 1 == P.steps;
         const int bs = last ? FS_BLAST(P) : FS_B(P);
         if (last && P.fomaml) fused_store_theta(P, S, dt);  // θ'_{k−1}, read back by the same threads
-        fused_gather_task(P, S, xt, yt, lt, it, s, bs);
-        __syncthreads();
         float part = 0.0f;
         const bool done = fused_forward(P, S, bs, &part);
         const float l = fused_loss(P, S, bs, true, s == 0, done, part);
         if (s == 0) loss_before = l;
-        fused_backward_sgd(P, S, bs);
+        // The next minibatch, gathered during the backward pass: step s + 1's, or after the
+        // last step the first one again (the loss after adaptation).
+        const int ns = last ? 0 : s + 1;
+        const int nbs = ns + 1 == P.steps ? FS_BLAST(P) : FS_B(P);
+        fused_backward_sgd(P, S, bs, fused_task_batch(P, S, xt, yt, lt, it, ns, nbs));
+        fused_swap_batch(S);
     }
-    // Loss after adaptation, on the first minibatch.
-    const int b0 = P.steps == 1 ? FS_BLAST(P) : FS_B(P);
-    fused_gather_task(P, S, xt, yt, lt, it, 0, b0);
-    __syncthreads();
+    // Loss after adaptation, on the first minibatch (gathered by the last backward pass).
     fused_forward(P, S, b0);
     const float loss_after = fused_loss(P, S, b0, false);
     if (threadIdx.x == 0) {
@@ -969,18 +1007,22 @@ extern "C" __global__ void FS_BOUNDS reptile_sine_serial(FusedParams P, unsigned
         reptile_sine_draw(seed_lo, seed_hi, it, 0u, P.steps, b, xs, ys, is, keys);
         __syncthreads();  // task drawn; every thread has read the last iteration's flag
         if (threadIdx.x == 0) *flag = 0u;
+        fused_gather(P, S, FusedBatch{xs, ys, nullptr, is, b});
+        __syncthreads();
         for (int s = 0; s < P.steps; ++s) {
-            fused_gather(P, S, xs, ys, nullptr, is + s * stride, b);
-            __syncthreads();
             float part = 0.0f;
             const bool done = fused_forward(P, S, b, &part);
             const float l = fused_loss(P, S, b, true, s == 0, done, part);
             if (s == 0) loss_before = l;
-            fused_backward_sgd(P, S, b);
+            // The next minibatch during the backward pass: step s + 1's, or after the last
+            // step of the launch's last iteration the first one again (the loss after
+            // adaptation); the next iteration gathers from its own task.
+            const bool more = s + 1 < P.steps || c + 1 == count;
+            const int ns = s + 1 < P.steps ? s + 1 : 0;
+            fused_backward_sgd(P, S, b, more ? FusedBatch{xs, ys, nullptr, is + ns * stride, b} : FusedBatch{});
+            if (more) fused_swap_batch(S);
         }
         if (c + 1 == count) {
-            fused_gather(P, S, xs, ys, nullptr, is, b);
-            __syncthreads();
             fused_forward(P, S, b);
             loss_after = fused_loss(P, S, b, false);
         }

@@ -123,7 +123,7 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
                     .find(|i| i.function == *entry)
                     .unwrap_or_else(|| panic!("no ptxas info for {entry}:\n{text}"));
                 assert!(info.registers > 0 && info.registers < 255, "{entry} {real}: {info:?}");
-                if *entry == "reptile_fused_inner" {
+                if *entry == "reptile_fused_inner" || *entry == "reptile_sine_serial" {
                     // Blocks of up to 512 threads (CudaBackend::set_fused_block) must fit the
                     // 64K-register file: at most 128 registers per thread.
                     assert!(info.registers <= 128, "{entry} {real}: {} registers", info.registers);

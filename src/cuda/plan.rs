@@ -120,7 +120,8 @@ pub const FUSED_HEADER: usize = 36;
 /// padded to [`ld4`]`(in_l)` floats and each bias to whole 16-byte vectors, then per-point
 /// buffers whose rows are padded to [`ld4`]`(w)`: the activations of all layers for `bmax`
 /// points, two gradient buffers of `bmax × max(out_l)`, the gathered inputs and targets
-/// (`bmax × in`, `bmax × out`); 32 floats of reduction scratch; and up to `SPLIT − 1`
+/// (`bmax × in`, `bmax × out`) twice (one step's and the next's, gathered during the backward
+/// pass); 32 floats of reduction scratch; and up to `SPLIT − 1`
 /// partial-sum buffers of `bmax × max(out_l)` for products split over warp slices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FusedLayout {
@@ -229,7 +230,7 @@ impl FusedLayout {
         let gmax = ld4(w[1..].iter().copied().max().unwrap_or(1).max(1));
         let floats = FUSED_HEADER
             + theta_floats
-            + bmax * (acts + 2 * gmax + ld4(spec.in_dim()) + ld4(spec.out_dim()))
+            + bmax * (acts + 2 * gmax + 2 * (ld4(spec.in_dim()) + ld4(spec.out_dim())))
             + 32
             + (splits.clamp(1, SPLIT) - 1) * bmax * gmax;
         FusedLayout { theta_floats, floats }
