@@ -883,7 +883,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
 // and 3 blocks per SM (tests/cuda_nvrtc.rs checks it does not spill under the cap). Under that
 // cap the sine build at 128 threads takes 110–128 registers (4 blocks per SM) although its
 // shared memory holds 5, so for launches of many tasks the host passes REPTILE_MIN_BLOCKS,
-// the blocks shared memory and tasks allow (plan::occupancy_blocks): 5 (96 registers), or 7
+// the blocks shared memory and tasks allow (plan::occupancy_blocks): 5 (92 registers), or 7
 // with the lane split (72), with no spills (checked by tests/cuda_nvrtc.rs).
 #if defined(REPTILE_SPEC) && defined(REPTILE_MIN_BLOCKS)
 #define FS_BOUNDS REPTILE_LAUNCH_BOUNDS_MIN(REPTILE_SPEC_BLOCK, REPTILE_MIN_BLOCKS)

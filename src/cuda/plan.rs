@@ -523,13 +523,13 @@ mod tests {
     #[test]
     fn occupancy_blocks_follow_shared_memory_tasks_and_the_register_floor() {
         const H200_SM: usize = 228 * 1024;
-        // The sine net at 128 threads, n = 4096 on 132 SMs: 39,024 B per task (warp slices)
-        // hold 5 blocks, 30,864 B (lanes) 7; the default bound (128 registers) allows 4.
-        assert_eq!(occupancy_blocks(39_024, 128, 4096, 132, H200_SM), 5);
-        assert_eq!(occupancy_blocks(30_864, 128, 4096, 132, H200_SM), 7);
+        // The sine net at 128 threads, n = 4096 on 132 SMs: 39,344 B per task (warp slices)
+        // hold 5 blocks, 31,184 B (lanes) 7; the default bound (128 registers) allows 4.
+        assert_eq!(occupancy_blocks(39_344, 128, 4096, 132, H200_SM), 5);
+        assert_eq!(occupancy_blocks(31_184, 128, 4096, 132, H200_SM), 7);
         // Too few tasks to fill more blocks than the default bound allows: no bound.
-        assert_eq!(occupancy_blocks(39_024, 128, 4 * 132, 132, H200_SM), 0);
-        assert_eq!(occupancy_blocks(39_024, 128, 4 * 132 + 1, 132, H200_SM), 5);
+        assert_eq!(occupancy_blocks(39_344, 128, 4 * 132, 132, H200_SM), 0);
+        assert_eq!(occupancy_blocks(39_344, 128, 4 * 132 + 1, 132, H200_SM), 5);
         // A tiny task: at most 64 registers per thread (8 blocks of 128), never beyond the
         // SM's 2048 threads.
         assert_eq!(occupancy_blocks(2_000, 128, 1 << 20, 132, H200_SM), 8);
