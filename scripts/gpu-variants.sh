@@ -29,8 +29,8 @@ grep -q 'return p < bs;' "$root/clamp/mlp_fused.cu"
 # loss-every-step: every inner step reduces its loss over the block (before session 18 only
 # the first step's is kept, so the others skip the reduction and its barrier).
 mk loss-every-step
-sed -i 's/fused_loss(P, S, bs, true, s == 0)/fused_loss(P, S, bs, true)/' "$root/loss-every-step/mlp_fused.cu"
-grep -q 'fused_loss(P, S, bs, true);' "$root/loss-every-step/mlp_fused.cu"
+sed -i 's/, true, s == 0, done, part)/, true, true, done, part)/' "$root/loss-every-step/mlp_fused.cu"
+[[ $(grep -c ', true, true, done, part)' "$root/loss-every-step/mlp_fused.cu") -eq 2 ]]
 # session-start: the kernels as session 18 found them (a5f2322), to time that session's kernel
 # changes as a whole against `base` (same host code: the kernel reads the prefix of the longer
 # FusedParams it is passed). It knows no lane split, and the host sizes a lane-split launch's
