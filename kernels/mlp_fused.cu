@@ -390,12 +390,19 @@ __device__ __forceinline__ void fused_halve(float (&v)[N], unsigned bit) {
 }
 
 // The lane split's reduction (FusedSlices::lanes): the S = split lanes lane ^ (32/S)·j of a
-// warp hold partial sums v[0..N) of one tile; afterwards lane slice sl holds the totals of the
-// tile's values [sl·N/S, (sl+1)·N/S) in v[0..N/S). Each round halves the values a lane keeps
+// warp hold partial sums acc of one tile, N = REPTILE_PT·REPTILE_PTP values v[r·REPTILE_PTP + q]
+// = acc[r][q]; afterwards lane slice sl holds the totals of the tile's values
+// [sl·N/S, (sl+1)·N/S) in v[0..N/S). Each round halves the values a lane keeps
 // and adds its partner's half, so every total is (s0 + s2) + (s1 + s3) (S = 4) or s0 + s1
 // (S = 2), the same bits whichever lane computes it. Returns N/S. All 32 lanes must call it.
-template <int N>
-__device__ __forceinline__ int fused_scatter(float (&v)[N], int split) {
+__device__ __forceinline__ int fused_scatter(const float acc[REPTILE_PT][REPTILE_PTP], int split,
+                                             float (&v)[REPTILE_PT * REPTILE_PTP]) {
+    constexpr int N = REPTILE_PT * REPTILE_PTP;
+    REPTILE_UNROLL
+    for (int r = 0; r < REPTILE_PT; ++r) {
+        REPTILE_UNROLL
+        for (int q = 0; q < REPTILE_PTP; ++q) v[r * REPTILE_PTP + q] = acc[r][q];
+    }
     if (split >= 2) fused_halve<N / 2>(v, 16u);
     if (split >= 4) fused_halve<N / 4>(v, 8u);
     return N / split;
@@ -413,16 +420,6 @@ __device__ __forceinline__ void fused_zero(float acc[REPTILE_PT][REPTILE_PTP]) {
     for (int r = 0; r < REPTILE_PT; ++r) {
         REPTILE_UNROLL
         for (int q = 0; q < REPTILE_PTP; ++q) acc[r][q] = 0.0f;
-    }
-}
-
-// A register tile as one array, v[r·REPTILE_PTP + q] = acc[r][q] (constant indices).
-__device__ __forceinline__ void fused_flatten(const float acc[REPTILE_PT][REPTILE_PTP],
-                                              float (&v)[REPTILE_PT * REPTILE_PTP]) {
-    REPTILE_UNROLL
-    for (int r = 0; r < REPTILE_PT; ++r) {
-        REPTILE_UNROLL
-        for (int q = 0; q < REPTILE_PTP; ++q) v[r * REPTILE_PTP + q] = acc[r][q];
     }
 }
 
@@ -586,8 +583,7 @@ __device__ __forceinline__ bool fused_forward(const FusedParams& P, const FusedS
             fused_tile_rows(W, woff, a_prev, xoff, f.q0, f.q1, acc);
             if (f.lanes) {
                 float v[REPTILE_PT * REPTILE_PTP];
-                fused_flatten(acc, v);
-                const int cnt = fused_scatter(v, split);
+                const int cnt = fused_scatter(acc, split, v);
                 REPTILE_UNROLL
                 for (int i = 0; i < REPTILE_PT * REPTILE_PTP / 2; ++i) {
                     const int j = sl * cnt + i, r = j / REPTILE_PTP, q = j - r * REPTILE_PTP;
@@ -729,8 +725,7 @@ __device__ __forceinline__ void fused_input_grad(const FusedParams& P, const Fus
         fused_tile_cols(W, ldw, i0, gcur, goff, 4 * f.q0, o1, acc);
         if (f.lanes) {
             float v[REPTILE_PT * REPTILE_PTP];
-            fused_flatten(acc, v);
-            const int cnt = fused_scatter(v, split);
+            const int cnt = fused_scatter(acc, split, v);
             REPTILE_UNROLL
             for (int u = 0; u < REPTILE_PT * REPTILE_PTP / 2; ++u) {
                 const int j = sl * cnt + u, c = j / REPTILE_PTP, q = j - c * REPTILE_PTP;

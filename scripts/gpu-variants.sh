@@ -26,8 +26,8 @@ grep -q 'REPTILE_KUNROLL 2' "$root/kunroll2/common.cuh"
 mk clamp
 sed -i 's/return bs % REPTILE_PTP == 0 || p < bs;/return p < bs;/' "$root/clamp/mlp_fused.cu"
 grep -q 'return p < bs;' "$root/clamp/mlp_fused.cu"
-# loss-every-step: every inner step reduces its loss over the block (before session 18 only
-# the first step's is kept, so the others skip the reduction and its barrier).
+# loss-every-step: every inner step reduces its loss value over the block, as before session
+# 18 (since then only the first step's value is kept, so the others skip that reduction).
 mk loss-every-step
 sed -i 's/, true, s == 0, done, part)/, true, true, done, part)/' "$root/loss-every-step/mlp_fused.cu"
 [[ $(grep -c ', true, true, done, part)' "$root/loss-every-step/mlp_fused.cu") -eq 2 ]]
