@@ -69,20 +69,24 @@ __device__ __forceinline__ constexpr int fs_width(int l) {
          : l == 4 ? REPTILE_SPEC_W4 : l == 5 ? REPTILE_SPEC_W5 : l == 6 ? REPTILE_SPEC_W6 : l == 7 ? REPTILE_SPEC_W7
          : l == 8 ? REPTILE_SPEC_W8 : 0;
 }
-__device__ __forceinline__ constexpr int fs_w_off(int l) {
-    int off = 0;
-    for (int j = 0; j < l; ++j) off += fs_width(j + 1) * reptile_ldw(fs_width(j)) + reptile_pad4(fs_width(j + 1));
-    return off;
+// Offsets as sums of per-layer terms with no loop in them. NVVM folds these to constants where
+// l is one (the unrolled layer loops), but it leaves a loop `for (j < l)` as a run-time loop
+// even then (ptxas made it a jump table on fs_width: 13 of them in the sine build, inside
+// every step's forward and backward passes, before session 19).
+#define FS_PREFIX8(T, l)                                                                              \
+    (((l) > 0 ? T(0) : 0) + ((l) > 1 ? T(1) : 0) + ((l) > 2 ? T(2) : 0) + ((l) > 3 ? T(3) : 0) + \
+     ((l) > 4 ? T(4) : 0) + ((l) > 5 ? T(5) : 0) + ((l) > 6 ? T(6) : 0) + ((l) > 7 ? T(7) : 0))
+// Floats of layer j's padded W and bias, and of one point's row of its activations.
+__device__ __forceinline__ constexpr int fs_w_size(int j) {
+    return fs_width(j + 1) * reptile_ldw(fs_width(j)) + reptile_pad4(fs_width(j + 1));
 }
-__device__ __forceinline__ constexpr int fs_act_off(int l) {
-    int off = 0;
-    for (int j = 0; j < l; ++j) off += reptile_lda(fs_width(j + 1));
-    return off;
-}
+__device__ __forceinline__ constexpr int fs_act_size(int j) { return reptile_lda(fs_width(j + 1)); }
+__device__ __forceinline__ constexpr int fs_w_off(int l) { return FS_PREFIX8(fs_w_size, l); }
+__device__ __forceinline__ constexpr int fs_act_off(int l) { return FS_PREFIX8(fs_act_size, l); }
+__device__ __forceinline__ constexpr int fs_max(int a, int b) { return a > b ? a : b; }
 __device__ __forceinline__ constexpr int fs_gmax() {
-    int g = 1;
-    for (int j = 1; j <= REPTILE_SPEC_L; ++j) g = fs_width(j) > g ? fs_width(j) : g;
-    return g;
+    return fs_max(fs_max(fs_max(1, fs_width(1)), fs_max(fs_width(2), fs_width(3))),
+                  fs_max(fs_max(fs_width(4), fs_width(5)), fs_max(fs_max(fs_width(6), fs_width(7)), fs_width(8))));
 }
 #else
 #define FS_L(P) (P).n_layers
@@ -878,7 +882,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
 // and 3 blocks per SM (tests/cuda_nvrtc.rs checks it does not spill under the cap). Under that
 // cap the sine build at 128 threads takes 110–128 registers (4 blocks per SM) although its
 // shared memory holds 5, so for launches of many tasks the host passes REPTILE_MIN_BLOCKS,
-// the blocks shared memory and tasks allow (plan::occupancy_blocks): 5 (92 registers), or 7
+// the blocks shared memory and tasks allow (plan::occupancy_blocks): 5 (96 registers), or 7
 // with the lane split (72), with no spills (checked by tests/cuda_nvrtc.rs).
 #if defined(REPTILE_SPEC) && defined(REPTILE_MIN_BLOCKS)
 #define FS_BOUNDS REPTILE_LAUNCH_BOUNDS_MIN(REPTILE_SPEC_BLOCK, REPTILE_MIN_BLOCKS)

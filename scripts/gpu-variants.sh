@@ -31,6 +31,11 @@ grep -q 'return p < bs;' "$root/clamp/mlp_fused.cu"
 mk loss-every-step
 sed -i 's/, true, s == 0, done, part)/, true, true, done, part)/' "$root/loss-every-step/mlp_fused.cu"
 [[ $(grep -c ', true, true, done, part)' "$root/loss-every-step/mlp_fused.cu") -eq 2 ]]
+# offset-loops: the specialized build's layer offsets as loops over the layers below (as before
+# session 19), which NVVM leaves as run-time loops with jump tables inside every step.
+mk offset-loops
+sed -i 's|constexpr int fs_w_off(int l) { return FS_PREFIX8(fs_w_size, l); }|constexpr int fs_w_off(int l) { int o = 0; for (int j = 0; j < l; ++j) o += fs_w_size(j); return o; }|; s|constexpr int fs_act_off(int l) { return FS_PREFIX8(fs_act_size, l); }|constexpr int fs_act_off(int l) { int o = 0; for (int j = 0; j < l; ++j) o += fs_act_size(j); return o; }|' "$root/offset-loops/mlp_fused.cu"
+[[ $(grep -c 'for (int j = 0; j < l; ++j) o += fs_' "$root/offset-loops/mlp_fused.cu") -eq 2 ]]
 # session-start: the kernels as session 18 found them (a5f2322), to time that session's kernel
 # changes as a whole against `base` (same host code: the kernel reads the prefix of the longer
 # FusedParams it is passed). It knows no lane split, and the host sizes a lane-split launch's
