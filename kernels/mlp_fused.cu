@@ -792,6 +792,14 @@ __device__ __forceinline__ void fused_weight_sgd(const FusedParams& P, const Fus
         }
         return;
     }
+    // The bias gradient, one thread per output from the block's last thread down (the last
+    // warps hold the fewest tiles when the tiles do not divide evenly), in the CPU path's order.
+    // Summed inside the tiles it cost every tile 4 adds per point, for the it = 0 tiles' use.
+    for (int o = FS_BLOCK - 1 - (int)threadIdx.x; o < out; o += FS_BLOCK) {
+        float acc = 0.0f;
+        for (int p = 0; p < bs; ++p) acc += gcur[p * lda_out + o];
+        bias[o] += nlr * acc;
+    }
     const int Ti = (in + 3) >> 2, To = (out + 3) >> 2;
     for (int e = threadIdx.x; e < To * Ti; e += FS_BLOCK) {
         const int ot = e / Ti, it = e - ot * Ti, o0 = 4 * ot, i0 = 4 * it;
@@ -801,8 +809,7 @@ __device__ __forceinline__ void fused_weight_sgd(const FusedParams& P, const Fus
             REPTILE_UNROLL
             for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
         }
-        float bsum[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // the bias gradient, by the it = 0 tiles
-        REPTILE_UNROLL_N(2)
+        REPTILE_UNROLL_N(5)
         for (int p = 0; p < bs; ++p) {
             // Columns past out / in hold zeros or stale finite-or-not values; the sums they
             // feed are never stored.
@@ -810,15 +817,9 @@ __device__ __forceinline__ void fused_weight_sgd(const FusedParams& P, const Fus
             const float4 a = reptile_ld4v(a_prev + p * lda_in + i0);
             REPTILE_UNROLL
             for (int r = 0; r < 4; ++r) {
-                bsum[r] += reptile_comp(g, r);
                 REPTILE_UNROLL
                 for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(reptile_comp(g, r), reptile_comp(a, c), acc[r][c]);
             }
-        }
-        if (it == 0) {
-            REPTILE_UNROLL
-            for (int r = 0; r < 4; ++r)
-                if (o0 + r < out) bias[o0 + r] += nlr * bsum[r];
         }
         REPTILE_UNROLL
         for (int r = 0; r < 4; ++r) {
