@@ -41,8 +41,9 @@
 //   backward dW + SGD: tile = 4 consecutive outputs × 4 consecutive inputs, it fast; sums over
 //                      the minibatch's points and updates its 16 weights in place a phase after
 //                      dA has read W (beside the next layer's dA where the buffers allow:
-//                      fused_backward_sgd); the it = 0 tiles also sum the bias gradient. A layer
-//                      with out·(in + 1) ≤ 2·blockDim: one thread per weight or bias.
+//                      fused_backward_sgd); before its tiles, each thread from the block's end
+//                      sums one output's bias gradient. A layer with out·(in + 1) ≤ 2·blockDim:
+//                      one thread per weight or bias.
 // Requirements: blockDim.x a multiple of 32, at most 512 (see the launch bounds below);
 // dynamic shared memory as `plan::fused_launch_bytes` for the launch's block size and split.
 
@@ -766,7 +767,7 @@ __device__ __forceinline__ void fused_input_grad(const FusedParams& P, const Fus
 // SGD step of layer l: W_l −= α·dZ_lᵀ·A_{l−1}, b_l −= α·Σ_p dZ_l. Work map: a thread owns 4
 // consecutive outputs 4·ot.. × 4 consecutive inputs 4·it.. (it fast), sums over the minibatch's
 // points with one 16-byte load of dZ and one of A per point, and updates its 16 weights in
-// place; the it = 0 tiles also sum and apply the bias gradient. Small layers (out·(in + 1) ≤
+// place; the bias gradient first, one thread per output (below). Small layers (out·(in + 1) ≤
 // 2·blockDim): one thread per weight or bias. Ends without a barrier.
 __device__ __forceinline__ void fused_weight_sgd(const FusedParams& P, const FusedSmem& S, int l, int bs) {
     const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
@@ -793,8 +794,9 @@ __device__ __forceinline__ void fused_weight_sgd(const FusedParams& P, const Fus
         return;
     }
     // The bias gradient, one thread per output from the block's last thread down (the last
-    // warps hold the fewest tiles when the tiles do not divide evenly), in the CPU path's order.
-    // Summed inside the tiles it cost every tile 4 adds per point, for the it = 0 tiles' use.
+    // warps hold the fewest tiles when the tiles do not divide evenly), over the points in
+    // order as the tiles summed it before. Inside the tiles it cost every tile 4 adds per
+    // point, for the it = 0 tiles' use.
     for (int o = FS_BLOCK - 1 - (int)threadIdx.x; o < out; o += FS_BLOCK) {
         float acc = 0.0f;
         for (int p = 0; p < bs; ++p) acc += gcur[p * lda_out + o];

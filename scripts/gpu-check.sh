@@ -56,10 +56,12 @@ if [[ -x $bin/reptile ]]; then
 fi
 step variants 240 "$bin/cuda_gpu" --ignored gpu_variants --exact --nocapture
 if compgen -G "$bin/variants/*/" >/dev/null; then
+    # In the order of variants/order (gpu-variants.sh), else alphabetical.
     # shellcheck disable=SC2016 # expanded by the inner shell
-    step kernel-variants 240 bash -c 'for v in "$0"/variants/*/; do
-        REPTILE_KERNELS_DIR="$PWD/$v" "$0/cuda_gpu" --ignored bench_fused_default --exact --nocapture || echo "variant $v failed"
-    done' "$bin"
+    step kernel-variants 240 bash -c 'if [[ -f $0/variants/order ]]; then list=$(sed "s|^|$0/variants/|" "$0/variants/order"); else list=$(ls -d "$0"/variants/*/); fi
+        for v in $list; do
+            REPTILE_KERNELS_DIR="$PWD/$v" "$0/cuda_gpu" --ignored bench_fused_default --exact --nocapture || echo "variant $v failed"
+        done' "$bin"
 fi
 step nvrtc-ptxas 60 env REPTILE_REQUIRE_NVRTC=1 REPTILE_PTXAS="$(command -v ptxas || echo ptxas)" "$bin/cuda_nvrtc" --nocapture
 if command -v compute-sanitizer >/dev/null; then

@@ -41,11 +41,25 @@ sed -i 's|constexpr int fs_w_off(int l) { return FS_PREFIX8(fs_w_size, l); }|con
 # FusedParams it is passed). It knows no lane split, and the host sizes a lane-split launch's
 # shared memory without the partial-sum buffers these kernels would write, so the folder holds
 # a `slices-only` marker that bench_fused_default honours.
-if git cat-file -e a5f2322 2>/dev/null; then
-    mk session-start
+# from NAME REV: the kernels as of commit REV (skipped outside a git checkout).
+from() {
+    git cat-file -e "$2" 2>/dev/null || return 0
+    mk "$1"
     for f in common.cuh mlp_fused.cu mlp_tiled.cu reptile_update.cu sine_device.cu; do
-        git show "a5f2322:kernels/$f" >"$root/session-start/$f"
+        git show "$2:kernels/$f" >"$root/$1/$f"
     done
-    touch "$root/session-start/slices-only"
-fi
-ls "$root"
+}
+from session-start a5f2322
+[[ ! -d $root/session-start ]] || touch "$root/session-start/slices-only"
+# dw-bias-in-tiles: the kernels before session 19's second change (bf4dbbf), whose dW tiles
+# summed the bias gradient in every tile (for the it = 0 tiles' use) with the point loop
+# unrolled by 2, to time that change alone against `base`.
+from dw-bias-in-tiles bf4dbbf
+# The order gpu-check.sh times them in (the comparisons that decide defaults first, in case its
+# step runs out of time).
+order="base session-start offset-loops dw-bias-in-tiles loss-every-step fast-tanh no-split clamp kunroll2"
+for v in "$root"/*/; do
+    [[ " $order " == *" $(basename "$v") "* ]] || { echo "gpu-variants.sh: $(basename "$v") missing from order" >&2; exit 1; }
+done
+for v in $order; do [[ -d $root/$v ]] && echo "$v"; done >"$root/order"
+cat "$root/order"
