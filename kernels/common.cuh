@@ -118,6 +118,20 @@ __device__ __forceinline__ float reptile_warp_sum(float v) {
     return v;
 }
 
+// Sum of v over each aligned group of g lanes of a full warp (g a power of two ≤ 32; every
+// lane of a group gets its group's total): the last log2(g) rounds of reptile_warp_sum, so
+// where lanes outside a lane's group of g would add zeros the result has the same bits.
+// (Written out, not as a loop: with g a constant, NVVM leaves a loop over it as a run-time
+// loop.)
+__device__ __forceinline__ float reptile_group_sum(float v, int g) {
+    if (g > 16) v += __shfl_xor_sync(0xffffffffu, v, 16);
+    if (g > 8) v += __shfl_xor_sync(0xffffffffu, v, 8);
+    if (g > 4) v += __shfl_xor_sync(0xffffffffu, v, 4);
+    if (g > 2) v += __shfl_xor_sync(0xffffffffu, v, 2);
+    if (g > 1) v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v;
+}
+
 // Block-wide sum of each thread's v: warps reduce by shuffles, then thread 0 adds the warp
 // sums in warp order (fixed order ⇒ reproducible). `scratch` is ≥ blockDim.x/32 floats of
 // shared memory. Returns the total in thread 0 only; all threads must call it.

@@ -32,9 +32,10 @@
 //                      slice order, or (FusedParams::lanes) over 2 or 4 lanes of each warp,
 //                      summed by shuffles (fused_scatter) with no epilogue phase and no
 //                      partial-sum buffers. A layer with ≤ 4 inputs: one thread per output element;
-//                      with ≤ 4 outputs: one warp per output element, lanes over the reduction.
+//                      with ≤ 4 outputs: a group of up to 32 lanes per output element, lanes
+//                      over the reduction.
 //   loss (MSE):        item = output element (p, j); loss partial sums reduced by warp shuffles.
-//                      In training steps an output layer on the one-warp-per-element path
+//                      In training steps an output layer on the lane-group path (≤ 4 outputs)
 //                      computes it instead, in the lane that writes the element (fused_forward).
 //   loss (CE):         item = point p (max, Σexp, gradient over the point's outputs).
 //   backward dA:       tile = 4 consecutive inputs × REPTILE_PTP points, same split rule.
@@ -504,11 +505,12 @@ __device__ __forceinline__ float* fused_part(const FusedParams& P, const FusedSm
 // × REPTILE_PTP consecutive points (A reads are broadcasts shared by lane pairs); item =
 // chunk·To + ot. With S > 1 warp slices (fused_slices), slice 0 writes its raw sums into A_l,
 // the others into scratch, and an epilogue phase (one thread per element) adds them in slice
-// order, then bias and activation. Layers with at most 4 outputs (a regression head): one
-// warp per output element, lanes over quads of the reduction, summed by shuffles.
+// order, then bias and activation. Layers with at most 4 outputs (a regression head): a
+// group of g lanes per output element (g ≥ the reduction's quads, a power of two ≤ 32), lanes
+// over quads of the reduction, summed by shuffles.
 //
-// With `loss` (a training step), an MSE network whose last layer takes that one-warp-per-element
-// path also finishes the loss there: the writing lane stores dL/dŶ = 2(Ŷ − Y)/(bs·out) in place
+// With `loss` (a training step), an MSE network whose last layer takes that lane-group path
+// also finishes the loss there: the writing lane stores dL/dŶ = 2(Ŷ − Y)/(bs·out) in place
 // of Ŷ (as fused_loss would) and adds (Ŷ − Y)² to *loss; the call then returns true and
 // fused_loss is told so (no phase of its own). Otherwise it returns false and *loss is unchanged.
 __device__ __forceinline__ bool fused_forward(const FusedParams& P, const FusedSmem& S, int bs,
@@ -538,20 +540,29 @@ __device__ __forceinline__ bool fused_forward(const FusedParams& P, const FusedS
             continue;
         }
         if (out <= 4) {
-            const int lane = threadIdx.x & 31, nw = FS_BLOCK >> 5;
-            for (int e = threadIdx.x >> 5; e < bs * out; e += nw) {  // warp-uniform trip count
+            // A group of g lanes per output element, g the reduction's quads rounded up to a
+            // power of two (at most 32; the sine net's 64 inputs: 16 lanes, two elements per
+            // warp), so lanes that would only add zeros take another element; the sums have
+            // the bits of a whole warp's (reptile_group_sum).
+            const int g = nq <= 2 ? 2 : nq <= 4 ? 4 : nq <= 8 ? 8 : nq <= 16 ? 16 : 32;
+            const int lane = threadIdx.x & 31, per = 32 / g, nw = FS_BLOCK >> 5, total = bs * out;
+            const int sub = lane / g, gl = lane - sub * g;
+            for (int e0 = (int)(threadIdx.x >> 5) * per; e0 < total; e0 += nw * per) {  // warp-uniform
+                const bool live = e0 + sub < total;  // false only for a last group past the elements
+                const int e = live ? e0 + sub : e0;
                 const int p = e / out, o = e - p * out;
                 float v = 0.0f;
-                for (int kq = lane; kq < nq; kq += 32) {
+                for (int kq = gl; kq < nq; kq += g) {
                     const float4 a = reptile_ld4v(a_prev + p * lda_in + 4 * kq);
                     const float4 w = reptile_ld4v(W + o * ldw + 4 * kq);
                     v = fmaf(a.x, w.x, v);
                     v = fmaf(a.y, w.y, v);
                     v = fmaf(a.z, w.z, v);
                     v = fmaf(a.w, w.w, v);
+                    if (nq <= g) break;  // one quad per lane at most: no loop where nq is a constant
                 }
-                v = reptile_warp_sum(v);
-                if (lane == 0) {
+                v = reptile_group_sum(v, g);
+                if (gl == 0 && live) {
                     v = bias[o] + v;
                     if (!hidden && loss != nullptr && FS_LOSS(P) == REPTILE_LOSS_MSE) {
                         const float d = v - S.yb[p * lda_out + o];

@@ -145,7 +145,7 @@ pub fn fused_splits(spec: &MlpSpec, b: usize, b_last: usize, block: u32) -> usiz
             let tp = bs.div_ceil(ptp);
             for l in 0..spec.num_layers() {
                 let (inp, out) = (w[l], w[l + 1]);
-                // Layers of at most 4 outputs take one warp per output element, unsplit.
+                // Layers of at most 4 outputs take a group of lanes per output element, unsplit.
                 if out > OUTPUTS_PER_THREAD {
                     s = s.max(split(out.div_ceil(OUTPUTS_PER_THREAD) * tp, inp.div_ceil(4)));
                 }
