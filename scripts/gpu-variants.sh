@@ -31,17 +31,8 @@ grep -q 'return p < bs;' "$root/clamp/mlp_fused.cu"
 mk loss-every-step
 sed -i 's/, true, s == 0, done, part)/, true, true, done, part)/' "$root/loss-every-step/mlp_fused.cu"
 [[ $(grep -c ', true, true, done, part)' "$root/loss-every-step/mlp_fused.cu") -eq 2 ]]
-# offset-loops: the specialized build's layer offsets as loops over the layers below (as before
-# session 19), which NVVM leaves as run-time loops with jump tables inside every step.
-mk offset-loops
-sed -i 's|constexpr int fs_w_off(int l) { return FS_PREFIX8(fs_w_size, l); }|constexpr int fs_w_off(int l) { int o = 0; for (int j = 0; j < l; ++j) o += fs_w_size(j); return o; }|; s|constexpr int fs_act_off(int l) { return FS_PREFIX8(fs_act_size, l); }|constexpr int fs_act_off(int l) { int o = 0; for (int j = 0; j < l; ++j) o += fs_act_size(j); return o; }|' "$root/offset-loops/mlp_fused.cu"
-[[ $(grep -c 'for (int j = 0; j < l; ++j) o += fs_' "$root/offset-loops/mlp_fused.cu") -eq 2 ]]
-# session-start: the kernels as session 18 found them (a5f2322), to time that session's kernel
-# changes as a whole against `base` (same host code: the kernel reads the prefix of the longer
-# FusedParams it is passed). It knows no lane split, and the host sizes a lane-split launch's
-# shared memory without the partial-sum buffers these kernels would write, so the folder holds
-# a `slices-only` marker that bench_fused_default honours.
-# from NAME REV: the kernels as of commit REV (skipped outside a git checkout).
+# from NAME REV: the kernels as of commit REV (skipped outside a git checkout), with today's host
+# code (the kernels read the prefix of the FusedParams they are passed).
 from() {
     git cat-file -e "$2" 2>/dev/null || return 0
     mk "$1"
@@ -49,17 +40,28 @@ from() {
         git show "$2:kernels/$f" >"$root/$1/$f"
     done
 }
+# session-start: the kernels as session 18 found them (a5f2322), to time that session's kernel
+# changes as a whole against session-18. It knows no lane split, and the host sizes a lane-split
+# launch's shared memory without the partial-sum buffers these kernels would write, so the folder
+# holds a `slices-only` marker that bench_fused_default honours.
 from session-start a5f2322
 [[ ! -d $root/session-start ]] || touch "$root/session-start/slices-only"
-# dw-bias-in-tiles: the kernels before session 19's second change (bf4dbbf), whose dW tiles
-# summed the bias gradient in every tile (for the it = 0 tiles' use) with the point loop
-# unrolled by 2, to time that change alone against `base`.
+# Session 19's three kernel changes as a chain of commits, each variant the one before the next
+# change, so that neighbours in `order` differ by one change: session-18 (36ae8c6, as session 18
+# left them) -> dw-bias-in-tiles (+ layer offsets without loops) -> warp-per-head (+ the bias
+# gradient out of the dW tiles) -> base (+ lane groups for layers of <= 4 outputs).
+from session-18 36ae8c6
+# dw-bias-in-tiles (bf4dbbf): dW tiles that sum the bias gradient in every tile (for the it = 0
+# tiles' use), point loop unrolled by 2.
 from dw-bias-in-tiles bf4dbbf
+# warp-per-head (bd3d940): a layer of at most 4 outputs takes a whole warp per output element
+# (the sine net's 64 -> 1: 16 of the 32 lanes add zeros).
+from warp-per-head bd3d940
 # The order gpu-check.sh times them in (the comparisons that decide defaults first, in case its
 # step runs out of time).
-order="base session-start offset-loops dw-bias-in-tiles loss-every-step fast-tanh no-split clamp kunroll2"
+order="base warp-per-head dw-bias-in-tiles session-18 session-start loss-every-step fast-tanh no-split clamp kunroll2"
 for v in "$root"/*/; do
     [[ " $order " == *" $(basename "$v") "* ]] || { echo "gpu-variants.sh: $(basename "$v") missing from order" >&2; exit 1; }
 done
-for v in $order; do [[ -d $root/$v ]] && echo "$v"; done >"$root/order"
+for v in $order; do if [[ -d $root/$v ]]; then echo "$v"; fi; done >"$root/order"
 cat "$root/order"
