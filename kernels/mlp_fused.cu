@@ -790,14 +790,18 @@ __device__ __forceinline__ void fused_weight_sgd(const FusedParams& P, const Fus
     const float nlr = -P.lr;
     if (out * (in + 1) <= 2 * FS_BLOCK) {
         // A small layer (the sine net's first and last): one thread per weight or bias, so
-        // its few products spread over the block instead of a few 4 × 4 tiles.
-        for (int e = threadIdx.x; e < out * (in + 1); e += FS_BLOCK) {
-            const int o = e / (in + 1), i = e - o * (in + 1);
+        // its few products spread over the block instead of a few 4 × 4 tiles. Weights first,
+        // then biases, so a warp takes one branch (interleaved per output, the sine net's
+        // first layer ran both in every warp).
+        const int nw = out * in;
+        for (int e = threadIdx.x; e < nw + out; e += FS_BLOCK) {
             float acc = 0.0f;
-            if (i < in) {
+            if (e < nw) {
+                const int o = e / in, i = e - o * in;
                 for (int p = 0; p < bs; ++p) acc = fmaf(gcur[p * lda_out + o], a_prev[p * lda_in + i], acc);
                 W[o * ldw + i] += nlr * acc;
             } else {
+                const int o = e - nw;
                 for (int p = 0; p < bs; ++p) acc += gcur[p * lda_out + o];
                 bias[o] += nlr * acc;
             }
