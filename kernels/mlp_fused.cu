@@ -66,6 +66,7 @@
 #define FS_STAGE(P) REPTILE_SPEC_STAGE
 #define FS_LANES(P) REPTILE_SPEC_LANES
 #define FS_LAYER_UNROLL REPTILE_UNROLL
+#define FS_WIDTH(P, l) fs_width(l)
 __device__ __forceinline__ constexpr int fs_width(int l) {
     return l == 0 ? REPTILE_SPEC_W0 : l == 1 ? REPTILE_SPEC_W1 : l == 2 ? REPTILE_SPEC_W2 : l == 3 ? REPTILE_SPEC_W3
          : l == 4 ? REPTILE_SPEC_W4 : l == 5 ? REPTILE_SPEC_W5 : l == 6 ? REPTILE_SPEC_W6 : l == 7 ? REPTILE_SPEC_W7
@@ -101,6 +102,7 @@ __device__ __forceinline__ constexpr int fs_gmax() {
 #define FS_STAGE(P) (P).stage
 #define FS_LANES(P) (P).lanes
 #define FS_LAYER_UNROLL
+#define FS_WIDTH(P, l) (P).widths[l]
 #endif
 
 // Pointers into the block's dynamic shared memory. Per-layer sizes and offsets live in a small
@@ -153,8 +155,10 @@ __device__ __forceinline__ FusedStage fused_stage(const FusedParams& P, int din,
 }
 
 // Carves shared memory (layout mirrored by FusedLayout in src/cuda/plan.rs). The loop over
-// layers is unrolled to constant indices, so P.widths stays in registers / parameter space.
-// Thread 0 writes the header; the caller synchronizes before reading it.
+// layers is unrolled to constant indices, so P.widths stays in registers / parameter space; a
+// specialized build reads the widths as constants (FS_WIDTH), so the buffers sit at constant
+// offsets (from P.widths, ptxas recomputed them inside the step's loops). Thread 0 writes the
+// header; the caller synchronizes before reading it.
 __device__ __forceinline__ void fused_carve(const FusedParams& P, float* smem, FusedSmem& S) {
     const int L = FS_L(P), bmax = FS_STRIDE(P);
     int* hdr = (int*)smem;
@@ -163,7 +167,7 @@ __device__ __forceinline__ void fused_carve(const FusedParams& P, float* smem, F
     REPTILE_UNROLL
     for (int l = 0; l < REPTILE_MAX_LAYERS; ++l) {
         if (l < L) {
-            const int in = P.widths[l], out = P.widths[l + 1];
+            const int in = FS_WIDTH(P, l), out = FS_WIDTH(P, l + 1);
             if (writer) {
                 hdr[REPTILE_MAX_LAYERS + 1 + l] = off;
                 hdr[2 * REPTILE_MAX_LAYERS + 1 + l] = off + out * reptile_ldw(in);
@@ -183,16 +187,16 @@ __device__ __forceinline__ void fused_carve(const FusedParams& P, float* smem, F
     S.g0 = S.acts + aoff * bmax;
     S.g1 = S.g0 + reptile_lda(gmax) * bmax;
     S.xb = S.g1 + reptile_lda(gmax) * bmax;
-    S.yb = S.xb + reptile_lda(P.widths[0]) * bmax;
+    S.yb = S.xb + reptile_lda(FS_WIDTH(P, 0)) * bmax;
     int dout = 0;
     REPTILE_UNROLL
     for (int l = 1; l <= REPTILE_MAX_LAYERS; ++l)
-        if (l == L) dout = P.widths[l];
+        if (l == L) dout = FS_WIDTH(P, l);
     S.xb2 = S.yb + reptile_lda(dout) * bmax;
-    S.yb2 = S.xb2 + reptile_lda(P.widths[0]) * bmax;
+    S.yb2 = S.xb2 + reptile_lda(FS_WIDTH(P, 0)) * bmax;
     S.red = S.yb2 + reptile_lda(dout) * bmax;
     S.task = S.red + 32;
-    S.scr = S.task + (FS_STAGE(P) ? fused_stage(P, P.widths[0], dout).floats : 0);
+    S.scr = S.task + (FS_STAGE(P) ? fused_stage(P, FS_WIDTH(P, 0), dout).floats : 0);
     S.gm = gmax;
 }
 
@@ -429,6 +433,23 @@ __device__ __forceinline__ void fused_zero(float acc[REPTILE_PT][REPTILE_PTP]) {
     }
 }
 
+// Calls f(p, c) for the elements of a [rows × cols] grid, element e = p·cols + c to thread
+// e mod blockDim, each thread's in increasing e. Where blockDim is a multiple of cols (constants
+// in specialized builds: the sine net's 64 columns at 128 threads) a thread keeps its column
+// and steps its row, with no division per element.
+template <class F>
+__device__ __forceinline__ void fused_each(int rows, int cols, F f) {
+    if (FS_BLOCK % cols == 0) {
+        const int c = (int)threadIdx.x % cols, step = FS_BLOCK / cols;
+        for (int p = (int)threadIdx.x / cols; p < rows; p += step) f(p, c);
+    } else {
+        for (int e = threadIdx.x; e < rows * cols; e += FS_BLOCK) {
+            const int p = e / cols;
+            f(p, e - p * cols);
+        }
+    }
+}
+
 // Forward tile, reduction along rows of both operands:
 // acc[r][q] += Σ_{4·q0 ≤ k < 4·q1} X[xoff[q] + k] · M[moff[r] + k], in increasing k
 // (fmaf(X, M, acc), the CPU path's order within the range). Per quad: REPTILE_PT + REPTILE_PTP
@@ -529,13 +550,12 @@ __device__ __forceinline__ bool fused_forward(const FusedParams& P, const FusedS
         if (in <= 4) {
             // A layer fed by at most 4 inputs (the sine net's first): one thread per output
             // element, so the whole block shares the activations instead of one warp of tiles.
-            for (int e = threadIdx.x; e < bs * out; e += FS_BLOCK) {
-                const int p = e / out, o = e - p * out;
+            fused_each(bs, out, [&](int p, int o) {
                 float v = 0.0f;
                 for (int k = 0; k < in; ++k) v = fmaf(a_prev[p * lda_in + k], W[o * ldw + k], v);
                 v = bias[o] + v;
                 z[p * lda_out + o] = hidden ? reptile_act(FS_ACT(P), v) : v;
-            }
+            });
             __syncthreads();
             continue;
         }
@@ -631,13 +651,15 @@ __device__ __forceinline__ bool fused_forward(const FusedParams& P, const FusedS
         }
         if (split > 1 && !f.lanes) {
             __syncthreads();  // every slice's partial sums written
-            for (int e = threadIdx.x; e < bs * out; e += FS_BLOCK) {
-                const int p = e / out, o = e - p * out, a = p * lda_out + o;
+            const float* part1 = fused_part(P, S, 1);  // slice t's at (t − 1)·pstride from it
+            const int pstride = (int)(fused_part(P, S, 2) - part1);
+            fused_each(bs, out, [&](int p, int o) {
+                const int a = p * lda_out + o;
                 float v = z[a];
-                for (int t = 1; t < split; ++t) v += fused_part(P, S, t)[a];
+                for (int t = 1; t < split; ++t) v += part1[(t - 1) * pstride + a];
                 v = bias[o] + v;
                 z[a] = hidden ? reptile_act(FS_ACT(P), v) : v;
-            }
+            });
         }
         __syncthreads();
     }
@@ -663,12 +685,12 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
         denom = (double)(bs * out);
     } else if (FS_LOSS(P) == REPTILE_LOSS_MSE) {
         const float scale = 2.0f / (float)(bs * out);
-        for (int e = threadIdx.x; e < bs * out; e += FS_BLOCK) {
-            const int p = e / out, a = p * lda_out + (e - p * out);
+        fused_each(bs, out, [&](int p, int j) {
+            const int a = p * lda_out + j;
             const float d = yhat[a] - S.yb[a];
             if (total) part = fmaf(d, d, part);
             if (grad) yhat[a] = scale * d;  // in place: this thread's element, read above
-        }
+        });
         denom = (double)(bs * out);
     } else {
         const unsigned* lb = (const unsigned*)S.yb;
@@ -766,12 +788,14 @@ __device__ __forceinline__ void fused_input_grad(const FusedParams& P, const Fus
     }
     if (split > 1 && !f.lanes) {
         __syncthreads();  // every slice's partial sums written
-        for (int e = threadIdx.x; e < bs * in; e += FS_BLOCK) {
-            const int p = e / in, a = p * lda_in + (e - p * in);
+        const float* part1 = fused_part(P, S, 1);  // slice t's at (t − 1)·pstride from it
+        const int pstride = (int)(fused_part(P, S, 2) - part1);
+        fused_each(bs, in, [&](int p, int i) {
+            const int a = p * lda_in + i;
             float v = gnext[a];
-            for (int t = 1; t < split; ++t) v += fused_part(P, S, t)[a];
+            for (int t = 1; t < split; ++t) v += part1[(t - 1) * pstride + a];
             gnext[a] = v * reptile_act_grad(FS_ACT(P), a_prev[a]);
-        }
+        });
     }
 }
 
