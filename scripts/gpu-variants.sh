@@ -46,10 +46,11 @@ from() {
 # holds a `slices-only` marker that bench_fused_default honours.
 from session-start a5f2322
 [[ ! -d $root/session-start ]] || touch "$root/session-start/slices-only"
-# Session 19's three kernel changes as a chain of commits, each variant the one before the next
-# change, so that neighbours in `order` differ by one change: session-18 (36ae8c6, as session 18
-# left them) -> dw-bias-in-tiles (+ layer offsets without loops) -> warp-per-head (+ the bias
-# gradient out of the dW tiles) -> base (+ lane groups for layers of <= 4 outputs).
+# Session 19's kernel changes as a chain of commits, each variant the one before the next change,
+# so that neighbours in `order` differ by one change: session-18 (36ae8c6, as session 18 left
+# them) -> dw-bias-in-tiles (+ layer offsets without loops) -> warp-per-head (+ the bias gradient
+# out of the dW tiles) -> element-division (+ lane groups for layers of <= 4 outputs, small
+# layers' weights before biases) -> base (+ fused_each, constant shared-memory offsets).
 from session-18 36ae8c6
 # dw-bias-in-tiles (bf4dbbf): dW tiles that sum the bias gradient in every tile (for the it = 0
 # tiles' use), point loop unrolled by 2.
@@ -57,9 +58,12 @@ from dw-bias-in-tiles bf4dbbf
 # warp-per-head (bd3d940): a layer of at most 4 outputs takes a whole warp per output element
 # (the sine net's 64 -> 1: 16 of the 32 lanes add zeros).
 from warp-per-head bd3d940
+# element-division (a2fc916): element loops divide every element's index by the width, and a
+# specialized build carves shared memory from P.widths (offsets recomputed inside loops).
+from element-division a2fc916
 # The order gpu-check.sh times them in (the comparisons that decide defaults first, in case its
 # step runs out of time).
-order="base warp-per-head dw-bias-in-tiles session-18 session-start loss-every-step fast-tanh no-split clamp kunroll2"
+order="base element-division warp-per-head dw-bias-in-tiles session-18 session-start loss-every-step fast-tanh no-split clamp kunroll2"
 for v in "$root"/*/; do
     [[ " $order " == *" $(basename "$v") "* ]] || { echo "gpu-variants.sh: $(basename "$v") missing from order" >&2; exit 1; }
 done
