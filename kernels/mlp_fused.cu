@@ -631,7 +631,9 @@ __device__ __forceinline__ bool fused_forward(const FusedParams& P, const FusedS
                 }
                 continue;
             }
-            float* dst = sl == 0 ? z : fused_part(P, S, sl);
+            // The tile's elements at (q·lda_out + r·To) from its first: constant offsets in a
+            // specialized build (indexed from dst itself, ptxas computed each address apart).
+            float* dst = (sl == 0 ? z : fused_part(P, S, sl)) + p0 * lda_out + ot;
             REPTILE_UNROLL
             for (int r = 0; r < REPTILE_PT; ++r) {
                 const int o = ot + r * To;
@@ -641,9 +643,9 @@ __device__ __forceinline__ bool fused_forward(const FusedParams& P, const FusedS
                     if (o < out && fused_in_batch(p, bs)) {
                         if (split == 1) {
                             const float v = bias[o] + acc[r][q];
-                            z[p * lda_out + o] = hidden ? reptile_act(FS_ACT(P), v) : v;
+                            dst[q * lda_out + r * To] = hidden ? reptile_act(FS_ACT(P), v) : v;
                         } else {
-                            dst[p * lda_out + o] = acc[r][q];
+                            dst[q * lda_out + r * To] = acc[r][q];
                         }
                     }
                 }
@@ -773,15 +775,17 @@ __device__ __forceinline__ void fused_input_grad(const FusedParams& P, const Fus
             }
             continue;
         }
-        float* dst = sl == 0 ? gnext : fused_part(P, S, sl);
+        // The tile's elements at (q·lda_in + c) from its first (constant offsets, as forward).
+        float* dst = (sl == 0 ? gnext : fused_part(P, S, sl)) + p0 * lda_in + i0;
+        const float* arow = a_prev + p0 * lda_in + i0;
         REPTILE_UNROLL
         for (int q = 0; q < REPTILE_PTP; ++q) {
             const int p = p0 + q;
             if (fused_in_batch(p, bs)) {
                 REPTILE_UNROLL
                 for (int c = 0; c < REPTILE_PT; ++c) {
-                    const int i = i0 + c, a = p * lda_in + i;
-                    if (i < in) dst[a] = split == 1 ? acc[c][q] * reptile_act_grad(FS_ACT(P), a_prev[a]) : acc[c][q];
+                    const int a = q * lda_in + c;
+                    if (i0 + c < in) dst[a] = split == 1 ? acc[c][q] * reptile_act_grad(FS_ACT(P), arow[a]) : acc[c][q];
                 }
             }
         }
