@@ -47,7 +47,7 @@ from() {
 from session-start a5f2322
 [[ ! -d $root/session-start ]] || touch "$root/session-start/slices-only"
 # Session 19's kernel changes as a chain of commits, each variant the one before the next change,
-# so that neighbours in `order` differ by one change: session-18 (36ae8c6, as session 18 left
+# so that neighbours in `order` differ by one or two changes: session-18 (36ae8c6, as session 18 left
 # them) -> dw-bias-in-tiles (+ layer offsets without loops) -> warp-per-head (+ the bias gradient
 # out of the dW tiles) -> element-division (+ lane groups for layers of <= 4 outputs, small
 # layers' weights before biases) -> base (+ fused_each, constant shared-memory offsets, tile stores
