@@ -405,6 +405,8 @@ __device__ __forceinline__ void fused_halve(float (&v)[N], unsigned bit) {
 // [sl·N/S, (sl+1)·N/S) in v[0..N/S). Each round halves the values a lane keeps
 // and adds its partner's half, so every total is (s0 + s2) + (s1 + s3) (S = 4) or s0 + s1
 // (S = 2), the same bits whichever lane computes it. Returns N/S. All 32 lanes must call it.
+// Lane slice sl's values are whole rows sl·PT/S.. of the tile (S = 2 or 4 divides REPTILE_PT).
+static_assert(REPTILE_PT % 4 == 0, "a lane slice holds whole rows of a tile");
 __device__ __forceinline__ int fused_scatter(const float acc[REPTILE_PT][REPTILE_PTP], int split,
                                              float (&v)[REPTILE_PT * REPTILE_PTP]) {
     constexpr int N = REPTILE_PT * REPTILE_PTP;
@@ -620,13 +622,19 @@ __device__ __forceinline__ bool fused_forward(const FusedParams& P, const FusedS
             if (f.lanes) {
                 float v[REPTILE_PT * REPTILE_PTP];
                 const int cnt = fused_scatter(acc, split, v);
+                // Lane slice sl holds the tile's values sl·cnt + i, i.e. whole rows r0.. (cnt
+                // a multiple of REPTILE_PTP, see fused_scatter): value i at constant offsets from
+                // the slice's first element.
+                const int r0 = sl * (cnt / REPTILE_PTP);
+                float* zt = z + p0 * lda_out + ot + r0 * To;
+                const float* bt = bias + ot + r0 * To;
                 REPTILE_UNROLL
                 for (int i = 0; i < REPTILE_PT * REPTILE_PTP / 2; ++i) {
-                    const int j = sl * cnt + i, r = j / REPTILE_PTP, q = j - r * REPTILE_PTP;
-                    const int o = ot + r * To, p = p0 + q;
+                    const int r = i / REPTILE_PTP, q = i - r * REPTILE_PTP;
+                    const int o = ot + (r0 + r) * To, p = p0 + q;
                     if (i < cnt && live && o < out && fused_in_batch(p, bs)) {
-                        const float val = bias[o] + v[i];
-                        z[p * lda_out + o] = hidden ? reptile_act(FS_ACT(P), val) : val;
+                        const float val = bt[r * To] + v[i];
+                        zt[q * lda_out + r * To] = hidden ? reptile_act(FS_ACT(P), val) : val;
                     }
                 }
                 continue;
@@ -766,12 +774,17 @@ __device__ __forceinline__ void fused_input_grad(const FusedParams& P, const Fus
         if (f.lanes) {
             float v[REPTILE_PT * REPTILE_PTP];
             const int cnt = fused_scatter(acc, split, v);
+            // As in fused_forward: whole rows c0.. of the tile, at constant offsets from the
+            // slice's first element.
+            const int c0 = sl * (cnt / REPTILE_PTP);
+            float* gt = gnext + p0 * lda_in + i0 + c0;
+            const float* at = a_prev + p0 * lda_in + i0 + c0;
             REPTILE_UNROLL
             for (int u = 0; u < REPTILE_PT * REPTILE_PTP / 2; ++u) {
-                const int j = sl * cnt + u, c = j / REPTILE_PTP, q = j - c * REPTILE_PTP;
-                const int i = i0 + c, p = p0 + q, a = p * lda_in + i;
+                const int c = u / REPTILE_PTP, q = u - c * REPTILE_PTP;
+                const int i = i0 + c0 + c, p = p0 + q, a = q * lda_in + c;
                 if (u < cnt && live && i < in && fused_in_batch(p, bs))
-                    gnext[a] = v[u] * reptile_act_grad(FS_ACT(P), a_prev[a]);
+                    gt[a] = v[u] * reptile_act_grad(FS_ACT(P), at[a]);
             }
             continue;
         }
