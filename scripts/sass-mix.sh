@@ -10,6 +10,8 @@
 #   bash scripts/sass-mix.sh FILE.ptx ...     # these files
 #   TOP=40 bash scripts/sass-mix.sh           # more opcodes per file
 #   SASS_DIR=/tmp/sass bash scripts/sass-mix.sh   # also keep the disassembly (FILE.sass)
+#   LOOPS=1 bash scripts/sass-mix.sh FILE.ptx     # also list its loops with their source lines
+#                                                 # (scripts/sass_loops.py)
 #
 # Needs the CUDA venv of .ci/run (target/cuda-venv: NVRTC and ptxas 13.0). cuobjdump and
 # nvdisasm come from NVIDIA's PyPI wheels into target/sass-venv (13.2 is the first 13.x release
@@ -55,4 +57,12 @@ for ptx in "$@"; do
     echo "== $name: $total instructions"
     sort "$work/$name.ops" | uniq -c | sort -rn | head -n "$top" \
         | awk -v t="$total" '{ printf "  %-8s %6d  %5.1f%%\n", $2, $1, 100 * $1 / t }'
+    if [[ -n ${LOOPS:-} ]]; then
+        # Line information needs the cubin assembled with -lineinfo (the PTX carries it: NVRTC
+        # compiles with -lineinfo) and nvdisasm's inlining chains.
+        "$cuda_nv/bin/ptxas" -arch=sm_90 -lineinfo -o "$work/$name.l.cubin" "$ptx"
+        nvdisasm -gi -c "$work/$name.l.cubin" >"$work/$name.l.sass"
+        echo "  loops (static; source lines innermost first):"
+        python3 scripts/sass_loops.py "$work/$name.l.sass" "kernels/${name%%.*}.cu" | sed 's/^/  /'
+    fi
 done
