@@ -38,7 +38,8 @@
 //                      In training steps an output layer on the lane-group path (≤ 4 outputs)
 //                      computes it instead, in the lane that writes the element (fused_forward).
 //   loss (CE):         item = point p (max, Σexp, gradient over the point's outputs).
-//   backward dA:       tile = 4 consecutive inputs × REPTILE_PTP points, same split rule.
+//   backward dA:       tile = 4 consecutive inputs × REPTILE_PTP points, same split rule. A
+//                      layer with ≤ 4 outputs: one thread per input element.
 //   backward dW + SGD: tile = 4 consecutive outputs × 4 consecutive inputs, it fast; sums over
 //                      the minibatch's points and updates its 16 weights in place a phase after
 //                      dA has read W (beside the next layer's dA where the buffers allow:
@@ -743,8 +744,8 @@ __device__ __forceinline__ float* fused_dz(const FusedParams& P, const FusedSmem
 // update. Work map: a thread owns 4 consecutive inputs 4·it.. (a warp reads one contiguous run
 // of a W row per 16-byte load) × REPTILE_PTP consecutive points, with the forward pass's split
 // over quads of outputs (warp slices: slice 0 writes raw sums into dZ_{l−1}, an epilogue after
-// a barrier adds the others and applies act'; lanes: fused_scatter, no epilogue). Ends without
-// a barrier.
+// a barrier adds the others and applies act'; lanes: fused_scatter, no epilogue). A layer with
+// at most 4 outputs: one thread per input element. Ends without a barrier.
 __device__ __forceinline__ void fused_input_grad(const FusedParams& P, const FusedSmem& S, int l, int bs) {
     const int Tp = (bs + REPTILE_PTP - 1) / REPTILE_PTP;
     const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
@@ -753,6 +754,18 @@ __device__ __forceinline__ void fused_input_grad(const FusedParams& P, const Fus
     const float* W = S.theta + S.w_off(l);
     const float* gcur = fused_dz(P, S, l);
     float* gnext = fused_dz(P, S, l - 1);
+    if (out <= 4) {
+        // A layer with at most 4 outputs (the sine net's last): one thread per input element,
+        // so the whole block shares its few products instead of one warp of tiles (the tiles'
+        // sums in the same order: fmaf over increasing o from 0, unsplit).
+        fused_each(bs, in, [&](int p, int i) {
+            float acc = 0.0f;
+            for (int o = 0; o < out; ++o) acc = fmaf(gcur[p * lda_out + o], W[o * ldw + i], acc);
+            const int a = p * lda_in + i;
+            gnext[a] = acc * reptile_act_grad(FS_ACT(P), a_prev[a]);
+        });
+        return;
+    }
     const int Ti = (in + 3) >> 2, To = (out + 3) >> 2;
     const int items = Ti * Tp;
     const FusedSlices f = fused_slices(items, To, FS_LANES(P));
