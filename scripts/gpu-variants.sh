@@ -50,8 +50,8 @@ from session-start a5f2322
 # so that neighbours in `order` differ by one or two changes: session-18 (36ae8c6, as session 18 left
 # them) -> dw-bias-in-tiles (+ layer offsets without loops) -> warp-per-head (+ the bias gradient
 # out of the dW tiles) -> element-division (+ lane groups for layers of <= 4 outputs, small
-# layers' weights before biases) -> base (+ fused_each, constant shared-memory offsets, tile stores
-# at constant offsets).
+# layers' weights before biases) -> base (+ fused_each, constant shared-memory offsets, tile and
+# lane-split stores at constant offsets, one thread per element for a small layer's input gradient).
 from session-18 36ae8c6
 # dw-bias-in-tiles (bf4dbbf): dW tiles that sum the bias gradient in every tile (for the it = 0
 # tiles' use), point loop unrolled by 2.
