@@ -50,8 +50,9 @@ from session-start a5f2322
 # so that neighbours in `order` differ by one or two changes: session-18 (36ae8c6, as session 18 left
 # them) -> dw-bias-in-tiles (+ layer offsets without loops) -> warp-per-head (+ the bias gradient
 # out of the dW tiles) -> element-division (+ lane groups for layers of <= 4 outputs, small
-# layers' weights before biases) -> base (+ fused_each, constant shared-memory offsets, tile and
-# lane-split stores at constant offsets, one thread per element for a small layer's input gradient).
+# layers' weights before biases) -> divided-stores (+ fused_each, constant shared-memory offsets)
+# -> base (+ tile and lane-split stores at constant offsets, one thread per element for a small
+# layer's input gradient).
 from session-18 36ae8c6
 # dw-bias-in-tiles (bf4dbbf): dW tiles that sum the bias gradient in every tile (for the it = 0
 # tiles' use), point loop unrolled by 2.
@@ -62,9 +63,12 @@ from warp-per-head bd3d940
 # element-division (a2fc916): element loops divide every element's index by the width, and a
 # specialized build carves shared memory from P.widths (offsets recomputed inside loops).
 from element-division a2fc916
+# divided-stores (bcd61a2): tiles store by index from the buffer's base, lane slices divide each
+# value's index by the point tile, a small layer's input gradient runs on one warp of tiles.
+from divided-stores bcd61a2
 # The order gpu-check.sh times them in (the comparisons that decide defaults first, in case its
 # step runs out of time).
-order="base element-division warp-per-head dw-bias-in-tiles session-18 session-start loss-every-step fast-tanh no-split clamp kunroll2"
+order="base divided-stores element-division warp-per-head dw-bias-in-tiles session-18 session-start loss-every-step fast-tanh no-split clamp kunroll2"
 for v in "$root"/*/; do
     [[ " $order " == *" $(basename "$v") "* ]] || { echo "gpu-variants.sh: $(basename "$v") missing from order" >&2; exit 1; }
 done
