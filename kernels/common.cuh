@@ -39,8 +39,8 @@
 #endif
 
 // Most slices that split one product's reduction in the fused kernel (see fused_slices): warp
-// slices, for which the layout reserves REPTILE_SPLIT − 1 partial-sum buffers, or lanes of a
-// warp (FusedParams::lanes; 2 or 4 of them, summed by shuffles).
+// slices, for which the layout reserves FusedParams::split − 1 ≤ REPTILE_SPLIT − 1 partial-sum
+// buffers, or lanes of a warp (FusedParams::lanes; 2 or 4 of them, summed by shuffles).
 #define REPTILE_SPLIT 4
 
 // Activation and loss codes (match src/cuda/plan.rs).
@@ -71,6 +71,9 @@ struct FusedParams {
     int lanes;                           // 1: products split over the lanes of a warp and summed
                                          // by shuffles (no partial-sum buffers, no epilogue
                                          // barrier); 0: over warp slices (fused_slices)
+    int split;                           // most warp slices a product splits into, 1 to
+                                         // REPTILE_SPLIT (the layout holds split − 1 partial-sum
+                                         // buffers; fewer buffers, more blocks per SM)
 };
 
 // Row strides of the fused kernel's shared memory, W_l rows (reptile_ldw(in)) and per-point

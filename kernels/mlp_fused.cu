@@ -66,6 +66,7 @@
 #define FS_BLOCK REPTILE_SPEC_BLOCK
 #define FS_STAGE(P) REPTILE_SPEC_STAGE
 #define FS_LANES(P) REPTILE_SPEC_LANES
+#define FS_SPLIT(P) REPTILE_SPEC_SPLIT
 #define FS_LAYER_UNROLL REPTILE_UNROLL
 #define FS_WIDTH(P, l) fs_width(l)
 __device__ __forceinline__ constexpr int fs_width(int l) {
@@ -102,6 +103,7 @@ __device__ __forceinline__ constexpr int fs_gmax() {
 #define FS_BLOCK ((int)blockDim.x)
 #define FS_STAGE(P) (P).stage
 #define FS_LANES(P) (P).lanes
+#define FS_SPLIT(P) (P).split
 #define FS_LAYER_UNROLL
 #define FS_WIDTH(P, l) (P).widths[l]
 #endif
@@ -121,7 +123,7 @@ struct FusedSmem {
     float* yb2;      //   (fused_swap_batch exchanges them with xb, yb)
     float* red;      // 32 floats of reduction scratch
     float* task;     // staged task (P.stage): x [m × in], y [m × out] or labels [m], idx [steps × stride]
-    float* scr;      // (REPTILE_SPLIT − 1) partial-sum buffers, bmax·lda(gmax) each
+    float* scr;      // (FusedParams::split − 1) partial-sum buffers, bmax·lda(gmax) each
     int gm;          // gmax: the widest layer output
 #ifdef REPTILE_SPEC
     __device__ __forceinline__ int gmax() const { return fs_gmax(); }
@@ -322,9 +324,9 @@ __device__ __forceinline__ FusedBatch fused_task_batch(const FusedParams& P, con
 // S is uniform across the block. Two ways to split, chosen by FusedParams::lanes:
 //  - warp slices (lanes = 0): every warp of a slice on the same quads (so W reads stay
 //    conflict-free and point reads stay broadcasts); slices write partial sums that an
-//    epilogue phase adds in slice order, after a barrier. S = min(REPTILE_SPLIT, warps per
-//    block / warps the tiles need, nq), at least 1 (mirrored on the host by
-//    `plan::fused_splits`, which sizes the partial-sum buffers).
+//    epilogue phase adds in slice order, after a barrier. S = min(REPTILE_SPLIT, cap, warps
+//    per block / warps the tiles need, nq), at least 1, with cap = FusedParams::split (mirrored
+//    on the host by `plan::fused_splits`, which sizes the partial-sum buffers).
 //  - lanes (lanes = 1): the S lanes lane ^ (32/S)·j of a warp share a tile, lane slice
 //    lane / (32/S), so the 8 lanes of each 16-byte phase hold 8 consecutive tiles of one slice
 //    (the same conflict-free W reads and broadcast point reads); fused_scatter sums them by
@@ -343,7 +345,7 @@ struct FusedSlices {
     bool lanes;  // split over lanes: the loop body calls fused_scatter (warp-uniform trip count)
 };
 
-__device__ __forceinline__ FusedSlices fused_slices(int items, int nq, int lanes) {
+__device__ __forceinline__ FusedSlices fused_slices(int items, int nq, int lanes, int cap) {
     FusedSlices f;
     int S;
     if (lanes) {
@@ -354,6 +356,7 @@ __device__ __forceinline__ FusedSlices fused_slices(int items, int nq, int lanes
         const int need = (items + 31) >> 5;
         S = (FS_BLOCK >> 5) / need;
         if (S > REPTILE_SPLIT) S = REPTILE_SPLIT;
+        if (S > cap) S = cap;  // FusedParams::split
         if (S > nq) S = nq;
         if (S < 1) S = 1;
     }
@@ -518,7 +521,7 @@ __device__ __forceinline__ void fused_tile_cols(const float* W, int ldw, int i0,
     }
 }
 
-// Partial-sum buffer of slice s ≥ 1 ([points × width], REPTILE_SPLIT − 1 of them).
+// Partial-sum buffer of slice s ≥ 1 ([points × width], FusedParams::split − 1 of them).
 __device__ __forceinline__ float* fused_part(const FusedParams& P, const FusedSmem& S, int s) {
     return S.scr + (s - 1) * FS_STRIDE(P) * reptile_lda(S.gmax());
 }
@@ -600,7 +603,7 @@ __device__ __forceinline__ bool fused_forward(const FusedParams& P, const FusedS
             continue;
         }
         const int To = (out + REPTILE_PT - 1) / REPTILE_PT, items = To * Tp;
-        const FusedSlices f = fused_slices(items, nq, FS_LANES(P));
+        const FusedSlices f = fused_slices(items, nq, FS_LANES(P), FS_SPLIT(P));
         const int split = f.split, sl = f.sl;
         for (int item0 = f.first; sl < split && item0 < f.end; item0 += f.step) {
             const bool live = item0 < items;  // false only for a lane split's spare lanes
@@ -768,7 +771,7 @@ __device__ __forceinline__ void fused_input_grad(const FusedParams& P, const Fus
     }
     const int Ti = (in + 3) >> 2, To = (out + 3) >> 2;
     const int items = Ti * Tp;
-    const FusedSlices f = fused_slices(items, To, FS_LANES(P));
+    const FusedSlices f = fused_slices(items, To, FS_LANES(P), FS_SPLIT(P));
     const int split = f.split, sl = f.sl;
     for (int item0 = f.first; sl < split && item0 < f.end; item0 += f.step) {
         const bool live = item0 < items;  // false only for a lane split's spare lanes

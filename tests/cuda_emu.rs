@@ -125,11 +125,31 @@ fn load_emu(path: PathBuf) -> Emu {
     }
 }
 
+/// How an emulated launch splits a product's reduction: over at most `n` warp slices
+/// (`FusedParams::split`), or over the lanes of a warp.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Split {
+    Slices(usize),
+    Lanes,
+}
+
+/// The back end's default split: up to `plan::SPLIT` warp slices.
+const SLICES: Split = Split::Slices(plan::SPLIT);
+
+impl Split {
+    /// `params` launched with this split.
+    fn apply(self, params: plan::FusedParams) -> plan::FusedParams {
+        match self {
+            Split::Slices(n) => plan::FusedParams { lanes: 0, split: n as i32, ..params },
+            Split::Lanes => plan::FusedParams { lanes: 1, ..params },
+        }
+    }
+}
+
 /// Runs the fused kernel in the emulation library `lib` ([`emu`], or a shape-specialized
 /// build), with the task staging forced on or off (`stage`; `None`: as `fused_params`
-/// decides) and products split over warp slices or, with `lanes`, over the lanes of a warp
-/// (a specialized build must have been compiled for the same choice); returns
-/// (deltas [n × P], losses [n × 2]).
+/// decides) and products split as `split` says (a specialized build must have been compiled
+/// for the same choice); returns (deltas [n × P], losses [n × 2]).
 #[allow(clippy::too_many_arguments)]
 fn run_fused(
     lib: &Emu,
@@ -143,13 +163,12 @@ fn run_fused(
     fomaml: bool,
     block: u32,
     stage: Option<bool>,
-    lanes: bool,
+    split: Split,
 ) -> (Vec<f32>, Vec<f32>) {
-    let mut params = plan.fused_params(spec, m, lr, fomaml).unwrap();
+    let mut params = split.apply(plan.fused_params(spec, m, lr, fomaml).unwrap());
     if let Some(on) = stage {
         params.stage = on as i32;
     }
-    params.lanes = lanes as i32;
     // The shared memory the back end launches with: only the partial-sum buffers this block
     // size's warp slices use (an underestimate would overrun into the emulation's guard zone).
     let smem = plan::fused_launch_bytes(spec, &params, block);
@@ -290,14 +309,16 @@ fn fused_inner_loop_matches_cpu_on_random_specs() {
 
         let (d_ref, l_ref) = plan::cpu_deltas(&spec, &theta, &x, y, m, &plan, lr, fomaml);
         // Every other case gathers from global memory instead of the staged task; every other
-        // pair splits products over lanes instead of warp slices.
+        // pair splits products over lanes instead of warp slices, and the warp-slice cases
+        // cap the slices at 4, 2 or 3 in turn.
         let (stage, lanes) = (case % 2 == 0, case % 4 >= 2);
         if lanes {
             lane_split_cases += (lane_split_products(&spec, plan.b.max(plan.b_last), block) > 0) as usize;
         }
-        let (d_emu, l_emu) = run_fused(emu(), &spec, &theta, &x, y, m, &plan, lr, fomaml, block, Some(stage), lanes);
+        let split = if lanes { Split::Lanes } else { Split::Slices([plan::SPLIT, 2, 3][(case as usize / 4) % 3]) };
+        let (d_emu, l_emu) = run_fused(emu(), &spec, &theta, &x, y, m, &plan, lr, fomaml, block, Some(stage), split);
         let what = format!(
-            "case {case}: {:?} {:?} n={n} m={m} {inner:?} tail={tail:?} block={block} stage={stage} lanes={lanes}",
+            "case {case}: {:?} {:?} n={n} m={m} {inner:?} tail={tail:?} block={block} stage={stage} {split:?}",
             spec.widths(),
             spec.loss()
         );
@@ -353,7 +374,8 @@ fn fused_inner_loop_on_deep_networks() {
         .unwrap();
         let (d_ref, l_ref) = plan::cpu_deltas(spec, &theta, &x, y, m, &plan, inner.lr, false);
         for (lanes, stage, block) in [(false, false, 64u32), (true, true, 64), (false, true, 96), (true, false, 128)] {
-            let (d, l) = run_fused(emu(), spec, &theta, &x, y, m, &plan, inner.lr, false, block, Some(stage), lanes);
+            let split = if lanes { Split::Lanes } else { SLICES };
+            let (d, l) = run_fused(emu(), spec, &theta, &x, y, m, &plan, inner.lr, false, block, Some(stage), split);
             let what = format!("{:?} lanes={lanes} stage={stage} block={block}", spec.widths());
             assert_close(&format!("{what} delta"), &d, &d_ref, 2e-5, 1e-4);
             assert_close(&format!("{what} losses"), &l, &l_ref, 1e-5, 1e-4);
@@ -373,15 +395,15 @@ fn fused_inner_loop_sine_shape() {
     let plan = MinibatchPlan::training(3, 50, &inner, OuterRule::Reptile, 5, 0, 0).unwrap();
     let (d_ref, l_ref) = plan::cpu_deltas(&spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, inner.lr, false);
     // At 128 threads (the generic build's tiles of 4 points) both 64-wide products split 2
-    // ways: over warps, or over lanes.
+    // ways: over warps, or over lanes; or, with one warp slice at most, not at all.
     assert_eq!(lane_split_products(&spec, 10, 128), 2);
-    for lanes in [false, true] {
+    for split in [SLICES, Split::Slices(1), Split::Lanes] {
         let (d_emu, l_emu) =
-            run_fused(emu(), &spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, inner.lr, false, 128, None, lanes);
-        let worst = assert_close(&format!("sine delta (lanes {lanes})"), &d_emu, &d_ref, 1e-5, 1e-4);
-        assert_close(&format!("sine losses (lanes {lanes})"), &l_emu, &l_ref, 1e-5, 1e-4);
+            run_fused(emu(), &spec, &theta, batch.x(), Tgt::Values(y), 50, &plan, inner.lr, false, 128, None, split);
+        let worst = assert_close(&format!("sine delta ({split:?})"), &d_emu, &d_ref, 1e-5, 1e-4);
+        assert_close(&format!("sine losses ({split:?})"), &l_emu, &l_ref, 1e-5, 1e-4);
         println!(
-            "sine 1-64-64-1, k=5, b=10, lanes {lanes}: shared memory {} B, worst |Δ| = {worst:e}",
+            "sine 1-64-64-1, k=5, b=10, {split:?}: shared memory {} B, worst |Δ| = {worst:e}",
             FusedLayout::new(&spec, 10).bytes()
         );
     }
@@ -397,13 +419,16 @@ fn specialized_builds_match_the_cpu() {
     // launches it for many tasks (tiles of 5 points: both 64-wide products split over 4 lanes).
     let sine = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap();
     let ce = MlpSpec::new(&[6, 40, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
+    // And the sine net at 128 threads with at most 3 warp slices (16 quads in slices of 6, 6
+    // and 4: the n = 4096 launch with `set_warp_slices(3)`).
     let cases = [
-        (sine.clone(), None, 96u32, "sine", false),
-        (sine, None, 128, "sine_lanes", true),
-        (ce.clone(), Some(3), 64, "ce", false),
-        (ce, Some(3), 64, "ce_lanes", true),
+        (sine.clone(), None, 96u32, "sine", SLICES),
+        (sine.clone(), None, 128, "sine_lanes", Split::Lanes),
+        (sine, None, 128, "sine_slices3", Split::Slices(3)),
+        (ce.clone(), Some(3), 64, "ce", SLICES),
+        (ce, Some(3), 64, "ce_lanes", Split::Lanes),
     ];
-    for (spec, tail, block, name, lanes) in cases {
+    for (spec, tail, block, name, split) in cases {
         let (n, m) = (3, 12);
         let inner = InnerLoop { lr: 0.03, steps: 3, batch_size: 10 };
         let plan = MinibatchPlan::build(n, m, &inner, tail, |i| {
@@ -411,8 +436,7 @@ fn specialized_builds_match_the_cpu() {
         })
         .unwrap();
         let fomaml = tail.is_some();
-        let params =
-            plan::FusedParams { lanes: lanes as i32, ..plan.fused_params(&spec, m, inner.lr, fomaml).unwrap() };
+        let params = split.apply(plan.fused_params(&spec, m, inner.lr, fomaml).unwrap());
         let mut defines = plan::FusedShape::new(&params, block).defines();
         // With the shapes constant, some helpers no longer read their FusedParams argument.
         defines.push("-Wno-unused-parameter".into());
@@ -423,7 +447,7 @@ fn specialized_builds_match_the_cpu() {
         let lab: Vec<u32> = (0..n * m).map(|_| rng.random_range(0..spec.out_dim() as u32)).collect();
         let y = if spec.loss() == Loss::Mse { Tgt::Values(&yv) } else { Tgt::Labels(&lab) };
         let (d_ref, l_ref) = plan::cpu_deltas(&spec, &theta, &x, y, m, &plan, inner.lr, fomaml);
-        let (d, l) = run_fused(&lib, &spec, &theta, &x, y, m, &plan, inner.lr, fomaml, block, None, lanes);
+        let (d, l) = run_fused(&lib, &spec, &theta, &x, y, m, &plan, inner.lr, fomaml, block, None, split);
         let worst = assert_close(&format!("{name} specialized delta"), &d, &d_ref, 5e-5, 1e-3);
         assert_close(&format!("{name} specialized losses"), &l, &l_ref, 1e-5, 1e-3);
         println!("{name} specialized (block {block}): worst |Δ| = {worst:e}");
@@ -475,7 +499,7 @@ fn meta_step_matches_the_cpu_trainer() {
                 fomaml,
                 64,
                 None,
-                false,
+                SLICES,
             );
             let scale = config.epsilon(it) / n as f32;
             let (out, sum, bad) = run_update(&theta, &d, n, scale, config.keep(config.epsilon(it)), 64);

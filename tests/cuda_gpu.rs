@@ -95,9 +95,11 @@ fn fused_kernel_matches_cpu_on_random_specs() {
         // The fused kernel at several block sizes: its results must not depend on blockDim.
         gpu.set_fused_block(Some([256, 128, 512, 64, 96][case as usize % 5])).unwrap();
         // A third of the cases on the shape-specialized build (one NVRTC compile each); half
-        // with products split over lanes instead of warp slices.
+        // with products split over lanes instead of warp slices, and of the others, every
+        // other with at most 2 warp slices.
         gpu.set_specialize(case % 3 == 0);
         gpu.set_lane_split(case % 2 == 1);
+        gpu.set_warp_slices(if case % 4 == 2 { 2 } else { plan::SPLIT }).unwrap();
         for path in paths {
             let (d_gpu, l_gpu) = gpu.inner_deltas(path, &spec, &theta, &x, y, m, &plan, lr, fomaml).unwrap();
             worst = worst.max(assert_close(&format!("{what} {path:?} delta"), &d_gpu, &d_ref, 5e-5, 1e-3));
@@ -105,15 +107,18 @@ fn fused_kernel_matches_cpu_on_random_specs() {
         }
     }
     assert!(gpu.set_fused_block(Some(100)).is_err() && gpu.set_fused_block(Some(1024)).is_err());
+    assert!(gpu.set_warp_slices(0).is_err() && gpu.set_warp_slices(plan::SPLIT + 1).is_err());
     gpu.set_fused_block(None).unwrap();
     gpu.set_lane_split(false);
+    gpu.set_warp_slices(plan::SPLIT).unwrap();
     // The sine net as the benchmark launches it (n = 4096: 128 threads, the occupancy-bounded
-    // specialized build), with either split.
+    // specialized build), with either split, and with at most 3 warp slices (6 blocks per SM).
     let case = SineCase::new(4096);
     let (d_ref, l_ref) =
         plan::cpu_deltas(&case.spec, &case.theta, case.batch.x(), case.y(), 50, &case.plan, case.lr, false);
-    for lanes in [false, true] {
+    for (lanes, slices) in [(false, plan::SPLIT), (true, plan::SPLIT), (false, 3)] {
         gpu.set_lane_split(lanes);
+        gpu.set_warp_slices(slices).unwrap();
         let (d, l) = gpu
             .inner_deltas(
                 Path::Fused,
@@ -127,10 +132,12 @@ fn fused_kernel_matches_cpu_on_random_specs() {
                 false,
             )
             .unwrap();
-        worst = worst.max(assert_close(&format!("sine n=4096 lanes={lanes} delta"), &d, &d_ref, 5e-5, 1e-3));
-        assert_close(&format!("sine n=4096 lanes={lanes} losses"), &l, &l_ref, 1e-5, 1e-3);
+        let what = format!("sine n=4096 lanes={lanes} slices={slices}");
+        worst = worst.max(assert_close(&format!("{what} delta"), &d, &d_ref, 5e-5, 1e-3));
+        assert_close(&format!("{what} losses"), &l, &l_ref, 1e-5, 1e-3);
     }
     gpu.set_lane_split(false);
+    gpu.set_warp_slices(plan::SPLIT).unwrap();
     println!("inner loops (fused and tiled), GPU vs CPU: worst |Δ| = {worst:e}");
 }
 
@@ -458,8 +465,8 @@ fn bench_fused() {
 /// The fused sine meta-step (k = 5, 128 threads, specialized) at n = 4096 and 16384 under each
 /// launch choice the back end has, to pick its defaults by measurement (run by
 /// scripts/gpu-check.sh): registers bounded by occupancy or not (`set_occupancy_bound`),
-/// products split over warp slices or lanes (`set_lane_split`), task staging as decided or
-/// forced on (`set_staging`). Each configuration is timed twice, alternating, so a drift of the
+/// products split over warp slices or lanes (`set_lane_split`), at most 4, 3 or 2 warp slices
+/// (`set_warp_slices`), task staging as decided or forced on (`set_staging`). Each configuration is timed twice, alternating, so a drift of the
 /// clocks shows as a disagreement between the two rounds.
 #[test]
 #[ignore = "benchmark: run explicitly on a GPU"]
@@ -471,13 +478,15 @@ fn gpu_variants() {
         let case = SineCase::new(n);
         let mut rows = vec![];
         for round in 0..2 {
-            for (i, (occupancy, lanes, staging)) in [
-                (true, false, None),
-                (false, false, None),
-                (true, true, None),
-                (false, true, None),
-                (true, false, Some(true)),
-                (true, true, Some(true)),
+            for (i, (occupancy, lanes, staging, slices)) in [
+                (true, false, None, plan::SPLIT),
+                (false, false, None, plan::SPLIT),
+                (true, true, None, plan::SPLIT),
+                (false, true, None, plan::SPLIT),
+                (true, false, Some(true), plan::SPLIT),
+                (true, true, Some(true), plan::SPLIT),
+                (true, false, None, 3),
+                (true, false, None, 2),
             ]
             .into_iter()
             .enumerate()
@@ -485,11 +494,13 @@ fn gpu_variants() {
                 gpu.set_occupancy_bound(occupancy);
                 gpu.set_lane_split(lanes);
                 gpu.set_staging(staging);
+                gpu.set_warp_slices(slices).unwrap();
                 case.time_fused(&mut gpu, 3); // compile and warm up
                 let secs = case.time_fused(&mut gpu, 20);
                 let pct = 100.0 * case.flops / secs / 67e12;
                 if round == 0 {
-                    rows.push((format!("occupancy={occupancy} lanes={lanes} staging={staging:?}"), secs, pct, 0.0));
+                    let what = format!("occupancy={occupancy} lanes={lanes} staging={staging:?} slices={slices}");
+                    rows.push((what, secs, pct, 0.0));
                 } else {
                     rows[i].3 = pct;
                 }
@@ -504,6 +515,7 @@ fn gpu_variants() {
     }
     gpu.set_occupancy_bound(true);
     gpu.set_staging(None);
+    gpu.set_warp_slices(plan::SPLIT).unwrap();
     gpu.set_fused_block(None).unwrap();
     // The 30,000-iteration demo on the serial sine kernel with either split, each run twice
     // (the first run of a split includes its build's NVRTC compile).

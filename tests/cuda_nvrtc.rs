@@ -215,29 +215,27 @@ fn specialized_fused_kernels_compile_without_spills() {
     // The sine net as the back end builds it for the benchmark's launch on an H200 (n = 4096
     // tasks on 132 SMs of 228 KB, 128 threads, not staged): registers bounded for the blocks
     // its shared memory holds (plan::occupancy_blocks), with products split over warp slices
-    // and over lanes (no partial-sum buffers: more blocks per SM, so a tighter bound). Neither
-    // may spill, and each must get the registers its blocks need.
+    // and over lanes (no partial-sum buffers: more blocks per SM, so a tighter bound), and
+    // over at most 3 warp slices (`set_warp_slices(3)`: one buffer fewer, 6 blocks). None may
+    // spill, and each must get the registers its blocks need.
     let sine = &cases[0].0;
     let plan = MinibatchPlan { idx: vec![], n_tasks: 4096, steps: 5, b: 10, b_last: 10, stride: 10 };
     let h200 = plan.fused_params(sine, 50, 0.02, false).unwrap();
-    for lanes in [0, 1] {
-        let params = reptile::cuda::plan::FusedParams { stage: 0, lanes, ..h200 };
+    for (lanes, split, min_blocks) in [(0, 4, 5), (1, 4, 7), (0, 3, 6)] {
+        let params = reptile::cuda::plan::FusedParams { stage: 0, lanes, split, ..h200 };
         let bytes = reptile::cuda::plan::fused_launch_bytes(sine, &params, 128);
         let blocks = reptile::cuda::plan::occupancy_blocks(bytes, 128, 4096, 132, 228 * 1024);
-        assert!(blocks > 4, "lanes {lanes}: {bytes} B per task allow {blocks} blocks");
+        assert!(blocks >= min_blocks, "lanes {lanes} split {split}: {bytes} B per task allow {blocks} blocks");
         let defs = reptile::cuda::plan::FusedShape::new(&params, 128).with_min_blocks(blocks).defines();
         let ptx = kernels::compile_ptx_with(&kernels::MLP_FUSED, "compute_90", &defs).unwrap();
         let Some(ptxas) = &ptxas else { continue };
-        let path = dir.join(format!("mlp_fused.h200.lanes{lanes}.b128.sm_90.ptx"));
+        let name = if split == 4 { format!("lanes{lanes}") } else { format!("slices{split}") };
+        let path = dir.join(format!("mlp_fused.h200.{name}.b128.sm_90.ptx"));
         let (info, text) = assemble_sm90(ptxas, &path, &ptx, "reptile_fused_inner");
-        assert_eq!((info.spill_stores, info.spill_loads, info.stack), (0, 0, 0), "lanes {lanes}:\n{text}");
-        assert!(
-            info.registers as usize * 128 * blocks as usize <= 65536,
-            "lanes {lanes}: {} registers",
-            info.registers
-        );
+        assert_eq!((info.spill_stores, info.spill_loads, info.stack), (0, 0, 0), "{name}:\n{text}");
+        assert!(info.registers as usize * 128 * blocks as usize <= 65536, "{name}: {} registers", info.registers);
         table.push(format!(
-            "| specialized {:?} b=128 lanes={lanes}, {bytes} B, bound to {blocks} blocks/SM | sm_90 | {} | {} | {}/{} |",
+            "| specialized {:?} b=128 lanes={lanes} split={split}, {bytes} B, bound to {blocks} blocks/SM | sm_90 | {} | {} | {}/{} |",
             sine.widths(),
             info.registers,
             info.stack,

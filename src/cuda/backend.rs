@@ -87,6 +87,8 @@ pub struct CudaBackend {
     serial: bool,
     /// How the fused kernel splits a product's reduction ([`Self::set_lane_split`]).
     lanes: bool,
+    /// Most warp slices per product ([`Self::set_warp_slices`]).
+    split: usize,
     /// Whether specialized fused builds bound their registers by occupancy
     /// ([`Self::set_occupancy_bound`]).
     occupancy: bool,
@@ -230,6 +232,7 @@ impl CudaBackend {
                 program_fused: None,
                 serial: true,
                 lanes: false,
+                split: plan::SPLIT,
                 occupancy: true,
                 staging: None,
                 poison: false,
@@ -324,6 +327,21 @@ impl CudaBackend {
         self.lanes = on;
     }
 
+    /// The most warp slices a fused launch splits a product's reduction into (1 to
+    /// [`plan::SPLIT`], the default): the layout holds one partial-sum buffer per slice past
+    /// the first, so fewer slices take less shared memory per task and may fit more blocks per
+    /// SM (the sine net at 128 threads on an H200: 3 slices, 36,624 B, 6 blocks; 4 slices,
+    /// 39,344 B, 5 blocks), each slice then reducing a longer range. Both compute the same
+    /// function up to the order of the slices' sums; `gpu_variants` in `tests/cuda_gpu.rs`
+    /// times them. Launches with [`Self::set_lane_split`] on use no warp slices.
+    pub fn set_warp_slices(&mut self, max: usize) -> CudaResult<()> {
+        if !(1..=plan::SPLIT).contains(&max) {
+            return Err(CudaError::InvalidArgument(format!("warp slices: {max}, must be 1 to {}", plan::SPLIT)));
+        }
+        self.split = max;
+        Ok(())
+    }
+
     /// With `on` (the default), a specialized fused build for a launch of many tasks bounds its
     /// registers so that as many blocks fit an SM as its shared memory and tasks allow
     /// ([`plan::occupancy_blocks`]); off, every build takes the default bound of 128 registers
@@ -340,7 +358,7 @@ impl CudaBackend {
     }
 
     /// `params` as this back end launches them with `block` threads: the split of
-    /// [`Self::set_lane_split`], and task staging (unless [`Self::set_staging`] says otherwise)
+    /// [`Self::set_lane_split`] and [`Self::set_warp_slices`], and task staging (unless [`Self::set_staging`] says otherwise)
     /// only where it pays: for fewer than two tasks per multiprocessor, where the per-step
     /// gathers' global latency is the launch's latency (with more, other blocks hide it; and
     /// before specialized builds were bounded to 128 registers, staging raised the sine build
@@ -349,6 +367,7 @@ impl CudaBackend {
     /// [`Self::fused_shared_memory`]).
     fn fit_launch(&self, spec: &MlpSpec, mut params: plan::FusedParams, block: u32) -> plan::FusedParams {
         params.lanes = self.lanes as i32;
+        params.split = self.split as i32;
         let many = params.n_tasks.max(0) as usize >= 2 * self.info.multiprocessors as usize;
         if params.stage != 0 && !self.staging.unwrap_or(!many) {
             params.stage = 0;

@@ -83,6 +83,10 @@ pub struct FusedParams {
     /// lanes of a warp and sum it by shuffles (no partial-sum buffers in shared memory, no
     /// epilogue barrier); 0: over warp slices ([`fused_splits`]). Same function either way.
     pub lanes: i32,
+    /// Most warp slices a product splits into, 1 to [`SPLIT`] (the layout then holds
+    /// `split − 1` partial-sum buffers: fewer buffers, more blocks per SM, longer products per
+    /// slice). Same function either way.
+    pub split: i32,
 }
 
 // SAFETY: `FusedParams` is `#[repr(C)]`, `Copy`, made of i32/f32 only (no padding, no
@@ -133,12 +137,14 @@ pub struct FusedLayout {
 
 /// Warp slices the fused kernel splits its products into (the largest `fused_slices` split over
 /// every forward and input-gradient product) for minibatches of `b` and `b_last` points and
-/// blocks of `block` threads, for either point tile (the generic build's and the specialized
-/// one's): the number of partial-sum buffers the layout needs, plus one.
-pub fn fused_splits(spec: &MlpSpec, b: usize, b_last: usize, block: u32) -> usize {
+/// blocks of `block` threads, with at most `cap` slices ([`FusedParams::split`], clamped to
+/// 1..=[`SPLIT`]), for either point tile (the generic build's and the specialized one's): the
+/// number of partial-sum buffers the layout needs, plus one.
+pub fn fused_splits(spec: &MlpSpec, b: usize, b_last: usize, block: u32, cap: usize) -> usize {
     let w = spec.widths();
     let nw = (block as usize / 32).max(1);
-    let split = |items: usize, quads: usize| (nw / items.div_ceil(32).max(1)).min(SPLIT).min(quads).max(1);
+    let cap = cap.clamp(1, SPLIT);
+    let split = |items: usize, quads: usize| (nw / items.div_ceil(32).max(1)).min(cap).min(quads).max(1);
     let mut s = 1;
     for ptp in [POINTS_PER_THREAD, point_tile(b.max(b_last))] {
         for bs in [b, b_last] {
@@ -156,6 +162,12 @@ pub fn fused_splits(spec: &MlpSpec, b: usize, b_last: usize, block: u32) -> usiz
         }
     }
     s
+}
+
+/// The warp-slice cap of `params` ([`FusedParams::split`]) within 1..=[`SPLIT`], as the
+/// kernel applies it.
+pub fn split_cap(params: &FusedParams) -> usize {
+    (params.split.max(1) as usize).min(SPLIT)
 }
 
 /// Most shared memory a fused launch spends on staging its task ([`FusedParams::stage`]): the
@@ -178,7 +190,7 @@ pub fn stage_floats(p: &FusedParams) -> usize {
 pub fn fused_launch_bytes(spec: &MlpSpec, params: &FusedParams, block: u32) -> usize {
     let (b, b_last) = (params.b.max(0) as usize, params.b_last.max(0) as usize);
     let staged = if params.stage != 0 { 4 * stage_floats(params) } else { 0 };
-    let splits = if params.lanes != 0 { 1 } else { fused_splits(spec, b, b_last, block) };
+    let splits = if params.lanes != 0 { 1 } else { fused_splits(spec, b, b_last, block, split_cap(params)) };
     FusedLayout::with_splits(spec, b.max(b_last), splits).bytes() + staged
 }
 
@@ -362,6 +374,7 @@ impl MinibatchPlan {
             num_params: int(spec.num_params(), "parameters")?,
             stage: 0,
             lanes: 0,
+            split: SPLIT as i32,
         };
         p.stage = (4 * stage_floats(&p) <= STAGE_BYTES) as i32;
         Ok(p)
@@ -383,6 +396,7 @@ pub struct FusedShape {
     block: u32,
     stage: i32,
     lanes: i32,
+    split: i32,
     min_blocks: u32,
 }
 
@@ -400,6 +414,7 @@ impl FusedShape {
             block,
             stage: params.stage,
             lanes: params.lanes,
+            split: split_cap(params) as i32,
             min_blocks: 0,
         }
     }
@@ -422,6 +437,7 @@ impl FusedShape {
             format!("-DREPTILE_SPEC_BLOCK={}", self.block),
             format!("-DREPTILE_SPEC_STAGE={}", (self.stage != 0) as i32),
             format!("-DREPTILE_SPEC_LANES={}", (self.lanes != 0) as i32),
+            format!("-DREPTILE_SPEC_SPLIT={}", self.split),
             format!("-DREPTILE_PTP={}", point_tile(self.b.max(self.b_last).max(1) as usize)),
         ];
         d.extend(self.widths.iter().enumerate().map(|(l, w)| format!("-DREPTILE_SPEC_W{l}={w}")));
@@ -537,5 +553,38 @@ mod tests {
         // 256 threads: the default bound allows 2 blocks; shared memory for 3 raises it.
         assert_eq!(occupancy_blocks(70_000, 256, 4096, 132, H200_SM), 3);
         assert_eq!(occupancy_blocks(90_000, 256, 4096, 132, H200_SM), 0);
+    }
+
+    #[test]
+    fn warp_slice_cap_sizes_the_partial_sums() {
+        // The sine net at 128 threads with the specialized build's tiles of 5 points (b = 10):
+        // each 64-wide product has 32 tiles, one warp's worth, so 4 warps make 4 slices unless
+        // FusedParams::split caps them; each slice past the first takes a buffer of 10 rows of
+        // 68 floats (2,720 B).
+        let spec = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap();
+        let inner = InnerLoop { lr: 0.02, steps: 5, batch_size: 10 };
+        let plan =
+            MinibatchPlan::build(4096, 50, &inner, None, |i| rng::stream(1, Purpose::InnerShuffle, i as u64)).unwrap();
+        let params = FusedParams { stage: 0, ..plan.fused_params(&spec, 50, 0.02, false).unwrap() };
+        assert_eq!(params.split, SPLIT as i32);
+        for (cap, splits) in [(4, 4), (3, 3), (2, 2), (1, 1), (0, 1), (9, 4)] {
+            assert_eq!(fused_splits(&spec, 10, 10, 128, cap), splits, "cap {cap}");
+        }
+        let mut bytes = [0usize; 5];
+        for (split, b) in bytes.iter_mut().enumerate().skip(1) {
+            let mut p = params;
+            p.split = split as i32;
+            *b = fused_launch_bytes(&spec, &p, 128);
+        }
+        assert_eq!(bytes[4], 39_344);
+        assert_eq!(bytes[3], 39_344 - 2_720);
+        assert_eq!(bytes[1], 39_344 - 3 * 2_720);
+        // On an H200 (228 KB per SM): 3 slices fit 6 blocks per SM where 4 fit 5.
+        assert_eq!(occupancy_blocks(bytes[4], 128, 4096, 132, 228 * 1024), 5);
+        assert_eq!(occupancy_blocks(bytes[3], 128, 4096, 132, 228 * 1024), 6);
+        // Lanes use no warp slices, whatever the cap.
+        let mut lanes = params;
+        (lanes.lanes, lanes.split) = (1, 2);
+        assert_eq!(fused_launch_bytes(&spec, &lanes, 128), 31_184);
     }
 }
