@@ -526,6 +526,13 @@ __device__ __forceinline__ float* fused_part(const FusedParams& P, const FusedSm
     return S.scr + (s - 1) * FS_STRIDE(P) * reptile_lda(S.gmax());
 }
 
+// A split product's epilogue sum of element a: v (slice 0's, in the output) plus the partial
+// sums of slices 1..split−1, in slice order.
+__device__ __forceinline__ float fused_add_parts(const FusedParams& P, const FusedSmem& S, int split, int a, float v) {
+    for (int t = 1; t < split; ++t) v += fused_part(P, S, t)[a];
+    return v;
+}
+
 // Forward pass over the gathered minibatch: A_l = act(A_{l−1}·W_lᵀ + b_l), last layer linear.
 // Work map, layers with more than 4 outputs: a thread owns a tile of 4 outputs {ot + r·To}
 // (strided, so a warp reads 8 consecutive rows of W per 16-byte phase without bank conflicts)
@@ -665,13 +672,9 @@ __device__ __forceinline__ bool fused_forward(const FusedParams& P, const FusedS
         }
         if (split > 1 && !f.lanes) {
             __syncthreads();  // every slice's partial sums written
-            const float* part1 = fused_part(P, S, 1);  // slice t's at (t − 1)·pstride from it
-            const int pstride = (int)(fused_part(P, S, 2) - part1);
             fused_each(bs, out, [&](int p, int o) {
                 const int a = p * lda_out + o;
-                float v = z[a];
-                for (int t = 1; t < split; ++t) v += part1[(t - 1) * pstride + a];
-                v = bias[o] + v;
+                const float v = bias[o] + fused_add_parts(P, S, split, a, z[a]);
                 z[a] = hidden ? reptile_act(FS_ACT(P), v) : v;
             });
         }
@@ -821,13 +824,9 @@ __device__ __forceinline__ void fused_input_grad(const FusedParams& P, const Fus
     }
     if (split > 1 && !f.lanes) {
         __syncthreads();  // every slice's partial sums written
-        const float* part1 = fused_part(P, S, 1);  // slice t's at (t − 1)·pstride from it
-        const int pstride = (int)(fused_part(P, S, 2) - part1);
         fused_each(bs, in, [&](int p, int i) {
             const int a = p * lda_in + i;
-            float v = gnext[a];
-            for (int t = 1; t < split; ++t) v += part1[(t - 1) * pstride + a];
-            gnext[a] = v * reptile_act_grad(FS_ACT(P), a_prev[a]);
+            gnext[a] = fused_add_parts(P, S, split, a, gnext[a]) * reptile_act_grad(FS_ACT(P), a_prev[a]);
         });
     }
 }

@@ -281,7 +281,7 @@ fn random_tasks(rng: &mut ChaCha8Rng, spec: &MlpSpec, n: usize, m: usize) -> (Ve
 #[test]
 fn fused_inner_loop_matches_cpu_on_random_specs() {
     let mut worst = 0.0f32;
-    let mut lane_split_cases = 0;
+    let (mut lane_split_cases, mut capped_cases) = (0, 0);
     for case in 0..24u64 {
         let mut rng = ChaCha8Rng::seed_from_u64(1000 + case);
         let spec = random_spec(&mut rng);
@@ -310,12 +310,17 @@ fn fused_inner_loop_matches_cpu_on_random_specs() {
         let (d_ref, l_ref) = plan::cpu_deltas(&spec, &theta, &x, y, m, &plan, lr, fomaml);
         // Every other case gathers from global memory instead of the staged task; every other
         // pair splits products over lanes instead of warp slices, and the warp-slice cases
-        // cap the slices at 4, 2 or 3 in turn.
+        // cap the slices at 4, 1 or 2 in turn.
         let (stage, lanes) = (case % 2 == 0, case % 4 >= 2);
         if lanes {
             lane_split_cases += (lane_split_products(&spec, plan.b.max(plan.b_last), block) > 0) as usize;
         }
-        let split = if lanes { Split::Lanes } else { Split::Slices([plan::SPLIT, 2, 3][(case as usize / 4) % 3]) };
+        let split = if lanes { Split::Lanes } else { Split::Slices([plan::SPLIT, 1, 2][(case as usize / 4) % 3]) };
+        if let Split::Slices(cap) = split {
+            let (b, b_last) = (plan.b, plan.b_last);
+            capped_cases += (plan::fused_splits(&spec, b, b_last, block, cap)
+                < plan::fused_splits(&spec, b, b_last, block, plan::SPLIT)) as usize;
+        }
         let (d_emu, l_emu) = run_fused(emu(), &spec, &theta, &x, y, m, &plan, lr, fomaml, block, Some(stage), split);
         let what = format!(
             "case {case}: {:?} {:?} n={n} m={m} {inner:?} tail={tail:?} block={block} stage={stage} {split:?}",
@@ -329,7 +334,12 @@ fn fused_inner_loop_matches_cpu_on_random_specs() {
     }
     // The lane cases must include products the lanes actually split.
     assert!(lane_split_cases >= 3, "only {lane_split_cases} lane cases split a product");
-    println!("fused kernel vs CPU: worst |Δ| over 24 random cases = {worst:e} ({lane_split_cases} lane-split cases)");
+    // And the capped cases must include some the cap holds below the block's own split.
+    assert!(capped_cases >= 1, "no case's warp slices were capped");
+    println!(
+        "fused kernel vs CPU: worst |Δ| over 24 random cases = {worst:e} ({lane_split_cases} lane-split cases, \
+         {capped_cases} with fewer warp slices than the block allows)"
+    );
 }
 
 /// Products of `spec` that the generic build splits over 2 or 4 lanes (the kernel's

@@ -31,6 +31,14 @@ fn backend() -> Option<CudaBackend> {
     }
 }
 
+/// [`backend`] for the benchmarks and the profiling case: outputs not poisoned before each
+/// launch (the poisoning is a correctness check, and costs a memset per launch).
+fn bench_backend() -> Option<CudaBackend> {
+    let mut gpu = backend()?;
+    gpu.set_poison_outputs(false);
+    Some(gpu)
+}
+
 fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32, eps: f32) -> f32 {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     let mut worst = 0.0f32;
@@ -275,8 +283,7 @@ impl SineCase {
 #[test]
 #[ignore = "benchmark: run explicitly on a GPU"]
 fn gpu_benchmarks() {
-    let Some(mut gpu) = backend() else { return };
-    gpu.set_poison_outputs(false);
+    let Some(mut gpu) = bench_backend() else { return };
     let spec = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap();
     let theta = Model::new(spec.clone(), 0).into_params();
     let mut rows = vec![format!("device: {} (sm_{}{})", gpu.device().name, gpu.device().major, gpu.device().minor)];
@@ -441,8 +448,7 @@ fn resident_sine_loop_matches_the_cpu_reference() {
 #[test]
 #[ignore = "benchmark: run explicitly on a GPU"]
 fn bench_fused() {
-    let Some(mut gpu) = backend() else { return };
-    gpu.set_poison_outputs(false);
+    let Some(mut gpu) = bench_backend() else { return };
     for n in [1usize, 4096] {
         let case = SineCase::new(n);
         let flops = case.flops;
@@ -466,13 +472,13 @@ fn bench_fused() {
 /// launch choice the back end has, to pick its defaults by measurement (run by
 /// scripts/gpu-check.sh): registers bounded by occupancy or not (`set_occupancy_bound`),
 /// products split over warp slices or lanes (`set_lane_split`), at most 4, 3 or 2 warp slices
-/// (`set_warp_slices`), task staging as decided or forced on (`set_staging`). Each configuration is timed twice, alternating, so a drift of the
-/// clocks shows as a disagreement between the two rounds.
+/// (`set_warp_slices`), task staging as decided or forced on (`set_staging`). Each
+/// configuration is timed twice, alternating, so a drift of the clocks shows as a disagreement
+/// between the two rounds.
 #[test]
 #[ignore = "benchmark: run explicitly on a GPU"]
 fn gpu_variants() {
-    let Some(mut gpu) = backend() else { return };
-    gpu.set_poison_outputs(false);
+    let Some(mut gpu) = bench_backend() else { return };
     gpu.set_fused_block(Some(128)).unwrap();
     for n in [4096usize, 16384] {
         let case = SineCase::new(n);
@@ -537,8 +543,7 @@ fn gpu_variants() {
 #[test]
 #[ignore = "benchmark: run explicitly on a GPU"]
 fn bench_fused_default() {
-    let Some(mut gpu) = backend() else { return };
-    gpu.set_poison_outputs(false);
+    let Some(mut gpu) = bench_backend() else { return };
     gpu.set_fused_block(Some(128)).unwrap();
     let case = SineCase::new(4096);
     let dir = std::env::var("REPTILE_KERNELS_DIR").unwrap_or_else(|_| "embedded".into());
@@ -563,8 +568,7 @@ fn bench_fused_default() {
 #[test]
 #[ignore = "profiling case: run explicitly on a GPU"]
 fn profile_case() {
-    let Some(mut gpu) = backend() else { return };
-    gpu.set_poison_outputs(false);
+    let Some(mut gpu) = bench_backend() else { return };
     SineCase::new(4096).time_fused(&mut gpu, 1);
     let omni = MlpSpec::new(&[784, 256, 128, 64, 64, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
     let otheta = Model::new(omni.clone(), 0).into_params();

@@ -321,8 +321,8 @@ impl CudaBackend {
     /// With `on`, fused launches split a product's reduction over the lanes of a warp, summed
     /// by shuffles ([`plan::FusedParams::lanes`]: no partial-sum buffers, so less shared memory
     /// per task, and no epilogue barrier); off (the default), over warp slices. Both compute
-    /// the same function; which is faster is measured by `gpu_variants` in
-    /// `tests/cuda_gpu.rs`.
+    /// the same function up to the order of the partial sums; which is faster is measured by
+    /// `gpu_variants` in `tests/cuda_gpu.rs`.
     pub fn set_lane_split(&mut self, on: bool) {
         self.lanes = on;
     }
@@ -358,13 +358,13 @@ impl CudaBackend {
     }
 
     /// `params` as this back end launches them with `block` threads: the split of
-    /// [`Self::set_lane_split`] and [`Self::set_warp_slices`], and task staging (unless [`Self::set_staging`] says otherwise)
-    /// only where it pays: for fewer than two tasks per multiprocessor, where the per-step
-    /// gathers' global latency is the launch's latency (with more, other blocks hide it; and
-    /// before specialized builds were bounded to 128 registers, staging raised the sine build
-    /// from 128 to 152 registers). Staging is dropped where the staged launch would not fit
-    /// this device's shared memory per block (the layout without it was checked by
-    /// [`Self::fused_shared_memory`]).
+    /// [`Self::set_lane_split`] and [`Self::set_warp_slices`], and task staging (unless
+    /// [`Self::set_staging`] says otherwise) only where it pays: for fewer than two tasks per
+    /// multiprocessor, where the per-step gathers' global latency is the launch's latency (with
+    /// more, other blocks hide it; and before specialized builds were bounded to 128 registers,
+    /// staging raised the sine build from 128 to 152 registers). Staging is dropped where the
+    /// staged launch would not fit this device's shared memory per block (the layout without it
+    /// was checked by [`Self::fused_shared_memory`]).
     fn fit_launch(&self, spec: &MlpSpec, mut params: plan::FusedParams, block: u32) -> plan::FusedParams {
         params.lanes = self.lanes as i32;
         params.split = self.split as i32;

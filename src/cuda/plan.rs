@@ -81,11 +81,12 @@ pub struct FusedParams {
     pub stage: i32,
     /// 1: products whose tiles fill only part of the block split their reduction over the
     /// lanes of a warp and sum it by shuffles (no partial-sum buffers in shared memory, no
-    /// epilogue barrier); 0: over warp slices ([`fused_splits`]). Same function either way.
+    /// epilogue barrier); 0: over warp slices ([`fused_splits`]). The same function either way,
+    /// up to the order in which the partial sums are added.
     pub lanes: i32,
     /// Most warp slices a product splits into, 1 to [`SPLIT`] (the layout then holds
     /// `split − 1` partial-sum buffers: fewer buffers, more blocks per SM, longer products per
-    /// slice). Same function either way.
+    /// slice). The same function for any cap, up to the order of the partial sums.
     pub split: i32,
 }
 
