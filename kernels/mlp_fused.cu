@@ -33,13 +33,15 @@
 //                      summed by shuffles (fused_scatter) with no epilogue phase and no
 //                      partial-sum buffers. A layer with ≤ 4 inputs: one thread per output element;
 //                      with ≤ 4 outputs: a group of up to 32 lanes per output element, lanes
-//                      over the reduction.
+//                      over the reduction (as few as give every element a group in one pass).
 //   loss (MSE):        item = output element (p, j); loss partial sums reduced by warp shuffles.
 //                      In training steps an output layer on the lane-group path (≤ 4 outputs)
 //                      computes it instead, in the lane that writes the element (fused_forward).
 //   loss (CE):         item = point p (max, Σexp, gradient over the point's outputs).
 //   backward dA:       tile = 4 consecutive inputs × REPTILE_PTP points, same split rule. A
-//                      layer with ≤ 4 outputs: one thread per input element.
+//                      layer with ≤ 4 outputs: one thread per input element; a one-output
+//                      MSE head in a training step: in the forward pass, each lane of the
+//                      element's group over its quads of the inputs (fused_forward).
 //   backward dW + SGD: tile = 4 consecutive outputs × 4 consecutive inputs, it fast; sums over
 //                      the minibatch's points and updates its 16 weights in place a phase after
 //                      dA has read W (beside the next layer's dA where the buffers allow:
@@ -67,7 +69,7 @@
 #define FS_STAGE(P) REPTILE_SPEC_STAGE
 #define FS_LANES(P) REPTILE_SPEC_LANES
 #define FS_SPLIT(P) REPTILE_SPEC_SPLIT
-#define FS_LAYER_UNROLL REPTILE_UNROLL
+#define FS_LAYER_UNROLL REPTILE_UNROLL  // loops over shapes (layers, a lane's quads): unrolled here only
 #define FS_WIDTH(P, l) fs_width(l)
 __device__ __forceinline__ constexpr int fs_width(int l) {
     return l == 0 ? REPTILE_SPEC_W0 : l == 1 ? REPTILE_SPEC_W1 : l == 2 ? REPTILE_SPEC_W2 : l == 3 ? REPTILE_SPEC_W3
@@ -533,6 +535,21 @@ __device__ __forceinline__ float fused_add_parts(const FusedParams& P, const Fus
     return v;
 }
 
+// dL/dZ_l, [points × out_l] at row stride lda(out_l): the last layer's in place of its output
+// (fused_loss writes it over Ŷ, which nothing reads afterwards), the hidden layers' in g0 and
+// g1 alternately from the top (dZ_{L−2} in g0, dZ_{L−3} in g1, ...).
+__device__ __forceinline__ float* fused_dz(const FusedParams& P, const FusedSmem& S, int l) {
+    const int L = FS_L(P);
+    if (l == L - 1) return S.acts + S.act_off(L - 1) * FS_STRIDE(P);
+    return ((L - 2 - l) & 1) ? S.g1 : S.g0;
+}
+
+// Largest power of two ≤ x, between 1 and 32 (written out: NVVM leaves a loop over a constant
+// as a run-time loop).
+__device__ __forceinline__ int fused_pow2_floor(int x) {
+    return x >= 32 ? 32 : x >= 16 ? 16 : x >= 8 ? 8 : x >= 4 ? 4 : x >= 2 ? 2 : 1;
+}
+
 // Forward pass over the gathered minibatch: A_l = act(A_{l−1}·W_lᵀ + b_l), last layer linear.
 // Work map, layers with more than 4 outputs: a thread owns a tile of 4 outputs {ot + r·To}
 // (strided, so a warp reads 8 consecutive rows of W per 16-byte phase without bank conflicts)
@@ -540,17 +557,26 @@ __device__ __forceinline__ float fused_add_parts(const FusedParams& P, const Fus
 // chunk·To + ot. With S > 1 warp slices (fused_slices), slice 0 writes its raw sums into A_l,
 // the others into scratch, and an epilogue phase (one thread per element) adds them in slice
 // order, then bias and activation. Layers with at most 4 outputs (a regression head): a
-// group of g lanes per output element (g ≥ the reduction's quads, a power of two ≤ 32), lanes
-// over quads of the reduction, summed by shuffles.
+// group of g lanes per output element (g a power of two ≤ 32, at most the reduction's quads
+// rounded up and small enough for one pass over the elements), lanes over quads of the
+// reduction, summed by shuffles.
 //
 // With `loss` (a training step), an MSE network whose last layer takes that lane-group path
 // also finishes the loss there: the writing lane stores dL/dŶ = 2(Ŷ − Y)/(bs·out) in place
-// of Ŷ (as fused_loss would) and adds (Ŷ − Y)² to *loss; the call then returns true and
-// fused_loss is told so (no phase of its own). Otherwise it returns false and *loss is unchanged.
-__device__ __forceinline__ bool fused_forward(const FusedParams& P, const FusedSmem& S, int bs,
-                                              float* loss = nullptr) {
+// of Ŷ (as fused_loss would) and adds (Ŷ − Y)² to *loss; the result's `loss` is then set and
+// fused_loss is told so (no phase of its own). If that head also has one output and a hidden
+// layer below it (the sine net's 64 → 1), its lanes go on to write that layer's gradient
+// dZ_{L−2} (`dz` set), so the backward pass starts one layer down. Otherwise both are false
+// and *loss is unchanged.
+struct FusedHead {
+    bool loss;  // dL/dŶ written, this thread's part of the loss summed
+    bool dz;    // dZ_{L−2} written too (fused_backward_sgd skips the last layer's input gradient)
+};
+
+__device__ __forceinline__ FusedHead fused_forward(const FusedParams& P, const FusedSmem& S, int bs,
+                                                   float* loss = nullptr) {
     const int L = FS_L(P), Tp = (bs + REPTILE_PTP - 1) / REPTILE_PTP;
-    bool fused = false;
+    FusedHead head = {false, false};
     FS_LAYER_UNROLL
     for (int l = 0; l < L; ++l) {
         const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
@@ -573,39 +599,75 @@ __device__ __forceinline__ bool fused_forward(const FusedParams& P, const FusedS
             continue;
         }
         if (out <= 4) {
-            // A group of g lanes per output element, g the reduction's quads rounded up to a
-            // power of two (at most 32; the sine net's 64 inputs: 16 lanes, two elements per
-            // warp), so lanes that would only add zeros take another element; the sums have
-            // the bits of a whole warp's (reptile_group_sum).
-            const int g = nq <= 2 ? 2 : nq <= 4 ? 4 : nq <= 8 ? 8 : nq <= 16 ? 16 : 32;
-            const int lane = threadIdx.x & 31, per = 32 / g, nw = FS_BLOCK >> 5, total = bs * out;
+            // A group of g lanes per output element, lanes over quads of the reduction. g is
+            // the quads rounded up to a power of two, at most 32, so no lane only adds zeros,
+            // and at most what lets every element have a group in one pass of the block (the
+            // sine net's 64 inputs: 16 lanes at 256 threads, 8 at 128 for 10 points, each lane
+            // summing 2 quads), so no warp runs a second pass while the others wait.
+            const int gq = nq <= 2 ? 2 : nq <= 4 ? 4 : nq <= 8 ? 8 : nq <= 16 ? 16 : 32;
+            const int total = bs * out, gfit = fused_pow2_floor(FS_BLOCK / total);
+            const int g = gq < gfit ? gq : gfit, trips = (nq + g - 1) / g;
+            const int lane = threadIdx.x & 31, per = 32 / g, nw = FS_BLOCK >> 5;
             const int sub = lane / g, gl = lane - sub * g;
+            const bool head_loss = !hidden && loss != nullptr && FS_LOSS(P) == REPTILE_LOSS_MSE;
+            // The input gradient of a one-output MSE head, dZ_{L−2}[p][i] = dL/dŶ[p]·W[i]·
+            // act'(A_{L−2}[p][i]), here rather than in a backward phase of its own: every lane of
+            // the group holds the sum (reptile_group_sum), so each takes its own quads.
+            const bool head_dz = head_loss && out == 1 && l > 0;
             for (int e0 = (int)(threadIdx.x >> 5) * per; e0 < total; e0 += nw * per) {  // warp-uniform
                 const bool live = e0 + sub < total;  // false only for a last group past the elements
                 const int e = live ? e0 + sub : e0;
                 const int p = e / out, o = e - p * out;
                 float v = 0.0f;
-                for (int kq = gl; kq < nq; kq += g) {
-                    const float4 a = reptile_ld4v(a_prev + p * lda_in + 4 * kq);
-                    const float4 w = reptile_ld4v(W + o * ldw + 4 * kq);
-                    v = fmaf(a.x, w.x, v);
-                    v = fmaf(a.y, w.y, v);
-                    v = fmaf(a.z, w.z, v);
-                    v = fmaf(a.w, w.w, v);
-                    if (nq <= g) break;  // one quad per lane at most: no loop where nq is a constant
-                }
-                v = reptile_group_sum(v, g);
-                if (gl == 0 && live) {
-                    v = bias[o] + v;
-                    if (!hidden && loss != nullptr && FS_LOSS(P) == REPTILE_LOSS_MSE) {
-                        const float d = v - S.yb[p * lda_out + o];
-                        *loss = fmaf(d, d, *loss);
-                        v = 2.0f / (float)(bs * out) * d;
+                // Quads gl + j·g, j < trips: a fixed trip count where shapes are constants, so
+                // the loop unrolls (from gl, NVVM kept a run-time loop).
+                FS_LAYER_UNROLL
+                for (int j = 0; j < trips; ++j) {
+                    const int kq = gl + j * g;
+                    if (kq < nq) {
+                        const float4 a = reptile_ld4v(a_prev + p * lda_in + 4 * kq);
+                        const float4 w = reptile_ld4v(W + o * ldw + 4 * kq);
+                        v = fmaf(a.x, w.x, v);
+                        v = fmaf(a.y, w.y, v);
+                        v = fmaf(a.z, w.z, v);
+                        v = fmaf(a.w, w.w, v);
                     }
-                    z[p * lda_out + o] = hidden ? reptile_act(FS_ACT(P), v) : v;
+                }
+                v = bias[o] + reptile_group_sum(v, g);
+                if (head_loss) {
+                    const float d = v - S.yb[p * lda_out + o];
+                    if (gl == 0 && live) *loss = fmaf(d, d, *loss);
+                    v = 2.0f / (float)(bs * out) * d;
+                }
+                if (gl == 0 && live) z[p * lda_out + o] = hidden ? reptile_act(FS_ACT(P), v) : v;
+                if (head_dz && live) {
+                    // fused_input_grad's arithmetic for one output: (dL/dŶ·W[i])·act'(a).
+                    float* dz = fused_dz(P, S, l - 1);
+                    FS_LAYER_UNROLL
+                    for (int j = 0; j < trips; ++j) {
+                        const int kq = gl + j * g;
+                        if (kq < nq) {
+                            const float4 a = reptile_ld4v(a_prev + p * lda_in + 4 * kq);
+                            const float4 w = reptile_ld4v(W + 4 * kq);
+                            float4 gv;
+                            gv.x = v * w.x * reptile_act_grad(FS_ACT(P), a.x);
+                            gv.y = v * w.y * reptile_act_grad(FS_ACT(P), a.y);
+                            gv.z = v * w.z * reptile_act_grad(FS_ACT(P), a.z);
+                            gv.w = v * w.w * reptile_act_grad(FS_ACT(P), a.w);
+                            float* dst = dz + p * lda_in + 4 * kq;
+                            if (4 * kq + 4 <= in) {
+                                reptile_st4v(dst, gv);
+                            } else {  // the row's last quad: only its real columns
+                                REPTILE_UNROLL
+                                for (int c = 0; c < 4; ++c)
+                                    if (4 * kq + c < in) dst[c] = reptile_comp(gv, c);
+                            }
+                        }
+                    }
                 }
             }
-            fused = !hidden && loss != nullptr && FS_LOSS(P) == REPTILE_LOSS_MSE;
+            head.loss = head_loss;
+            head.dz = head_dz;
             __syncthreads();
             continue;
         }
@@ -680,7 +742,7 @@ __device__ __forceinline__ bool fused_forward(const FusedParams& P, const FusedS
         }
         __syncthreads();
     }
-    return fused;
+    return head;
 }
 
 // Loss of the last forward output against the gathered targets; with `grad`, dL/dY into g0.
@@ -735,15 +797,6 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
     }
     const double sum = reptile_block_sum(part, S.red);  // synchronizes: dL/dŶ is complete
     return (float)(sum / denom);
-}
-
-// dL/dZ_l, [points × out_l] at row stride lda(out_l): the last layer's in place of its output
-// (fused_loss writes it over Ŷ, which nothing reads afterwards), the hidden layers' in g0 and
-// g1 alternately from the top (dZ_{L−2} in g0, dZ_{L−3} in g1, ...).
-__device__ __forceinline__ float* fused_dz(const FusedParams& P, const FusedSmem& S, int l) {
-    const int L = FS_L(P);
-    if (l == L - 1) return S.acts + S.act_off(L - 1) * FS_STRIDE(P);
-    return ((L - 2 - l) & 1) ? S.g1 : S.g0;
 }
 
 // Input gradient of layer l > 0: dZ_{l−1} = (dZ_l·W_l) ⊙ act'(A_{l−1}) from W_l before its
@@ -920,15 +973,18 @@ __device__ __forceinline__ void fused_weight_sgd(const FusedParams& P, const Fus
 // phase later, beside layer l − 1's input gradient, where their buffers do not collide (dZ_{l+1}
 // is read there while dZ_{l−1} is written: different buffers when dZ_{l+1} is the last layer's
 // or there is no dZ_{l−1}, i.e. l = L − 2 or l = 0, see fused_dz); elsewhere it takes a phase
-// of its own before. The sine net (L = 3) takes three phases: dA_2 | dA_1 + dW_2 | dW_1 + dW_0.
+// of its own before. With `head.dz` the forward pass already wrote dZ_{L−2} (fused_forward)
+// and ended with a barrier, so the last layer has nothing left before its update: the sine net
+// (L = 3) takes two phases, dA_1 + dW_2 | dW_1 + dW_0 (three without: dA_2 first).
 // The last phase also gathers `next` (if any) into xb2 / yb2: nothing reads them before its
 // barrier, and the caller then swaps them in (fused_swap_batch), so the next step starts
 // without a gather phase of its own.
 __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const FusedSmem& S, int bs,
-                                                   const FusedBatch& next) {
+                                                   const FusedBatch& next, FusedHead head) {
     const int L = FS_L(P);
     FS_LAYER_UNROLL
     for (int l = L - 1; l >= 0; --l) {
+        if (l == L - 1 && head.dz) continue;  // L ≥ 2: no update and no gather at this layer
         const bool merge = l == 0 || l == L - 2;
         if (l + 1 < L && !merge) {
             fused_weight_sgd(P, S, l + 1, bs);
@@ -1013,14 +1069,14 @@ extern "C" __global__ void FS_BOUNDS reptile_fused_inner(FusedParams P, const fl
         const int bs = last ? FS_BLAST(P) : FS_B(P);
         if (last && P.fomaml) fused_store_theta(P, S, dt);  // θ'_{k−1}, read back by the same threads
         float part = 0.0f;
-        const bool done = fused_forward(P, S, bs, &part);
-        const float l = fused_loss(P, S, bs, true, s == 0, done, part);
+        const FusedHead head = fused_forward(P, S, bs, &part);
+        const float l = fused_loss(P, S, bs, true, s == 0, head.loss, part);
         if (s == 0) loss_before = l;
         // The next minibatch, gathered during the backward pass: step s + 1's, or after the
         // last step the first one again (the loss after adaptation).
         const int ns = last ? 0 : s + 1;
         const int nbs = ns + 1 == P.steps ? FS_BLAST(P) : FS_B(P);
-        fused_backward_sgd(P, S, bs, fused_task_batch(P, S, xt, yt, lt, it, ns, nbs));
+        fused_backward_sgd(P, S, bs, fused_task_batch(P, S, xt, yt, lt, it, ns, nbs), head);
         fused_swap_batch(S);
     }
     // Loss after adaptation, on the first minibatch (gathered by the last backward pass).
@@ -1084,15 +1140,15 @@ extern "C" __global__ void FS_BOUNDS reptile_sine_serial(FusedParams P, unsigned
         __syncthreads();
         for (int s = 0; s < P.steps; ++s) {
             float part = 0.0f;
-            const bool done = fused_forward(P, S, b, &part);
-            const float l = fused_loss(P, S, b, true, s == 0, done, part);
+            const FusedHead head = fused_forward(P, S, b, &part);
+            const float l = fused_loss(P, S, b, true, s == 0, head.loss, part);
             if (s == 0) loss_before = l;
             // The next minibatch during the backward pass: step s + 1's, or after the last
             // step of the launch's last iteration the first one again (the loss after
             // adaptation); the next iteration gathers from its own task.
             const bool more = s + 1 < P.steps || c + 1 == count;
             const int ns = s + 1 < P.steps ? s + 1 : 0;
-            fused_backward_sgd(P, S, b, more ? FusedBatch{xs, ys, nullptr, is + ns * stride, b} : FusedBatch{});
+            fused_backward_sgd(P, S, b, more ? FusedBatch{xs, ys, nullptr, is + ns * stride, b} : FusedBatch{}, head);
             if (more) fused_swap_batch(S);
         }
         if (c + 1 == count) {

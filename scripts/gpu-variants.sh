@@ -30,8 +30,8 @@ grep -q 'return p < bs;' "$root/clamp/mlp_fused.cu"
 # loss-every-step: every inner step reduces its loss value over the block, as before session
 # 18 (since then only the first step's value is kept, so the others skip that reduction).
 mk loss-every-step
-sed -i 's/, true, s == 0, done, part)/, true, true, done, part)/' "$root/loss-every-step/mlp_fused.cu"
-[[ $(grep -c ', true, true, done, part)' "$root/loss-every-step/mlp_fused.cu") -eq 2 ]]
+sed -i 's/, true, s == 0, head.loss, part)/, true, true, head.loss, part)/' "$root/loss-every-step/mlp_fused.cu"
+[[ $(grep -c ', true, true, head.loss, part)' "$root/loss-every-step/mlp_fused.cu") -eq 2 ]]
 # from NAME REV: the kernels as of commit REV (skipped outside a git checkout), with today's host
 # code (the kernels read the prefix of the FusedParams they are passed).
 from() {
@@ -52,8 +52,8 @@ from session-start a5f2322
 # them) -> dw-bias-in-tiles (+ layer offsets without loops) -> warp-per-head (+ the bias gradient
 # out of the dW tiles) -> element-division (+ lane groups for layers of <= 4 outputs, small
 # layers' weights before biases) -> divided-stores (+ fused_each, constant shared-memory offsets)
-# -> base (+ tile and lane-split stores at constant offsets, one thread per element for a small
-# layer's input gradient).
+# -> session-19 (+ tile and lane-split stores at constant offsets, one thread per element for a
+# small layer's input gradient) -> base (session 20: + the head's input gradient in its lanes).
 from session-18 36ae8c6
 # dw-bias-in-tiles (bf4dbbf): dW tiles that sum the bias gradient in every tile (for the it = 0
 # tiles' use), point loop unrolled by 2.
@@ -67,9 +67,13 @@ from element-division a2fc916
 # divided-stores (bcd61a2): tiles store by index from the buffer's base, lane slices divide each
 # value's index by the point tile, a small layer's input gradient runs on one warp of tiles.
 from divided-stores bcd61a2
+# session-19 (e5ce4cd, as session 19 left them): the sine head's input gradient in a backward
+# phase of its own (one thread per element), and the head's lane groups at 16 lanes for 10
+# points at 128 threads (two passes on one warp); session 20 moved it into the head's lanes.
+from session-19 e5ce4cd
 # The order gpu-check.sh times them in (the comparisons that decide defaults first, in case its
 # step runs out of time).
-order="base divided-stores element-division warp-per-head dw-bias-in-tiles session-18 session-start loss-every-step fast-tanh no-split clamp kunroll2"
+order="base session-19 divided-stores element-division warp-per-head dw-bias-in-tiles session-18 session-start loss-every-step fast-tanh no-split clamp kunroll2"
 for v in "$root"/*/; do
     [[ " $order " == *" $(basename "$v") "* ]] || { echo "gpu-variants.sh: $(basename "$v") missing from order" >&2; exit 1; }
 done

@@ -265,6 +265,8 @@ fn random_spec(rng: &mut ChaCha8Rng) -> MlpSpec {
     w[0] = rng.random_range(1..=6);
     if loss == Loss::SoftmaxCrossEntropy {
         w[nl] = rng.random_range(2..=7);
+    } else if rng.random_bool(0.4) {
+        w[nl] = 1; // a regression head: the forward pass also writes the layer below's gradient
     }
     let act = if rng.random_bool(0.5) { Activation::Tanh } else { Activation::Relu };
     MlpSpec::new(&w, act, loss).unwrap()
@@ -281,7 +283,7 @@ fn random_tasks(rng: &mut ChaCha8Rng, spec: &MlpSpec, n: usize, m: usize) -> (Ve
 #[test]
 fn fused_inner_loop_matches_cpu_on_random_specs() {
     let mut worst = 0.0f32;
-    let (mut lane_split_cases, mut capped_cases) = (0, 0);
+    let (mut lane_split_cases, mut capped_cases, mut head_cases) = (0, 0, 0);
     for case in 0..24u64 {
         let mut rng = ChaCha8Rng::seed_from_u64(1000 + case);
         let spec = random_spec(&mut rng);
@@ -321,6 +323,8 @@ fn fused_inner_loop_matches_cpu_on_random_specs() {
             capped_cases += (plan::fused_splits(&spec, b, b_last, block, cap)
                 < plan::fused_splits(&spec, b, b_last, block, plan::SPLIT)) as usize;
         }
+        // A one-output MSE head above a hidden layer: its forward pass writes dZ_{L−2} too.
+        head_cases += (spec.loss() == Loss::Mse && spec.out_dim() == 1 && spec.num_layers() >= 2) as usize;
         let (d_emu, l_emu) = run_fused(emu(), &spec, &theta, &x, y, m, &plan, lr, fomaml, block, Some(stage), split);
         let what = format!(
             "case {case}: {:?} {:?} n={n} m={m} {inner:?} tail={tail:?} block={block} stage={stage} {split:?}",
@@ -336,9 +340,10 @@ fn fused_inner_loop_matches_cpu_on_random_specs() {
     assert!(lane_split_cases >= 3, "only {lane_split_cases} lane cases split a product");
     // And the capped cases must include some the cap holds below the block's own split.
     assert!(capped_cases >= 1, "no case's warp slices were capped");
+    assert!(head_cases >= 2, "only {head_cases} cases have a one-output head above a hidden layer");
     println!(
         "fused kernel vs CPU: worst |Δ| over 24 random cases = {worst:e} ({lane_split_cases} lane-split cases, \
-         {capped_cases} with fewer warp slices than the block allows)"
+         {capped_cases} with fewer warp slices than the block allows, {head_cases} with a one-output head)"
     );
 }
 

@@ -57,6 +57,8 @@ fn random_spec(rng: &mut ChaCha8Rng) -> MlpSpec {
     w[0] = rng.random_range(1..=16);
     if loss == Loss::SoftmaxCrossEntropy {
         w[nl] = rng.random_range(2..=10);
+    } else if rng.random_bool(0.4) {
+        w[nl] = 1; // a regression head: the forward pass also writes the layer below's gradient
     }
     let act = if rng.random_bool(0.5) { Activation::Tanh } else { Activation::Relu };
     MlpSpec::new(&w, act, loss).unwrap()
