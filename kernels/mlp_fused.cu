@@ -42,12 +42,13 @@
 //                      layer with ≤ 4 outputs: one thread per input element; a one-output
 //                      MSE head in a training step: in the forward pass, each lane of the
 //                      element's group over its quads of the inputs (fused_forward).
-//   backward dW + SGD: tile = 4 consecutive outputs × 4 consecutive inputs, it fast; sums over
-//                      the minibatch's points and updates its 16 weights in place a phase after
-//                      dA has read W (beside the next layer's dA where the buffers allow:
-//                      fused_backward_sgd); before its tiles, each thread from the block's end
-//                      sums one output's bias gradient. A layer with out·(in + 1) ≤ 2·blockDim:
-//                      one thread per weight or bias.
+//   backward dW + SGD: tile = 4 consecutive outputs × 4 consecutive inputs, it fast (× 8
+//                      inputs, two quads Ti/2 apart, where that still gives every thread a
+//                      tile: fused_dw_tiles); sums over the minibatch's points and updates its
+//                      weights in place a phase after dA has read W (beside the next layer's
+//                      dA where the buffers allow: fused_backward_sgd); before its tiles, each
+//                      thread from the block's end sums one output's bias gradient. A layer
+//                      with out·(in + 1) ≤ 2·blockDim: one thread per weight or bias.
 // Requirements: blockDim.x a multiple of 32, at most 512 (see the launch bounds below);
 // dynamic shared memory as `plan::fused_launch_bytes` for the launch's block size and split.
 
@@ -884,11 +885,80 @@ __device__ __forceinline__ void fused_input_grad(const FusedParams& P, const Fus
     }
 }
 
+// The weight tiles of fused_weight_sgd: W[o][i] += nlr·Σ_p G[p][o]·A[p][i] over the
+// minibatch's points in order. A tile is 4 consecutive outputs 4·ot.. × NQ quads of inputs,
+// quads it + j·Tc (Tc = ⌈Ti/NQ⌉ tile columns, it fast), so the 8 lanes of each 16-byte phase
+// read 8 consecutive quads of an A row or a W row (no bank conflicts) and share the G quad
+// (a broadcast). Per point: one 16-byte load of G and NQ of A feed 16·NQ FMAs; then the tile
+// updates its weights in place. A second quad past the row (Ti odd) re-reads the first and is
+// never stored.
+template <int NQ>
+__device__ __forceinline__ void fused_dw_tiles(const float* gcur, int lda_out, const float* a_prev, int lda_in,
+                                               float* W, int ldw, int in, int out, int bs, float nlr) {
+    const int Ti = (in + 3) >> 2, To = (out + 3) >> 2, Tc = (Ti + NQ - 1) / NQ;
+    for (int e = threadIdx.x; e < To * Tc; e += FS_BLOCK) {
+        const int ot = e / Tc, it = e - ot * Tc, o0 = 4 * ot;
+        int i0[NQ];
+        bool real[NQ];
+        REPTILE_UNROLL
+        for (int j = 0; j < NQ; ++j) {
+            real[j] = Ti % NQ == 0 || it + j * Tc < Ti;  // (folds where Ti is a constant)
+            i0[j] = 4 * (real[j] ? it + j * Tc : it);
+        }
+        float acc[4][4 * NQ];
+        REPTILE_UNROLL
+        for (int r = 0; r < 4; ++r) {
+            REPTILE_UNROLL
+            for (int c = 0; c < 4 * NQ; ++c) acc[r][c] = 0.0f;
+        }
+        REPTILE_UNROLL_N(NQ == 1 ? 5 : 2)
+        for (int p = 0; p < bs; ++p) {
+            // Columns past out / in hold zeros or stale finite-or-not values; the sums they
+            // feed are never stored.
+            const float4 g = reptile_ld4v(gcur + p * lda_out + o0);
+            float4 a[NQ];
+            REPTILE_UNROLL
+            for (int j = 0; j < NQ; ++j) a[j] = reptile_ld4v(a_prev + p * lda_in + i0[j]);
+            REPTILE_UNROLL
+            for (int r = 0; r < 4; ++r) {
+                REPTILE_UNROLL
+                for (int j = 0; j < NQ; ++j) {
+                    REPTILE_UNROLL
+                    for (int c = 0; c < 4; ++c)
+                        acc[r][4 * j + c] = fmaf(reptile_comp(g, r), reptile_comp(a[j], c), acc[r][4 * j + c]);
+                }
+            }
+        }
+        REPTILE_UNROLL
+        for (int r = 0; r < 4; ++r) {
+            if (o0 + r < out) {
+                REPTILE_UNROLL
+                for (int j = 0; j < NQ; ++j) {
+                    if (!real[j]) continue;
+                    float* row = W + (o0 + r) * ldw + i0[j];
+                    if (in % 4 == 0 || i0[j] + 4 <= in) {
+                        float4 w = reptile_ld4v(row);
+                        w.x += nlr * acc[r][4 * j];
+                        w.y += nlr * acc[r][4 * j + 1];
+                        w.z += nlr * acc[r][4 * j + 2];
+                        w.w += nlr * acc[r][4 * j + 3];
+                        reptile_st4v(row, w);
+                    } else {
+                        REPTILE_UNROLL
+                        for (int c = 0; c < 4; ++c)
+                            if (i0[j] + c < in) row[c] += nlr * acc[r][4 * j + c];
+                    }
+                }
+            }
+        }
+    }
+}
+
 // SGD step of layer l: W_l −= α·dZ_lᵀ·A_{l−1}, b_l −= α·Σ_p dZ_l. Work map: a thread owns 4
-// consecutive outputs 4·ot.. × 4 consecutive inputs 4·it.. (it fast), sums over the minibatch's
-// points with one 16-byte load of dZ and one of A per point, and updates its 16 weights in
-// place; the bias gradient first, one thread per output (below). Small layers (out·(in + 1) ≤
-// 2·blockDim): one thread per weight or bias. Ends without a barrier.
+// consecutive outputs × 1 or 2 quads of inputs (fused_dw_tiles), sums over the minibatch's
+// points with one 16-byte load of dZ and one of A per quad and point, and updates its weights
+// in place; the bias gradient first, one thread per output (below). Small layers (out·(in + 1)
+// ≤ 2·blockDim): one thread per weight or bias. Ends without a barrier.
 __device__ __forceinline__ void fused_weight_sgd(const FusedParams& P, const FusedSmem& S, int l, int bs) {
     const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
     const int lda_in = reptile_lda(in), lda_out = reptile_lda(out);
@@ -926,45 +996,14 @@ __device__ __forceinline__ void fused_weight_sgd(const FusedParams& P, const Fus
         for (int p = 0; p < bs; ++p) acc += gcur[p * lda_out + o];
         bias[o] += nlr * acc;
     }
+    // Tiles of 4 outputs × 8 inputs where they still give every thread one (the sine net's
+    // 64 × 64 at 128 threads: 128 tiles, 3 loads per 32 FMAs per point, where 256 tiles of
+    // 4 × 4 took two per thread at 2 loads per 16 FMAs), else 4 × 4.
     const int Ti = (in + 3) >> 2, To = (out + 3) >> 2;
-    for (int e = threadIdx.x; e < To * Ti; e += FS_BLOCK) {
-        const int ot = e / Ti, it = e - ot * Ti, o0 = 4 * ot, i0 = 4 * it;
-        float acc[4][4];
-        REPTILE_UNROLL
-        for (int r = 0; r < 4; ++r) {
-            REPTILE_UNROLL
-            for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
-        }
-        REPTILE_UNROLL_N(5)
-        for (int p = 0; p < bs; ++p) {
-            // Columns past out / in hold zeros or stale finite-or-not values; the sums they
-            // feed are never stored.
-            const float4 g = reptile_ld4v(gcur + p * lda_out + o0);
-            const float4 a = reptile_ld4v(a_prev + p * lda_in + i0);
-            REPTILE_UNROLL
-            for (int r = 0; r < 4; ++r) {
-                REPTILE_UNROLL
-                for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(reptile_comp(g, r), reptile_comp(a, c), acc[r][c]);
-            }
-        }
-        REPTILE_UNROLL
-        for (int r = 0; r < 4; ++r) {
-            if (o0 + r < out) {
-                float* row = W + (o0 + r) * ldw + i0;
-                if (i0 + 4 <= in) {
-                    float4 w = reptile_ld4v(row);
-                    w.x += nlr * acc[r][0];
-                    w.y += nlr * acc[r][1];
-                    w.z += nlr * acc[r][2];
-                    w.w += nlr * acc[r][3];
-                    reptile_st4v(row, w);
-                } else {
-                    REPTILE_UNROLL
-                    for (int c = 0; c < 4; ++c)
-                        if (i0 + c < in) row[c] += nlr * acc[r][c];
-                }
-            }
-        }
+    if (Ti >= 2 && To * ((Ti + 1) >> 1) >= FS_BLOCK) {
+        fused_dw_tiles<2>(gcur, lda_out, a_prev, lda_in, W, ldw, in, out, bs, nlr);
+    } else {
+        fused_dw_tiles<1>(gcur, lda_out, a_prev, lda_in, W, ldw, in, out, bs, nlr);
     }
 }
 
@@ -1012,7 +1051,7 @@ __device__ __forceinline__ void fused_backward_sgd(const FusedParams& P, const F
 // and 3 blocks per SM (tests/cuda_nvrtc.rs checks it does not spill under the cap). Under that
 // cap the sine build at 128 threads takes 110–128 registers (4 blocks per SM) although its
 // shared memory holds 5, so for launches of many tasks the host passes REPTILE_MIN_BLOCKS,
-// the blocks shared memory and tasks allow (plan::occupancy_blocks): 5 (96 registers), or 7
+// the blocks shared memory and tasks allow (plan::occupancy_blocks): 5 (80–96 registers), or 7
 // with the lane split (72), with no spills (checked by tests/cuda_nvrtc.rs).
 #if defined(REPTILE_SPEC) && defined(REPTILE_MIN_BLOCKS)
 #define FS_BOUNDS REPTILE_LAUNCH_BOUNDS_MIN(REPTILE_SPEC_BLOCK, REPTILE_MIN_BLOCKS)
