@@ -370,11 +370,15 @@ fn fused_inner_loop_on_deep_networks() {
     // backward pass defers W_{l+1}'s update into layer l's input-gradient phase only for
     // l = L − 2 and l = 0), with either split, staged and not. The third net's first layer is
     // wider than every block below (130 outputs on the tile path: threads own more than one
-    // output's bias sum, and tiles wrap around the block).
+    // output's bias sum, and tiles wrap around the block). The fourth is `cuda_gpu`'s sanitizer
+    // net: a one-output head that writes the layer below's gradient with 3 quads per lane (2 at
+    // 128 threads), and at 64 threads 4 × 8 dW tiles whose last column's second quad is past
+    // its 9-quad rows.
     let specs = [
         MlpSpec::new(&[3, 9, 17, 12, 4], Activation::Tanh, Loss::Mse).unwrap(),
         MlpSpec::new(&[5, 20, 7, 33, 6, 11, 4], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap(),
         MlpSpec::new(&[4, 130, 40, 3], Activation::Tanh, Loss::Mse).unwrap(),
+        MlpSpec::new(&[1, 36, 72, 1], Activation::Tanh, Loss::Mse).unwrap(),
     ];
     for (k, spec) in specs.iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(77 + k as u64);

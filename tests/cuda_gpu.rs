@@ -584,7 +584,10 @@ fn profile_case() {
 }
 
 /// A small case for compute-sanitizer (memcheck, racecheck) in scripts/gpu-check.sh: both
-/// kernels once, on a two-layer tanh MSE net and a relu cross-entropy net, with a FOMAML tail.
+/// kernels once, on a two-layer tanh MSE net, a relu cross-entropy net with a FOMAML tail, and
+/// a one-output regression net (its head writes the layer below's gradient in the forward
+/// pass, two quads per lane at 64 threads; its 36 → 72 layer takes 4 × 8 dW tiles, the second
+/// quad of the last tile column past the row).
 #[test]
 fn sanitizer_small_case() {
     let Some(mut gpu) = backend() else { return };
@@ -592,6 +595,7 @@ fn sanitizer_small_case() {
     for (spec, tail) in [
         (MlpSpec::new(&[2, 33, 17, 3], Activation::Tanh, Loss::Mse).unwrap(), None),
         (MlpSpec::new(&[5, 20, 4], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap(), Some(3)),
+        (MlpSpec::new(&[1, 36, 72, 1], Activation::Tanh, Loss::Mse).unwrap(), None),
     ] {
         let (n, m) = (5, 9);
         let inner = InnerLoop { lr: 0.05, steps: 3, batch_size: 4 };
