@@ -4,7 +4,8 @@
 # .gpu-bin/ (or $1), each step under its own time limit, and prints a short table last:
 #   1. the CUDA tests with REPTILE_REQUIRE_GPU=1 (CPU vs GPU agreement, every kernel);
 #   2. the GPU benchmarks (sine meta-step at three block sizes, interpolation vs D2D copy,
-#      the Omniglot MLP on the tiled path, the sine demo);
+#      the whole device-resident meta-step at n = 4096 and 16384, the Omniglot MLP on the
+#      tiled path, the sine demo);
 #   3. the CLI's sine demo on the GPU (`reptile sine --device cuda:0`, and with --resident), timed;
 #   3b. the fused sine meta-step under each launch choice of the back end (gpu_variants:
 #      occupancy bound, lane split, staging) and with each kernel variant folder that
@@ -83,7 +84,7 @@ fi
     echo
     echo "=== summary ($(date -u +%F))"
     printf '%s\n' "${rows[@]}"
-    grep -hE '^(device|fused inner loop|  with uploads|tiled inner loop|interpolation|sine demo)' "$logs/benchmarks.log" 2>/dev/null
+    grep -hE '^(device|fused inner loop|  with uploads|tiled inner loop|interpolation|resident meta-step|sine demo)' "$logs/benchmarks.log" 2>/dev/null
     grep -hE '^inner loops' "$logs/gpu-tests.log" 2>/dev/null
     grep -hE '^variant ' "$logs/variants.log" 2>/dev/null
     grep -hE '^kernels |failed$' "$logs/kernel-variants.log" 2>/dev/null

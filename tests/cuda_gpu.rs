@@ -372,6 +372,25 @@ fn gpu_benchmarks() {
     }
     gpu.set_serial_sine(true);
     gpu.set_fused_block(None).unwrap();
+    // The whole meta-step as device-resident training runs it at n ≥ 4096: tasks sampled on the
+    // device, the fused kernel, the chunked reduction, the interpolation and the commit, replayed
+    // as a CUDA graph; per iteration, after a warm-up call that compiles and captures. The
+    // fused kernel alone is the `fused inner loop` rows above.
+    for (n, iterations) in [(4096usize, 200u32), (16384, 100)] {
+        let flops = n as f64 * (5.0 * spec.step_flops(10) as f64 + spec.forward_flops(10) as f64);
+        gpu.train_sine_resident(&spec, &theta, &config, n, 0, 0, 3, true).unwrap();
+        let t = std::time::Instant::now();
+        let run = gpu.train_sine_resident(&spec, &theta, &config, n, 0, 0, iterations, true).unwrap();
+        let secs = t.elapsed().as_secs_f64() / iterations as f64;
+        assert!(!run.diverged && run.iteration == iterations as u64);
+        rows.push(format!(
+            "resident meta-step sine k=5 n={n} (device sampling + fused + reduction + interpolation, graph): \
+             {:.4} ms/iteration, {:.1} M task-steps/s, {:.1}% of FP32 peak",
+            secs * 1e3,
+            n as f64 * 5.0 / secs / 1e6,
+            100.0 * flops / secs / PEAK
+        ));
+    }
     // The sine demo (n = 1) through Trainer + CudaBackend::step, 3,000 iterations timed.
     let mut trainer = Trainer::new(Model::new(spec.clone(), 0), ReptileConfig::sine()).unwrap();
     let mut tasks = SineTasks::new(0);
