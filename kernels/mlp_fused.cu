@@ -72,6 +72,7 @@
 #define FS_SPLIT(P) REPTILE_SPEC_SPLIT
 #define FS_LAYER_UNROLL REPTILE_UNROLL  // loops over shapes (layers, a lane's quads): unrolled here only
 #define FS_WIDTH(P, l) fs_width(l)
+#define FS_DEFER 1
 __device__ __forceinline__ constexpr int fs_width(int l) {
     return l == 0 ? REPTILE_SPEC_W0 : l == 1 ? REPTILE_SPEC_W1 : l == 2 ? REPTILE_SPEC_W2 : l == 3 ? REPTILE_SPEC_W3
          : l == 4 ? REPTILE_SPEC_W4 : l == 5 ? REPTILE_SPEC_W5 : l == 6 ? REPTILE_SPEC_W6 : l == 7 ? REPTILE_SPEC_W7
@@ -109,6 +110,10 @@ __device__ __forceinline__ constexpr int fs_gmax() {
 #define FS_SPLIT(P) (P).split
 #define FS_LAYER_UNROLL
 #define FS_WIDTH(P, l) (P).widths[l]
+// Specialized builds only: a split product below a one-output head leaves its epilogue to the
+// head (fused_forward). In the generic build the head's finishing code pushed the serial
+// kernel (at its 128-register cap on sm_80) into 60 B of spills.
+#define FS_DEFER 0
 #endif
 
 // Pointers into the block's dynamic shared memory. Per-layer sizes and offsets live in a small
@@ -551,6 +556,48 @@ __device__ __forceinline__ int fused_pow2_floor(int x) {
     return x >= 32 ? 32 : x >= 16 ? 16 : x >= 8 ? 8 : x >= 4 ? 4 : x >= 2 ? 2 : 1;
 }
 
+// v + a·w over one quad, in component order (fmaf).
+__device__ __forceinline__ float fused_dot4(float4 a, float4 w, float v) {
+    v = fmaf(a.x, w.x, v);
+    v = fmaf(a.y, w.y, v);
+    v = fmaf(a.z, w.z, v);
+    return fmaf(a.w, w.w, v);
+}
+
+// Finishes one quad of a split product's row for its reader (the head below which fused_forward
+// deferred the epilogue): columns c0..c0+3 of element index a0 (c0 = a0's column) of A =
+// act(bias + Σ slices) with the epilogue's arithmetic (slice 0's raw sums in A itself plus the
+// others in slice order, then bias, then act), stored back to A when `store` (real columns
+// only) and returned with columns past `width` zero (the partial sums' padding is never
+// cleared).
+__device__ __forceinline__ float4 fused_finish_quad(const FusedParams& P, const FusedSmem& S, int split, float* A,
+                                                    int a0, const float* bias, int c0, int width, bool store) {
+    float4 v = reptile_ld4v(A + a0);
+    for (int t = 1; t < split; ++t) {
+        const float4 q = reptile_ld4v(fused_part(P, S, t) + a0);
+        v.x += q.x;
+        v.y += q.y;
+        v.z += q.z;
+        v.w += q.w;
+    }
+    const float4 b = reptile_ld4v(bias + c0);
+    float4 r;
+    r.x = c0 + 0 < width ? reptile_act(FS_ACT(P), b.x + v.x) : 0.0f;
+    r.y = c0 + 1 < width ? reptile_act(FS_ACT(P), b.y + v.y) : 0.0f;
+    r.z = c0 + 2 < width ? reptile_act(FS_ACT(P), b.z + v.z) : 0.0f;
+    r.w = c0 + 3 < width ? reptile_act(FS_ACT(P), b.w + v.w) : 0.0f;
+    if (store) {
+        if (c0 + 4 <= width) {
+            reptile_st4v(A + a0, r);
+        } else {
+            REPTILE_UNROLL
+            for (int c = 0; c < 4; ++c)
+                if (c0 + c < width) A[a0 + c] = reptile_comp(r, c);
+        }
+    }
+    return r;
+}
+
 // Forward pass over the gathered minibatch: A_l = act(A_{l−1}·W_lᵀ + b_l), last layer linear.
 // Work map, layers with more than 4 outputs: a thread owns a tile of 4 outputs {ot + r·To}
 // (strided, so a warp reads 8 consecutive rows of W per 16-byte phase without bank conflicts)
@@ -578,6 +625,7 @@ __device__ __forceinline__ FusedHead fused_forward(const FusedParams& P, const F
                                                    float* loss = nullptr) {
     const int L = FS_L(P), Tp = (bs + REPTILE_PTP - 1) / REPTILE_PTP;
     FusedHead head = {false, false};
+    int pending = 0;  // > 1: the last layer's input is raw slice-0 sums, `pending` slices (defer)
     FS_LAYER_UNROLL
     for (int l = 0; l < L; ++l) {
         const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);
@@ -621,17 +669,27 @@ __device__ __forceinline__ FusedHead fused_forward(const FusedParams& P, const F
                 const int p = e / out, o = e - p * out;
                 float v = 0.0f;
                 // Quads gl + j·g, j < trips: a fixed trip count where shapes are constants, so
-                // the loop unrolls (from gl, NVVM kept a run-time loop).
-                FS_LAYER_UNROLL
-                for (int j = 0; j < trips; ++j) {
-                    const int kq = gl + j * g;
-                    if (kq < nq) {
-                        const float4 a = reptile_ld4v(a_prev + p * lda_in + 4 * kq);
-                        const float4 w = reptile_ld4v(W + o * ldw + 4 * kq);
-                        v = fmaf(a.x, w.x, v);
-                        v = fmaf(a.y, w.y, v);
-                        v = fmaf(a.z, w.z, v);
-                        v = fmaf(a.w, w.w, v);
+                // the loop unrolls (from gl, NVVM kept a run-time loop). Two loops, so that the
+                // plain one stays as small as it was where `pending` folds to 0 (with both
+                // reads in one loop, the lane-split build's loop no longer unrolled).
+                if (pending > 1) {  // (one output: this group's row is no other group's)
+                    const int lp = l > 0 ? l - 1 : 0;  // (pending > 1 only where l > 0)
+                    float* a_fin = S.acts + S.act_off(lp) * FS_STRIDE(P);
+                    FS_LAYER_UNROLL
+                    for (int j = 0; j < trips; ++j) {
+                        const int kq = gl + j * g;
+                        if (kq < nq) {
+                            const float4 a = fused_finish_quad(P, S, pending, a_fin, p * lda_in + 4 * kq,
+                                                               S.theta + S.b_off(lp), 4 * kq, in, live);
+                            v = fused_dot4(a, reptile_ld4v(W + o * ldw + 4 * kq), v);
+                        }
+                    }
+                } else {
+                    FS_LAYER_UNROLL
+                    for (int j = 0; j < trips; ++j) {
+                        const int kq = gl + j * g;
+                        if (kq < nq)
+                            v = fused_dot4(reptile_ld4v(a_prev + p * lda_in + 4 * kq), reptile_ld4v(W + o * ldw + 4 * kq), v);
                     }
                 }
                 v = bias[o] + reptile_group_sum(v, g);
@@ -733,7 +791,11 @@ __device__ __forceinline__ FusedHead fused_forward(const FusedParams& P, const F
                 }
             }
         }
-        if (split > 1 && !f.lanes) {
+        // Below a one-output head (the sine net's 64 → 64 under its 64 → 1) the head's lanes
+        // finish these sums row by row as they read them (fused_finish_quad): no epilogue
+        // phase and no barrier of its own.
+        const bool defer = FS_DEFER && split > 1 && !f.lanes && l + 2 == L && S.width(L) == 1;
+        if (split > 1 && !f.lanes && !defer) {
             __syncthreads();  // every slice's partial sums written
             fused_each(bs, out, [&](int p, int o) {
                 const int a = p * lda_out + o;
@@ -741,6 +803,7 @@ __device__ __forceinline__ FusedHead fused_forward(const FusedParams& P, const F
                 z[a] = hidden ? reptile_act(FS_ACT(P), v) : v;
             });
         }
+        pending = defer ? split : 0;
         __syncthreads();
     }
     return head;

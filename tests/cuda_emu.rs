@@ -373,12 +373,15 @@ fn fused_inner_loop_on_deep_networks() {
     // output's bias sum, and tiles wrap around the block). The fourth is `cuda_gpu`'s sanitizer
     // net: a one-output head that writes the layer below's gradient with 3 quads per lane (2 at
     // 128 threads), and at 64 threads 4 × 8 dW tiles whose last column's second quad is past
-    // its 9-quad rows.
+    // its 9-quad rows. The fifth has a head over a 30-wide layer (the last quad of each row has
+    // 2 real columns); `specialized_builds_match_the_cpu` runs it where that layer's split sums
+    // are left to the head's lanes to finish.
     let specs = [
         MlpSpec::new(&[3, 9, 17, 12, 4], Activation::Tanh, Loss::Mse).unwrap(),
         MlpSpec::new(&[5, 20, 7, 33, 6, 11, 4], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap(),
         MlpSpec::new(&[4, 130, 40, 3], Activation::Tanh, Loss::Mse).unwrap(),
         MlpSpec::new(&[1, 36, 72, 1], Activation::Tanh, Loss::Mse).unwrap(),
+        MlpSpec::new(&[3, 20, 30, 1], Activation::Tanh, Loss::Mse).unwrap(),
     ];
     for (k, spec) in specs.iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(77 + k as u64);
@@ -439,9 +442,14 @@ fn specialized_builds_match_the_cpu() {
     let sine = MlpSpec::new(&[1, 64, 64, 1], Activation::Tanh, Loss::Mse).unwrap();
     let ce = MlpSpec::new(&[6, 40, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
     // And the sine net at 128 threads with at most 3 warp slices (16 quads in slices of 6, 6
-    // and 4: the n = 4096 launch with `set_warp_slices(3)`).
+    // and 4: the n = 4096 launch with `set_warp_slices(3)`). With warp slices, the sine net's
+    // 64 → 64 layer leaves its split sums for the one-output head to finish as it reads them
+    // (no epilogue phase); so does `head30`'s 20 → 30 layer (2 slices at 64 threads), whose rows
+    // end in a quad with 2 real columns (the partial sums' padding is never cleared).
+    let head30 = MlpSpec::new(&[3, 20, 30, 1], Activation::Tanh, Loss::Mse).unwrap();
     let cases = [
-        (sine.clone(), None, 96u32, "sine", SLICES),
+        (head30, None, 64u32, "head30", SLICES),
+        (sine.clone(), None, 96, "sine", SLICES),
         (sine.clone(), None, 128, "sine_lanes", Split::Lanes),
         (sine, None, 128, "sine_slices3", Split::Slices(3)),
         (ce.clone(), Some(3), 64, "ce", SLICES),
