@@ -29,7 +29,9 @@
 //                      consecutive points (A reads are broadcasts). When the tiles fill only
 //                      part of the block, the reduction is split (fused_slices) over up to
 //                      REPTILE_SPLIT warp slices, whose partial sums an epilogue phase adds in
-//                      slice order, or (FusedParams::lanes) over 2 or 4 lanes of each warp,
+//                      slice order (under a one-output head, in specialized builds, the
+//                      head's lanes add them as they read each row: fused_finish_quad), or
+//                      (FusedParams::lanes) over 2 or 4 lanes of each warp,
 //                      summed by shuffles (fused_scatter) with no epilogue phase and no
 //                      partial-sum buffers. A layer with ≤ 4 inputs: one thread per output element;
 //                      with ≤ 4 outputs: a group of up to 32 lanes per output element, lanes
@@ -604,10 +606,12 @@ __device__ __forceinline__ float4 fused_finish_quad(const FusedParams& P, const 
 // × REPTILE_PTP consecutive points (A reads are broadcasts shared by lane pairs); item =
 // chunk·To + ot. With S > 1 warp slices (fused_slices), slice 0 writes its raw sums into A_l,
 // the others into scratch, and an epilogue phase (one thread per element) adds them in slice
-// order, then bias and activation. Layers with at most 4 outputs (a regression head): a
-// group of g lanes per output element (g a power of two ≤ 32, at most the reduction's quads
-// rounded up and small enough for one pass over the elements), lanes over quads of the
-// reduction, summed by shuffles.
+// order, then bias and activation; or, for the layer under a one-output head (specialized
+// builds, FS_DEFER), the head's lanes do so for the rows they read (`pending`,
+// fused_finish_quad), with no phase of its own. Layers with at most 4 outputs (a regression
+// head): a group of g lanes per output element (g a power of two ≤ 32, at most the
+// reduction's quads rounded up and small enough for one pass over the elements), lanes over
+// quads of the reduction, summed by shuffles.
 //
 // With `loss` (a training step), an MSE network whose last layer takes that lane-group path
 // also finishes the loss there: the writing lane stores dL/dŶ = 2(Ŷ − Y)/(bs·out) in place
