@@ -867,6 +867,20 @@ __device__ __forceinline__ float fused_loss(const FusedParams& P, const FusedSme
     return (float)(sum / denom);
 }
 
+// Whether dZ_0, the input gradient of layer 1, is left as raw warp-slice sums for layer 0's
+// update to finish (the sine net's 64 ← 64 under its 1 → 64 first layer), and over how many
+// slices: specialized builds (FS_DEFER), layer 1 on the tile path split over warp slices, and
+// layer 0 with at most 4 inputs on the small update path, its only reader. Returns the split,
+// or 0. Uniform over the block.
+__device__ __forceinline__ int fused_dz0_split(const FusedParams& P, const FusedSmem& S, int bs) {
+    if (!FS_DEFER || FS_L(P) < 2) return 0;
+    const int in0 = S.width(0), out0 = S.width(1), out1 = S.width(2);
+    if (in0 > 4 || out0 * (in0 + 1) > 2 * FS_BLOCK || out1 <= 4) return 0;
+    const int Tp = (bs + REPTILE_PTP - 1) / REPTILE_PTP;
+    const FusedSlices f = fused_slices(((out0 + 3) >> 2) * Tp, (out1 + 3) >> 2, FS_LANES(P), FS_SPLIT(P));
+    return f.split > 1 && !f.lanes ? f.split : 0;
+}
+
 // Input gradient of layer l > 0: dZ_{l−1} = (dZ_l·W_l) ⊙ act'(A_{l−1}) from W_l before its
 // update. Work map: a thread owns 4 consecutive inputs 4·it.. (a warp reads one contiguous run
 // of a W row per 16-byte load) × REPTILE_PTP consecutive points, with the forward pass's split
@@ -943,7 +957,8 @@ __device__ __forceinline__ void fused_input_grad(const FusedParams& P, const Fus
             }
         }
     }
-    if (split > 1 && !f.lanes) {
+    // (dZ_0 left to layer 0's update where fused_dz0_split says so: no epilogue, no barrier.)
+    if (split > 1 && !f.lanes && !(l == 1 && fused_dz0_split(P, S, bs) > 1)) {
         __syncthreads();  // every slice's partial sums written
         fused_each(bs, in, [&](int p, int i) {
             const int a = p * lda_in + i;
@@ -1034,6 +1049,29 @@ __device__ __forceinline__ void fused_weight_sgd(const FusedParams& P, const Fus
     float* bias = S.theta + S.b_off(l);
     const float* gcur = fused_dz(P, S, l);
     const float nlr = -P.lr;
+    const int dsplit = l == 0 ? fused_dz0_split(P, S, bs) : 0;
+    if (dsplit > 1) {
+        // dZ_0 is still raw slice sums (fused_dz0_split): one thread per output finishes its
+        // column, dZ_0[p][o] = (Σ slices)·act'(A_0[p][o]) as the epilogue would, and sums the
+        // gradients of its weights (at most 4) and bias with it, in the orders below.
+        const float* a0 = S.acts + S.act_off(0) * FS_STRIDE(P);  // A_0: dZ_0's layout
+        for (int o = threadIdx.x; o < out; o += FS_BLOCK) {
+            float aw[4] = {0.0f, 0.0f, 0.0f, 0.0f}, ab = 0.0f;
+            for (int p = 0; p < bs; ++p) {
+                const int a = p * lda_out + o;
+                const float g = fused_add_parts(P, S, dsplit, a, gcur[a]) * reptile_act_grad(FS_ACT(P), a0[a]);
+                REPTILE_UNROLL
+                for (int k = 0; k < 4; ++k)
+                    if (k < in) aw[k] = fmaf(g, a_prev[p * lda_in + k], aw[k]);
+                ab += g;
+            }
+            REPTILE_UNROLL
+            for (int k = 0; k < 4; ++k)
+                if (k < in) W[o * ldw + k] += nlr * aw[k];
+            bias[o] += nlr * ab;
+        }
+        return;
+    }
     if (out * (in + 1) <= 2 * FS_BLOCK) {
         // A small layer (the sine net's first and last): one thread per weight or bias, so
         // its few products spread over the block instead of a few 4 × 4 tiles. Weights first,
