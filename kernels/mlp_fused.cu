@@ -40,7 +40,9 @@
 //                      In training steps an output layer on the lane-group path (≤ 4 outputs)
 //                      computes it instead, in the lane that writes the element (fused_forward).
 //   loss (CE):         item = point p (max, Σexp, gradient over the point's outputs).
-//   backward dA:       tile = 4 consecutive inputs × REPTILE_PTP points, same split rule. A
+//   backward dA:       tile = 4 consecutive inputs × REPTILE_PTP points, same split rule
+//                      (in specialized builds, layer 1's warp-slice sums are finished by layer
+//                      0's update where that is their only reader: fused_dz0_split). A
 //                      layer with ≤ 4 outputs: one thread per input element; a one-output
 //                      MSE head in a training step: in the forward pass, each lane of the
 //                      element's group over its quads of the inputs (fused_forward).
@@ -885,8 +887,9 @@ __device__ __forceinline__ int fused_dz0_split(const FusedParams& P, const Fused
 // update. Work map: a thread owns 4 consecutive inputs 4·it.. (a warp reads one contiguous run
 // of a W row per 16-byte load) × REPTILE_PTP consecutive points, with the forward pass's split
 // over quads of outputs (warp slices: slice 0 writes raw sums into dZ_{l−1}, an epilogue after
-// a barrier adds the others and applies act'; lanes: fused_scatter, no epilogue). A layer with
-// at most 4 outputs: one thread per input element. Ends without a barrier.
+// a barrier adds the others and applies act', or for l = 1 layer 0's update does where
+// fused_dz0_split says so; lanes: fused_scatter, no epilogue). A layer with at most 4 outputs:
+// one thread per input element. Ends without a barrier.
 __device__ __forceinline__ void fused_input_grad(const FusedParams& P, const FusedSmem& S, int l, int bs) {
     const int Tp = (bs + REPTILE_PTP - 1) / REPTILE_PTP;
     const int in = S.width(l), out = S.width(l + 1), ldw = reptile_ldw(in);

@@ -54,8 +54,8 @@ from session-start a5f2322
 # layers' weights before biases) -> divided-stores (+ fused_each, constant shared-memory offsets)
 # -> session-19 (+ tile and lane-split stores at constant offsets, one thread per element for a
 # small layer's input gradient) -> dw-4x4 (session 20: + the head's input gradient in its
-# lanes) -> epilogue-phase (+ 4 x 8 dW tiles) -> base (+ the head finishes the split sums
-# below it).
+# lanes) -> epilogue-phase (+ 4 x 8 dW tiles) -> dz0-epilogue (+ the head finishes the split
+# sums below it) -> base (+ layer 0's update finishes dZ_0).
 from session-18 36ae8c6
 # dw-bias-in-tiles (bf4dbbf): dW tiles that sum the bias gradient in every tile (for the it = 0
 # tiles' use), point loop unrolled by 2.
@@ -73,7 +73,10 @@ from divided-stores bcd61a2
 # phase of its own (one thread per element), and the head's lane groups at 16 lanes for 10
 # points at 128 threads (two passes on one warp); session 20 moved it into the head's lanes.
 from session-19 e5ce4cd
-# epilogue-phase (efb3ba0): before session 20's last kernel change, the warp-split 64 -> 64
+# dz0-epilogue (96ab3ca): before session 20's last kernel change, layer 1's warp-split input
+# gradient adds its slices in an epilogue phase (base: layer 0's update finishes dZ_0 itself).
+from dz0-epilogue 96ab3ca
+# epilogue-phase (efb3ba0): before the change before that, the warp-split 64 -> 64
 # layer under the sine head adds its slices in an epilogue phase of its own (base: the head's
 # lanes do it as they read the rows).
 from epilogue-phase efb3ba0
@@ -82,7 +85,7 @@ from epilogue-phase efb3ba0
 from dw-4x4 e3dbd39
 # The order gpu-check.sh times them in (the comparisons that decide defaults first, in case its
 # step runs out of time).
-order="base epilogue-phase dw-4x4 session-19 divided-stores element-division warp-per-head dw-bias-in-tiles session-18 session-start loss-every-step fast-tanh no-split clamp kunroll2"
+order="base dz0-epilogue epilogue-phase dw-4x4 session-19 divided-stores element-division warp-per-head dw-bias-in-tiles session-18 session-start loss-every-step fast-tanh no-split clamp kunroll2"
 for v in "$root"/*/; do
     [[ " $order " == *" $(basename "$v") "* ]] || { echo "gpu-variants.sh: $(basename "$v") missing from order" >&2; exit 1; }
 done
