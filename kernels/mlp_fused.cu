@@ -114,9 +114,10 @@ __device__ __forceinline__ constexpr int fs_gmax() {
 #define FS_SPLIT(P) (P).split
 #define FS_LAYER_UNROLL
 #define FS_WIDTH(P, l) (P).widths[l]
-// Specialized builds only: a split product below a one-output head leaves its epilogue to the
-// head (fused_forward). In the generic build the head's finishing code pushed the serial
-// kernel (at its 128-register cap on sm_80) into 60 B of spills.
+// Specialized builds only: a warp-split product leaves its epilogue to its only reader (the
+// layer under a one-output head to the head, fused_forward; dZ_0 to layer 0's update,
+// fused_dz0_split). In the generic build the head's finishing code pushed the serial kernel
+// (at its 128-register cap on sm_80) into 60 B of spills.
 #define FS_DEFER 0
 #endif
 
