@@ -606,7 +606,9 @@ fn profile_case() {
 /// kernels once, on a two-layer tanh MSE net, a relu cross-entropy net with a FOMAML tail, and
 /// a one-output regression net (its head writes the layer below's gradient in the forward
 /// pass, two quads per lane at 64 threads; its 36 → 72 layer takes 4 × 8 dW tiles, the second
-/// quad of the last tile column past the row).
+/// quad of the last tile column past the row; at 64 threads, in the specialized build, both of
+/// its products split over 2 warp slices leave their sums to their readers, the head and the
+/// first layer's update).
 #[test]
 fn sanitizer_small_case() {
     let Some(mut gpu) = backend() else { return };
