@@ -546,6 +546,27 @@ __device__ __forceinline__ float fused_add_parts(const FusedParams& P, const Fus
     return v;
 }
 
+// A split input gradient's element a, finished: (G[a] + the other slices' sums, in slice
+// order)·act'(A[a]). The epilogue of fused_input_grad, and layer 0's update where it takes
+// that epilogue over (fused_dz0_split).
+__device__ __forceinline__ float fused_finish_dz(const FusedParams& P, const FusedSmem& S, int split, const float* G,
+                                                 const float* A, int a) {
+    return fused_add_parts(P, S, split, a, G[a]) * reptile_act_grad(FS_ACT(P), A[a]);
+}
+
+// Stores the columns c0.. of quad v that lie below `width` at dst (dst = row + c0, 16-byte
+// aligned): one vector store for a whole quad, else the real columns one by one (a row's
+// padding columns keep their value).
+__device__ __forceinline__ void fused_st4_real(float* dst, float4 v, int c0, int width) {
+    if (c0 + 4 <= width) {
+        reptile_st4v(dst, v);
+    } else {
+        REPTILE_UNROLL
+        for (int c = 0; c < 4; ++c)
+            if (c0 + c < width) dst[c] = reptile_comp(v, c);
+    }
+}
+
 // dL/dZ_l, [points × out_l] at row stride lda(out_l): the last layer's in place of its output
 // (fused_loss writes it over Ŷ, which nothing reads afterwards), the hidden layers' in g0 and
 // g1 alternately from the top (dZ_{L−2} in g0, dZ_{L−3} in g1, ...).
@@ -591,15 +612,7 @@ __device__ __forceinline__ float4 fused_finish_quad(const FusedParams& P, const 
     r.y = c0 + 1 < width ? reptile_act(FS_ACT(P), b.y + v.y) : 0.0f;
     r.z = c0 + 2 < width ? reptile_act(FS_ACT(P), b.z + v.z) : 0.0f;
     r.w = c0 + 3 < width ? reptile_act(FS_ACT(P), b.w + v.w) : 0.0f;
-    if (store) {
-        if (c0 + 4 <= width) {
-            reptile_st4v(A + a0, r);
-        } else {
-            REPTILE_UNROLL
-            for (int c = 0; c < 4; ++c)
-                if (c0 + c < width) A[a0 + c] = reptile_comp(r, c);
-        }
-    }
+    if (store) fused_st4_real(A + a0, r, c0, width);
     return r;
 }
 
@@ -720,14 +733,7 @@ __device__ __forceinline__ FusedHead fused_forward(const FusedParams& P, const F
                             gv.y = v * w.y * reptile_act_grad(FS_ACT(P), a.y);
                             gv.z = v * w.z * reptile_act_grad(FS_ACT(P), a.z);
                             gv.w = v * w.w * reptile_act_grad(FS_ACT(P), a.w);
-                            float* dst = dz + p * lda_in + 4 * kq;
-                            if (4 * kq + 4 <= in) {
-                                reptile_st4v(dst, gv);
-                            } else {  // the row's last quad: only its real columns
-                                REPTILE_UNROLL
-                                for (int c = 0; c < 4; ++c)
-                                    if (4 * kq + c < in) dst[c] = reptile_comp(gv, c);
-                            }
+                            fused_st4_real(dz + p * lda_in + 4 * kq, gv, 4 * kq, in);
                         }
                     }
                 }
@@ -966,7 +972,7 @@ __device__ __forceinline__ void fused_input_grad(const FusedParams& P, const Fus
         __syncthreads();  // every slice's partial sums written
         fused_each(bs, in, [&](int p, int i) {
             const int a = p * lda_in + i;
-            gnext[a] = fused_add_parts(P, S, split, a, gnext[a]) * reptile_act_grad(FS_ACT(P), a_prev[a]);
+            gnext[a] = fused_finish_dz(P, S, split, gnext, a_prev, a);
         });
     }
 }
@@ -1063,7 +1069,7 @@ __device__ __forceinline__ void fused_weight_sgd(const FusedParams& P, const Fus
             float aw[4] = {0.0f, 0.0f, 0.0f, 0.0f}, ab = 0.0f;
             for (int p = 0; p < bs; ++p) {
                 const int a = p * lda_out + o;
-                const float g = fused_add_parts(P, S, dsplit, a, gcur[a]) * reptile_act_grad(FS_ACT(P), a0[a]);
+                const float g = fused_finish_dz(P, S, dsplit, gcur, a0, a);
                 REPTILE_UNROLL
                 for (int k = 0; k < 4; ++k)
                     if (k < in) aw[k] = fmaf(g, a_prev[p * lda_in + k], aw[k]);

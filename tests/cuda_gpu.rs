@@ -248,6 +248,13 @@ fn large_networks_take_the_tiled_path() {
 /// The benchmark workload: the sine net with the paper's inner loop (k = 5, b = 10 of 50
 /// points per task) on `n` tasks, with its FLOP count (the CPU path's: five steps and the
 /// forward pass for the loss after adaptation).
+/// FLOPs of one meta-step's inner loops on `n` tasks as the benchmarks count them (the CPU
+/// path's count): k = 5 SGD steps on minibatches of 10 points, then the forward pass for the
+/// loss after adaptation.
+fn meta_step_flops(spec: &MlpSpec, n: usize) -> f64 {
+    n as f64 * (5.0 * spec.step_flops(10) as f64 + spec.forward_flops(10) as f64)
+}
+
 struct SineCase {
     spec: MlpSpec,
     theta: Vec<f32>,
@@ -264,7 +271,7 @@ impl SineCase {
         let theta = Model::new(spec.clone(), 0).into_params();
         let batch = SineTasks::new(1).train_batch(&spec, n).unwrap();
         let plan = MinibatchPlan::training(n, 50, &config.train, OuterRule::Reptile, 0, 0, 0).unwrap();
-        let flops = n as f64 * (5.0 * spec.step_flops(10) as f64 + spec.forward_flops(10) as f64);
+        let flops = meta_step_flops(&spec, n);
         SineCase { spec, theta, lr: config.train.lr, batch, plan, flops }
     }
     fn y(&self) -> Tgt<'_> {
@@ -339,7 +346,7 @@ fn gpu_benchmarks() {
         let inner = InnerLoop { lr: 0.001, steps: 5, batch_size: 10 };
         let plan = MinibatchPlan::training(n, 10, &inner, OuterRule::Reptile, 0, 0, 0).unwrap();
         let secs = gpu.time_inner(Path::Tiled, &omni, &otheta, &x, Tgt::Labels(&lab), 10, &plan, 0.001, 5).unwrap();
-        let flops = n as f64 * (5.0 * omni.step_flops(10) as f64 + omni.forward_flops(10) as f64);
+        let flops = meta_step_flops(&omni, n);
         rows.push(format!(
             "tiled inner loop Omniglot MLP k=5 b=10 n={n}: {:.3} ms, {:.2} TFLOP/s",
             secs * 1e3,
@@ -377,7 +384,7 @@ fn gpu_benchmarks() {
     // as a CUDA graph; per iteration, after a warm-up call that compiles and captures. The
     // fused kernel alone is the `fused inner loop` rows above.
     for (n, iterations) in [(4096usize, 200u32), (16384, 100)] {
-        let flops = n as f64 * (5.0 * spec.step_flops(10) as f64 + spec.forward_flops(10) as f64);
+        let flops = meta_step_flops(&spec, n);
         gpu.train_sine_resident(&spec, &theta, &config, n, 0, 0, 3, true).unwrap();
         let t = std::time::Instant::now();
         let run = gpu.train_sine_resident(&spec, &theta, &config, n, 0, 0, iterations, true).unwrap();
