@@ -23,8 +23,12 @@ for line in sys.stdin:
     objcopy --strip-debug "$exe" "$out/$name"
 done
 # The CLI, for `reptile sine --device cuda:0` there.
-cargo build --release --bin reptile
+cargo build --release --lib --bin reptile # the lib target also builds libreptile.a
 objcopy --strip-debug target/release/reptile "$out/reptile"
+# The C host (examples/c/sine.c), statically linked, for its device-resident run there.
+gcc -std=c99 -O2 -Wall -Wextra -pedantic -Werror -Iinclude examples/c/sine.c -o "$out/sine_c" \
+    target/release/libreptile.a -lpthread -ldl -lm -Wl,--gc-sections
+strip "$out/sine_c"
 ls -la "$out"
 # Kernel variant folders for gpu-check.sh's kernel-variants step.
 bash scripts/gpu-variants.sh

@@ -6,7 +6,8 @@
 #   2. the GPU benchmarks (sine meta-step at three block sizes, interpolation vs D2D copy,
 #      the whole device-resident meta-step at n = 4096 and 16384, the Omniglot MLP on the
 #      tiled path, the sine demo);
-#   3. the CLI's sine demo on the GPU (`reptile sine --device cuda:0`, and with --resident), timed;
+#   3. the CLI's sine demo on the GPU (`reptile sine --device cuda:0`, and with --resident), timed,
+#      and the C host's (examples/c/sine.c with device `cuda`: reptile_trainer_train_sine_resident);
 #   3b. the fused sine meta-step under each launch choice of the back end (gpu_variants:
 #      occupancy bound, lane split, staging) and with each kernel variant folder that
 #      scripts/gpu-variants.sh made under $1/variants (bench_fused_default);
@@ -55,6 +56,9 @@ if [[ -x $bin/reptile ]]; then
     step cli-sine 90 "$bin/reptile" sine --device cuda:0 --quiet --out "$logs/sine-cuda"
     step cli-resident 90 "$bin/reptile" sine --device cuda:0 --resident --quiet --out "$logs/sine-resident"
 fi
+if [[ -x $bin/sine_c ]]; then
+    step c-host-cuda 90 "$bin/sine_c" 30000 1000 0 0 cuda
+fi
 step variants 240 "$bin/cuda_gpu" --ignored gpu_variants --exact --nocapture
 if compgen -G "$bin/variants/*/" >/dev/null; then
     # In the order of variants/order (gpu-variants.sh), else alphabetical.
@@ -91,6 +95,7 @@ fi
     for f in cli-sine cli-resident; do
         grep -hE '^reptile sine|^trained|^ +(0|8|32) ' "$logs/$f.log" 2>/dev/null | head -9
     done
+    grep -hE '^trained in|^post_adaptation_mse' "$logs/c-host-cuda.log" 2>/dev/null | sed 's/^/C host (cuda): /'
     grep -hE '^\| reptile_' "$logs/nvrtc-ptxas.log" 2>/dev/null
     grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$logs/memcheck.log" "$logs/racecheck.log" 2>/dev/null
 } | tee "$out/summary.txt"

@@ -228,7 +228,50 @@ fn cpp_host_meta_trains_sine_with_static_shared_and_sanitized_builds() {
             "{who}: the exception path did not report the status and message:\n{stdout}"
         );
         assert!(stdout.contains("round-trips"), "{who}: no checkpoint round trip:\n{stdout}");
+        assert!(
+            stdout.contains(
+                "caught expected error: REPTILE_STATUS_INVALID_ARGUMENT: invalid argument: device-resident \
+                             training needs the CUDA back end"
+            ),
+            "{who}: device-resident training on a CPU trainer was not refused:\n{stdout}"
+        );
         assert!(checkpoint.is_file(), "{who}: no checkpoint written");
+    }
+}
+
+/// The C host with `cuda` as its device: where CUDA is usable it meta-trains device-resident
+/// (`reptile_trainer_train_sine_resident`) and must reach the same MSE bounds as on the CPU;
+/// elsewhere it must exit with status 1 and the library's status name and reason. A device
+/// string it cannot parse is refused either way.
+#[test]
+fn c_host_trains_device_resident_or_reports_why_it_cannot() {
+    let dir = TempDir::new("c-cuda");
+    let exe = dir.0.join("sine_cuda");
+    compile(Lang::C, Build::Static, &root().join("examples/c/sine.c"), &exe);
+    let attempt = |args: &[&str]| {
+        let out = Command::new(&exe).args(args).current_dir(&dir.0).output().expect("cannot run the C host");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, stderr) = attempt(&["10", "10", "0", "0", "gpu"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("device gpu is not cpu, cuda or cuda:N"), "{stderr}");
+    match reptile::cuda::available() {
+        Ok(_) => {
+            let stdout = run(&exe, &["30000", EVAL_TASKS, "0", "0", "cuda"], &dir.0);
+            check_bound(&stdout, "C host (cuda)");
+            assert!(stdout.contains("device-resident") && stdout.contains("trained in"), "{stdout}");
+        }
+        Err(why) => {
+            let (code, stdout, stderr) = attempt(&["10", "10", "0", "0", "cuda"]);
+            assert_eq!(code, Some(1), "a C host without CUDA must fail cleanly:\n{stdout}\n{stderr}");
+            assert!(stderr.contains("REPTILE_STATUS_CUDA_UNAVAILABLE: CUDA unavailable"), "{stderr}");
+            assert!(stdout.contains("CUDA not available"), "{stdout}");
+            println!("no CUDA here ({why}): checked the C host's refusal");
+        }
     }
 }
 

@@ -991,6 +991,10 @@ fn resident_sine_training_refuses_what_it_cannot_run() {
     let mut trainer = reptile::Trainer::new(Model::from_params(spec, theta.clone()).unwrap(), config).unwrap();
     let err = trainer.train_sine_resident(10, 0).unwrap_err();
     assert!(matches!(err, reptile::Error::InvalidArgument(_)), "{err}");
+    assert!(err.to_string().contains("CUDA"), "{err}");
+    // Zero iterations leave no losses to return: refused before anything else.
+    let err = trainer.train_sine_resident(0, 0).unwrap_err();
+    assert!(err.to_string().contains("at least 1 iteration"), "{err}");
     assert_eq!(trainer.params(), &theta[..]);
     assert_eq!(trainer.iteration(), 0);
 }

@@ -690,3 +690,46 @@ fn trainer_trains_sine_device_resident() {
     assert_close("trainer θ after 60 resident iterations", trainer.params(), &want.theta, 1e-4, 1e-3);
     assert_close("losses of the last iteration", &losses, &want.losses, 1e-4, 1e-3);
 }
+
+/// `reptile_trainer_train_sine_resident` (the C ABI's device-resident sine training): serial
+/// Reptile (the serial kernel) and a meta-batch of 3 (the five-launch program), two calls of
+/// 40 and 20 iterations each, against the CPU reference of the resident loop.
+#[test]
+fn c_abi_trains_sine_device_resident() {
+    use reptile::ffi::*;
+    let Some(_) = backend() else { return };
+    for n in [1usize, 3] {
+        let mut c = std::mem::MaybeUninit::<reptile_trainer_config>::uninit();
+        let (mut m, mut t) = (std::ptr::null_mut(), std::ptr::null_mut());
+        let widths = [1usize, 64, 64, 1];
+        // SAFETY (whole block): valid pointers and lengths; handles freed once at the end.
+        unsafe {
+            let size = std::mem::size_of::<reptile_trainer_config>();
+            assert_eq!(reptile_trainer_config_default(size, c.as_mut_ptr()), reptile_status::Ok);
+            let mut c = c.assume_init();
+            (c.planned_iterations, c.meta_batch, c.backend) = (100, n, REPTILE_BACKEND_CUDA);
+            let st = reptile_model_new(widths.as_ptr(), 4, REPTILE_ACTIVATION_TANH, REPTILE_LOSS_MSE, 3, &mut m);
+            assert_eq!(st, reptile_status::Ok);
+            assert_eq!(reptile_trainer_new(m, &c, &mut t), reptile_status::Ok);
+            let spec = MlpSpec::new(&widths, Activation::Tanh, Loss::Mse).unwrap();
+            let mut theta = vec![0f32; spec.num_params()];
+            assert_eq!(reptile_trainer_get_params(t, theta.as_mut_ptr(), theta.len()), reptile_status::Ok);
+            let mut losses = vec![f32::NAN; 2 * n];
+            for chunk in [40u32, 20] {
+                let st = reptile_trainer_train_sine_resident(t, chunk, 9, losses.as_mut_ptr(), losses.len());
+                assert_eq!(st, reptile_status::Ok, "n = {n}");
+            }
+            let mut it = 0u64;
+            assert_eq!(reptile_trainer_iteration(t, &mut it), reptile_status::Ok);
+            assert_eq!(it, 60);
+            let mut got = vec![0f32; theta.len()];
+            assert_eq!(reptile_trainer_get_params(t, got.as_mut_ptr(), got.len()), reptile_status::Ok);
+            let config = ReptileConfig { planned_iters: 100, meta_batch: n, ..ReptileConfig::sine() };
+            let want = sine::reference_run(&spec, &theta, &config, n, 9, 0, 60).unwrap();
+            assert_close(&format!("C ABI θ after 60 resident iterations, n = {n}"), &got, &want.theta, 1e-4, 1e-3);
+            assert_close(&format!("C ABI losses, n = {n}"), &losses, &want.losses, 1e-4, 1e-3);
+            reptile_trainer_free(t);
+            reptile_model_free(m);
+        }
+    }
+}

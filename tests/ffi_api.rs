@@ -290,6 +290,47 @@ fn cuda_availability_and_backend_selection_never_abort() {
     }
 }
 
+#[test]
+fn device_resident_sine_training_checks_everything_before_it_runs() {
+    // Config problems are reported on any machine, before the back end is looked at; a CPU
+    // trainer is told it needs CUDA. Nothing changes on any error, the losses included.
+    let m = sine_model();
+    let mut c = config(1);
+    c.meta_batch = 2;
+    c.inner_optimizer = REPTILE_INNER_OPTIMIZER_ADAM;
+    let adam = new_trainer(m, &c);
+    c.inner_optimizer = REPTILE_INNER_OPTIMIZER_SGD;
+    c.outer_rule = REPTILE_OUTER_RULE_FOMAML;
+    c.fomaml_tail = 5;
+    let tail = new_trainer(m, &c);
+    c.outer_rule = REPTILE_OUTER_RULE_REPTILE;
+    c.fomaml_tail = 0;
+    let cpu = new_trainer(m, &c);
+    let inv = reptile_status::InvalidArgument;
+    // SAFETY (whole block): live handles and buffers of the lengths passed.
+    unsafe {
+        let theta = |t: *mut reptile_trainer| {
+            let mut th = vec![0f32; 16 * 2 + 17 * 16 + 17];
+            ok(reptile_trainer_get_params(t, th.as_mut_ptr(), th.len()));
+            th
+        };
+        let before = theta(cpu);
+        let mut losses = [-3.5f32; 4];
+        expect(reptile_trainer_train_sine_resident(adam, 5, 1, losses.as_mut_ptr(), 4), inv, "inner loop is SGD");
+        expect(reptile_trainer_train_sine_resident(tail, 5, 1, losses.as_mut_ptr(), 4), inv, "FOMAML tail");
+        expect(reptile_trainer_train_sine_resident(cpu, 5, 1, losses.as_mut_ptr(), 4), inv, "needs the CUDA back end");
+        assert_eq!(losses, [-3.5f32; 4], "losses written on failure");
+        for t in [adam, tail, cpu] {
+            let mut it = 9u64;
+            ok(reptile_trainer_iteration(t, &mut it));
+            assert_eq!(it, 0);
+            assert_eq!(theta(t), before);
+            reptile_trainer_free(t);
+        }
+        reptile_model_free(m);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Configuration
 // ---------------------------------------------------------------------------------------------
@@ -1173,6 +1214,8 @@ fn null_for_every_pointer() {
         expect_null(reptile_trainer_step_sine(null_mut(), s, &mut st), "trainer");
         expect_null(reptile_trainer_step_sine(t, null_mut(), &mut st), "sampler");
         expect_null(reptile_trainer_step_sine(t, s, null_mut()), "stats");
+        expect_null(reptile_trainer_train_sine_resident(null_mut(), 10, 0, buf.as_mut_ptr(), 2), "trainer");
+        expect_null(reptile_trainer_train_sine_resident(t, 10, 0, null_mut(), 2), "losses");
         expect_null(reptile_trainer_evaluate_sine(null(), s, 1, 10, steps.as_ptr(), 2, &mut ro), "trainer");
         expect_null(reptile_trainer_evaluate_sine(t, null_mut(), 1, 10, steps.as_ptr(), 2, &mut ro), "sampler");
         expect_null(reptile_trainer_evaluate_sine(t, s, 1, 10, null(), 2, &mut ro), "steps");
@@ -1317,6 +1360,10 @@ fn wrong_lengths_and_shapes() {
         expect(reptile_sine_sampler_eval_tasks(s, 0, 10, b0, 0, b1, 0, b2, 0, b3, 0), inv, "n_tasks");
         expect(reptile_trainer_evaluate_sine(t, s, 0, 10, steps.as_ptr(), 2, &mut ro), inv, "n_tasks");
         expect(reptile_trainer_evaluate_sine(t, s, 1, 60, steps.as_ptr(), 2, &mut ro), inv, "shots");
+        expect(reptile_trainer_train_sine_resident(t, 10, 0, fp, 3), sh, "losses has 3 elements");
+        expect(reptile_trainer_train_sine_resident(t, 10, 0, fp, 0), sh, "losses has 0 elements");
+        expect(reptile_trainer_train_sine_resident(tw, 10, 0, fp, 2), sh, "sine workload");
+        expect(reptile_trainer_train_sine_resident(t, 0, 0, fp, 2), inv, "at least 1");
         ok(reptile_trainer_step_sine(t, s, &mut st));
         assert!(ro.is_null());
 

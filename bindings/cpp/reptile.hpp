@@ -403,6 +403,13 @@ class trainer {
         detail::check(reptile_trainer_step_sine(get(), sampler.get(), &s));
         return s;
     }
+    /// `iterations` iterations of sine-wave meta-training kept on the GPU (needs the CUDA
+    /// back end; tasks drawn on the device from `seed`, no host round-trip per iteration):
+    /// reptile_trainer_train_sine_resident. Writes the last iteration's losses, before and
+    /// after adaptation for each task, to `losses` (2 × the config's meta_batch floats).
+    void train_sine_resident(std::uint32_t iterations, std::uint64_t seed, span<float> losses) {
+        detail::check(reptile_trainer_train_sine_resident(get(), iterations, seed, losses.data(), losses.size()));
+    }
     /// First half of a split step.
     delta_sum task_deltas(const tasks &batch, std::uint64_t task_index_offset = 0) {
         const reptile_tasks view = batch.c_view();

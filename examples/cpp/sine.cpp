@@ -94,6 +94,21 @@ int run(int argc, char **argv) {
         std::cout << "caught expected error: " << e.what() << "\n";
     }
 
+    // Device-resident training (tasks drawn on the GPU) needs the CUDA back end: this trainer
+    // is on the CPU, so the call throws and changes nothing.
+    try {
+        std::vector<float> losses(2 * config.meta_batch);
+        trainer.train_sine_resident(10, seed, losses);
+        std::cerr << "sine_cpp: device-resident training ran on a CPU trainer\n";
+        return 1;
+    } catch (const reptile::error &e) {
+        if (e.status() != REPTILE_STATUS_INVALID_ARGUMENT || trainer.iteration() != iterations) {
+            std::cerr << "sine_cpp: unexpected error " << e.what() << "\n";
+            return 1;
+        }
+        std::cout << "caught expected error: " << e.what() << "\n";
+    }
+
     // Checkpoint round trip: the model and the resumed trainer get θ and the iteration back.
     trainer.save(checkpoint);
     const reptile::model loaded = reptile::model::load(checkpoint);

@@ -895,7 +895,7 @@ impl CudaBackend {
         Ok((out, sum, bad[0] == 0))
     }
 
-    /// Runs `iterations` iterations of the device-resident sine loop ([`super::sine`]) for `n`
+    /// Runs `iterations` (≥ 1) iterations of the device-resident sine loop ([`super::sine`]) for `n`
     /// tasks per iteration from θ = `theta` and iteration `start`, with `config`'s inner loop,
     /// ε schedule and outer rule: tasks sampled on the device (Philox, keyed by `seed`), no
     /// host round-trip until the end. With `graph`, one chunk of iterations is captured as a
@@ -914,8 +914,11 @@ impl CudaBackend {
         iterations: u32,
         graph: bool,
     ) -> CudaResult<super::sine::ResidentRun> {
-        if theta.len() != spec.num_params() || n == 0 {
-            return Err(CudaError::InvalidArgument(format!("θ of {} values, {n} tasks", theta.len())));
+        if theta.len() != spec.num_params() || n == 0 || iterations == 0 {
+            return Err(CudaError::InvalidArgument(format!(
+                "θ of {} values, {n} tasks, {iterations} iterations",
+                theta.len()
+            )));
         }
         if start as u64 + iterations as u64 > u32::MAX as u64 {
             return Err(CudaError::Unsupported("iteration counter past 2^32 − 1".into()));

@@ -251,6 +251,62 @@ pub unsafe extern "C" fn reptile_trainer_step_sine(
     })
 }
 
+/// Runs `iterations` (≥ 1) iterations of sine-wave meta-training kept on the trainer's CUDA
+/// device: each iteration draws `meta_batch` tasks on the GPU (Philox keyed by `seed`, not
+/// a `reptile_sine_sampler`'s stream), runs their inner loops and the outer step there, with
+/// no host round-trip per iteration; serial Reptile (`meta_batch` 1) runs a thousand
+/// iterations per kernel launch. It continues from the trainer's θ and iteration count with
+/// its config (ε schedule, outer rule, outer decay) and is statistically equivalent to as
+/// many `reptile_trainer_step_sine` calls, not identical to them. This is the fast way to
+/// meta-train the sine workload on a GPU (timings in the project's BENCHMARKS.md); call it in
+/// chunks of iterations to report progress.
+///
+/// Writes the last iteration's losses to `losses` (`n_losses` = 2·`meta_batch`): for each
+/// task, the loss before and after its adaptation.
+///
+/// Needs a model with 1 input, 1 output and MSE loss (else `REPTILE_STATUS_SHAPE_MISMATCH`),
+/// SGD inner steps, no FOMAML tail and inner minibatches of 1–50 points (else
+/// `REPTILE_STATUS_INVALID_ARGUMENT`), and the CUDA back end (`config.backend` or
+/// `reptile_trainer_set_backend`; on the CPU back end `REPTILE_STATUS_INVALID_ARGUMENT`). These
+/// are checked before anything runs, and on any of these errors θ and the iteration count
+/// are unchanged. On `REPTILE_STATUS_DIVERGED` (a non-finite update) θ keeps its last finite
+/// value and the iteration count stops at the failing iteration, unlike
+/// `reptile_trainer_step`, which then changes neither; `losses` is not written.
+///
+/// # Safety
+/// `trainer` must be a live trainer handle; `losses` must point to `n_losses` writable floats.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reptile_trainer_train_sine_resident(
+    trainer: *mut reptile_trainer,
+    iterations: u32,
+    seed: u64,
+    losses: *mut f32,
+    n_losses: usize,
+) -> reptile_status {
+    boundary(|| {
+        // SAFETY: the caller's contract.
+        let (t, dst) = unsafe { (trainer_mut(trainer)?, arg_slice_mut(losses, n_losses, "losses")?) };
+        check_sine_model(t.spec())?;
+        let n = t.config().meta_batch;
+        check_count("losses", dst.len(), 2 * n, "2 × the config's meta_batch")?;
+        if iterations == 0 {
+            return Err(FfiError::invalid("iterations must be at least 1"));
+        }
+        crate::cuda::sine::check(t.spec(), t.config())
+            .map_err(|e| FfiError::invalid(format!("the device-resident sine loop cannot run this config: {e}")))?;
+        if t.device() == crate::meta::Device::Cpu {
+            return Err(FfiError::invalid(
+                "device-resident training needs the CUDA back end (config.backend = REPTILE_BACKEND_CUDA or \
+                 reptile_trainer_set_backend); this trainer is on the CPU",
+            ));
+        }
+        let got = t.train_sine_resident(iterations, seed)?;
+        check_count("losses", got.len(), dst.len(), "2 × the config's meta_batch")?;
+        dst.copy_from_slice(&got);
+        Ok(())
+    })
+}
+
 /// Evaluates `trainer` with the paper's sine protocol: draws `n_tasks` evaluation tasks from
 /// `sampler` (`shots` support points each, scored on the whole grid) and scores them after
 /// each step count in `steps` (strictly ascending), as `reptile_trainer_evaluate` does.

@@ -645,8 +645,12 @@ impl Trainer {
     /// 1-out MSE net, SGD inner steps and no FOMAML tail; else [`Error::InvalidArgument`] or
     /// [`Error::Cuda`]. Returns the last iteration's per-task losses `[n × 2]` (before, after
     /// adaptation). On a non-finite update θ keeps its last finite value, the iteration count
-    /// stops at the failing iteration, and the result is [`Error::Diverged`].
+    /// stops at the failing iteration, and the result is [`Error::Diverged`]. `iterations` must
+    /// be at least 1 (there are no losses to return otherwise).
     pub fn train_sine_resident(&mut self, iterations: u32, seed: u64) -> Result<Vec<f32>> {
+        if iterations == 0 {
+            return Err(Error::InvalidArgument("device-resident training needs at least 1 iteration".into()));
+        }
         if self.cuda.is_none() {
             return Err(Error::InvalidArgument("device-resident training needs a CUDA device".into()));
         }
