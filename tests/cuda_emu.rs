@@ -997,4 +997,19 @@ fn resident_sine_training_refuses_what_it_cannot_run() {
     assert!(err.to_string().contains("at least 1 iteration"), "{err}");
     assert_eq!(trainer.params(), &theta[..]);
     assert_eq!(trainer.iteration(), 0);
+    // The device counts iterations in 32 bits: a run past 2^32 − 1 is refused up front.
+    trainer.set_iteration(u32::MAX as u64 - 5);
+    let err = trainer.train_sine_resident(6, 0).unwrap_err();
+    assert!(matches!(err, reptile::Error::InvalidArgument(_)) && err.to_string().contains("32 bits"), "{err}");
+    trainer.set_iteration(0);
+    // Config problems are reported before the missing device, on any machine.
+    let (spec, mut config, theta) = sine_setup(1, 2, 10, 0.02);
+    config.inner_optimizer = reptile::meta::InnerOptimizer::Adam { beta2: 0.999, eps: 1e-8 };
+    let mut adam = reptile::Trainer::new(Model::from_params(spec, theta.clone()).unwrap(), config).unwrap();
+    let err = adam.train_sine_resident(10, 0).unwrap_err();
+    assert!(
+        matches!(err, reptile::Error::InvalidArgument(_)) && err.to_string().contains("inner loop is SGD"),
+        "{err}"
+    );
+    assert_eq!((adam.params(), adam.iteration()), (&theta[..], 0));
 }

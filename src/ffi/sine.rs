@@ -289,17 +289,8 @@ pub unsafe extern "C" fn reptile_trainer_train_sine_resident(
         check_sine_model(t.spec())?;
         let n = t.config().meta_batch;
         check_count("losses", dst.len(), 2 * n, "2 × the config's meta_batch")?;
-        if iterations == 0 {
-            return Err(FfiError::invalid("iterations must be at least 1"));
-        }
-        crate::cuda::sine::check(t.spec(), t.config())
-            .map_err(|e| FfiError::invalid(format!("the device-resident sine loop cannot run this config: {e}")))?;
-        if t.device() == crate::meta::Device::Cpu {
-            return Err(FfiError::invalid(
-                "device-resident training needs the CUDA back end (config.backend = REPTILE_BACKEND_CUDA or \
-                 reptile_trainer_set_backend); this trainer is on the CPU",
-            ));
-        }
+        // The iteration count, the config and the back end are checked by the trainer, in that
+        // order, before anything runs.
         let got = t.train_sine_resident(iterations, seed)?;
         check_count("losses", got.len(), dst.len(), "2 × the config's meta_batch")?;
         dst.copy_from_slice(&got);

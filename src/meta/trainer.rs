@@ -641,22 +641,41 @@ impl Trainer {
     /// iterations per launch). Its tasks are the sine family's but not the ones
     /// [`crate::workloads::sine::SineTasks`] draws, so the run is statistically equivalent to
     /// [`Self::step`] over those, not identical; the outer step applies the config's
-    /// [`ReptileConfig::outer_decay`] as [`Self::step`] does. Needs [`Device::Cuda`], a 1-in
-    /// 1-out MSE net, SGD inner steps and no FOMAML tail; else [`Error::InvalidArgument`] or
-    /// [`Error::Cuda`]. Returns the last iteration's per-task losses `[n × 2]` (before, after
-    /// adaptation). On a non-finite update θ keeps its last finite value, the iteration count
-    /// stops at the failing iteration, and the result is [`Error::Diverged`]. `iterations` must
-    /// be at least 1 (there are no losses to return otherwise).
+    /// [`ReptileConfig::outer_decay`] as [`Self::step`] does. Returns the last iteration's
+    /// per-task losses `[n × 2]` (before, after adaptation).
+    ///
+    /// Before anything runs it checks, in this order, that `iterations` is at least 1, that the
+    /// iteration counter stays within 2^32 − 1, that the net and config suit the loop (1-in
+    /// 1-out MSE net, SGD inner steps, no FOMAML tail, minibatches of 1–50 points) and that
+    /// the trainer is on [`Device::Cuda`]; each failure is [`Error::InvalidArgument`] with θ and
+    /// the count unchanged. A failure on the GPU is [`Error::Cuda`]. On a non-finite update θ
+    /// keeps its last finite value, the iteration count stops at the failing iteration, and
+    /// the result is [`Error::Diverged`].
     pub fn train_sine_resident(&mut self, iterations: u32, seed: u64) -> Result<Vec<f32>> {
+        // Everything checkable without the device first, so a CPU-only host learns of a bad
+        // argument or config before it learns it needs a GPU.
         if iterations == 0 {
             return Err(Error::InvalidArgument("device-resident training needs at least 1 iteration".into()));
         }
+        let start = u32::try_from(self.iteration)
+            .ok()
+            .filter(|s| *s as u64 + iterations as u64 <= u32::MAX as u64)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "the device-resident loop counts iterations in 32 bits: iteration {} + {iterations} passes \
+                     2^32 − 1",
+                    self.iteration
+                ))
+            })?;
+        crate::cuda::sine::check(self.model.spec(), &self.config).map_err(|e| {
+            Error::InvalidArgument(format!("the device-resident sine loop cannot run this config: {e}"))
+        })?;
         if self.cuda.is_none() {
-            return Err(Error::InvalidArgument("device-resident training needs a CUDA device".into()));
+            return Err(Error::InvalidArgument(
+                "device-resident training needs the CUDA back end; this trainer is on the CPU".into(),
+            ));
         }
         let theta = self.params().to_vec();
-        let start = u32::try_from(self.iteration)
-            .map_err(|_| Error::InvalidArgument(format!("iteration {} past 2^32 − 1", self.iteration)))?;
         let (spec, config) = (self.model.spec().clone(), self.config.clone());
         let (_, gpu) = self.cuda.as_mut().expect("checked above");
         let run = gpu.train_sine_resident(&spec, &theta, &config, config.meta_batch, seed, start, iterations, true)?;
