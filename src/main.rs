@@ -227,6 +227,11 @@ fn run_sine(a: SineArgs) -> reptile::Result<()> {
     if a.resident && a.iterations > u32::MAX as u64 {
         return Err(reptile::Error::InvalidArgument("--resident runs at most 2^32 − 1 iterations".into()));
     }
+    if a.resident {
+        // Before the device is opened and the first evaluation runs.
+        reptile::cuda::sine::check(&spec, &config)
+            .map_err(|e| reptile::Error::InvalidArgument(format!("--resident cannot run this config: {e}")))?;
+    }
     std::fs::create_dir_all(&a.out).map_err(|e| reptile::Error::Io { path: a.out.clone(), source: e })?;
     let mut trainer = Trainer::new(Model::new(spec.clone(), a.seed), config.clone())?;
     trainer.set_device(a.device)?;

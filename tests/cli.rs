@@ -75,6 +75,20 @@ fn bad_input_exits_nonzero_with_a_message() {
 }
 
 #[test]
+fn resident_training_refuses_a_config_it_cannot_run_before_anything_else() {
+    // On any machine (the config is checked before the device is opened): a clear message,
+    // and no output folder.
+    let out_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-resident-refused");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let args = ["sine", "--device", "cuda", "--resident", "--foml", "--foml-tail", "2", "--iterations", "10", "--out"];
+    let out = reptile(&[&args[..], &[out_dir.to_str().unwrap()]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--resident cannot run this config") && err.contains("FOMAML tail"), "{err}");
+    assert!(!out_dir.exists(), "the refused run created {}", out_dir.display());
+}
+
+#[test]
 fn omniglot_trains_then_evaluates_its_checkpoint() {
     let Some(data) = reptile::workloads::omniglot::Omniglot::find_data_dir() else {
         eprintln!("skipped: Omniglot zips not found (set REPTILE_OMNIGLOT_DIR or provide ../shared/data/omniglot)");
