@@ -299,8 +299,7 @@ typedef struct reptile_trainer_config {
      */
     uint64_t seed;
     /**
-     * Compute back end (`REPTILE_BACKEND_*`). `REPTILE_BACKEND_CUDA` needs
-     * `REPTILE_INNER_OPTIMIZER_SGD` (the CUDA kernels' inner loops are SGD).
+     * Compute back end (`REPTILE_BACKEND_*`).
      */
     reptile_backend backend;
     /**
@@ -914,9 +913,8 @@ enum reptile_status reptile_trainer_backend(const struct reptile_trainer *traine
 /**
  * Moves the trainer's meta-training steps to another back end (`REPTILE_BACKEND_*`; with
  * `REPTILE_BACKEND_CUDA`, device `cuda_device`). θ and the iteration count are kept. On
- * failure (`REPTILE_STATUS_CUDA_UNAVAILABLE` where CUDA cannot be used;
- * `REPTILE_STATUS_INVALID_ARGUMENT` for a config whose inner optimizer is not SGD, the only
- * one the CUDA kernels implement) the trainer stays on its current back end.
+ * failure (`REPTILE_STATUS_CUDA_UNAVAILABLE` where CUDA cannot be used) the trainer stays on
+ * its current back end.
  *
  * # Safety
  * `trainer` must be a live trainer handle.

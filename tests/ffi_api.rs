@@ -274,10 +274,6 @@ fn cuda_availability_and_backend_selection_never_abort() {
         assert!(t.is_null());
         c.backend = 7;
         expect(reptile_trainer_new(m, &c, &mut t), reptile_status::InvalidArgument, "backend = 7");
-        // The CUDA kernels' inner loops are SGD: Adam is refused on any machine.
-        (c.backend, c.cuda_device, c.inner_optimizer) = (REPTILE_BACKEND_CUDA, 0, REPTILE_INNER_OPTIMIZER_ADAM);
-        expect(reptile_trainer_new(m, &c, &mut t), reptile_status::InvalidArgument, "inner loops are SGD");
-        assert!(t.is_null());
 
         // Switching an existing CPU trainer: a failed switch leaves it on the CPU.
         let t = new_trainer(m, &config(1));

@@ -168,8 +168,7 @@ pub struct OmniglotArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Where meta-training's inner loops run: cpu, cuda or cuda:N (CUDA's inner loops are SGD:
-    /// with it, pass --inner-optimizer sgd).
+    /// Where meta-training's inner loops run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: reptile::Device,
     /// Start from this checkpoint's parameters instead of a fresh init (its spec must match
@@ -240,13 +239,6 @@ pub fn run(a: OmniglotArgs) -> reptile::Result<()> {
             "--average-tail is a fraction of the iterations in [0, 1], got {}",
             a.average_tail
         )));
-    }
-    if matches!(a.device, reptile::Device::Cuda(_)) && !matches!(a.inner_optimizer, OptArg::Sgd) {
-        // Before the data is read (the trainer would refuse it too, later).
-        return Err(reptile::Error::InvalidArgument(
-            "--device cuda runs SGD inner loops only; pass --inner-optimizer sgd (Adam, the default, runs on the CPU)"
-                .into(),
-        ));
     }
     let dir = a.data.clone().or_else(Omniglot::find_data_dir).ok_or_else(|| {
         reptile::Error::InvalidArgument(

@@ -86,8 +86,7 @@ pub struct reptile_trainer_config {
     pub fomaml_tail: usize,
     /// Seed of the minibatch-order random streams.
     pub seed: u64,
-    /// Compute back end (`REPTILE_BACKEND_*`). `REPTILE_BACKEND_CUDA` needs
-    /// `REPTILE_INNER_OPTIMIZER_SGD` (the CUDA kernels' inner loops are SGD).
+    /// Compute back end (`REPTILE_BACKEND_*`).
     pub backend: reptile_backend,
     /// CUDA device ordinal (with `REPTILE_BACKEND_CUDA`).
     pub cuda_device: u32,
@@ -773,9 +772,8 @@ pub unsafe extern "C" fn reptile_trainer_backend(
 
 /// Moves the trainer's meta-training steps to another back end (`REPTILE_BACKEND_*`; with
 /// `REPTILE_BACKEND_CUDA`, device `cuda_device`). θ and the iteration count are kept. On
-/// failure (`REPTILE_STATUS_CUDA_UNAVAILABLE` where CUDA cannot be used;
-/// `REPTILE_STATUS_INVALID_ARGUMENT` for a config whose inner optimizer is not SGD, the only
-/// one the CUDA kernels implement) the trainer stays on its current back end.
+/// failure (`REPTILE_STATUS_CUDA_UNAVAILABLE` where CUDA cannot be used) the trainer stays on
+/// its current back end.
 ///
 /// # Safety
 /// `trainer` must be a live trainer handle.

@@ -623,21 +623,11 @@ impl Trainer {
 
     /// Runs the inner loops of meta-training on `device`. Selecting CUDA opens the device and
     /// compiles the kernels now; where CUDA cannot be used this returns [`Error::Cuda`] with the
-    /// reason (never a panic) and the trainer stays on its current device. The CUDA kernels'
-    /// inner loops are SGD: a config with another inner optimizer gets
-    /// [`Error::InvalidArgument`] before the device is opened.
+    /// reason (never a panic) and the trainer stays on its current device.
     pub fn set_device(&mut self, device: Device) -> Result<()> {
         match device {
             Device::Cpu => self.cuda = None,
             Device::Cuda(n) => {
-                // A config the GPU cannot train is refused before the device is opened.
-                if self.config.inner_optimizer != InnerOptimizer::Sgd {
-                    return Err(Error::InvalidArgument(format!(
-                        "the CUDA back end's inner loops are SGD; this trainer's config uses {:?} \
-                         (train with SGD, or on the CPU)",
-                        self.config.inner_optimizer
-                    )));
-                }
                 let backend = crate::cuda::backend::CudaBackend::new(n)?;
                 self.cuda = Some((n, Box::new(backend)));
             }
