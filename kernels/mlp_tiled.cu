@@ -16,6 +16,8 @@
 //   forward       Z[p, o]  = act(b[o] + Σ_i A[p, i]·W[o, i])          bias + activation fused
 //   input grad    dA[p, i] = (Σ_o dZ[p, o]·W[o, i]) · act'(A_prev[p, i]) derivative fused
 //   weight + SGD  W[o, i] −= α·Σ_p dZ[p, o]·A[p, i], column i = in is the bias (A ≡ 1)
+//   weight + Adam the same gradient g, then the Adam (β1 = 0) update of that element with its
+//                 task's second moment v in V [n_tasks × P] (the CPU path's arithmetic)
 // Loss: one block per task (MSE over elements, CE one thread per point), block-reduced.
 
 #include "common.cuh"
@@ -96,6 +98,32 @@ extern "C" __global__ void reptile_tiled_weight_sgd(int bs, int in, int out, flo
     if (o < out && i <= in) {
         float* dst = theta + t * theta_ts + (i < in ? w_off + (size_t)o * in + i : b_off + o);
         *dst += -lr * g;
+    }
+}
+
+// The Adam (β1 = 0) inner step in place of reptile_tiled_weight_sgd, one element of W[t] or
+// b[t] per thread: g as there, then v ← β2·v + (1 − β2)·g² (g's share left out where
+// |g| < gmin, where it would be subnormal; a subnormal v stored as 0) and
+// θ −= lr_t·g/(√v + ε), lr_t = α·√(1 − β2^t) folded in by the host per step. V has θ's layout
+// per task (stride theta_ts). The same arithmetic as the CPU path (cpu::update::adam_b1zero).
+// Grid (⌈(in+1)/16⌉, ⌈out/16⌉, n).
+extern "C" __global__ void reptile_tiled_weight_adam(int bs, int in, int out, float lr_t, float beta2, float eps,
+                                                     float gmin, const float* __restrict__ dZ, int dz_ts,
+                                                     const float* __restrict__ A, int a_ts, float* __restrict__ theta,
+                                                     float* __restrict__ V, int theta_ts, int w_off, int b_off) {
+    REPTILE_SMEM(float, smem);
+    const size_t t = blockIdx.z;
+    const float g = tiled_dot(out, in + 1, bs, dZ + t * dz_ts, 1, out, A + t * a_ts, in, 1, in, smem,
+                              smem + REPTILE_TILE * (REPTILE_TILE + 1));
+    const int o = blockIdx.y * REPTILE_TILE + threadIdx.x / REPTILE_TILE;
+    const int i = blockIdx.x * REPTILE_TILE + threadIdx.x % REPTILE_TILE;
+    if (o < out && i <= in) {
+        const size_t e = t * theta_ts + (i < in ? w_off + (size_t)o * in + i : b_off + o);
+        const float gq = fabsf(g) >= gmin ? g : 0.0f;
+        float v = fmaf(beta2, V[e], (1.0f - beta2) * gq * gq);
+        if (v < 1.17549435e-38f) v = 0.0f;  // FLT_MIN; NaN compares false and is kept
+        V[e] = v;
+        theta[e] -= lr_t * g / (sqrtf(v) + eps);
     }
 }
 

@@ -729,7 +729,7 @@ fn run_tiled(
     lr: f32,
     fomaml: bool,
 ) -> (Vec<f32>, Vec<f32>) {
-    let prog = tiled::program(spec, plan, m, lr, fomaml).unwrap();
+    let prog = tiled::program(spec, plan, m, lr, fomaml, None).unwrap();
     let mut mem = EmuMem::new(&prog);
     mem.put_f32(Buf::Theta, theta);
     mem.put_f32(Buf::X, x);
@@ -776,6 +776,99 @@ fn tiled_path_matches_cpu_on_random_specs() {
         assert_close(&format!("{what} losses"), &l_emu, &l_ref, 1e-5, 1e-4);
     }
     println!("tiled path vs CPU: worst |Δ| over 12 random cases = {worst:e}");
+}
+
+/// Adam (β1 = 0) on the tiled path against `Trainer::task_deltas` on the CPU: moments carried
+/// (from random starting moments after 7 Adam steps, so the bias correction and the start are
+/// both exercised) or reset per task; Reptile and FOMAML with a tail; MSE and cross-entropy;
+/// three outer iterations, each from the CPU trainer's state. ε = 1e-3 keeps g/(√v + ε) well
+/// conditioned, as in tests/adam.rs: with ε = 1e-8 a gradient within rounding of zero moves its
+/// weight by up to α·√(1 − β2^t) in either direction on either path.
+#[test]
+fn tiled_adam_matches_the_cpu_trainer() {
+    use reptile::meta::{AdamMoments, InnerOptimizer};
+    let mut worst = 0.0f32;
+    for case in 0..8u64 {
+        let mut rng = ChaCha8Rng::seed_from_u64(7000 + case);
+        let spec = random_spec(&mut rng);
+        let (n, m) = (rng.random_range(1..=4), rng.random_range(4..=20));
+        let steps = rng.random_range(1..=3);
+        let batch_size = if rng.random_bool(0.5) { 0 } else { rng.random_range(1..=m) };
+        let carry = case % 2 == 0;
+        let outer =
+            if case % 4 == 3 { OuterRule::Fomaml { tail: Some(rng.random_range(1..m)) } } else { OuterRule::Reptile };
+        let (beta2, eps) = (0.999f32, 1e-3f32);
+        let config = ReptileConfig {
+            train: InnerLoop { lr: rng.random_range(0.002f32..0.02), steps, batch_size },
+            inner_optimizer: InnerOptimizer::Adam { beta2, eps },
+            train_moments: if carry { AdamMoments::Carry } else { AdamMoments::Reset },
+            outer,
+            seed: rng.random(),
+            threads: 1,
+            eps_start: 0.5,
+            planned_iters: 10,
+            ..ReptileConfig::sine()
+        };
+        let p = spec.num_params();
+        let mut trainer = Trainer::new(Model::new(spec.clone(), case), config.clone()).unwrap();
+        if carry {
+            let v: Vec<f32> = (0..p).map(|_| rng.random_range(0.0f32..0.01)).collect();
+            trainer.set_adam_moments(&v, 7).unwrap();
+        }
+        for it in 0..3u64 {
+            let (x, yv, lab) = random_tasks(&mut rng, &spec, n, m);
+            let (y, targets) = if spec.loss() == Loss::Mse {
+                (Tgt::Values(&yv), Targets::Values(yv.clone().into()))
+            } else {
+                (Tgt::Labels(&lab), Targets::Labels(lab.clone().into()))
+            };
+            let batch = TaskBatch::new(&spec, n, m, x.clone(), targets).unwrap();
+            let theta = trainer.params().to_vec();
+            let (v0, t0) = match carry {
+                true => (trainer.adam_moments().0.to_vec(), trainer.adam_moments().1),
+                false => (vec![0.0f32; p], 0),
+            };
+            assert_eq!(t0, if carry { 7 + it * steps as u64 } else { 0 });
+            let cpu = trainer.task_deltas(&batch, 0).unwrap();
+
+            let plan = MinibatchPlan::training(n, m, &config.train, outer, config.seed, it, 0).unwrap();
+            let adam = tiled::TiledAdam { beta2, eps, t0 };
+            let fomaml = outer != OuterRule::Reptile;
+            let prog = tiled::program(&spec, &plan, m, config.train.lr, fomaml, Some(adam)).unwrap();
+            let mut mem = EmuMem::new(&prog);
+            mem.put_f32(Buf::Theta, &theta);
+            mem.put_f32(Buf::MomentsIn, &v0);
+            mem.put_f32(Buf::X, &x);
+            match y {
+                Tgt::Values(v) => mem.put_f32(Buf::Y, v),
+                Tgt::Labels(l) => mem.put(Buf::Labels, l),
+            }
+            mem.put(Buf::Idx, &plan.idx);
+            mem.run(&prog);
+            let (d, vs) = (mem.get_f32(Buf::Delta, n * p), mem.get_f32(Buf::Moments, n * p));
+            let losses = mem.get_f32(Buf::Losses, 2 * n);
+            let task_sum = |a: &[f32]| -> Vec<f32> { (0..p).map(|j| (0..n).map(|t| a[t * p + j]).sum()).collect() };
+            let what = format!(
+                "Adam case {case} it {it}: {:?} {:?} n={n} m={m} {:?} carry={carry} {outer:?}",
+                spec.widths(),
+                spec.loss(),
+                config.train
+            );
+            worst = worst.max(assert_close(&format!("{what} Σδ"), &task_sum(&d), &cpu.sum, 2e-5, 1e-4));
+            if carry {
+                assert_close(&format!("{what} Σv"), &task_sum(&vs), &cpu.moments_sum, 1e-7, 1e-4);
+            } else {
+                assert!(cpu.moments_sum.is_empty());
+            }
+            let lb: f64 = losses.iter().step_by(2).map(|&v| v as f64).sum();
+            let la: f64 = losses.iter().skip(1).step_by(2).map(|&v| v as f64).sum();
+            for (got, want) in [(lb, cpu.loss_before_sum), (la, cpu.loss_after_sum)] {
+                assert!((got - want).abs() <= 1e-4 * want.abs() + 1e-5, "{what}: loss {got} vs {want}");
+            }
+            trainer.apply_delta(&cpu).unwrap();
+        }
+    }
+    println!("tiled Adam vs CPU trainer: worst |Δ| of Σδ over 8 cases × 3 iterations = {worst:e}");
 }
 
 #[test]

@@ -221,6 +221,47 @@ fn trainer_steps_agree_with_the_cpu() {
     }
 }
 
+/// Adam (β1 = 0) inner steps on the GPU (the tiled path) against the CPU trainer: moments
+/// carried (their sum over the tasks reduced on the GPU) or reset, five outer steps each.
+/// ε = 1e-3 keeps g/(√v + ε) well conditioned (see tests/adam.rs).
+#[test]
+fn trainer_adam_steps_agree_with_the_cpu() {
+    use reptile::meta::{AdamMoments, InnerOptimizer};
+    let Some(mut gpu) = backend() else { return };
+    let spec = MlpSpec::new(&[12, 40, 30, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
+    for (moments, outer) in [
+        (AdamMoments::Carry, OuterRule::Reptile),
+        (AdamMoments::Reset, OuterRule::Reptile),
+        (AdamMoments::Carry, OuterRule::Fomaml { tail: Some(5) }),
+    ] {
+        let config = ReptileConfig {
+            train: InnerLoop { lr: 0.005, steps: 4, batch_size: 10 },
+            inner_optimizer: InnerOptimizer::Adam { beta2: 0.999, eps: 1e-3 },
+            train_moments: moments,
+            outer,
+            threads: 1,
+            seed: 6,
+            ..ReptileConfig::sine()
+        };
+        let mut cpu = Trainer::new(Model::new(spec.clone(), 2), config.clone()).unwrap();
+        let mut dev = Trainer::new(Model::new(spec.clone(), 2), config).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let (n, m) = (5, 25);
+        for it in 0..5 {
+            let (x, _, lab) = random_tasks(&mut rng, &spec, n, m);
+            let batch = TaskBatch::new(&spec, n, m, x, Targets::Labels(lab.into())).unwrap();
+            let a = cpu.step(&batch).unwrap();
+            let b = gpu.step(&mut dev, &batch).unwrap();
+            let what = format!("Adam {moments:?} {outer:?} iteration {it}");
+            assert!((a.loss_after - b.loss_after).abs() <= 1e-3 * a.loss_after.abs() + 1e-5, "{what}: {a:?} {b:?}");
+            assert_close(&what, dev.params(), cpu.params(), 1e-5, 1e-4);
+            let ((vc, tc), (vd, td)) = (cpu.adam_moments(), dev.adam_moments());
+            assert_eq!(tc, td, "{what}: Adam step counts");
+            assert_close(&format!("{what} moments"), vd, vc, 1e-8, 1e-4);
+        }
+    }
+}
+
 #[test]
 fn large_networks_take_the_tiled_path() {
     // The Omniglot MLP (~250k parameters) does not fit the fused kernel's shared memory: the

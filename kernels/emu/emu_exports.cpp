@@ -18,6 +18,8 @@ extern "C" void reptile_tiled_input_grad(int, int, int, int, const float*, int, 
                                          int, float*, int);
 extern "C" void reptile_tiled_weight_sgd(int, int, int, float, const float*, int, const float*, int, float*, int, int,
                                          int);
+extern "C" void reptile_tiled_weight_adam(int, int, int, float, float, float, float, const float*, int, const float*,
+                                          int, float*, float*, int, int, int);
 extern "C" void reptile_tiled_gather(int, int, int, int, int, const float*, const float*, const unsigned*,
                                      const unsigned*, int, float*, int, float*, int);
 extern "C" void reptile_tiled_loss(int, int, int, const float*, int, const float*, int, float*, int, int, float*, int);
@@ -53,6 +55,7 @@ extern "C" int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned g
     REPTILE_EMU_KERNEL(reptile_tiled_forward)
     REPTILE_EMU_KERNEL(reptile_tiled_input_grad)
     REPTILE_EMU_KERNEL(reptile_tiled_weight_sgd)
+    REPTILE_EMU_KERNEL(reptile_tiled_weight_adam)
     REPTILE_EMU_KERNEL(reptile_tiled_gather)
     REPTILE_EMU_KERNEL(reptile_tiled_loss)
     REPTILE_EMU_KERNEL(reptile_tiled_copy)

@@ -11,7 +11,9 @@
 //!
 //! The inner loops run on one of two paths ([`Path`]), picked from the spec: the fused kernel
 //! (one block per task, everything in shared memory) when its working set fits in one block's
-//! shared memory, else the tiled path ([`super::tiled`], e.g. for the Omniglot MLP).
+//! shared memory, else the tiled path ([`super::tiled`], e.g. for the Omniglot MLP). Adam's
+//! inner steps always take the tiled path; carried moments come back summed over the tasks
+//! (reduced in the same fixed order as the deltas) for [`Trainer::apply_delta`].
 
 use super::kernels::{self, MLP_FUSED, MLP_TILED, REPTILE_UPDATE, SINE_DEVICE};
 use super::plan::{self, FusedLayout, MinibatchPlan};
@@ -56,6 +58,8 @@ struct Buffers {
     xb: Option<CudaSlice<f32>>,
     yb: Option<CudaSlice<f32>>,
     iter: Option<CudaSlice<u32>>,
+    moments_in: Option<CudaSlice<f32>>,
+    moments: Option<CudaSlice<f32>>,
 }
 
 /// Which implementation of the inner loops runs.
@@ -121,6 +125,8 @@ impl Buffers {
             Buf::Losses => &mut self.losses,
             Buf::Partial => &mut self.partial,
             Buf::Cand => &mut self.out,
+            Buf::MomentsIn => &mut self.moments_in,
+            Buf::Moments => &mut self.moments,
             Buf::Labels | Buf::Idx | Buf::Bad | Buf::Iter => return None,
         })
     }
@@ -270,7 +276,8 @@ impl CudaBackend {
     }
 
     /// The path [`Self::task_deltas`] takes for `spec` with minibatches of up to `bmax`
-    /// points: fused when its shared memory fits the device, else tiled (or the override).
+    /// points: fused when its shared memory fits the device, else tiled (or the override). An
+    /// Adam inner loop always takes the tiled path, whatever this says.
     pub fn path_for(&self, spec: &MlpSpec, bmax: usize) -> CudaResult<Path> {
         plan::spec_fields(spec)?;
         Ok(match self.path_override {
@@ -522,20 +529,43 @@ impl CudaBackend {
             trainer.iteration(),
             task_index_offset,
         )?;
-        if config.inner_optimizer != crate::meta::InnerOptimizer::Sgd {
-            return Err(CudaError::Unsupported(format!(
-                "inner optimizer {:?} (the CUDA kernels implement SGD)",
-                config.inner_optimizer
-            )));
-        }
         let fomaml = config.outer != OuterRule::Reptile;
-        let path = self.path_for(spec, plan.stride)?;
-        self.launch_inner(path, spec, trainer.params(), batch.x(), y, m, &plan, config.train.lr, fomaml)?;
         let p = spec.num_params();
+        let carry = trainer.carries_moments();
+        match config.inner_optimizer {
+            crate::meta::InnerOptimizer::Sgd => {
+                let path = self.path_for(spec, plan.stride)?;
+                self.launch_inner(path, spec, trainer.params(), batch.x(), y, m, &plan, config.train.lr, fomaml)?;
+            }
+            // Adam runs on the tiled path (each task's moments in global memory), from the
+            // trainer's carried moments or from zero, as the CPU path starts them.
+            crate::meta::InnerOptimizer::Adam { beta2, eps } => {
+                let zeros;
+                let (v0, t0) = if carry {
+                    trainer.adam_moments()
+                } else {
+                    zeros = vec![0.0f32; p];
+                    (&zeros[..], 0)
+                };
+                let adam = tiled::TiledAdam { beta2, eps, t0 };
+                let (theta, lr) = (trainer.params(), config.train.lr);
+                self.launch_tiled(spec, theta, batch.x(), y, m, &plan, lr, fomaml, Some((adam, v0)))?;
+            }
+        }
         let eps = config.epsilon(trainer.iteration());
         // Only Σδ comes back: the host applies the step (Trainer::apply_delta).
         self.launch_update(n, p, eps / n as f32, config.keep(eps))?;
         let (_, sum, _) = self.download_update(p)?;
+        // Carried moments: their sum over the tasks, reduced the same way (the trainer keeps
+        // the mean). The reduction kernels read `bufs.delta`, so the buffers trade places.
+        let moments_sum = if carry {
+            std::mem::swap(&mut self.bufs.delta, &mut self.bufs.moments);
+            let r = self.launch_update(n, p, 0.0, 1.0).and_then(|()| self.download_update(p));
+            std::mem::swap(&mut self.bufs.delta, &mut self.bufs.moments);
+            r?.1
+        } else {
+            Vec::new()
+        };
         let mut losses = vec![0.0f32; 2 * n];
         let l = self.bufs.losses.as_ref().expect("allocated by launch_fused");
         self.stream.memcpy_dtoh(&l.slice(..2 * n), &mut losses[..]).map_err(|e| driver_err("cuMemcpyDtoH", e))?;
@@ -545,7 +575,7 @@ impl CudaBackend {
             tasks: n as u64,
             loss_before_sum: losses.iter().step_by(2).map(|&v| v as f64).sum(),
             loss_after_sum: losses.iter().skip(1).step_by(2).map(|&v| v as f64).sum(),
-            moments_sum: Vec::new(),
+            moments_sum,
         })
     }
 
@@ -571,11 +601,13 @@ impl CudaBackend {
     ) -> CudaResult<()> {
         match path {
             Path::Fused => self.launch_fused(spec, theta, x, y, m, plan, lr, fomaml),
-            Path::Tiled => self.launch_tiled(spec, theta, x, y, m, plan, lr, fomaml),
+            Path::Tiled => self.launch_tiled(spec, theta, x, y, m, plan, lr, fomaml, None),
         }
     }
 
     /// Runs the tiled program: binds its buffers to device memory, then launches it in order.
+    /// With `adam`, the inner steps are Adam's, every task's moments starting from the given
+    /// `[P]` values; the final moments stay in `bufs.moments` `[n × P]`.
     #[allow(clippy::too_many_arguments)]
     fn launch_tiled(
         &mut self,
@@ -587,12 +619,16 @@ impl CudaBackend {
         plan: &MinibatchPlan,
         lr: f32,
         fomaml: bool,
+        adam: Option<(tiled::TiledAdam, &[f32])>,
     ) -> CudaResult<()> {
         let n = plan.n_tasks;
         if theta.len() != spec.num_params() || x.len() != n * m * spec.in_dim() {
             return Err(CudaError::InvalidArgument(format!("θ has {} values, x {}", theta.len(), x.len())));
         }
-        let prog = tiled::program(spec, plan, m, lr, fomaml)?;
+        if adam.is_some_and(|(_, v)| v.len() != theta.len()) {
+            return Err(CudaError::InvalidArgument("Adam moments do not match θ".into()));
+        }
+        let prog = tiled::program(spec, plan, m, lr, fomaml, adam.map(|(a, _)| a))?;
         let s = self.stream.clone();
         let b = &mut self.bufs;
         upload(&s, &mut b.theta, theta)?;
@@ -608,8 +644,12 @@ impl CudaBackend {
             }
         }
         upload(&s, &mut b.idx, &plan.idx)?;
+        if let Some((_, v)) = adam {
+            upload(&s, &mut b.moments_in, v)?;
+        }
         let scratch = [Buf::ThetaP, Buf::Acts, Buf::G0, Buf::G1, Buf::Xb, Buf::Yb, Buf::Delta, Buf::Losses];
-        for buf in scratch {
+        let moments = [Buf::Moments];
+        for &buf in scratch.iter().chain(if adam.is_some() { &moments[..] } else { &[] }) {
             let len = prog.size(buf);
             let dev = ensure(&s, b.f32_slot(buf).expect("f32 buffer"), len)?;
             if self.poison {

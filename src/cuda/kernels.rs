@@ -46,6 +46,7 @@ pub const MLP_TILED: KernelFamily = KernelFamily {
         "reptile_tiled_forward",
         "reptile_tiled_input_grad",
         "reptile_tiled_weight_sgd",
+        "reptile_tiled_weight_adam",
         "reptile_tiled_gather",
         "reptile_tiled_loss",
         "reptile_tiled_copy",

@@ -14,13 +14,14 @@
 //!   shared-memory layout of the fused inner loop, and the per-task minibatch index lists
 //!   (generated with the CPU path's random streams, so both back ends see the same minibatches).
 //! - [`tiled`]: the tiled path for networks too large for the fused kernel, as a launch
-//!   sequence that the GPU and the CPU emulation run alike.
+//!   sequence that the GPU and the CPU emulation run alike; it also runs every Adam (β1 = 0)
+//!   inner loop, each task's second moments in global memory.
 //! - [`sine`]: the device-resident sine training loop (Philox task sampling): for n = 1 one
 //!   kernel runs a thousand serial Reptile iterations per launch (`reptile_sine_serial`: the
 //!   30,000-iteration demo in 0.88 s on an H200), for any n a five-launch program per
 //!   iteration, replayed as a CUDA graph.
 //! - [`backend`]: device buffers and launches: one Reptile meta-step on the GPU, picking the
-//!   fused or the tiled path from the spec.
+//!   fused or the tiled path from the spec (the tiled one for Adam).
 //!
 //! ```
 //! match reptile::cuda::available() {

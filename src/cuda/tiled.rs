@@ -60,11 +60,15 @@ pub enum Buf {
     Bad,
     /// Iteration counter (u32) of the device-resident loop.
     Iter,
+    /// Adam's starting second moments `[P]` (input: the trainer's carried moments, or zeros).
+    MomentsIn,
+    /// Adam's per-task second moments `[n × P]` (output: each task's final `v`).
+    Moments,
 }
 
 impl Buf {
     /// Every buffer.
-    pub const ALL: [Buf; 17] = [
+    pub const ALL: [Buf; 19] = [
         Buf::Theta,
         Buf::X,
         Buf::Y,
@@ -82,6 +86,8 @@ impl Buf {
         Buf::Cand,
         Buf::Bad,
         Buf::Iter,
+        Buf::MomentsIn,
+        Buf::Moments,
     ];
     /// Whether the buffer holds u32 (else f32).
     pub fn is_u32(self) -> bool {
@@ -141,10 +147,37 @@ fn blocks(count: usize, per: usize) -> CudaResult<u32> {
     u32::try_from(count.div_ceil(per).max(1)).map_err(|_| CudaError::Unsupported(format!("{count} elements")))
 }
 
-/// The launches of one meta-step on the tiled path: `plan.steps` SGD steps per task with
-/// `plan`'s minibatches over `m` points per task, step size `lr`, then the loss after
-/// adaptation on the first minibatch and the deltas (FOMAML: θ'_k − θ'_{k−1}).
-pub fn program(spec: &MlpSpec, plan: &MinibatchPlan, m: usize, lr: f32, fomaml: bool) -> CudaResult<TiledProgram> {
+/// Adam (β1 = 0) as the tiled path's inner optimizer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TiledAdam {
+    /// Decay of the second moments.
+    pub beta2: f32,
+    /// Added to `√v`.
+    pub eps: f32,
+    /// Adam steps already taken by the starting moments ([`Buf::MomentsIn`]); step `s` of the
+    /// inner loop is Adam step `t0 + s + 1`, with `lr_t = α·√(1 − β2^(t0+s+1))`.
+    pub t0: u64,
+}
+
+impl TiledAdam {
+    /// The step size with the bias correction folded in, computed as the CPU path does.
+    pub fn lr_t(&self, lr: f32, step: u64) -> f32 {
+        (lr as f64 * (1.0 - (self.beta2 as f64).powf(step as f64)).sqrt()) as f32
+    }
+}
+
+/// The launches of one meta-step on the tiled path: `plan.steps` SGD steps per task (Adam
+/// steps with `adam`: every task's moments start from [`Buf::MomentsIn`] and end in
+/// [`Buf::Moments`]) with `plan`'s minibatches over `m` points per task, step size `lr`, then
+/// the loss after adaptation on the first minibatch and the deltas (FOMAML: θ'_k − θ'_{k−1}).
+pub fn program(
+    spec: &MlpSpec,
+    plan: &MinibatchPlan,
+    m: usize,
+    lr: f32,
+    fomaml: bool,
+    adam: Option<TiledAdam>,
+) -> CudaResult<TiledProgram> {
     spec_fields(spec)?;
     let n = plan.n_tasks;
     let nz = u32::try_from(n).map_err(|_| CudaError::Unsupported(format!("{n} tasks")))?;
@@ -271,6 +304,14 @@ pub fn program(spec: &MlpSpec, plan: &MinibatchPlan, m: usize, lr: f32, fomaml: 
         0,
         vec![Arg::Ptr(Buf::Theta, 0), Arg::I32(0), Arg::I32(pi), Arg::Ptr(Buf::ThetaP, 0)],
     ));
+    if adam.is_some() {
+        ls.push(launch(
+            "reptile_tiled_copy",
+            [pblocks, 1, nz],
+            0,
+            vec![Arg::Ptr(Buf::MomentsIn, 0), Arg::I32(0), Arg::I32(pi), Arg::Ptr(Buf::Moments, 0)],
+        ));
+    }
     for s in 0..plan.steps {
         let last = s + 1 == plan.steps;
         let bs = if last { plan.b_last } else { plan.b };
@@ -310,25 +351,52 @@ pub fn program(spec: &MlpSpec, plan: &MinibatchPlan, m: usize, lr: f32, fomaml: 
                     ],
                 ));
             }
-            ls.push(launch(
-                "reptile_tiled_weight_sgd",
-                [blocks(w[l] + 1, TILE)?, blocks(w[l + 1], TILE)?, nz],
-                GEMM_SMEM,
-                vec![
-                    Arg::I32(i(bs, "minibatch")?),
-                    Arg::I32(widths[l]),
-                    Arg::I32(widths[l + 1]),
-                    Arg::F32(lr),
-                    Arg::Ptr(gcur, 0),
-                    Arg::I32(g_tsi),
-                    a,
-                    Arg::I32(a_ts),
-                    Arg::Ptr(Buf::ThetaP, 0),
-                    Arg::I32(pi),
-                    Arg::I32(w_off[l]),
-                    Arg::I32(b_off[l]),
-                ],
-            ));
+            let grid = [blocks(w[l] + 1, TILE)?, blocks(w[l + 1], TILE)?, nz];
+            let (bsi, win, wout) = (Arg::I32(i(bs, "minibatch")?), Arg::I32(widths[l]), Arg::I32(widths[l + 1]));
+            ls.push(match adam {
+                None => launch(
+                    "reptile_tiled_weight_sgd",
+                    grid,
+                    GEMM_SMEM,
+                    vec![
+                        bsi,
+                        win,
+                        wout,
+                        Arg::F32(lr),
+                        Arg::Ptr(gcur, 0),
+                        Arg::I32(g_tsi),
+                        a,
+                        Arg::I32(a_ts),
+                        Arg::Ptr(Buf::ThetaP, 0),
+                        Arg::I32(pi),
+                        Arg::I32(w_off[l]),
+                        Arg::I32(b_off[l]),
+                    ],
+                ),
+                Some(ad) => launch(
+                    "reptile_tiled_weight_adam",
+                    grid,
+                    GEMM_SMEM,
+                    vec![
+                        bsi,
+                        win,
+                        wout,
+                        Arg::F32(ad.lr_t(lr, ad.t0 + s as u64 + 1)),
+                        Arg::F32(ad.beta2),
+                        Arg::F32(ad.eps),
+                        Arg::F32(crate::cpu::update::adam_g_min(ad.beta2)),
+                        Arg::Ptr(gcur, 0),
+                        Arg::I32(g_tsi),
+                        a,
+                        Arg::I32(a_ts),
+                        Arg::Ptr(Buf::ThetaP, 0),
+                        Arg::Ptr(Buf::Moments, 0),
+                        Arg::I32(pi),
+                        Arg::I32(w_off[l]),
+                        Arg::I32(b_off[l]),
+                    ],
+                ),
+            });
             std::mem::swap(&mut gcur, &mut gnext);
         }
     }
@@ -344,7 +412,7 @@ pub fn program(spec: &MlpSpec, plan: &MinibatchPlan, m: usize, lr: f32, fomaml: 
         vec![Arg::Ptr(Buf::ThetaP, 0), Arg::Ptr(base, 0), Arg::I32(base_ts), Arg::I32(pi), Arg::Ptr(Buf::Delta, 0)],
     ));
     let labels = spec.loss() == crate::Loss::SoftmaxCrossEntropy;
-    let sizes = vec![
+    let mut sizes = vec![
         (Buf::Theta, p),
         (Buf::X, n * m * din),
         (Buf::Y, if labels { 1 } else { n * m * dout }),
@@ -359,5 +427,8 @@ pub fn program(spec: &MlpSpec, plan: &MinibatchPlan, m: usize, lr: f32, fomaml: 
         (Buf::Delta, n * p),
         (Buf::Losses, 2 * n),
     ];
+    if adam.is_some() {
+        sizes.extend([(Buf::MomentsIn, p), (Buf::Moments, n * p)]);
+    }
     Ok(TiledProgram { launches: ls, sizes })
 }
