@@ -211,7 +211,26 @@ pub fn ref_backward(spec: &MlpSpec, theta: &[f64], x: &[f64], points: usize, f: 
     grad
 }
 
-/// Loss and gradient of θ on `(x, t)`.
+/// The magnitudes behind each gradient element: [`ref_backward`] with every factor replaced
+/// by its absolute value (`|dy|`, `|W|`, `|act'|`, `|A|`), so element `j` is the sum of the
+/// absolute values of all the products whose signed sum is `∇θ_j`. f32 rounding errors scale
+/// with this sum, not with `|∇θ_j|`: where terms cancel (a deep net's small first-layer
+/// gradient), the gradient is small but its rounding error is not.
+pub fn ref_backward_magnitude(
+    spec: &MlpSpec,
+    theta: &[f64],
+    x: &[f64],
+    points: usize,
+    f: &RefForward,
+    dy: &[f64],
+) -> Vec<f64> {
+    let abs = |v: &[f64]| v.iter().map(|x| x.abs()).collect::<Vec<f64>>();
+    // act'(z) is read from the unchanged z: tanh' and ReLU' are never negative.
+    let fa = RefForward { z: f.z.clone(), a: f.a.iter().map(|a| abs(a)).collect() };
+    ref_backward(spec, &abs(theta), &abs(x), points, &fa, &abs(dy))
+}
+
+/// Loss and gradient of θ on `(x, t)`./// Loss and gradient of θ on `(x, t)`.
 pub fn ref_loss_grad(spec: &MlpSpec, theta: &[f64], x: &[f64], t: RefTargets<'_>, points: usize) -> (f64, Vec<f64>) {
     let f = ref_forward(spec, theta, x, points);
     let loss = ref_loss_of_output(spec, f.output(), t, points);
