@@ -288,7 +288,7 @@ pub unsafe extern "C" fn reptile_trainer_train_sine_resident(
         let (t, dst) = unsafe { (trainer_mut(trainer)?, arg_slice_mut(losses, n_losses, "losses")?) };
         check_sine_model(t.spec())?;
         let n = t.config().meta_batch;
-        check_count("losses", dst.len(), 2 * n, "2 × the config's meta_batch")?;
+        check_count("losses", dst.len(), n.saturating_mul(2), "2 × the config's meta_batch")?;
         // The iteration count, the config and the back end are checked by the trainer, in that
         // order, before anything runs.
         let got = t.train_sine_resident(iterations, seed)?;
