@@ -778,7 +778,8 @@ fn tiled_path_matches_cpu_on_random_specs() {
     println!("tiled path vs CPU: worst |Δ| over 12 random cases = {worst:e}");
 }
 
-/// Adam (β1 = 0) on the tiled path against `Trainer::task_deltas` on the CPU: moments carried
+/// Adam (β1 = 0) on the tiled path against `Trainer::task_deltas` on the CPU (random small
+/// specs and one wider than a tile in every dimension): moments carried
 /// (from random starting moments after 7 Adam steps, so the bias correction and the start are
 /// both exercised) or reset per task; Reptile and FOMAML with a tail; MSE and cross-entropy;
 /// three outer iterations, each from the CPU trainer's state. ε = 1e-3 keeps g/(√v + ε) well
@@ -790,7 +791,11 @@ fn tiled_adam_matches_the_cpu_trainer() {
     let mut worst = 0.0f32;
     for case in 0..8u64 {
         let mut rng = ChaCha8Rng::seed_from_u64(7000 + case);
-        let spec = random_spec(&mut rng);
+        let mut spec = random_spec(&mut rng);
+        if case == 6 {
+            // Past one 16-wide tile in every dimension, as tiled_path_on_a_wide_network.
+            spec = MlpSpec::new(&[37, 70, 33, 5], Activation::Relu, Loss::SoftmaxCrossEntropy).unwrap();
+        }
         let (n, m) = (rng.random_range(1..=4), rng.random_range(4..=20));
         let steps = rng.random_range(1..=3);
         let batch_size = if rng.random_bool(0.5) { 0 } else { rng.random_range(1..=m) };
