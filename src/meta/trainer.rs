@@ -623,7 +623,9 @@ impl Trainer {
 
     /// Runs the inner loops of meta-training on `device`. Selecting CUDA opens the device and
     /// compiles the kernels now; where CUDA cannot be used this returns [`Error::Cuda`] with the
-    /// reason (never a panic) and the trainer stays on its current device.
+    /// reason (never a panic) and the trainer stays on its current device. On CUDA, SGD inner
+    /// loops run in the fused kernel where the network fits one block's shared memory and on
+    /// the tiled path otherwise; Adam inner loops always take the tiled path.
     pub fn set_device(&mut self, device: Device) -> Result<()> {
         match device {
             Device::Cpu => self.cuda = None,
