@@ -84,21 +84,31 @@ extern "C" __global__ void reptile_tiled_input_grad(int bs, int in, int out, int
     }
 }
 
+// The weight-gradient product shared by the two update kernels: g = Σ_p dZ[t][p, o]·A[t][p, i]
+// for this thread's element (o, i) of W[t] (i = in: the bias, A ≡ 1), and in *e its offset in
+// the per-task buffers of θ's layout (stride theta_ts); *e = −1 outside the layer. All threads
+// of the block must call it (it synchronizes).
+__device__ __forceinline__ float tiled_weight_grad(int bs, int in, int out, const float* __restrict__ dZ, int dz_ts,
+                                                   const float* __restrict__ A, int a_ts, int theta_ts, int w_off,
+                                                   int b_off, float* smem, long long* e) {
+    const size_t t = blockIdx.z;
+    const float g = tiled_dot(out, in + 1, bs, dZ + t * dz_ts, 1, out, A + t * a_ts, in, 1, in, smem,
+                              smem + REPTILE_TILE * (REPTILE_TILE + 1));
+    const int o = blockIdx.y * REPTILE_TILE + threadIdx.x / REPTILE_TILE;
+    const int i = blockIdx.x * REPTILE_TILE + threadIdx.x % REPTILE_TILE;
+    *e = (o < out && i <= in) ? (long long)(t * theta_ts + (i < in ? w_off + (size_t)o * in + i : b_off + o)) : -1;
+    return g;
+}
+
 // W[t] −= lr·dZ[t]ᵀ·A[t], b[t] −= lr·Σ_p dZ[t] (column in of the product). Grid
 // (⌈(in+1)/16⌉, ⌈out/16⌉, n). Launched after the layer's input gradient has read W.
 extern "C" __global__ void reptile_tiled_weight_sgd(int bs, int in, int out, float lr, const float* __restrict__ dZ,
                                                     int dz_ts, const float* __restrict__ A, int a_ts,
                                                     float* __restrict__ theta, int theta_ts, int w_off, int b_off) {
     REPTILE_SMEM(float, smem);
-    const size_t t = blockIdx.z;
-    const float g = tiled_dot(out, in + 1, bs, dZ + t * dz_ts, 1, out, A + t * a_ts, in, 1, in, smem,
-                              smem + REPTILE_TILE * (REPTILE_TILE + 1));
-    const int o = blockIdx.y * REPTILE_TILE + threadIdx.x / REPTILE_TILE;
-    const int i = blockIdx.x * REPTILE_TILE + threadIdx.x % REPTILE_TILE;
-    if (o < out && i <= in) {
-        float* dst = theta + t * theta_ts + (i < in ? w_off + (size_t)o * in + i : b_off + o);
-        *dst += -lr * g;
-    }
+    long long e;
+    const float g = tiled_weight_grad(bs, in, out, dZ, dz_ts, A, a_ts, theta_ts, w_off, b_off, smem, &e);
+    if (e >= 0) theta[e] += -lr * g;
 }
 
 // The Adam (β1 = 0) inner step in place of reptile_tiled_weight_sgd, one element of W[t] or
@@ -112,13 +122,9 @@ extern "C" __global__ void reptile_tiled_weight_adam(int bs, int in, int out, fl
                                                      const float* __restrict__ A, int a_ts, float* __restrict__ theta,
                                                      float* __restrict__ V, int theta_ts, int w_off, int b_off) {
     REPTILE_SMEM(float, smem);
-    const size_t t = blockIdx.z;
-    const float g = tiled_dot(out, in + 1, bs, dZ + t * dz_ts, 1, out, A + t * a_ts, in, 1, in, smem,
-                              smem + REPTILE_TILE * (REPTILE_TILE + 1));
-    const int o = blockIdx.y * REPTILE_TILE + threadIdx.x / REPTILE_TILE;
-    const int i = blockIdx.x * REPTILE_TILE + threadIdx.x % REPTILE_TILE;
-    if (o < out && i <= in) {
-        const size_t e = t * theta_ts + (i < in ? w_off + (size_t)o * in + i : b_off + o);
+    long long e;
+    const float g = tiled_weight_grad(bs, in, out, dZ, dz_ts, A, a_ts, theta_ts, w_off, b_off, smem, &e);
+    if (e >= 0) {
         const float gq = fabsf(g) >= gmin ? g : 0.0f;
         float v = fmaf(beta2, V[e], (1.0f - beta2) * gq * gq);
         if (v < 1.17549435e-38f) v = 0.0f;  // FLT_MIN; NaN compares false and is kept

@@ -829,9 +829,9 @@ fn tiled_adam_matches_the_cpu_trainer() {
             };
             let batch = TaskBatch::new(&spec, n, m, x.clone(), targets).unwrap();
             let theta = trainer.params().to_vec();
-            let (v0, t0) = match carry {
-                true => (trainer.adam_moments().0.to_vec(), trainer.adam_moments().1),
-                false => (vec![0.0f32; p], 0),
+            let (v0, t0) = match trainer.adam_moments() {
+                (v, t) if carry => (v.to_vec(), t),
+                _ => (vec![0.0f32; p], 0),
             };
             assert_eq!(t0, if carry { 7 + it * steps as u64 } else { 0 });
             let cpu = trainer.task_deltas(&batch, 0).unwrap();

@@ -495,7 +495,7 @@ impl CudaBackend {
         }
         upload(&self.stream, &mut self.bufs.theta, theta)?;
         upload(&self.stream, &mut self.bufs.delta, deltas)?;
-        self.launch_update(n, p, scale, keep)?;
+        self.launch_update(Buf::Delta, n, p, scale, keep)?;
         self.download_update(p)
     }
 
@@ -540,12 +540,9 @@ impl CudaBackend {
             // Adam runs on the tiled path (each task's moments in global memory), from the
             // trainer's carried moments or from zero, as the CPU path starts them.
             crate::meta::InnerOptimizer::Adam { beta2, eps } => {
-                let zeros;
-                let (v0, t0) = if carry {
-                    trainer.adam_moments()
-                } else {
-                    zeros = vec![0.0f32; p];
-                    (&zeros[..], 0)
+                let (v0, t0) = match trainer.adam_moments() {
+                    (v, t) if carry => (Some(v), t),
+                    _ => (None, 0),
                 };
                 let adam = tiled::TiledAdam { beta2, eps, t0 };
                 let (theta, lr) = (trainer.params(), config.train.lr);
@@ -554,15 +551,13 @@ impl CudaBackend {
         }
         let eps = config.epsilon(trainer.iteration());
         // Only Σδ comes back: the host applies the step (Trainer::apply_delta).
-        self.launch_update(n, p, eps / n as f32, config.keep(eps))?;
+        self.launch_update(Buf::Delta, n, p, eps / n as f32, config.keep(eps))?;
         let (_, sum, _) = self.download_update(p)?;
         // Carried moments: their sum over the tasks, reduced the same way (the trainer keeps
-        // the mean). The reduction kernels read `bufs.delta`, so the buffers trade places.
+        // the mean; the interpolated θ that comes with it is not used).
         let moments_sum = if carry {
-            std::mem::swap(&mut self.bufs.delta, &mut self.bufs.moments);
-            let r = self.launch_update(n, p, 0.0, 1.0).and_then(|()| self.download_update(p));
-            std::mem::swap(&mut self.bufs.delta, &mut self.bufs.moments);
-            r?.1
+            self.launch_update(Buf::Moments, n, p, 0.0, 1.0)?;
+            self.download_update(p)?.1
         } else {
             Vec::new()
         };
@@ -607,7 +602,8 @@ impl CudaBackend {
 
     /// Runs the tiled program: binds its buffers to device memory, then launches it in order.
     /// With `adam`, the inner steps are Adam's, every task's moments starting from the given
-    /// `[P]` values; the final moments stay in `bufs.moments` `[n × P]`.
+    /// `[P]` values (`None`: zeros, set on the device); the final moments stay in
+    /// `bufs.moments` `[n × P]`.
     #[allow(clippy::too_many_arguments)]
     fn launch_tiled(
         &mut self,
@@ -619,13 +615,13 @@ impl CudaBackend {
         plan: &MinibatchPlan,
         lr: f32,
         fomaml: bool,
-        adam: Option<(tiled::TiledAdam, &[f32])>,
+        adam: Option<(tiled::TiledAdam, Option<&[f32]>)>,
     ) -> CudaResult<()> {
         let n = plan.n_tasks;
         if theta.len() != spec.num_params() || x.len() != n * m * spec.in_dim() {
             return Err(CudaError::InvalidArgument(format!("θ has {} values, x {}", theta.len(), x.len())));
         }
-        if adam.is_some_and(|(_, v)| v.len() != theta.len()) {
+        if adam.is_some_and(|(_, v)| v.is_some_and(|v| v.len() != theta.len())) {
             return Err(CudaError::InvalidArgument("Adam moments do not match θ".into()));
         }
         let prog = tiled::program(spec, plan, m, lr, fomaml, adam.map(|(a, _)| a))?;
@@ -644,8 +640,15 @@ impl CudaBackend {
             }
         }
         upload(&s, &mut b.idx, &plan.idx)?;
-        if let Some((_, v)) = adam {
-            upload(&s, &mut b.moments_in, v)?;
+        match adam {
+            Some((_, Some(v))) => {
+                upload(&s, &mut b.moments_in, v)?;
+            }
+            Some((_, None)) => {
+                let v = ensure(&s, &mut b.moments_in, theta.len())?;
+                s.memset_zeros(v).map_err(|e| driver_err("cuMemsetD8Async", e))?;
+            }
+            None => {}
         }
         let scratch = [Buf::ThetaP, Buf::Acts, Buf::G0, Buf::G1, Buf::Xb, Buf::Yb, Buf::Delta, Buf::Losses];
         let moments = [Buf::Moments];
@@ -869,17 +872,24 @@ impl CudaBackend {
         self.synchronize()?;
         let t = std::time::Instant::now();
         for _ in 0..reps.max(1) {
-            self.launch_update(n, p, 0.5, 0.999)?;
+            self.launch_update(Buf::Delta, n, p, 0.5, 0.999)?;
         }
         self.synchronize()?;
         Ok(t.elapsed().as_secs_f64() / reps.max(1) as f64)
     }
 
-    /// Kernel 2 on the `n × p` deltas already in `bufs.delta` and θ in `bufs.theta`.
-    fn launch_update(&mut self, n: usize, p: usize, scale: f32, keep: f32) -> CudaResult<()> {
+    /// Kernel 2 on the `n × p` rows already in `src` (the deltas, [`Buf::Delta`], or Adam's
+    /// per-task moments, [`Buf::Moments`]) and θ in `bufs.theta`.
+    fn launch_update(&mut self, src: Buf, n: usize, p: usize, scale: f32, keep: f32) -> CudaResult<()> {
         let s = self.stream.clone();
         let nc = plan::reduction_chunks(n);
         let b = &mut self.bufs;
+        let rows = match src {
+            Buf::Delta => b.delta.as_ref(),
+            Buf::Moments => b.moments.as_ref(),
+            other => return Err(CudaError::InvalidArgument(format!("no reduction over {other:?}"))),
+        };
+        let rows = rows.ok_or_else(|| CudaError::InvalidArgument(format!("{src:?} was never filled")))?;
         ensure(&s, &mut b.partial, nc * p)?;
         ensure(&s, &mut b.out, p)?;
         ensure(&s, &mut b.sum, p)?;
@@ -894,15 +904,11 @@ impl CudaBackend {
         let gx = p.div_ceil(UPDATE_BLOCK as usize) as u32;
         let gx_sums = plan::chunk_sums_blocks(p, UPDATE_BLOCK);
         let mut l = s.launch_builder(&self.chunk_sums);
-        l.arg(b.delta.as_ref().expect("filled"))
-            .arg(&n32)
-            .arg(&p32)
-            .arg(&nc32)
-            .arg(b.partial.as_mut().expect("ensured"));
+        l.arg(rows).arg(&n32).arg(&p32).arg(&nc32).arg(b.partial.as_mut().expect("ensured"));
         let cfg =
             LaunchConfig { grid_dim: (gx_sums, nc as u32, 1), block_dim: (UPDATE_BLOCK, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: matches `reptile_chunk_sums(const float*, int, int, int, float*)`; delta holds
-        // n·P floats, partial nc·P.
+        // SAFETY: matches `reptile_chunk_sums(const float*, int, int, int, float*)`; the rows
+        // hold n·P floats (grown by the launch that filled them), partial nc·P.
         unsafe { l.launch(cfg) }.map_err(|e| driver_err("launching reptile_chunk_sums", e))?;
         let mut l = s.launch_builder(&self.interpolate);
         l.arg(b.theta.as_ref().expect("uploaded"))

@@ -351,52 +351,27 @@ pub fn program(
                     ],
                 ));
             }
-            let grid = [blocks(w[l] + 1, TILE)?, blocks(w[l + 1], TILE)?, nz];
-            let (bsi, win, wout) = (Arg::I32(i(bs, "minibatch")?), Arg::I32(widths[l]), Arg::I32(widths[l + 1]));
-            ls.push(match adam {
-                None => launch(
-                    "reptile_tiled_weight_sgd",
-                    grid,
-                    GEMM_SMEM,
-                    vec![
-                        bsi,
-                        win,
-                        wout,
-                        Arg::F32(lr),
-                        Arg::Ptr(gcur, 0),
-                        Arg::I32(g_tsi),
-                        a,
-                        Arg::I32(a_ts),
-                        Arg::Ptr(Buf::ThetaP, 0),
-                        Arg::I32(pi),
-                        Arg::I32(w_off[l]),
-                        Arg::I32(b_off[l]),
-                    ],
-                ),
-                Some(ad) => launch(
+            // The two update kernels differ in their step scalars and Adam's moments buffer.
+            let (kernel, step) = match adam {
+                None => ("reptile_tiled_weight_sgd", vec![Arg::F32(lr)]),
+                Some(ad) => (
                     "reptile_tiled_weight_adam",
-                    grid,
-                    GEMM_SMEM,
                     vec![
-                        bsi,
-                        win,
-                        wout,
                         Arg::F32(ad.lr_t(lr, ad.t0 + s as u64 + 1)),
                         Arg::F32(ad.beta2),
                         Arg::F32(ad.eps),
                         Arg::F32(crate::cpu::update::adam_g_min(ad.beta2)),
-                        Arg::Ptr(gcur, 0),
-                        Arg::I32(g_tsi),
-                        a,
-                        Arg::I32(a_ts),
-                        Arg::Ptr(Buf::ThetaP, 0),
-                        Arg::Ptr(Buf::Moments, 0),
-                        Arg::I32(pi),
-                        Arg::I32(w_off[l]),
-                        Arg::I32(b_off[l]),
                     ],
                 ),
-            });
+            };
+            let mut args = vec![Arg::I32(i(bs, "minibatch")?), Arg::I32(widths[l]), Arg::I32(widths[l + 1])];
+            args.extend(step);
+            args.extend([Arg::Ptr(gcur, 0), Arg::I32(g_tsi), a, Arg::I32(a_ts), Arg::Ptr(Buf::ThetaP, 0)]);
+            if adam.is_some() {
+                args.push(Arg::Ptr(Buf::Moments, 0));
+            }
+            args.extend([Arg::I32(pi), Arg::I32(w_off[l]), Arg::I32(b_off[l])]);
+            ls.push(launch(kernel, [blocks(w[l] + 1, TILE)?, blocks(w[l + 1], TILE)?, nz], GEMM_SMEM, args));
             std::mem::swap(&mut gcur, &mut gnext);
         }
     }
