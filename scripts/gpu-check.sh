@@ -14,8 +14,13 @@
 #   4. NVRTC + ptxas on the real toolkit (REPTILE_REQUIRE_NVRTC=1);
 #   5. compute-sanitizer memcheck and racecheck on a small case;
 #   6. ncu on one launch of the fused kernel and of the tiled forward kernel.
-# Logs go to $OUT/logs.tgz (refreshed after every step, so a run cut short still returns what
-# it did) and the table to $OUT/summary.txt.
+# Logs go to $OUT/logs.tgz and the table to $OUT/summary.txt, both refreshed after every step,
+# so a run cut short still returns what it did.
+# The device tool kills a command at 600 s, and the steps' own limits add up to more than that:
+# the whole script keeps to $DEADLINE_S seconds (default 540). A step gets at most what is left
+# of it less a 20 s reserve for the table, and a step with under 30 s left is skipped
+# ("SKIPPED" in the table), so the table always comes back. The order of the steps is their
+# priority.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-.gpu-bin}
@@ -23,6 +28,8 @@ out=${OUT:-/tmp/gpu-check}
 logs=$(mktemp -d)
 mkdir -p "$out"
 export REPTILE_REQUIRE_GPU=1
+deadline_s=${DEADLINE_S:-540}
+start_s=$SECONDS
 
 # shellcheck source=scripts/gpu-env.sh
 source scripts/gpu-env.sh
@@ -32,9 +39,35 @@ source scripts/gpu-env.sh
 } 2>&1 | tee "$logs/nvidia-smi.log"
 
 declare -a rows
+summary() { # the table and the figures, from the logs written so far
+    {
+        echo
+        echo "=== summary ($(date -u +%F), $((SECONDS - start_s)) s of ${deadline_s} s)"
+        printf '%s\n' "${rows[@]}"
+        grep -hE '^(device|fused inner loop|  with uploads|tiled inner loop|interpolation|resident meta-step|sine demo)' "$logs/benchmarks.log" 2>/dev/null
+        grep -hE '^inner loops' "$logs/gpu-tests.log" 2>/dev/null
+        grep -hE '^variant ' "$logs/variants.log" 2>/dev/null
+        grep -hE '^kernels |failed$' "$logs/kernel-variants.log" 2>/dev/null
+        for f in cli-sine cli-resident; do
+            grep -hE '^reptile sine|^trained|^ +(0|8|32) ' "$logs/$f.log" 2>/dev/null | head -9
+        done
+        grep -hE '^trained in|^post_adaptation_mse' "$logs/c-host-cuda.log" 2>/dev/null | sed 's/^/C host (cuda): /'
+        grep -hE '^\| reptile_' "$logs/nvrtc-ptxas.log" 2>/dev/null
+        grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$logs/memcheck.log" "$logs/racecheck.log" 2>/dev/null
+    } >"$out/summary.txt"
+    tar -czf "$out/logs.tgz" -C "$logs" . 2>/dev/null
+}
 step() { # name, seconds allowed, command...
     local name=$1 limit=$2
     shift 2
+    local left=$((deadline_s - (SECONDS - start_s) - 20))
+    if ((left < 30)); then
+        echo "=== $name: skipped, ${left}s left before the deadline"
+        rows+=("$(printf '%-14s %-8s' "$name" "SKIPPED")")
+        summary
+        return
+    fi
+    ((limit > left)) && limit=$left
     local t0 rc=0
     t0=$(date +%s.%N)
     echo "=== $name (limit ${limit}s): $*"
@@ -46,7 +79,7 @@ step() { # name, seconds allowed, command...
     [[ $rc -eq 0 ]] || verdict="FAIL:$rc"
     [[ $rc -eq 124 || $rc -eq 137 ]] && verdict="TIMEOUT"
     rows+=("$(printf '%-14s %-8s %7.2fs' "$name" "$verdict" "$dt")")
-    tar -czf "$out/logs.tgz" -C "$logs" . 2>/dev/null
+    summary
 }
 
 step probe 30 "$bin/cuda_probe" --nocapture
@@ -84,19 +117,5 @@ else
     rows+=("ncu            MISSING")
 fi
 
-{
-    echo
-    echo "=== summary ($(date -u +%F))"
-    printf '%s\n' "${rows[@]}"
-    grep -hE '^(device|fused inner loop|  with uploads|tiled inner loop|interpolation|resident meta-step|sine demo)' "$logs/benchmarks.log" 2>/dev/null
-    grep -hE '^inner loops' "$logs/gpu-tests.log" 2>/dev/null
-    grep -hE '^variant ' "$logs/variants.log" 2>/dev/null
-    grep -hE '^kernels |failed$' "$logs/kernel-variants.log" 2>/dev/null
-    for f in cli-sine cli-resident; do
-        grep -hE '^reptile sine|^trained|^ +(0|8|32) ' "$logs/$f.log" 2>/dev/null | head -9
-    done
-    grep -hE '^trained in|^post_adaptation_mse' "$logs/c-host-cuda.log" 2>/dev/null | sed 's/^/C host (cuda): /'
-    grep -hE '^\| reptile_' "$logs/nvrtc-ptxas.log" 2>/dev/null
-    grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$logs/memcheck.log" "$logs/racecheck.log" 2>/dev/null
-} | tee "$out/summary.txt"
-tar -czf "$out/logs.tgz" -C "$logs" . 2>/dev/null
+summary
+cat "$out/summary.txt"
