@@ -77,6 +77,13 @@ fn interpolate_body<P: Policy>(out: &mut [f32], theta: &[f32], delta_sum: &[f32]
     bad == 0
 }
 
+/// Adam's step size at step `t` (1-based) with the bias correction of β1 = 0 folded in:
+/// `α·√(1 − β2^t)`, computed in f64 and rounded once. The CPU inner loops and the CUDA tiled
+/// path both take it from here, so they step by the same f32.
+pub fn adam_lr_t(lr: f32, beta2: f32, t: u64) -> f32 {
+    (lr as f64 * (1.0 - (beta2 as f64).powf(t as f64)).sqrt()) as f32
+}
+
 /// Smallest `|g|` whose `(1 − β2)·g²` is a normal float: `√(2⁻¹²⁶/(1 − β2))`, rounded up
 /// (3.4e-18 for β2 = 0.999).
 pub fn adam_g_min(beta2: f32) -> f32 {

@@ -155,15 +155,9 @@ pub struct TiledAdam {
     /// Added to `√v`.
     pub eps: f32,
     /// Adam steps already taken by the starting moments ([`Buf::MomentsIn`]); step `s` of the
-    /// inner loop is Adam step `t0 + s + 1`, with `lr_t = α·√(1 − β2^(t0+s+1))`.
+    /// inner loop is Adam step `t0 + s + 1`, with the step size
+    /// [`crate::cpu::update::adam_lr_t`] of that step.
     pub t0: u64,
-}
-
-impl TiledAdam {
-    /// The step size with the bias correction folded in, computed as the CPU path does.
-    pub fn lr_t(&self, lr: f32, step: u64) -> f32 {
-        (lr as f64 * (1.0 - (self.beta2 as f64).powf(step as f64)).sqrt()) as f32
-    }
 }
 
 /// The launches of one meta-step on the tiled path: `plan.steps` SGD steps per task (Adam
@@ -357,7 +351,7 @@ pub fn program(
                 Some(ad) => (
                     "reptile_tiled_weight_adam",
                     vec![
-                        Arg::F32(ad.lr_t(lr, ad.t0 + s as u64 + 1)),
+                        Arg::F32(crate::cpu::update::adam_lr_t(lr, ad.beta2, ad.t0 + s as u64 + 1)),
                         Arg::F32(ad.beta2),
                         Arg::F32(ad.eps),
                         Arg::F32(crate::cpu::update::adam_g_min(ad.beta2)),

@@ -256,7 +256,7 @@ impl TaskWorker {
             }
             InnerOptimizer::Adam { beta2, eps } => {
                 self.adam_t += 1;
-                let lr_t = (lr as f64 * (1.0 - (beta2 as f64).powf(self.adam_t as f64)).sqrt()) as f32;
+                let lr_t = crate::cpu::update::adam_lr_t(lr, beta2, self.adam_t);
                 let step = mlp::AdamStep { lr_t, beta2, eps };
                 let (theta, ws, v) = (&mut self.theta_p, &mut self.ws, &mut self.adam_v);
                 match next {
@@ -296,7 +296,7 @@ impl TaskWorker {
         let tgt = if labels { Tgt::Labels(&self.lb[..b]) } else { Tgt::Values(&self.yb[..b * spec.out_dim()]) };
         let loss = mlp::loss_grad(spec, tgt, b, &mut self.ws);
         self.adam_t += 1;
-        let lr_t = (lr as f64 * (1.0 - (beta2 as f64).powf(self.adam_t as f64)).sqrt()) as f32;
+        let lr_t = crate::cpu::update::adam_lr_t(lr, beta2, self.adam_t);
         let step = mlp::AdamStep { lr_t, beta2, eps };
         let state = self.sparse.as_mut().expect("transposed layer loaded by run");
         let sp = mlp::Sparse0 { state, src, runs: &self.runs };

@@ -230,7 +230,7 @@ pub fn ref_backward_magnitude(
     ref_backward(spec, &abs(theta), &abs(x), points, &fa, &abs(dy))
 }
 
-/// Loss and gradient of θ on `(x, t)`./// Loss and gradient of θ on `(x, t)`.
+/// Loss and gradient of θ on `(x, t)`.
 pub fn ref_loss_grad(spec: &MlpSpec, theta: &[f64], x: &[f64], t: RefTargets<'_>, points: usize) -> (f64, Vec<f64>) {
     let f = ref_forward(spec, theta, x, points);
     let loss = ref_loss_of_output(spec, f.output(), t, points);
